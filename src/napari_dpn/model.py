@@ -1,0 +1,198 @@
+"""The two DPN networks.
+
+``dpn``          the paper's network (Guo, section 3): 95,988 parameters.
+``dpn-release``  the network of the official Caffe release, whose DRIVE weights we import.
+
+Both keep full resolution between blocks; each block looks at three scales
+(full, 1/2, 1/4) and fuses them coarse-to-fine by concatenation.  In training
+mode a model returns the logits of its four heads (three auxiliary, then the
+main one); in evaluation mode it returns the main head's probability map.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURES = ("dpn", "dpn-release")
+
+# Smallest side the networks accept: the 1/4 branch must keep at least one pixel
+# after the release's un-padded 5x5 pooling.
+MIN_SIDE = 8
+
+
+def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, padding=k // 2)
+
+
+class _Heads(nn.Module):
+    """Four 1x1 side outputs; the last one is the network's answer."""
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        self.heads = nn.ModuleList(_conv(channels, 1, 1) for _ in range(4))
+
+    def forward(self, feats: list[torch.Tensor], training: bool):
+        if training:
+            return [h(f) for h, f in zip(self.heads, feats)]
+        return torch.sigmoid(self.heads[-1](feats[-1]))
+
+
+# --------------------------------------------------------------------------- paper
+
+
+class DPBlock(nn.Module):
+    """Paper's DP-Block: branches of 16, 8, 8 filters at 1, 1/2, 1/4 scale.
+
+    With ``residual`` it is the DPR-Block: the block output is summed with the
+    block input and passed through one more 3x3 convolution.
+    """
+
+    def __init__(self, cin: int, residual: bool):
+        super().__init__()
+        self.b1 = _conv(cin, 16)
+        self.b2 = _conv(cin, 8)
+        self.b3 = _conv(cin, 8)
+        self.b23 = _conv(16, 8)
+        self.out = _conv(24, 16)
+        self.res = _conv(16, 16) if residual else None
+        if residual and cin != 16:
+            raise ValueError("a DPR-Block needs 16 input channels to sum with its output")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        f1 = F.relu(self.b1(x))
+        x2 = F.max_pool2d(x, 3, 2, padding=1)  # ceil(H/2)
+        x3 = F.max_pool2d(x, 5, 4, padding=2)  # ceil(H/4)
+        f2 = F.relu(self.b2(x2))
+        f3 = F.relu(self.b3(x3))
+        f3 = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
+        f23 = F.relu(self.b23(torch.cat([f3, f2], 1)))
+        f23 = F.interpolate(f23, size=(h, w), mode="bilinear", align_corners=False)
+        y = F.relu(self.out(torch.cat([f23, f1], 1)))
+        if self.res is not None:
+            y = F.relu(self.res(y + x))
+        return y
+
+
+class DPN(nn.Module):
+    """The paper's Detail-Preserving Network: front conv, DP-Block, seven DPR-Blocks."""
+
+    architecture = "dpn"
+
+    def __init__(self):
+        super().__init__()
+        self.front = _conv(3, 32)
+        self.blocks = nn.ModuleList([DPBlock(32, residual=False)] + [DPBlock(16, residual=True) for _ in range(7)])
+        self.heads = _Heads()
+        xavier_init(self)
+
+    def forward(self, x: torch.Tensor):
+        x = F.relu(self.front(x))
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i % 2 == 1:  # after DPR-Blocks 1, 3, 5, 7
+                feats.append(x)
+        return self.heads(feats, self.training)
+
+
+# --------------------------------------------------------------------------- release
+
+
+def bilinear_kernel(channels: int = 8, size: int = 4) -> torch.Tensor:
+    """Caffe's ``bilinear`` filler for an ungrouped deconvolution (every in/out pair the same)."""
+    f = (size + 1) // 2
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    r = 1 - torch.abs(torch.arange(size, dtype=torch.float32) / f - c)
+    k = r[:, None] * r[None, :]
+    return k.expand(channels, channels, size, size).clone()
+
+
+class _CaffeUp2(nn.Module):
+    """Fixed k4 s2 deconvolution, cropped at offset 1 to the finer map (Caffe ``Crop``)."""
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.register_buffer("weight", bilinear_kernel(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        up = F.conv_transpose2d(x, self.weight, self.bias, stride=2)
+        h, w = like.shape[-2:]
+        return up[..., 1:1 + h, 1:1 + w]
+
+
+class ReleaseBlock(nn.Module):
+    """A block of the official release: the DP-Block, then concat(output, input) -> 3x3 conv."""
+
+    def __init__(self, cin: int):
+        super().__init__()
+        self.b1 = _conv(cin, 16)
+        self.b2 = _conv(cin, 8)
+        self.b3 = _conv(cin, 8)
+        self.b3_up = _CaffeUp2()
+        self.b23 = _conv(16, 8)
+        self.b23_up = _CaffeUp2()
+        self.out = _conv(24, 16)
+        self.res = _conv(16 + cin, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f1 = F.relu(self.b1(x))
+        f2 = F.relu(self.b2(F.max_pool2d(x, 3, 2, ceil_mode=True)))
+        f3 = F.relu(self.b3(F.max_pool2d(x, 5, 4, ceil_mode=True)))
+        f23 = F.relu(self.b23(torch.cat([self.b3_up(f3, f2), f2], 1)))
+        y = F.relu(self.out(torch.cat([self.b23_up(f23, f1), f1], 1)))
+        return F.relu(self.res(torch.cat([y, x], 1)))
+
+
+class DPNRelease(nn.Module):
+    """The network of the official release (guomugong/DPN), eight concatenating blocks."""
+
+    architecture = "dpn-release"
+
+    def __init__(self):
+        super().__init__()
+        self.front = _conv(3, 32)
+        self.blocks = nn.ModuleList([ReleaseBlock(32)] + [ReleaseBlock(16) for _ in range(7)])
+        self.heads = _Heads()
+        xavier_init(self)
+
+    def forward(self, x: torch.Tensor):
+        x = F.relu(self.front(x))
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i % 2 == 1:  # heads after blocks 2, 4, 6, 8
+                feats.append(x)
+        return self.heads(feats, self.training)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def xavier_init(model: nn.Module) -> None:
+    """Caffe's ``xavier`` filler (the paper's initialisation): U(-a, a), a = sqrt(3 / fan_in); zero biases."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.weight[0].numel()
+            bound = (3.0 / fan_in) ** 0.5
+            with torch.no_grad():
+                m.weight.uniform_(-bound, bound)
+            nn.init.zeros_(m.bias)
+
+
+def build_model(architecture: str) -> nn.Module:
+    """A freshly initialised network of the named architecture."""
+    if architecture == "dpn":
+        return DPN()
+    if architecture == "dpn-release":
+        return DPNRelease()
+    raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def count_parameters(model: nn.Module, learnable_only: bool = True) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if not learnable_only:
+        n += sum(b.numel() for b in model.buffers())
+    return n
