@@ -41,6 +41,17 @@ class _Heads(nn.Module):
 # --------------------------------------------------------------------------- paper
 
 
+def _up2(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Bilinear 2x up-sampling cropped to ``like``'s size.
+
+    A fixed factor of 2 (rather than resizing to the target size) keeps the block
+    shift-equivariant, so tiled and whole-image inference agree exactly.
+    """
+    up = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    h, w = like.shape[-2:]
+    return up[..., :h, :w]
+
+
 class DPBlock(nn.Module):
     """Paper's DP-Block: branches of 16, 8, 8 filters at 1, 1/2, 1/4 scale.
 
@@ -60,16 +71,13 @@ class DPBlock(nn.Module):
             raise ValueError("a DPR-Block needs 16 input channels to sum with its output")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
         f1 = F.relu(self.b1(x))
         x2 = F.max_pool2d(x, 3, 2, padding=1)  # ceil(H/2)
         x3 = F.max_pool2d(x, 5, 4, padding=2)  # ceil(H/4)
         f2 = F.relu(self.b2(x2))
         f3 = F.relu(self.b3(x3))
-        f3 = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
-        f23 = F.relu(self.b23(torch.cat([f3, f2], 1)))
-        f23 = F.interpolate(f23, size=(h, w), mode="bilinear", align_corners=False)
-        y = F.relu(self.out(torch.cat([f23, f1], 1)))
+        f23 = F.relu(self.b23(torch.cat([_up2(f3, f2), f2], 1)))
+        y = F.relu(self.out(torch.cat([_up2(f23, f1), f1], 1)))
         if self.res is not None:
             y = F.relu(self.res(y + x))
         return y
