@@ -1,0 +1,148 @@
+"""Readers: STARE .ppm/.pgm, DRIVE GIF annotations and masks, and dataset folders.
+
+- Files (``*.ppm``, ``*.pgm``, ``*.gif``) are opened by content: a colour or many-valued
+  greyscale picture becomes an image layer; a picture with at most two grey values (a vessel
+  annotation or a FOV mask, whatever its extension says) becomes a labels layer with values 0/1.
+- A folder in the DRIVE, STARE or CHASE_DB1 layout opens its **first** image (sorted by name)
+  as three layers: the photograph, ``"<name> ground truth"`` (first observer) and
+  ``"<name> FOV"`` (hidden; only DRIVE and STARE ship masks).  A notification says how many
+  images the folder holds and where they are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import _roles
+from ._layouts import find_dataset
+
+FILE_SUFFIXES = (".ppm", ".pgm", ".gif")
+
+
+def _single_path(path):
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return Path(path)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def get_reader(path):
+    """npe2 reader for single ``.ppm``/``.pgm``/``.gif`` files."""
+    p = _single_path(path)
+    if p is None or p.is_dir() or p.suffix.lower() not in FILE_SUFFIXES:
+        return None
+    return read_files
+
+
+def read_files(path):
+    p = _single_path(path)
+    return [file_layer(p)]
+
+
+def _grey_if_equal_channels(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return rgb[..., 0]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        return arr[..., 0]
+    return arr
+
+
+def _two_valued(arr: np.ndarray) -> np.ndarray | None:
+    """0/1 uint8 labels if ``arr`` holds at most two values (one per pixel), else None."""
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        colours = np.unique(arr[..., :3].reshape(-1, 3), axis=0)
+        if len(colours) > 2:
+            return None
+        luma = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        arr = luma
+    if arr.ndim != 2:
+        return None
+    values = np.unique(arr)
+    if len(values) > 2:
+        return None
+    if len(values) == 2:
+        return (arr > (float(values[0]) + float(values[1])) / 2).astype(np.uint8)
+    top = 1.0 if arr.dtype == bool or (arr.dtype.kind == "f" and values[0] <= 1) else (
+        65535 if arr.dtype == np.uint16 else 255)
+    return (arr > top / 2).astype(np.uint8)
+
+
+def file_layer(p: Path):
+    """One layer-data tuple for an image or mask file, by content."""
+    from napari_dpn.image_io import read_image
+
+    arr = read_image(p)
+    arr = _grey_if_equal_channels(np.asarray(arr))
+    labels = _two_valued(arr)
+    if labels is not None:
+        role = "fov" if "mask" in p.stem.lower() else "mask"
+        kwargs = {"name": p.stem, "opacity": 0.5, "metadata": _roles.meta(role, path=str(p),
+                                                                          source="file")}
+        return labels, kwargs, "labels"
+    kwargs = {"name": p.stem, "metadata": _roles.meta("image", path=str(p))}
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        kwargs["rgb"] = True
+    elif arr.ndim == 2:
+        kwargs["colormap"] = "gray"
+    return arr, kwargs, "image"
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def get_folder_reader(path):
+    """npe2 reader for a DRIVE / STARE / CHASE_DB1 folder (at any level of the layout)."""
+    p = _single_path(path)
+    if p is None or not p.is_dir() or find_dataset(p) is None:
+        return None
+    return read_folder
+
+
+def read_folder(path, index: int = 0):
+    from napari_dpn.image_io import read_image, read_mask
+
+    p = _single_path(path)
+    found = find_dataset(p)
+    if found is None:  # pragma: no cover - get_folder_reader checked this
+        return []
+    entry = found.entries[index]
+    name = entry.name
+    rgb = np.asarray(read_image(entry.image))
+    layers = [(rgb, {"name": name, "rgb": rgb.ndim == 3 and rgb.shape[-1] in (3, 4),
+                     "metadata": _roles.meta("image", path=str(entry.image),
+                                             dataset=found.dataset)}, "image")]
+    if entry.ground_truth is not None:
+        gt = read_mask(entry.ground_truth).astype(np.uint8)
+        layers.append((gt, {"name": _roles.ground_truth_name(name), "opacity": 0.5,
+                            "metadata": _roles.meta("ground_truth", image=name,
+                                                    path=str(entry.ground_truth))}, "labels"))
+    if entry.fov is not None:
+        fov = read_mask(entry.fov).astype(np.uint8)
+        layers.append((fov, {"name": _roles.fov_name(name), "opacity": 0.3, "visible": False,
+                             "metadata": _roles.meta("fov", image=name, source="file",
+                                                     path=str(entry.fov))}, "labels"))
+    extras = [what for what, have in (("ground truth", entry.ground_truth),
+                                      ("FOV mask", entry.fov)) if have is not None]
+    _notify_folder(found.dataset, name, len(found.entries), found.root, extras)
+    return layers
+
+
+def folder_message(dataset: str, name: str, n: int, root: Path, extras: list[str]) -> str:
+    with_ = f" with its {' and '.join(extras)}" if extras else ""
+    if n > 1:
+        return (f"{dataset} folder: opened {name}{with_}, the first of its {n} images; "
+                f"the others are in {root}.")
+    return f"{dataset} folder: opened {name}{with_}."
+
+
+def _notify_folder(dataset, name, n, root, extras) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(folder_message(dataset, name, n, root, extras))

@@ -1,0 +1,556 @@
+"""The "Segment vessels" widget in a real napari viewer (pytest-qt; Xvfb via pytest-xvfb)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari.layers import Image, Labels  # noqa: E402
+
+from napari_dpn._napari import _roles  # noqa: E402
+from napari_dpn._napari import _segment_widget as sw  # noqa: E402
+from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
+
+TIMEOUT_MS = 120_000
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def fundus_like(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An orange disc on black with dark curved 'vessels'; returns (uint8 RGB, vessel mask)."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    c = (size - 1) / 2
+    disc = (yy - c) ** 2 + (xx - c) ** 2 <= (0.46 * size) ** 2
+    rgb = np.zeros((size, size, 3), np.float32)
+    rgb[disc] = (0.85, 0.45, 0.2)
+    vessels = np.zeros((size, size), bool)
+    for k, amp in enumerate((0.15, -0.2, 0.1)):
+        path = c + amp * size * np.sin(xx / size * np.pi * (1 + k)) + (k - 1) * size * 0.2
+        vessels |= np.abs(yy - path) < 1.2 + 0.4 * k
+    vessels &= disc
+    rgb[vessels] *= 0.45
+    rng = np.random.default_rng(seed)
+    rgb += rng.normal(0, 0.01, rgb.shape).astype(np.float32)
+    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), vessels
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch):
+    """A small random-weights 'dpn' model saved in a private user-models folder."""
+    import torch
+
+    from napari_dpn.model import build_model
+    from napari_dpn.models import ModelCard, save_model
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
+    torch.manual_seed(0)
+    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.",
+                     threshold=0.5)
+    save_model(build_model("dpn"), card, folder / "tiny-test.safetensors")
+    return folder / "tiny-test.safetensors"
+
+
+@pytest.fixture
+def notes(monkeypatch):
+    """Capture what the widget shows as napari notifications."""
+    got = {"error": [], "warning": [], "info": []}
+    monkeypatch.setattr(sw, "show_error", lambda m: got["error"].append(m))
+    monkeypatch.setattr(sw, "show_warning", lambda m: got["warning"].append(m))
+    monkeypatch.setattr(sw, "show_info", lambda m: got["info"].append(m))
+    return got
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tiny_model, notes):
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Segment vessels")
+    w.refresh_models()
+    w.select_model("tiny-test")
+    w.device_combo.setCurrentText("cpu")
+    yield w
+    w.cancel()
+
+
+def add_eye(viewer, size=96, name="eye", **kwargs):
+    rgb, vessels = fundus_like(size)
+    return viewer.add_image(rgb, name=name, rgb=True, **kwargs), vessels
+
+
+def segment(qtbot, w, **kwargs):
+    worker = w.run(**kwargs)
+    assert worker is not None, w.status.text()
+    qtbot.waitUntil(lambda: not w.is_running, timeout=TIMEOUT_MS)
+    return worker
+
+
+def layer(viewer, name):
+    assert name in viewer.layers, [lyr.name for lyr in viewer.layers]
+    return viewer.layers[name]
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def test_segment_end_to_end_adds_three_layers(qtbot, widget, notes):
+    viewer = widget.viewer
+    add_eye(viewer)
+    assert widget.current_image().name == "eye"
+    segment(qtbot, widget)
+
+    prob = layer(viewer, "eye vessel probability")
+    vessels = layer(viewer, "eye vessels")
+    fov = layer(viewer, "eye FOV")
+    assert isinstance(prob, Image) and isinstance(vessels, Labels) and isinstance(fov, Labels)
+    p = np.asarray(prob.data)
+    assert p.shape == (96, 96) and p.dtype == np.float32
+    assert 0.0 <= p.min() and p.max() <= 1.0
+    assert prob.colormap.name == "magma"
+    assert tuple(prob.contrast_limits) == (0.0, 1.0)
+    assert prob.blending == "additive" and 0.6 <= prob.opacity <= 0.8
+    # vessels = probability >= the card's recommended threshold
+    assert widget.threshold == pytest.approx(0.5)
+    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= 0.5)
+    assert fov.visible is False
+    assert np.asarray(fov.data).sum() > 0.4 * 96 * 96  # the estimated disc
+    # ready to correct: paint mode, label 1, small brush, active
+    assert vessels.mode == "paint" and vessels.selected_label == 1 and vessels.brush_size == 3
+    assert viewer.layers.selection.active is vessels
+    # time and device are shown
+    assert "cpu" in widget.status.text() and " s " in widget.status.text()
+    assert not notes["error"]
+
+
+def test_viewer_stays_responsive_and_progress_reported(qtbot, widget, monkeypatch):
+    """The job runs in a worker thread: the GUI thread keeps processing events meanwhile."""
+    import napari_dpn.inference as inference
+
+    real = inference.predict
+    seen = []
+
+    def slow_predict(loaded, rgb, device="auto", progress=None, should_stop=None, **kw):
+        for i in range(5):
+            time.sleep(0.1)
+            progress((i + 1) / 10)
+        return real(loaded, rgb, device=device, progress=progress, should_stop=should_stop)
+
+    monkeypatch.setattr(inference, "predict", slow_predict)
+    monkeypatch.setattr(widget, "_on_progress", lambda f, orig=widget._on_progress:
+                        (seen.append(f), orig(f)))
+    widget._bridge.progress.disconnect()
+    widget._bridge.progress.connect(widget._on_progress)
+    add_eye(widget.viewer)
+    worker = widget.run()
+    assert widget.is_running and not widget.progress.isHidden()
+    assert not widget.run_button.isEnabled() and widget.cancel_button.isEnabled()
+    ticks = []
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(20)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    timer.stop()
+    assert worker is not None
+    assert len(ticks) >= 10  # the event loop ran while the model was working
+    assert seen and max(seen) == pytest.approx(1.0)
+    assert widget.progress.isHidden() and widget.run_button.isEnabled()
+
+
+def test_running_twice_updates_layers_instead_of_stacking(qtbot, widget):
+    viewer = widget.viewer
+    add_eye(viewer)
+    segment(qtbot, widget)
+    before = {lyr.name: lyr for lyr in viewer.layers}
+    segment(qtbot, widget)
+    after = {lyr.name: lyr for lyr in viewer.layers}
+    assert list(before) == list(after)
+    assert all(before[n] is after[n] for n in before)
+
+
+def test_greyscale_image_is_accepted(qtbot, widget):
+    rgb, _ = fundus_like()
+    widget.viewer.add_image(rgb[..., 1], name="green")
+    segment(qtbot, widget)
+    assert "green vessels" in widget.viewer.layers
+
+
+def test_clahe_checkbox_is_preset_from_the_card_and_passed_on(qtbot, widget, monkeypatch):
+    import napari_dpn.inference as inference
+
+    assert widget.clahe_check.isChecked() is False  # tiny-test card: clahe False
+    used = []
+    real = inference.predict
+
+    def spy(loaded, rgb, **kw):
+        used.append(loaded.card.input["clahe"])
+        return real(loaded, rgb, **kw)
+
+    monkeypatch.setattr(inference, "predict", spy)
+    add_eye(widget.viewer)
+    widget.clahe_check.setChecked(True)
+    segment(qtbot, widget)
+    assert used == [True]
+
+
+# ----------------------------------------------------------------------------- threshold
+
+
+def test_slider_rethresholds_without_recomputing(qtbot, widget, monkeypatch):
+    viewer = widget.viewer
+    add_eye(viewer)
+    segment(qtbot, widget)
+    import napari_dpn.inference as inference
+
+    monkeypatch.setattr(inference, "predict", lambda *a, **k: pytest.fail("recomputed"))
+    p = np.asarray(layer(viewer, "eye vessel probability").data)
+    vessels = layer(viewer, "eye vessels")
+    for t in (0.0, float(np.median(p)), 1.0):
+        widget.set_threshold(t)
+        np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= widget.threshold)
+    widget.set_threshold(0.0)
+    assert np.asarray(vessels.data).all()
+
+
+def test_threshold_update_is_fast_for_a_drive_sized_image(qtbot, widget):
+    viewer = widget.viewer
+    add_eye(viewer, size=96)
+    segment(qtbot, widget)
+    res = widget.current_result()
+    rng = np.random.default_rng(0)
+    res.prob = rng.random((584, 565), dtype=np.float32)  # DRIVE size, no model run needed
+    widget.set_threshold(0.3)  # first call (re)allocates
+    vessels = layer(viewer, "eye vessels")
+    times = []
+    for t in np.linspace(0.2, 0.8, 7):
+        t0 = time.perf_counter()
+        widget.set_threshold(float(t))
+        times.append(time.perf_counter() - t0)
+    assert np.asarray(vessels.data).shape == (584, 565)
+    assert np.median(times) < 0.1, times
+
+
+def test_edits_lock_the_threshold_and_survive_it(qtbot, widget, monkeypatch):
+    viewer = widget.viewer
+    add_eye(viewer)
+    segment(qtbot, widget)
+    vessels = layer(viewer, "eye vessels")
+    widget.set_threshold(1.0)
+    assert not np.asarray(vessels.data).any()
+    vessels.paint((40, 40), 1)  # a brush stroke, as the mouse would do it
+    edited = np.asarray(vessels.data).copy()
+    assert edited[40, 40] == 1
+    assert "threshold locked" in widget.edit_status.text()
+    assert not widget.slider.isEnabled() and not widget.reapply_button.isHidden()
+
+    widget.set_threshold(0.0)  # even programmatic moves never touch the edits
+    np.testing.assert_array_equal(np.asarray(vessels.data), edited)
+
+    asked = []
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: asked.append(a) or False)
+    assert widget.reapply_threshold() is False
+    np.testing.assert_array_equal(np.asarray(vessels.data), edited)
+    assert asked and "discards your corrections" in asked[0][1]
+
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: True)
+    assert widget.reapply_threshold() is True
+    p = np.asarray(layer(viewer, "eye vessel probability").data)
+    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= widget.threshold)
+    assert widget.slider.isEnabled() and "locked" not in widget.edit_status.text()
+
+
+def test_erase_and_fill_also_count_as_edits(qtbot, widget):
+    viewer = widget.viewer
+    add_eye(viewer)
+    segment(qtbot, widget)
+    vessels = layer(viewer, "eye vessels")
+    widget.set_threshold(0.0)  # everything vessel
+    vessels.fill((5, 5), 0)  # fill = erase everything connected
+    assert widget.current_result().edited
+    widget.set_threshold(0.7)
+    assert not np.asarray(vessels.data).any()
+
+
+def test_segmenting_an_edited_image_again_asks_first(qtbot, widget, monkeypatch):
+    viewer = widget.viewer
+    add_eye(viewer)
+    segment(qtbot, widget)
+    vessels = layer(viewer, "eye vessels")
+    vessels.paint((10, 10), 1)
+    edited = np.asarray(vessels.data).copy()
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: False)
+    assert widget.run() is None
+    assert "corrections are kept" in widget.status.text()
+    np.testing.assert_array_equal(np.asarray(vessels.data), edited)
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: True)
+    segment(qtbot, widget)
+    assert not widget.current_result().edited
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+def test_ground_truth_metrics_errors_layer_and_youden(qtbot, widget):
+    viewer = widget.viewer
+    _, truth = fundus_like()
+    add_eye(viewer)
+    gt = viewer.add_labels(truth.astype(np.uint8), name="eye ground truth",
+                           metadata=_roles.meta("ground_truth", image="eye"))
+    assert widget.current_ground_truth() is gt  # picked automatically for "eye"
+    segment(qtbot, widget)
+    text = widget.metrics_label.text()
+    for key in ("Se", "Sp", "Acc", "AUC", "F1"):
+        assert key in text
+    m = widget.metrics
+    fov = np.asarray(layer(viewer, "eye FOV").data) > 0
+    pred = np.asarray(layer(viewer, "eye vessels").data) > 0
+    tp = np.count_nonzero(pred & truth & fov)
+    fn = np.count_nonzero(~pred & truth & fov)
+    assert m["se"] == pytest.approx(tp / (tp + fn))
+    assert 0.0 <= m["auc"] <= 1.0
+
+    errors = layer(viewer, "eye errors")
+    e = np.asarray(errors.data)
+    np.testing.assert_array_equal(e == 1, pred & ~truth & fov)
+    np.testing.assert_array_equal(e == 2, ~pred & truth & fov)
+    np.testing.assert_allclose(errors.colormap.map(np.array([1]))[0][:3], (1, 0, 1))
+    assert errors.colormap.map(np.array([2]))[0][1] > 0.9  # green
+
+    widget.set_threshold(0.0)
+    assert widget.metrics["se"] == pytest.approx(1.0)
+    assert widget.youden_button.isEnabled()
+    t = widget.apply_youden()
+    assert t is not None and widget.threshold == pytest.approx(t, abs=1e-3)
+
+    widget.set_ground_truth(None)
+    assert "eye errors" not in viewer.layers
+    assert not widget.youden_button.isEnabled()
+
+
+def test_youden_without_ground_truth_warns(qtbot, widget, notes):
+    add_eye(widget.viewer)
+    segment(qtbot, widget)
+    assert not widget.youden_button.isEnabled()
+    assert widget.apply_youden() is None
+    assert notes["warning"]
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def test_save_next_to_the_image_and_refuse_silent_overwrite(qtbot, widget, tmp_path,
+                                                            monkeypatch, notes):
+    from PIL import Image as PILImage
+
+    from napari_dpn.image_io import read_mask
+
+    rgb, _ = fundus_like()
+    src = tmp_path / "eye.png"
+    PILImage.fromarray(rgb).save(src)
+    widget.viewer.open(src, plugin="napari")
+    assert widget.current_image().name == "eye"
+    segment(qtbot, widget)
+    vessels = layer(widget.viewer, "eye vessels")
+    vessels.paint((30, 30), 1)
+    paths = widget.save_annotation()
+    assert paths == (tmp_path / "eye_vessels.png", tmp_path / "eye_fov.png")
+    np.testing.assert_array_equal(read_mask(paths[0]), np.asarray(vessels.data) > 0)
+    np.testing.assert_array_equal(read_mask(paths[1]),
+                                  np.asarray(layer(widget.viewer, "eye FOV").data) > 0)
+    assert set(np.unique(np.asarray(PILImage.open(paths[0])))) <= {0, 255}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    # saving again: asks; "No" keeps the files byte for byte
+    before = paths[0].read_bytes()
+    vessels.paint((60, 60), 1)
+    asked = []
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: asked.append(a) or False)
+    assert widget.save_annotation() is None
+    assert asked and "Overwrite" in asked[0][1]
+    assert paths[0].read_bytes() == before
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: True)
+    assert widget.save_annotation() == paths
+    assert read_mask(paths[0])[60, 60]
+
+
+def test_save_image_without_file_asks_for_a_folder(qtbot, widget, tmp_path, monkeypatch):
+    add_eye(widget.viewer, name="sample")
+    segment(qtbot, widget)
+    monkeypatch.setattr(widget, "_ask_folder", lambda *a: None)
+    assert widget.save_annotation() is None
+    assert not list(tmp_path.glob("*.png"))
+    monkeypatch.setattr(widget, "_ask_folder", lambda *a: tmp_path)
+    assert widget.save_annotation() == (tmp_path / "sample_vessels.png",
+                                        tmp_path / "sample_fov.png")
+    # a chosen folder wins over asking
+    other = tmp_path / "out"
+    other.mkdir()
+    widget.set_save_folder(other)
+    monkeypatch.setattr(widget, "_ask_folder", lambda *a: pytest.fail("asked"))
+    assert widget.save_annotation()[0] == other / "sample_vessels.png"
+
+
+def test_save_warns_when_target_is_ground_truth(qtbot, widget, tmp_path, monkeypatch):
+    """A file opened as ground truth is never overwritten without an explicit 'Overwrite'."""
+    rgb, truth = fundus_like()
+    eye = tmp_path / "eye.png"
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(rgb).save(eye)
+    gt_file = tmp_path / "eye_vessels.png"
+    PILImage.fromarray((truth * 255).astype(np.uint8)).save(gt_file)
+    widget.viewer.add_image(rgb, name="eye", rgb=True, metadata=_roles.meta("image", path=str(eye)))
+    widget.viewer.add_labels(truth.astype(np.uint8), name="eye ground truth",
+                             metadata=_roles.meta("ground_truth", image="eye", path=str(gt_file)))
+    segment(qtbot, widget)
+    asked = []
+    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: asked.append(a) or False)
+    before = gt_file.read_bytes()
+    assert widget.save_annotation() is None
+    assert "ground-truth" in asked[0][1]
+    assert gt_file.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_no_image_layer(widget, notes):
+    assert widget.run() is None
+    assert notes["error"] and "Open a fundus photograph first" in notes["error"][0]
+    assert "Open a fundus photograph first" in widget.status.text()
+
+
+def test_three_d_stack(widget, notes):
+    widget.viewer.add_image(np.zeros((5, 64, 64), np.uint8), name="stack")
+    assert widget.run() is None
+    assert "stack" in notes["error"][0] and "2-D" in notes["error"][0]
+
+
+def test_labels_layer_picked_as_image(widget, notes):
+    lab = widget.viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    assert widget.run(layer=lab) is None
+    assert "labels layer" in notes["error"][0]
+
+
+def test_only_labels_layer_open(widget, notes):
+    widget.viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    assert widget.image_combo.count() == 0
+    assert widget.run() is None
+    assert "labels layer" in notes["error"][0]
+
+
+def test_corrupt_weights_file_via_browse(widget, notes, tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a safetensors file")
+    n = widget.model_combo.count()
+    assert widget.add_model_file(bad) is False
+    assert notes["error"] and "broken.safetensors" in notes["error"][0]
+    assert widget.model_combo.count() == n
+
+
+def test_corrupt_weights_with_a_valid_card(qtbot, widget, notes, tiny_model, tmp_path):
+    """The card reads fine but the tensors are garbage: the worker reports it, no traceback."""
+    import shutil
+
+    bad = tmp_path / "bad.safetensors"
+    shutil.copy(tiny_model.with_suffix(".json"), bad.with_suffix(".json"))
+    bad.write_bytes(b"\x00" * 64)
+    assert widget.add_model_file(bad)
+    add_eye(widget.viewer)
+    segment(qtbot, widget)
+    assert notes["error"] and "bad.safetensors" in notes["error"][-1]
+    assert "eye vessels" not in widget.viewer.layers
+
+
+def test_out_of_memory_is_reported(qtbot, widget, notes, monkeypatch):
+    import napari_dpn.inference as inference
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(inference, "predict", oom)
+    add_eye(widget.viewer)
+    segment(qtbot, widget)
+    assert notes["error"] and "Out of memory" in notes["error"][0]
+
+
+def test_fallback_note_is_surfaced(qtbot, widget, notes, monkeypatch):
+    import napari_dpn.inference as inference
+
+    real = inference.predict
+
+    def noted(*a, **k):
+        pred = real(*a, **k)
+        pred.note = "the GPU ran out of memory; fell back to the CPU"
+        return pred
+
+    monkeypatch.setattr(inference, "predict", noted)
+    add_eye(widget.viewer)
+    segment(qtbot, widget)
+    assert "fell back to the CPU" in widget.status.text()
+    assert notes["warning"] == ["the GPU ran out of memory; fell back to the CPU"]
+
+
+def test_cancel_stops_the_worker_and_changes_nothing(qtbot, widget, monkeypatch):
+    import napari_dpn.inference as inference
+
+    def slow(loaded, rgb, device="auto", progress=None, should_stop=None, **kw):
+        for _ in range(600):
+            if should_stop():
+                raise InterruptedError("prediction cancelled")
+            time.sleep(0.01)
+        pytest.fail("not cancelled")
+
+    monkeypatch.setattr(inference, "predict", slow)
+    add_eye(widget.viewer)
+    widget.run()
+    qtbot.wait(50)
+    widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT_MS)
+    assert "Cancelled" in widget.status.text()
+    assert [lyr.name for lyr in widget.viewer.layers] == ["eye"]
+
+
+# ----------------------------------------------------------------------------- models list
+
+
+def test_model_list_shows_summaries_and_picks_up_new_user_models(widget, tiny_model):
+    import shutil
+
+    idx = widget.model_combo.findText("tiny-test")
+    from qtpy.QtCore import Qt
+
+    assert "dpn" in widget.model_combo.itemData(idx, Qt.ToolTipRole)
+    assert "tiny-test" in widget.model_info.text()
+    assert widget.model_combo.itemText(widget.model_combo.count() - 1) == "Browse…"
+    # a model saved (e.g. by fine-tuning) appears on refresh
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_model.with_suffix(suffix), tiny_model.with_name("tuned" + suffix))
+    import json
+
+    card = json.loads(tiny_model.with_name("tuned.json").read_text())
+    card["name"] = "tuned"
+    tiny_model.with_name("tuned.json").write_text(json.dumps(card))
+    assert widget.model_combo.findText("tuned") < 0
+    widget.refresh_button.click()
+    assert widget.model_combo.findText("tuned") >= 0
+    assert widget.model_combo.currentText() == "tiny-test"  # the choice is kept
+
+
+def test_devices_are_only_those_present(widget):
+    from napari_dpn.inference import available_devices
+
+    items = [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())]
+    assert items == available_devices()
+
+
+def test_plugin_dock_widget_from_manifest(make_napari_viewer, tiny_model):
+    viewer = make_napari_viewer()
+    dock, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
+    assert isinstance(w, SegmentWidget)
