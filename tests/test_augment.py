@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+from skimage.transform import rotate as sk_rotate
+
+from napari_dpn import augment
+from synthetic_fundus import fundus
+
+
+def test_offline_set_is_the_releases_eleven_views():
+    rgb, label, fov = fundus(48, seed=1)
+    views = augment.offline_views(rgb, label, fov)
+    assert [v.name for v in views] == [name for name, _, _ in augment.OFFLINE_VIEWS]
+    assert len(views) == 11  # original + 2 flips + 8 rotations, as in the release's train.lst
+    assert {22, 45, 90, 135, 180, 225, 270, 315} == {p for _, k, p in augment.OFFLINE_VIEWS if k == "rotate"}
+    assert len(augment.offline_views(rgb, label, fov, augment=False)) == 1
+    v = views[0]
+    assert v.image.dtype == np.uint8 and v.label.dtype == bool and v.fov.dtype == bool
+    np.testing.assert_allclose(v.image / 255.0, rgb, atol=0.5 / 255 + 1e-6)
+
+
+@pytest.mark.parametrize("angle", [22, 45, 135, 315])
+def test_rotation_matches_skimage_on_all_three(angle):
+    rgb, label, fov = fundus(64, seed=2)
+    img_r, lab_r, fov_r = augment.rotate(rgb, label, fov, angle)
+    np.testing.assert_allclose(img_r, sk_rotate(rgb, angle, order=1, preserve_range=True), atol=1e-5)
+    # Masks: skimage's bilinear rotation thresholded at 0.5; close to nearest-neighbour.
+    for mask, got in ((label, lab_r), (fov, fov_r)):
+        assert got.dtype == bool and got.shape == mask.shape
+        bilinear = sk_rotate(mask.astype(float), angle, order=1, preserve_range=True) >= 0.5
+        assert np.mean(got != bilinear) < 0.002  # float32 vs float64 rounding at exact 0.5 ties
+        nearest = sk_rotate(mask.astype(float), angle, order=0, preserve_range=True) > 0.5
+        assert (got & nearest).sum() / (got | nearest).sum() > 0.8
+        assert abs(int(got.sum()) - int(mask.sum())) <= 0.1 * mask.sum()
+
+
+@pytest.mark.parametrize("angle", [22, 45, 90, 135, 180, 225, 270, 315])
+def test_rotation_keeps_image_label_and_fov_aligned(angle):
+    rgb, label, fov = fundus(64, seed=3)
+    img_r, lab_r, fov_r = augment.rotate(rgb, label, fov, angle)
+    # Vessels are the dark pixels of the rotated image inside the rotated FOV.
+    dark = (img_r[..., 0] < 0.62) & fov_r & (img_r.sum(-1) > 0.3)
+    iou = (dark & lab_r).sum() / max(1, (dark | lab_r).sum())
+    assert iou > 0.6, iou
+    # The rotated image is black (0) wherever the rotated FOV says "outside", up to the rim.
+    outside = ~fov_r
+    assert np.median(img_r[outside].sum(-1)) == 0.0
+    # Label stays inside the FOV (rim pixels aside).
+    assert (lab_r & ~fov_r).sum() <= 0.05 * lab_r.sum()
+
+
+def test_rotation_centre_and_direction():
+    """A marked pixel lands where a counter-clockwise turn about the centre puts it, in all three."""
+    n = 41
+    img = np.zeros((n, n, 3), np.float32)
+    lab = np.zeros((n, n), bool)
+    lab[10:13, 28:31] = True  # 3x3 block: up-right of centre
+    img[lab] = 1.0
+    fov = lab.copy()
+    for angle in (45, 90):
+        i, l, f = augment.rotate(img, lab, fov, angle)
+        ci = np.argwhere(i[..., 0] > 0.5).mean(0)
+        cl, cf = np.argwhere(l).mean(0), np.argwhere(f).mean(0)
+        c, (r0, c0) = (n - 1) / 2, (11, 29)
+        a = np.deg2rad(angle)
+        # counter-clockwise on screen (rows grow downwards)
+        exp = (c - ((c0 - c) * np.sin(a) + (c - r0) * np.cos(a)), c + ((c0 - c) * np.cos(a) - (c - r0) * np.sin(a)))
+        for got in (ci, cl, cf):
+            np.testing.assert_allclose(got, exp, atol=0.6)
+
+
+def test_right_angles_are_exact_and_swap_sides():
+    rgb = np.random.default_rng(0).random((30, 40, 3)).astype(np.float32)
+    lab = np.zeros((30, 40), bool)
+    lab[3, 5] = True
+    fov = np.ones((30, 40), bool)
+    i, l, f = augment.rotate(rgb, lab, fov, 90)
+    assert i.shape == (40, 30, 3) and l.shape == f.shape == (40, 30)
+    np.testing.assert_array_equal(i, np.rot90(rgb))
+    assert l[np.nonzero(l)].size == 1 and f.all()
+
+
+def test_flips():
+    rgb, label, fov = fundus(32, seed=4)
+    i, l, f = augment.flip(rgb, label, fov, 1)
+    np.testing.assert_array_equal(i, rgb[:, ::-1])
+    np.testing.assert_array_equal(l, label[:, ::-1])
+    np.testing.assert_array_equal(f, fov[:, ::-1])
+
+
+def test_sampler_crops_pads_and_is_reproducible():
+    rgb, label, fov = fundus(40, seed=5)
+    views = augment.offline_views(rgb, label, fov)
+    s = augment.PatchSampler(views, crop=48, seed=7)  # larger than the image: padded
+    img, lab, fv = s.sample(3)
+    assert img.shape == (48, 48, 3) and lab.shape == fv.shape == (48, 48)
+    # the 4 padded pixels of each side are background outside the FOV
+    assert not fv[:4].any() and not fv[:, :4].any() and not lab[:4].any()
+    assert (img[:4] == 0).all()
+    s2 = augment.PatchSampler(views, crop=48, seed=7)
+    for k in (0, 3, 30, 12):  # any order: a crop depends only on (seed, index)
+        for a, b in zip(s.sample(k), s2.sample(k)):
+            np.testing.assert_array_equal(a, b)
+    # one epoch visits every view once
+    small = augment.PatchSampler(views, crop=16, seed=1)
+    assert sorted(small._view_index(k) for k in range(11)) == list(range(11))
+    # mirroring happens about half of the time, and only left-right
+    flat = augment.PatchSampler(views[:1], crop=40, seed=2)
+    mirrored = [np.array_equal(flat.sample(k)[1], views[0].label[:, ::-1]) for k in range(40)]
+    assert 8 < sum(mirrored) < 32
+
+
+def test_default_crop():
+    assert augment.default_crop((584, 565, 3)) == 512
+    assert augment.default_crop((605, 700)) == 512
+    assert augment.default_crop((960, 999, 3)) == 736
+
+
+def test_clahe_uses_preprocessing():
+    rgb, _, _ = fundus(64, seed=6)
+    out = augment.clahe(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    np.testing.assert_array_equal(out[..., 0], out[..., 1])
