@@ -71,15 +71,15 @@ class DPBlock(nn.Module):
             raise ValueError("a DPR-Block needs 16 input channels to sum with its output")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1 = F.relu(self.b1(x))
+        f1 = F.relu_(self.b1(x))
         x2 = F.max_pool2d(x, 3, 2, padding=1)  # ceil(H/2)
         x3 = F.max_pool2d(x, 5, 4, padding=2)  # ceil(H/4)
-        f2 = F.relu(self.b2(x2))
-        f3 = F.relu(self.b3(x3))
-        f23 = F.relu(self.b23(torch.cat([_up2(f3, f2), f2], 1)))
-        y = F.relu(self.out(torch.cat([_up2(f23, f1), f1], 1)))
+        f2 = F.relu_(self.b2(x2))
+        f3 = F.relu_(self.b3(x3))
+        f23 = F.relu_(self.b23(torch.cat([_up2(f3, f2), f2], 1)))
+        y = F.relu_(self.out(torch.cat([_up2(f23, f1), f1], 1)))
         if self.res is not None:
-            y = F.relu(self.res(y + x))
+            y = F.relu_(self.res(y + x))
         return y
 
 
@@ -96,7 +96,7 @@ class DPN(nn.Module):
         xavier_init(self)
 
     def forward(self, x: torch.Tensor):
-        x = F.relu(self.front(x))
+        x = F.relu_(self.front(x))
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x)
@@ -124,11 +124,23 @@ class _CaffeUp2(nn.Module):
         super().__init__()
         self.register_buffer("weight", bilinear_kernel(channels))
         self.register_buffer("bias", torch.zeros(channels))
+        self._uniform: bool | None = None
 
     def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        up = F.conv_transpose2d(x, self.weight, self.bias, stride=2)
         h, w = like.shape[-2:]
+        k = self.weight[:1, :1]
+        if self._uniform is None:
+            self._uniform = bool((self.weight == k).all()) and not bool(self.bias.any())
+        if self._uniform:
+            # Every output channel is the same sum of all upsampled inputs: upsample the sum once.
+            up = F.conv_transpose2d(x.sum(1, keepdim=True), k, stride=2)
+            return up[..., 1:1 + h, 1:1 + w].expand(-1, self.weight.shape[1], -1, -1)
+        up = F.conv_transpose2d(x, self.weight, self.bias, stride=2)
         return up[..., 1:1 + h, 1:1 + w]
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._uniform = None  # re-check the fast path for the loaded kernels
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 class ReleaseBlock(nn.Module):
@@ -146,12 +158,12 @@ class ReleaseBlock(nn.Module):
         self.res = _conv(16 + cin, 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f1 = F.relu(self.b1(x))
-        f2 = F.relu(self.b2(F.max_pool2d(x, 3, 2, ceil_mode=True)))
-        f3 = F.relu(self.b3(F.max_pool2d(x, 5, 4, ceil_mode=True)))
-        f23 = F.relu(self.b23(torch.cat([self.b3_up(f3, f2), f2], 1)))
-        y = F.relu(self.out(torch.cat([self.b23_up(f23, f1), f1], 1)))
-        return F.relu(self.res(torch.cat([y, x], 1)))
+        f1 = F.relu_(self.b1(x))
+        f2 = F.relu_(self.b2(F.max_pool2d(x, 3, 2, ceil_mode=True)))
+        f3 = F.relu_(self.b3(F.max_pool2d(x, 5, 4, ceil_mode=True)))
+        f23 = F.relu_(self.b23(torch.cat([self.b3_up(f3, f2), f2], 1)))
+        y = F.relu_(self.out(torch.cat([self.b23_up(f23, f1), f1], 1)))
+        return F.relu_(self.res(torch.cat([y, x], 1)))
 
 
 class DPNRelease(nn.Module):
@@ -167,7 +179,7 @@ class DPNRelease(nn.Module):
         xavier_init(self)
 
     def forward(self, x: torch.Tensor):
-        x = F.relu(self.front(x))
+        x = F.relu_(self.front(x))
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x)

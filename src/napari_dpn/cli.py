@@ -1,0 +1,225 @@
+"""``napari-dpn``: segment images, evaluate on a dataset, import Caffe weights, train, list models.
+
+Every command shares the core used by the napari widgets.  User mistakes end in
+one line ``napari-dpn: error: ...`` and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import DPNError, InputError
+
+DEFAULT_MODEL = "dpn-release-drive"
+
+
+def _images_in(paths: list[str]) -> list[Path]:
+    from .image_io import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for text in paths:
+        p = Path(text).expanduser()
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise InputError(f"no such file or folder: {p}")
+    if not found:
+        raise InputError("no images found in " + ", ".join(paths))
+    return found
+
+
+def cmd_segment(args) -> int:
+    from tqdm import tqdm
+
+    from .annotations import annotation_paths
+    from .fov import estimate_fov
+    from .image_io import as_rgb, read_image, write_mask, write_probability
+    from .inference import predict, select_device
+    from .models import load_model
+
+    images = _images_in(args.inputs)
+    device = select_device(args.device)
+    loaded = load_model(args.model)
+    threshold = loaded.card.threshold if args.threshold is None else args.threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must lie between 0 and 1, got {threshold}")
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".tif" if args.prob_format == "tiff" else ".png"
+    t0, seconds, failed = time.perf_counter(), [], []
+    for path in tqdm(images, desc="segmenting", unit="image", disable=args.quiet):
+        try:
+            rgb = as_rgb(read_image(path))
+        except DPNError as exc:  # one bad file in a folder should not stop the batch
+            failed.append(f"{path.name}: {exc}")
+            continue
+        pred = predict(loaded, rgb, device=device)
+        fov = estimate_fov(rgb)
+        vessels_path, fov_path = annotation_paths(path, out)
+        write_probability(out / f"{path.stem}_probability{suffix}", pred.probability)
+        write_mask(vessels_path, (pred.probability >= threshold) & fov)
+        write_mask(fov_path, fov)
+        seconds.append(pred.seconds)
+        if pred.note:
+            tqdm.write(f"{path.name}: {pred.note}")
+    for line in failed:
+        print(f"napari-dpn: skipped {line}", file=sys.stderr)
+    if not seconds:
+        raise InputError("none of the images could be read")
+    total = time.perf_counter() - t0
+    print(f"{len(seconds)} image(s) segmented with {loaded.card.name} on {device} in {total:.1f} s "
+          f"({sum(seconds) / len(seconds):.2f} s per image for the network; threshold {threshold:.3f}); "
+          f"outputs in {out}")
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import metrics
+    from .datasets import load_split
+    from .evaluation import evaluate_model
+    from .image_io import atomic_write
+    from .inference import select_device
+    from .models import load_model
+
+    split = load_split(args.dataset, args.root, args.split)
+    if not split.test:
+        raise InputError("this split has no test images")
+    device = select_device(args.device)
+    loaded = load_model(args.model)
+    train = [] if args.no_train_threshold else split.train
+    t0 = time.perf_counter()
+    done = []
+
+    def on_image(name, sec):
+        done.append(sec)
+        if not args.quiet:
+            print(f"  {name}: {sec:.2f} s", file=sys.stderr)
+
+    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image)
+    result["meta"] = {
+        "model": loaded.card.name, "dataset": args.dataset, "split": args.split or "default",
+        "n_test": len(split.test), "n_train": len(train), "device": str(device),
+        "seconds_per_image": sum(done) / max(1, len(done)), "wall_seconds": time.perf_counter() - t0,
+    }
+    print(f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, FOV pixels pooled)")
+    print(metrics.format_table(result))
+    s = result["per_image_summary"]["auc"]
+    print(f"per-image AUC: mean {s['mean']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}")
+    print("train_threshold: " + result["train_threshold_source"] + "; max_acc is chosen on the test images")
+    if args.json:
+        path = Path(args.json).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_import_caffe(args) -> int:
+    from .convert import import_caffe
+
+    path = import_caffe(args.src, args.dst)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Segment scikit-image's bundled CC0 fundus photograph with the shipped model."""
+    from PIL import Image
+    from skimage import data
+
+    from .image_io import atomic_write
+
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    sample = out / "retina.png"
+    with atomic_write(sample) as tmp:
+        Image.fromarray(data.retina()).save(tmp, format="PNG")
+    print(f"sample: {sample} (scikit-image's retina photograph, CC0)")
+    seg = argparse.Namespace(inputs=[str(sample)], out=str(out), model=args.model, device=args.device,
+                             threshold=None, prob_format="png", quiet=False)
+    return cmd_segment(seg)
+
+
+def cmd_models(args) -> int:
+    from .models import list_models, user_models_dir
+
+    for card in list_models():
+        print(f"{card.name:<28} {card.summary}")
+    print(f"(user models folder: {user_models_dir()})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .inference import available_devices
+
+    parser = argparse.ArgumentParser(prog="napari-dpn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("segment", help="segment fundus images: probability map, vessel mask, FOV mask")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (here: " + ", ".join(available_devices()) + ")")
+    p.add_argument("--threshold", type=float, default=None, help="vessel threshold (default: the model card's)")
+    p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="the paper's metrics inside the FOV on a dataset's test split")
+    p.add_argument("--dataset", required=True, help="drive, stare or chase")
+    p.add_argument("--root", required=True, metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (or the dataset folder)")
+    p.add_argument("--split", default=None, help="drive: default|all; stare: 10/10|loo-K|all; chase: 20/8|14/14|all")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--no-train-threshold", action="store_true", help="skip the training images; rule (a) uses the model card's threshold")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("import-caffe", help="convert the official release's .caffemodel to safetensors")
+    p.add_argument("src", metavar="IN.caffemodel")
+    p.add_argument("dst", metavar="OUT.safetensors")
+    p.set_defaults(func=cmd_import_caffe)
+
+    p = sub.add_parser("demo", help="segment the bundled sample fundus photograph")
+    p.add_argument("--out", default="demo-output", metavar="DIR")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list the shipped and user models")
+    p.set_defaults(func=cmd_models)
+
+    try:
+        from . import train_cli
+    except ImportError:
+        train_cli = None
+    if train_cli is not None:
+        train_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DPNError as exc:
+        print(f"napari-dpn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("napari-dpn: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("napari-dpn: error: out of memory; try --device cpu or a smaller image", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
