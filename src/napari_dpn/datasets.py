@@ -1,0 +1,226 @@
+"""DRIVE, STARE and CHASE_DB1 in their release layouts, with the paper's splits (section 4.1).
+
+Layouts (see /work/shared/datasets/SOURCES.md):
+- DRIVE:     ``{training,test}/images/NN_{training,test}.tif``, ``1st_manual/NN_manual1.gif``,
+             ``mask/NN_{training,test}_mask.gif``
+- STARE:     ``images/imNNNN.ppm``, ``labels-ah/imNNNN.ah.ppm``, ``mask/imNNNN_mask.pgm``
+             (the masks are third-party; without them the FOV is estimated)
+- CHASE_DB1: flat ``Image_NNX.jpg`` + ``Image_NNX_1stHO.png``; no FOV masks (estimated)
+
+Splits: ``"default"`` (DRIVE's official 20/20), ``"A/B"`` (first A images in sorted order train,
+the remaining B test; e.g. STARE "10/10", CHASE "20/8", "14/14"), ``"loo-K"`` (leave-one-out:
+image K, 1-based in sorted order or its name, is the test image), ``"all"`` (every image in
+``test``, none in ``train``: for cross-dataset testing; use :attr:`Split.all` to train on them).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from napari_dpn.errors import InputError
+from napari_dpn.fov import estimate_fov
+from napari_dpn.image_io import IMAGE_SUFFIXES, as_rgb, read_image, read_mask
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the paper used per dataset; the training code reads crop/clahe/iterations."""
+
+    name: str
+    folder: str            # folder name under the datasets root
+    crop_size: int         # random training crop (section 4.3)
+    clahe: bool            # CLAHE on the green channel before the network (section 4.2)
+    iterations: int        # training iterations in the paper (section 4.3)
+    default_split: str
+    splits: tuple[str, ...]  # the paper's splits (others of the same forms also work)
+    n_images: int
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "drive": DatasetInfo("drive", "DRIVE", 512, False, 100_000, "default", ("default", "all"), 40),
+    "stare": DatasetInfo("stare", "STARE", 512, True, 30_000, "10/10",
+                         ("10/10", "loo-K", "all"), 20),
+    "chase": DatasetInfo("chase", "CHASE_DB1", 736, False, 100_000, "20/8",
+                         ("20/8", "14/14", "all"), 28),
+}
+_ALIASES = {"chase_db1": "chase", "chasedb1": "chase", "chase-db1": "chase"}
+_FOLDER_NAMES = {"drive": ("DRIVE",), "stare": ("STARE",),
+                 "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE")}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its ground truth and (optional) FOV mask."""
+
+    name: str
+    image_path: Path
+    label_path: Path
+    fov_path: Path | None
+    dataset: str
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rgb float32 (H, W, 3) in 0..1, ground truth bool, FOV bool); FOV estimated if absent."""
+        rgb = as_rgb(read_image(self.image_path))
+        gt = read_mask(self.label_path)
+        fov = read_mask(self.fov_path) if self.fov_path else estimate_fov(rgb)
+        for what, arr in (("ground truth", gt), ("FOV mask", fov)):
+            if arr.shape != rgb.shape[:2]:
+                raise InputError(f"{self.name}: the {what} is {arr.shape[::-1]} but the image is "
+                                 f"{rgb.shape[1::-1]} (W x H).")
+        return rgb, gt, fov
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[Sample]:
+        """Train then test samples, e.g. to train on a whole dataset for cross-dataset tests."""
+        return [*self.train, *self.test]
+
+
+def dataset_key(dataset: str) -> str:
+    """Normalise a dataset name: case-insensitive, with CHASE_DB1 aliases."""
+    key = str(dataset).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise InputError(f"Unknown dataset '{dataset}'; use drive, stare or chase.")
+    return key
+
+
+# ------------------------------------------------------------------------------- file finding
+def _find(folder: Path, stem: str) -> Path | None:
+    """The image file called ``stem`` plus any supported suffix, or None."""
+    for suffix in IMAGE_SUFFIXES:
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _require(folder: Path, stem: str, what: str) -> Path:
+    path = _find(folder, stem)
+    if path is None:
+        raise InputError(f"Missing {what}: no {folder / stem}.* file.")
+    return path
+
+
+def _images(folder: Path, pattern: str) -> list[Path]:
+    regex = re.compile(pattern, re.IGNORECASE)
+    if not folder.is_dir():
+        raise InputError(f"Missing folder {folder}.")
+    found = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in IMAGE_SUFFIXES and regex.fullmatch(p.stem))
+    if not found:
+        raise InputError(f"No images found in {folder}.")
+    return found
+
+
+def _dataset_dir(key: str, root: Path) -> Path:
+    """Accept the folder holding DRIVE/STARE/CHASE_DB1, or the dataset folder itself."""
+    if not root.is_dir():
+        raise InputError(f"The datasets folder {root} does not exist.")
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    for name in _FOLDER_NAMES[key]:
+        if name.lower() in children:
+            return children[name.lower()]
+    looks_like = {
+        "drive": (root / "training").is_dir() and (root / "test").is_dir(),
+        "stare": (root / "images").is_dir() and (root / "labels-ah").is_dir(),
+        "chase": any(root.glob("Image_*_1stHO.*")),
+    }[key]
+    if looks_like:
+        return root
+    raise InputError(f"No {DATASETS[key].folder} folder in {root}.")
+
+
+def _drive(root: Path) -> dict[str, list[Sample]]:
+    parts = {}
+    for part in ("training", "test"):
+        base = root / part
+        samples = []
+        for img in _images(base / "images", rf"\d+_{part}"):
+            number = img.stem.split("_")[0]
+            label = _require(base / "1st_manual", f"{number}_manual1", f"DRIVE label for {img.name}")
+            samples.append(Sample(img.stem, img, label, _find(base / "mask", f"{img.stem}_mask"),
+                                  "drive"))
+        parts[part] = samples
+    return parts
+
+
+def _stare(root: Path) -> list[Sample]:
+    samples = []
+    for img in _images(root / "images", r"im\d+"):
+        label = _require(root / "labels-ah", f"{img.stem}.ah", f"STARE label for {img.name}")
+        samples.append(Sample(img.stem, img, label, _find(root / "mask", f"{img.stem}_mask"),
+                              "stare"))
+    return samples
+
+
+def _chase(root: Path) -> list[Sample]:
+    samples = []
+    for img in _images(root, r"Image_\d+[LR]"):
+        label = _require(root, f"{img.stem}_1stHO", f"CHASE_DB1 label for {img.name}")
+        samples.append(Sample(img.stem, img, label, None, "chase"))
+    return samples
+
+
+def list_samples(dataset: str, root: str | Path) -> list[Sample]:
+    """All samples of a dataset in sorted order (DRIVE: training then test)."""
+    key = dataset_key(dataset)
+    folder = _dataset_dir(key, Path(root))
+    if key == "drive":
+        parts = _drive(folder)
+        return parts["training"] + parts["test"]
+    return _stare(folder) if key == "stare" else _chase(folder)
+
+
+# -------------------------------------------------------------------------------------- splits
+def _loo_index(token: str, samples: list[Sample]) -> int:
+    names = [s.name.lower() for s in samples]
+    if token.lower() in names:
+        return names.index(token.lower())
+    if token.isdigit() and 1 <= int(token) <= len(samples):
+        return int(token) - 1
+    raise InputError(f"Leave-one-out image '{token}' is neither 1..{len(samples)} nor an image "
+                     "name of the dataset.")
+
+
+def load_split(dataset: str, root: str | Path, split: str | None = None) -> Split:
+    """The train/test samples of one of the paper's splits (default: the dataset's main one)."""
+    key = dataset_key(dataset)
+    split = (split or DATASETS[key].default_split).strip().lower()
+    if split == "default":
+        split = DATASETS[key].default_split
+    folder = _dataset_dir(key, Path(root))
+    if key == "drive" and split == "default":
+        parts = _drive(folder)
+        return Split(train=parts["training"], test=parts["test"])
+    samples = list_samples(key, folder)
+    if split == "all":
+        return Split(train=[], test=samples)
+    if split.startswith("loo-"):
+        k = _loo_index(split[4:], samples)
+        return Split(train=samples[:k] + samples[k + 1:], test=[samples[k]])
+    match = re.fullmatch(r"(\d+)/(\d+)", split)
+    if match:
+        n_train, n_test = int(match[1]), int(match[2])
+        if n_train + n_test != len(samples):
+            raise InputError(f"Split {split} needs {n_train + n_test} {DATASETS[key].folder} "
+                             f"images but {folder} has {len(samples)}.")
+        return Split(train=samples[:n_train], test=samples[n_train:])
+    raise InputError(f"Unknown split '{split}' for {DATASETS[key].folder}; use one of "
+                     f"{', '.join(DATASETS[key].splits)} (or A/B, loo-K, all).")
+
+
+def leave_one_out(dataset: str, root: str | Path) -> Iterator[tuple[str, Split]]:
+    """Yield (test image name, Split) for every leave-one-out fold (STARE: 20 folds)."""
+    samples = list_samples(dataset, root)
+    for k, sample in enumerate(samples):
+        yield sample.name, Split(train=samples[:k] + samples[k + 1:], test=[sample])
