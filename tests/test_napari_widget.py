@@ -550,7 +550,17 @@ def test_devices_are_only_those_present(widget):
     assert items == available_devices()
 
 
-def test_plugin_dock_widget_from_manifest(make_napari_viewer, tiny_model):
+def test_plugin_dock_widget_from_manifest_full_flow(qtbot, make_napari_viewer, tiny_model):
+    """Docked through npe2, napari passes a proxy viewer: segmenting and locking still work."""
     viewer = make_napari_viewer()
+    add_eye(viewer)
     dock, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
     assert isinstance(w, SegmentWidget)
+    w.select_model("tiny-test")
+    segment(qtbot, w)
+    vessels = viewer.layers["eye vessels"]
+    vessels.paint((20, 20), 1)
+    assert w.current_result().edited and "threshold locked" in w.edit_status.text()
+    edited = np.asarray(vessels.data).copy()
+    w.set_threshold(0.0)
+    np.testing.assert_array_equal(np.asarray(vessels.data), edited)

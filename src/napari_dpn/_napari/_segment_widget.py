@@ -121,7 +121,10 @@ class SegmentWidget(QWidget):
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
-        self.viewer = napari_viewer
+        # napari hands plugin widgets a PublicOnlyProxy of the viewer, whose layers are new
+        # proxy objects on every access; identity checks (which layer was painted, which
+        # result belongs to which image) need the real objects.  We use public API only.
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._results: dict[int, _Result] = {}
         self._models: dict[tuple, object] = {}    # (path, mtime) -> LoadedModel, worker-side
         self._worker = None
@@ -203,7 +206,6 @@ class SegmentWidget(QWidget):
         lay.addLayout(row)
         self.edit_status = QLabel()
         self.edit_status.setWordWrap(True)
-        self.edit_status.setStyleSheet("color: #e0a000;")
         lay.addWidget(self.edit_status)
         self.reapply_button = QPushButton("Re-apply threshold…")
         self.reapply_button.setToolTip("Replace the corrected vessels by probability >= threshold "
@@ -837,6 +839,8 @@ class SegmentWidget(QWidget):
         self.youden_button.setEnabled(has and not edited and self.current_ground_truth() is not None)
         self.reapply_button.setVisible(edited)
         self.save_button.setEnabled(has)
+        self.edit_status.setStyleSheet("color: #f0a000; font-weight: bold;" if edited
+                                       else "color: gray;")
         if edited:
             self.edit_status.setText(
                 "Edited — threshold locked; 'Re-apply threshold' discards edits.")
