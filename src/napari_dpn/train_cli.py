@@ -1,0 +1,224 @@
+"""``napari-dpn train``: train or fine-tune on a public dataset or on a folder of annotated images.
+
+    napari-dpn train --dataset drive --root DATASETS [--split default] [--steps N] ...
+    napari-dpn train --images DIR [--labels DIR] [--fovs DIR] [--init dpn-release-drive] ...
+
+Folder mode pairs ``IMAGE.ext`` with ``IMAGE_vessels.png`` (and ``IMAGE_fov.png``; estimated when
+absent), the convention the napari Save button writes (``annotations.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class FilePair:
+    """An image and its masks on disk, loaded only when training starts."""
+
+    name: str
+    image: Path
+    label: Path
+    fov: Path | None
+
+    def load(self):
+        from .image_io import as_rgb, read_image, read_mask
+
+        return as_rgb(read_image(self.image)), read_mask(self.label), read_mask(self.fov) if self.fov else None
+
+
+def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
+    from .annotations import FOV_SUFFIX, VESSELS_SUFFIX, find_pairs
+
+    images = Path(images).expanduser()
+    if not images.is_dir():
+        raise InputError(f"no such folder: {images}")
+    found = find_pairs(images, labels and Path(labels).expanduser(), fovs and Path(fovs).expanduser())
+    if not found:
+        where = Path(labels).expanduser() if labels else images
+        raise InputError(f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
+                         f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
+    return [FilePair(img.stem, img, lab, fov) for img, lab, fov in found]
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to the main parser's subparsers."""
+    p = subparsers.add_parser("train", help="train or fine-tune DPN on a dataset or on your annotated images",
+                              description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("training data (one of --dataset or --images)")
+    src.add_argument("--dataset", help="drive, stare or chase (the paper's splits)")
+    src.add_argument("--root", metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (with --dataset)")
+    src.add_argument("--split", default=None, help="drive: default; stare: 10/10|loo-K; chase: 20/8|14/14")
+    src.add_argument("--images", metavar="DIR", help="folder of your images")
+    src.add_argument("--labels", metavar="DIR", help="folder of IMAGE_vessels.png masks (default: --images)")
+    src.add_argument("--fovs", metavar="DIR", help="folder of IMAGE_fov.png masks (default: --labels)")
+    val = p.add_argument_group("validation")
+    val.add_argument("--val", choices=("test", "train", "none"), default=None,
+                     help="with --dataset: validate on the split's test images (default) or training images")
+    val.add_argument("--val-images", metavar="DIR", help="with --images: a folder of annotated validation images")
+    val.add_argument("--val-labels", metavar="DIR")
+    val.add_argument("--val-fovs", metavar="DIR")
+    val.add_argument("--val-every", type=int, default=None, metavar="N", help="validate every N steps (default 500)")
+    run = p.add_argument_group("model and schedule")
+    run.add_argument("--init", metavar="MODEL", help="fine-tune this model (name or path); default: a fresh network")
+    run.add_argument("--arch", choices=("dpn", "dpn-release"), default="dpn", help="architecture of a fresh network")
+    run.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (give the same data again)")
+    run.add_argument("--steps", type=int, default=None,
+                     help="optimisation steps (default: the paper's 100k/30k/100k with --dataset, else 2000)")
+    run.add_argument("--crop", type=int, default=None, help="random crop size (default 512; 736 for CHASE-sized images)")
+    run.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    run.add_argument("--weight-decay", type=float, default=None, help="L2 on conv weights (default 5e-4)")
+    run.add_argument("--batch-size", type=int, default=None, help="crops per step (default 1, as the paper)")
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--no-aux", action="store_true", help="train the main head only (the paper's Table 5 ablation)")
+    run.add_argument("--no-augment", action="store_true", help="no offline flips/rotations and no random mirror")
+    run.add_argument("--clahe", action=argparse.BooleanOptionalAction, default=None,
+                     help="CLAHE on green (default: the dataset's paper setting, or the base model's)")
+    run.add_argument("--whole-crop", action="store_true", help="count every crop pixel in the loss, not only the FOV")
+    run.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 500")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    run.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    run.add_argument("--name", help="name of the saved model (default: ARCH-DATA-DATE)")
+    run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def _data(args):
+    """(train pairs, validation pairs, description, dataset key or None)."""
+    if bool(args.dataset) == bool(args.images):
+        raise InputError("give either --dataset (with --root) or --images")
+    if args.dataset:
+        from .datasets import DATASETS, dataset_key, load_split
+
+        if not args.root:
+            raise InputError("--dataset needs --root, the folder holding the dataset")
+        key = dataset_key(args.dataset)
+        split = load_split(key, args.root, args.split)
+        if not split.train:
+            raise InputError(f"the split {args.split!r} has no training images")
+        which = args.val or "test"
+        val = {"test": split.test, "train": split.train, "none": []}[which]
+        desc = (f"{DATASETS[key].folder} split {args.split or DATASETS[key].default_split} "
+                f"({len(split.train)} training images)")
+        return split.train, val, desc, key
+    train = folder_pairs(args.images, args.labels, args.fovs)
+    val = folder_pairs(args.val_images, args.val_labels, args.val_fovs) if args.val_images else []
+    return train, val, f"{len(train)} annotated image(s) from {Path(args.images).expanduser()}", None
+
+
+def _config(args, key):
+    from .training import TrainConfig, load_checkpoint
+
+    base = TrainConfig()
+    if args.resume:
+        saved = load_checkpoint(args.resume)["config"]
+        base = TrainConfig(**saved)
+    elif key:
+        from .datasets import DATASETS
+
+        info = DATASETS[key]
+        base.steps, base.crop = info.iterations, info.crop_size
+        base.clahe = info.clahe if not args.init else None
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    name = args.name or base.name
+    if not name:
+        data = key or Path(args.images).expanduser().name
+        name = f"{args.arch}-{data}-{datetime.now().strftime('%Y%m%d-%H%M')}"
+    return TrainConfig(
+        steps=pick(args.steps, base.steps), crop=pick(args.crop, base.crop), lr=pick(args.lr, base.lr),
+        weight_decay=pick(args.weight_decay, base.weight_decay), batch_size=pick(args.batch_size, base.batch_size),
+        seed=pick(args.seed, base.seed), augment=base.augment and not args.no_augment,
+        clahe=pick(args.clahe, base.clahe), fov_only=base.fov_only and not args.whole_crop,
+        checkpoint_every=pick(args.checkpoint_every, base.checkpoint_every),
+        val_every=pick(args.val_every, base.val_every), device=args.device, amp=args.amp,
+        aux_heads=base.aux_heads and not args.no_aux, architecture=args.arch if not args.resume else base.architecture,
+        threads=args.threads, name=name,
+    )
+
+
+def _format_metrics(m: dict) -> str:
+    return (f"AUC {m['auc']:.4f}  Se {m['se']:.4f}  Sp {m['sp']:.4f}  Acc {m['acc']:.4f}  F1 {m['f1']:.4f}"
+            f"  (Youden threshold {m['threshold']:.3f})")
+
+
+class _Progress:
+    """Turns training events into a tqdm bar and log lines."""
+
+    def __init__(self, total: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = tqdm(total=total, desc="training", unit="step", disable=quiet, dynamic_ncols=True)
+        self.last_ckpt = None
+
+    def write(self, text: str) -> None:
+        self.tqdm.write(text, file=sys.stderr)
+
+    def __call__(self, event) -> None:
+        from . import training as t
+
+        if isinstance(event, t.StepEvent):
+            self.bar.n = event.step
+            self.bar.set_postfix_str(f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, "
+                                     f"ETA {_duration(event.eta_seconds)}", refresh=False)
+            self.bar.refresh()
+        elif isinstance(event, t.ValidationEvent):
+            self.write(f"step {event.step}: {_format_metrics(event.metrics)}")
+        elif isinstance(event, t.CheckpointEvent):
+            self.last_ckpt = event.path
+        elif isinstance(event, t.MessageEvent):
+            self.write(event.text)
+        elif isinstance(event, t.CancelledEvent):
+            self.write(f"stopped at step {event.step}; checkpoint {event.checkpoint}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def cmd_train(args) -> int:
+    from .models import user_models_dir
+    from .training import load_checkpoint, train
+
+    train_pairs, val_pairs, desc, key = _data(args)
+    config = _config(args, key)
+    out = Path(args.out).expanduser() if args.out else (
+        Path(args.resume).expanduser().parent if args.resume else user_models_dir())
+    start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
+    progress = _Progress(config.steps, args.quiet)
+    progress.bar.n = start
+    progress.write(f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
+                   f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}")
+    try:
+        result = train(config, train_pairs, val_pairs or None, init=args.init, out_dir=out, resume=args.resume,
+                       callback=progress, description=desc)
+    except KeyboardInterrupt:
+        progress.close()
+        if progress.last_ckpt:
+            print(f"napari-dpn: interrupted; continue with --resume {progress.last_ckpt}", file=sys.stderr)
+        else:
+            print("napari-dpn: interrupted before the first checkpoint", file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+    if result.metrics_before and result.metrics_after:
+        print(f"validation before: {_format_metrics(result.metrics_before)}")
+    if result.metrics_after:
+        print(f"validation after:  {_format_metrics(result.metrics_after)}")
+    print(f"saved {result.card.name} ({result.steps} steps, threshold {result.threshold:.3f}) to {result.model_path}; "
+          f"checkpoint {result.checkpoint}")
+    return 0

@@ -1,0 +1,677 @@
+"""The training engine: the paper's loss and optimiser, with checkpoints, resume and cancel.
+
+What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what we chose:
+
+* Loss: class-balanced cross-entropy (eq. 1-2) on each of the four heads, summed (eq. 3).
+  beta = N- / (N+ + N-) is recomputed every iteration from the label being trained on (per
+  image of the batch).  It is computed from logits with ``logsigmoid`` so it never takes the
+  log of a saturated sigmoid.
+* Counted pixels (``fov_only``): the release's Caffe data layer counts the whole crop.  We
+  count only pixels inside the FOV by default: the black border, the zero padding of small
+  images and the corners rotated in by the 22/45/... degree views are not "annotated
+  background" but no image at all; counting them adds trivially easy negatives that shift beta
+  towards vessels and the loss towards the border, and user annotations often leave the
+  outside of the fundus unlabelled.  ``fov_only=False`` reproduces the release.
+* Normalisation: Caffe's HED-style loss layer sums over pixels.  We divide by the number of
+  counted pixels, so the loss reads the same for any crop size, batch size or FOV coverage.
+  Adam's steps do not depend on the scale of the loss, so this changes nothing for the data
+  term; it makes weight decay relatively stronger than in the summed Caffe loss (there
+  5e-4 * w is negligible next to a gradient summed over 262,144 pixels).  We keep the paper's
+  5e-4 and record it in the card.
+* Optimiser: Adam, lr 1e-3 (fixed, as in the release's solver), batch size 1, L2 weight decay
+  5e-4 on convolution weights only (torch Adam's ``weight_decay`` adds it to the gradient, as
+  Caffe does).  With ``caffe_lr_mults`` (default) the release's per-layer multipliers are
+  used too: biases learn at 2x and get no decay; the four 1x1 heads learn at 0.1x (bias 0.2x).
+* Initialisation: fresh models are Caffe-xavier initialised by ``model.build_model``; fresh
+  models read RGB in 0..1 normalised as ``models.FRESH_INPUT``; fine-tuned models keep their
+  base model's input convention (the release model wants BGR 0..255).
+* AMP: ``auto`` uses bf16 autocast on CUDA GPUs that support it (else fp16 with a gradient
+  scaler) and nothing on CPU/MPS: on the reference CPU bf16 autocast made a dpn step 4-5x
+  slower (docs/training-speed.md).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import augment
+from .errors import TrainingError
+from .model import ARCHITECTURES, MIN_SIDE, build_model
+
+HEAD_NAMES = ("aux1", "aux2", "aux3", "main")
+CHECKPOINT_FORMAT = "napari-dpn-checkpoint/1"
+# A loss above MAX_LOSS, or SPIKE_FACTOR times the median of the last SPIKE_WINDOW losses, means
+# the run diverged (a healthy loss starts near 4 x 0.7 and falls).
+MAX_LOSS = 1e4
+SPIKE_FACTOR = 100.0
+SPIKE_WINDOW = 50
+# Fields of TrainConfig that may change when a run is resumed; the others define the run.
+RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "channels_last", "threads")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; defaults are the paper's (DRIVE: 100k steps, crop 512)."""
+
+    steps: int = 2000
+    crop: int | None = None          # None: 512, or 736 for CHASE_DB1-sized images
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    batch_size: int = 1
+    seed: int = 0
+    augment: bool = True             # the 11 offline views + random mirror
+    clahe: bool | None = None        # None: as the base model's card says (fresh: no CLAHE)
+    fov_only: bool = True            # count only FOV pixels in the loss (see module docstring)
+    checkpoint_every: int = 500
+    val_every: int = 500             # 0: validate only before and after
+    device: str = "auto"             # auto | cpu | cuda | mps
+    amp: str = "auto"                # auto | off | bf16 | fp16
+    channels_last: bool = True
+    aux_heads: bool = True           # False: main head only (the paper's Table 5 ablation)
+    caffe_lr_mults: bool = True      # the release's lr multipliers (bias 2x, heads 0.1x)
+    architecture: str = "dpn"        # for fresh models
+    threads: int | None = None       # torch CPU threads (None: torch's default)
+    name: str | None = None          # name of the saved model (default: architecture + date)
+
+    def check(self) -> None:
+        if self.steps < 0:
+            raise TrainingError(f"steps must be 0 or more, got {self.steps}")
+        if self.crop is not None and self.crop < MIN_SIDE:
+            raise TrainingError(f"the crop must be at least {MIN_SIDE} pixels, got {self.crop}")
+        if self.batch_size < 1:
+            raise TrainingError(f"the batch size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise TrainingError(f"the learning rate must be positive, got {self.lr}")
+        if self.architecture not in ARCHITECTURES:
+            raise TrainingError(f"unknown architecture {self.architecture!r}; use {' or '.join(ARCHITECTURES)}")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass
+class StepEvent:
+    step: int                      # optimisation steps done
+    total: int
+    loss: float                    # sum over the heads trained
+    head_losses: dict[str, float]  # aux1, aux2, aux3, main
+    seconds_per_step: float        # running mean of the last 20 steps
+    eta_seconds: float
+
+
+@dataclass
+class ValidationEvent:
+    step: int
+    metrics: dict  # auc, threshold (Youden), se, sp, acc, f1 pooled over the validation FOVs
+
+
+@dataclass
+class CheckpointEvent:
+    step: int
+    path: Path
+
+
+@dataclass
+class MessageEvent:
+    text: str
+
+
+@dataclass
+class CancelledEvent:
+    step: int
+    checkpoint: Path
+
+
+@dataclass
+class DoneEvent:
+    step: int
+    model_path: Path
+    checkpoint: Path
+    metrics: dict | None
+
+
+@dataclass
+class TrainResult:
+    steps: int                      # optimisation steps done in total (including resumed ones)
+    cancelled: bool
+    checkpoint: Path | None
+    model_path: Path | None         # None when cancelled
+    losses: list[float]
+    metrics_before: dict | None
+    metrics_after: dict | None
+    threshold: float | None
+    card: Any = None                # models.ModelCard of the saved model
+    model: nn.Module | None = None  # the trained network, evaluation mode
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def class_balance_beta(label: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 2 per image: beta = N- / (N+ + N-) over the counted pixels; shape (N,)."""
+    label = label.float()
+    w = torch.ones_like(label) if mask is None else mask.float()
+    n = w.sum(dim=(1, 2, 3))
+    n_pos = (w * label).sum(dim=(1, 2, 3))
+    return (n - n_pos) / n.clamp_min(1)
+
+
+def balanced_bce(logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 1 from logits, mean over the counted pixels of each image, then over the batch.
+
+    ``-(beta * sum_{y=1} log p + (1 - beta) * sum_{y=0} log(1 - p)) / n_counted``.
+    """
+    label = label.to(logits.dtype)
+    w = torch.ones_like(logits) if mask is None else mask.to(logits.dtype)
+    beta = class_balance_beta(label, w).view(-1, 1, 1, 1)
+    per_pixel = beta * label * F.logsigmoid(logits) + (1 - beta) * (1 - label) * F.logsigmoid(-logits)
+    per_image = -(per_pixel * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1)
+    return per_image.mean()
+
+
+def dpn_loss(outputs: Sequence[torch.Tensor], label: torch.Tensor, mask: torch.Tensor | None = None,
+             aux_heads: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Eq. 3 without the L2 term (that is the optimiser's weight decay): the sum of the heads' losses.
+
+    Returns (total, per-head losses); without ``aux_heads`` only the main head counts.
+    """
+    per_head = [balanced_bce(o.float(), label, mask) for o in outputs]
+    total = sum(per_head) if aux_heads else per_head[-1]
+    return total, per_head
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, caffe_lr_mults: bool = True) -> list[dict]:
+    """Adam parameter groups: decay on conv weights only; optionally the release's lr multipliers."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_bias = name.endswith("bias")
+        mult = 1.0
+        if caffe_lr_mults:
+            mult = (0.1 if name.startswith("heads.") else 1.0) * (2.0 if is_bias else 1.0)
+        groups.setdefault((mult, 0.0 if is_bias else weight_decay), []).append(p)
+    return [{"params": ps, "lr": lr * m, "weight_decay": wd, "lr_mult": m} for (m, wd), ps in groups.items()]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Pair:
+    """A checked training or validation image: RGB float32 0..1, bool label, bool FOV."""
+
+    name: str
+    rgb: np.ndarray
+    label: np.ndarray
+    fov: np.ndarray
+
+
+def _as_bool(mask) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask
+    return mask >= 0.5 if np.issubdtype(mask.dtype, np.floating) else mask > 0
+
+
+def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | None = None) -> list[Pair]:
+    """Load and check pairs: ``(rgb, label[, fov])`` tuples or dataset ``Sample`` objects.
+
+    A missing FOV (None, or a Sample without mask) is estimated with ``fov.estimate_fov`` and
+    reported through ``emit``; mismatched sizes and empty annotations are errors.
+    """
+    pairs = list(pairs or [])
+    if not pairs:
+        raise TrainingError(f"no {what} images were given")
+    out = []
+    for i, p in enumerate(pairs, 1):
+        name = str(getattr(p, "name", "") or f"{what} image {i}")
+        fov = None
+        if hasattr(p, "load"):
+            rgb, label, fov = p.load()
+        else:
+            if len(p) not in (2, 3):
+                raise TrainingError(f"{name}: expected (image, label) or (image, label, fov), got {len(p)} items")
+            rgb, label = p[0], p[1]
+            fov = p[2] if len(p) == 3 else None
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise TrainingError(f"{name}: expected an RGB image (H, W, 3), got shape {rgb.shape}")
+        rgb = rgb.astype(np.float32, copy=False)
+        if rgb.size and float(rgb.max()) > 1.0 + 1e-3:
+            raise TrainingError(f"{name}: image values go up to {rgb.max():g}; expected RGB in 0..1 (use image_io.as_rgb)")
+        h, w = rgb.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise TrainingError(f"{name}: the image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels")
+        if label is None:
+            raise TrainingError(f"{name}: has no vessel annotation")
+        label = _as_bool(label)
+        if label.shape != (h, w):
+            raise TrainingError(f"{name}: the annotation is {label.shape[1]}x{label.shape[0]} "
+                                f"but the image is {w}x{h} (W x H); they must be the same size")
+        if fov is None:
+            from .fov import estimate_fov
+
+            fov = estimate_fov(rgb)
+            if emit:
+                emit(MessageEvent(f"{name}: no FOV mask given; estimated it from the image "
+                                  f"({fov.mean():.0%} of the image)"))
+        fov = _as_bool(fov)
+        if fov.shape != (h, w):
+            raise TrainingError(f"{name}: the FOV mask is {fov.shape[1]}x{fov.shape[0]} "
+                                f"but the image is {w}x{h} (W x H); they must be the same size")
+        if not fov.any():
+            raise TrainingError(f"{name}: the FOV mask is empty")
+        if not (label & fov).any():
+            raise TrainingError(f"{name}: the annotation has no vessel pixels inside the FOV; "
+                                "an empty annotation cannot be trained on")
+        if (label & fov).all():
+            raise TrainingError(f"{name}: the annotation marks every FOV pixel as vessel")
+        out.append(Pair(name, rgb, label, fov))
+    return out
+
+
+def _fingerprint(pairs: list[Pair]) -> list:
+    return [[p.name, *p.label.shape, int(p.label.sum())] for p in pairs]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _device(name: str) -> torch.device:
+    from .inference import select_device
+
+    return select_device(name)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _metrics_summary(report: dict) -> dict:
+    pooled = report["pooled"]
+    y = pooled["youden"]
+    return {"auc": pooled["auc"], "threshold": y["threshold"], "se": y["se"], "sp": y["sp"],
+            "acc": y["acc"], "f1": y["f1"]}
+
+
+def _bad_loss(value: float, history: deque) -> str | None:
+    if not math.isfinite(value):
+        return "the loss became NaN or infinite"
+    if value > MAX_LOSS:
+        return f"the loss exploded to {value:.3g}"
+    if len(history) >= 20:
+        med = float(np.median(history))
+        if value > SPIKE_FACTOR * med:
+            return f"the loss jumped to {value:.3g}, {value / med:.0f}x its recent median"
+    return None
+
+
+def _state_copy(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
+
+
+def _save_checkpoint(path: Path, payload: dict) -> Path:
+    from .image_io import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`train` (tensors on the CPU)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise TrainingError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"{path.name} is not a readable checkpoint ({exc})") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path.name} is not a napari-dpn training checkpoint")
+    return ck
+
+
+def _load_init(init, device: torch.device):
+    """(network, base card or None) from None / a model name or path / a LoadedModel."""
+    if init is None:
+        return None, None
+    if hasattr(init, "model") and hasattr(init, "card"):
+        return copy.deepcopy(init.model), copy.deepcopy(init.card)
+    from .models import load_model
+
+    loaded = load_model(init, device="cpu")
+    return loaded.model, loaded.card
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class _Trainer:
+    """One run; :func:`train` is the public entry point."""
+
+    def __init__(self, config: TrainConfig, train_pairs, val_pairs, init, out_dir, resume, callback,
+                 should_stop, description):
+        from .models import FRESH_INPUT
+
+        self.emit = callback or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        ck = load_checkpoint(resume) if resume is not None else None
+        config = dataclasses.replace(config)  # never modify the caller's object
+        if ck is not None:
+            saved = TrainConfig(**ck["config"])
+            config = dataclasses.replace(saved, **{k: getattr(config, k) for k in RUN_CONTROL})
+            if init is not None:
+                self.emit(MessageEvent("resuming: the model comes from the checkpoint, the given init is ignored"))
+        config.check()
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(int(config.threads))
+        self.device = _device(config.device)
+        self.amp = _amp_dtype(config.amp, self.device)
+        self.description = description
+
+        # Model and its input convention.
+        if ck is not None:
+            self.base_card = ck["base_card"]
+            self.arch = ck["architecture"]
+            self.input = dict(ck["input"])
+            torch.manual_seed(config.seed)
+            model = build_model(self.arch)
+            model.load_state_dict(ck["model"])
+        else:
+            model, card = _load_init(init, self.device)
+            self.base_card = card.to_dict() if card is not None else None
+            if model is None:
+                torch.manual_seed(config.seed)
+                model = build_model(config.architecture)
+            self.arch = getattr(model, "architecture", config.architecture)
+            self.input = dict(card.input) if card is not None else dict(FRESH_INPUT)
+            if config.clahe is not None:
+                self.input["clahe"] = bool(config.clahe)
+        self.input["clahe"] = bool(self.input.get("clahe", False))
+        self.config.clahe = self.input["clahe"]
+        self.crop_input = {**self.input, "clahe": False}  # CLAHE is applied to whole images, before cropping
+        fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device).to(memory_format=fmt).train()
+        self.fmt = fmt
+
+        # Data.
+        self.train = prepare_pairs(train_pairs, "training", self.emit)
+        self.val = prepare_pairs(val_pairs, "validation", self.emit) if val_pairs else []
+        crop = config.crop or augment.default_crop(self.train[0].rgb.shape)
+        self.config.crop = crop
+        views = []
+        for p in self.train:
+            rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
+            views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
+        self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
+
+        # Optimiser.
+        self.opt = torch.optim.Adam(param_groups(self.model, config.lr, config.weight_decay, config.caffe_lr_mults),
+                                    lr=config.lr)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.step = 0
+        self.losses: list[float] = []
+        self.metrics_before = None
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        if ck is not None:
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.scaler is not None and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["torch_rng"])
+            self.step = int(ck["step"])
+            self.losses = list(ck["losses"])
+            self.metrics_before = ck.get("metrics_before")
+            self.history = list(ck.get("history", []))
+            self.seconds = float(ck.get("seconds", 0.0))
+            self.description = self.description or ck.get("description")
+            if ck.get("pairs") != _fingerprint(self.train):
+                self.emit(MessageEvent("resuming with other training images than the checkpoint was made with; "
+                                       "the run continues but will not match an uninterrupted one"))
+            self.emit(MessageEvent(f"resumed from step {self.step}"))
+        self.name = config.name or f"{self.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        self.config.name = self.name
+        self.out_dir = Path(out_dir).expanduser() if out_dir is not None else Path.cwd()
+        self.ckpt_path = self.out_dir / f"{self.name}.ckpt.pt"
+
+    # ---------------------------------------------------------------- pieces
+
+    def batch(self, step: int):
+        """Network input, label and loss mask of the crops of one step."""
+        b = self.config.batch_size
+        xs, ys, ms = [], [], []
+        from .preprocess import normalise
+
+        for j in range(b):
+            img, lab, fov = self.sampler.sample(step * b + j)
+            xs.append(normalise(img.astype(np.float32) / np.float32(255.0), self.crop_input))
+            ys.append(lab)
+            ms.append(fov if self.config.fov_only else np.ones_like(fov))
+        x = torch.from_numpy(np.stack(xs)).to(self.device).contiguous(memory_format=self.fmt)
+        y = torch.from_numpy(np.stack(ys)[:, None]).to(self.device)
+        m = torch.from_numpy(np.stack(ms)[:, None]).to(self.device)
+        return x, y, m
+
+    def forward_loss(self, x, y, m):
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            outputs = self.model(x)
+        return dpn_loss(outputs, y, m, self.config.aux_heads)
+
+    def predict(self, pairs: list[Pair]) -> list[np.ndarray]:
+        """Whole-image probabilities, exactly as inference computes them."""
+        from .inference import predict
+        from .models import LoadedModel, ModelCard
+
+        card = ModelCard(name=self.name, architecture=self.arch, input=dict(self.input))
+        loaded = LoadedModel(model=self.model, card=card)
+        try:
+            return [predict(loaded, p.rgb, device=self.device).probability for p in pairs]
+        finally:
+            self.model.train()
+
+    def evaluate(self, pairs: list[Pair]) -> dict | None:
+        from . import metrics
+        from .errors import DPNError
+
+        probs = self.predict(pairs)
+        try:
+            report = metrics.evaluate(probs, [p.label for p in pairs], [p.fov for p in pairs],
+                                      names=[p.name for p in pairs])
+        except DPNError as exc:
+            self.emit(MessageEvent(f"validation skipped: {exc}"))
+            return None
+        return _metrics_summary(report)
+
+    def validate(self) -> dict | None:
+        if not self.val:
+            return None
+        m = self.evaluate(self.val)
+        if m is not None:
+            self.history.append({"step": self.step, **m})
+            self.emit(ValidationEvent(self.step, m))
+        return m
+
+    def checkpoint(self, state: tuple[dict, dict] | None = None, step: int | None = None) -> Path:
+        model_state, opt_state = state or (self.model.state_dict(), self.opt.state_dict())
+        step = self.step if step is None else step
+        payload = {
+            "format": CHECKPOINT_FORMAT, "step": step, "architecture": self.arch,
+            "model": {k: v.detach().cpu() for k, v in model_state.items()},
+            "optimizer": _to_cpu(opt_state),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(self.config),
+            "base_card": self.base_card, "input": self.input, "losses": self.losses[:step],
+            "metrics_before": self.metrics_before, "history": [h for h in self.history if h["step"] <= step],
+            "seconds": self.seconds, "pairs": _fingerprint(self.train), "description": self.description,
+        }
+        _save_checkpoint(self.ckpt_path, payload)
+        self.emit(CheckpointEvent(step, self.ckpt_path))
+        return self.ckpt_path
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        if self.step == 0 and self.val and self.metrics_before is None:
+            self.metrics_before = self.validate()
+        times: deque = deque(maxlen=20)
+        recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
+        good = None  # (step, model state, optimiser state) of the last weights that gave a finite loss
+        try:
+            while self.step < cfg.steps:
+                if self.should_stop():
+                    path = self.checkpoint()
+                    self.emit(CancelledEvent(self.step, path))
+                    return self.result(cancelled=True)
+                t0 = time.perf_counter()
+                x, y, m = self.batch(self.step)
+                total, heads = self.forward_loss(x, y, m)
+                value = float(total.detach())
+                problem = _bad_loss(value, recent)
+                if problem:
+                    self.stop_diverged(problem, good)
+                good = (self.step, *_state_copy(self.model, self.opt))
+                self.opt.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(total).backward()
+                    self.scaler.step(self.opt)
+                    self.scaler.update()
+                else:
+                    total.backward()
+                    self.opt.step()
+                self.step += 1
+                self.losses.append(value)
+                recent.append(value)
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                self.seconds += dt
+                sps = sum(times) / len(times)
+                self.emit(StepEvent(self.step, cfg.steps, value, dict(zip(HEAD_NAMES, (float(h.detach()) for h in heads))),
+                                    sps, sps * (cfg.steps - self.step)))
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                    self.checkpoint()
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
+                    self.validate()
+        except KeyboardInterrupt:
+            # The interrupt may land inside an update: keep the last consistent weights.
+            if good is not None:
+                self.losses = self.losses[:good[0]]
+                self.checkpoint(good[1:], step=good[0])
+            raise
+        return self.finish()
+
+    def stop_diverged(self, problem: str, good) -> None:
+        lr = self.config.lr
+        if good is None:
+            raise TrainingError(f"training stopped at step {self.step + 1}: {problem}; no update had been made, "
+                                f"so nothing was saved (try a learning rate below {lr:g})")
+        step, model_state, opt_state = good
+        self.model.load_state_dict(model_state)
+        self.opt.load_state_dict(opt_state)
+        self.losses = self.losses[:step]
+        path = self.checkpoint((model_state, opt_state), step=step)
+        raise TrainingError(f"training stopped at step {self.step + 1}: {problem}; the last good weights "
+                            f"(step {step}) are in {path} (try a learning rate below {lr:g})")
+
+    def finish(self) -> TrainResult:
+        path = self.checkpoint()
+        after = self.validate() if self.val else None
+        if after is not None:
+            threshold, rule = after["threshold"], f"Youden point on the {len(self.val)} validation images"
+        else:
+            m = self.evaluate(self.train)
+            threshold = m["threshold"] if m else 0.5
+            rule = f"Youden point on the {len(self.train)} training images" if m else "default 0.5"
+        card = self.make_card(after, threshold, rule)
+        from .models import save_model
+
+        model_path = save_model(self.model, card, self.out_dir / f"{self.name}.safetensors")
+        self.emit(DoneEvent(self.step, model_path, path, after))
+        return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
+
+    def make_card(self, after: dict | None, threshold: float, rule: str):
+        from .models import ModelCard
+
+        cfg = self.config
+        base = self.base_card or {}
+        data = self.description or f"{len(self.train)} image(s): " + ", ".join(p.name for p in self.train[:10])
+        metrics = dict(after or {})
+        if after is not None:
+            metrics["dataset"] = f"{len(self.val)} validation image(s)"
+            metrics["before"] = self.metrics_before
+        training = {
+            "base_model": base.get("name"), "data": data, "n_images": len(self.train),
+            "n_validation": len(self.val), "steps": self.step, "seconds": round(self.seconds, 1),
+            "device": str(self.device), "settings": dataclasses.asdict(cfg),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "final_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "validation_history": self.history,
+        }
+        what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
+        return ModelCard(
+            name=self.name, architecture=self.arch,
+            description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps)",
+            input=dict(self.input), threshold=float(threshold), threshold_rule=rule,
+            base_model=base.get("name"), training=training, metrics=metrics,
+            licence=base.get("licence", ""), attribution=base.get("attribution", ""),
+        )
+
+    def result(self, cancelled: bool, after=None, threshold=None, card=None, model_path=None) -> TrainResult:
+        self.model.eval()
+        return TrainResult(steps=self.step, cancelled=cancelled, checkpoint=self.ckpt_path, model_path=model_path,
+                           losses=list(self.losses), metrics_before=self.metrics_before, metrics_after=after,
+                           threshold=threshold, card=card, model=self.model)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+def train(config: TrainConfig, train_pairs, val_pairs=None, init=None, out_dir=None, resume=None,
+          callback: Callable[[Any], None] | None = None, should_stop: Callable[[], bool] | None = None,
+          description: str | None = None) -> TrainResult:
+    """Train or fine-tune a DPN; returns when done, cancelled, or raises TrainingError on divergence.
+
+    ``train_pairs`` / ``val_pairs``: ``(rgb float32 (H, W, 3) 0..1, label bool, fov bool or None)``
+    tuples or dataset ``Sample`` objects.  ``init``: None (fresh ``config.architecture``), a
+    model name or path, or a ``LoadedModel`` (copied, not modified).  ``out_dir`` receives
+    ``<name>.ckpt.pt`` (every ``checkpoint_every`` steps, on cancel and at the end) and the final
+    ``<name>.safetensors`` + ``.json`` card.  ``resume``: a checkpoint to continue from (its
+    settings win except the run-control ones in ``RUN_CONTROL``).  ``callback(event)`` receives
+    the event dataclasses above; ``should_stop()`` is polled before every step.
+    """
+    return _Trainer(config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description).run()
