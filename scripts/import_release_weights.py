@@ -43,7 +43,7 @@ def main() -> None:
         res = json.loads(Path(args.eval_json).read_text())
         pooled = res["pooled"]
         card.threshold = round(float(pooled["train_threshold"]["threshold"]), 4)
-        card.threshold_rule = "Youden point (max Se+Sp-1) on the 20 DRIVE training images, FOV pixels pooled"
+        card.threshold_rule = "accuracy-maximising point on the 20 DRIVE training images, FOV pixels pooled"
         card.metrics = {
             "dataset": "DRIVE test (20 images, 1st observer, official FOV masks, pooled)",
             "auc": round(pooled["auc"], 4),
