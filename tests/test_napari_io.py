@@ -16,6 +16,14 @@ from napari_dpn._napari._sample_data import retina_sample  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
 
+import os  # noqa: E402
+import sys  # noqa: E402
+
+needs_display = pytest.mark.skipif(
+    sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                              or os.environ.get("WAYLAND_DISPLAY")),
+    reason="a napari viewer needs a display: run with pytest-xvfb (default) or xvfb-run")
+
 
 def rgb_image(h=40, w=48, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -211,6 +219,7 @@ def test_other_folders_are_not_claimed(tmp_path):
     assert _reader.get_folder_reader(str(tmp_path / "nope")) is None
 
 
+@needs_display
 def test_open_folder_in_viewer_and_segment_widget_finds_truth(make_napari_viewer, tmp_path,
                                                                monkeypatch):
     from napari_dpn._napari._segment_widget import SegmentWidget
@@ -228,6 +237,7 @@ def test_open_folder_in_viewer_and_segment_widget_finds_truth(make_napari_viewer
     assert w._loaded_fov_layer(w.current_image()).name == "01_test FOV"
 
 
+@needs_display
 def test_open_gif_in_viewer(make_napari_viewer, tmp_path):
     p = tmp_path / "21_manual1.gif"
     PILImage.fromarray(mask_image()).save(p)
@@ -265,6 +275,7 @@ def test_writer_adds_png_suffix_and_refuses_multilabel(tmp_path):
         _writer.write_mask_255(str(tmp_path / "e.png"), np.arange(81).reshape(9, 9) % 3, {})
 
 
+@needs_display
 def test_writer_through_viewer(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     lyr = viewer.add_labels((mask_image() > 0).astype(np.uint8), name="vessels")
@@ -282,6 +293,7 @@ def test_sample_data():
     assert kind == "image" and kwargs["rgb"] and data.shape[-1] == 3 and data.dtype == np.uint8
 
 
+@needs_display
 def test_sample_data_through_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-dpn", "retina")

@@ -9,6 +9,14 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+import os  # noqa: E402
+import sys  # noqa: E402
+
+if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                             or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip("napari widget tests need a display: run them with pytest-xvfb (default) or "
+                "xvfb-run", allow_module_level=True)
+
 from napari.layers import Image, Labels  # noqa: E402
 
 from napari_dpn._napari import _roles  # noqa: E402

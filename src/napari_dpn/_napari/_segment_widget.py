@@ -272,6 +272,9 @@ class SegmentWidget(QWidget):
             event.value.events.name.connect(self._on_layers_changed)
         if event is not None and getattr(event, "type", "") == "removed":
             self._results.pop(id(event.value), None)
+            for res in self._results.values():
+                if res.layers.get("vessels") is event.value:
+                    res.edited = False  # the corrections went with the layer; unlock
         self.refresh_layers()
 
     def _image_layers(self):
@@ -933,6 +936,7 @@ class SegmentWidget(QWidget):
 
     def save_annotation(self, *_) -> tuple[Path, Path] | None:
         """Write the corrected vessels and the FOV as '<stem>_vessels.png' / '<stem>_fov.png'."""
+        from napari_dpn.annotations import annotation_paths
         from napari_dpn.image_io import write_mask
 
         res = self.current_result()
@@ -993,17 +997,6 @@ class SegmentWidget(QWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self.cancel()
         super().closeEvent(event)
-
-
-def annotation_paths(image_path, folder=None) -> tuple[Path, Path]:
-    """'<stem>_vessels.png' and '<stem>_fov.png' (napari_dpn.annotations' convention)."""
-    try:
-        from napari_dpn.annotations import annotation_paths as core
-    except ImportError:  # pragma: no cover - the core module is written concurrently
-        image_path = Path(image_path)
-        folder = Path(folder) if folder is not None else image_path.parent
-        return folder / f"{image_path.stem}_vessels.png", folder / f"{image_path.stem}_fov.png"
-    return tuple(Path(p) for p in core(image_path, folder))
 
 
 def _wait(widget: SegmentWidget, timeout: float = 60.0) -> None:  # pragma: no cover - helper
