@@ -572,3 +572,23 @@ def test_plugin_dock_widget_from_manifest_full_flow(qtbot, make_napari_viewer, t
     edited = np.asarray(vessels.data).copy()
     w.set_threshold(0.0)
     np.testing.assert_array_equal(np.asarray(vessels.data), edited)
+
+
+def test_shipped_model_finds_the_synthetic_vessels(qtbot, make_napari_viewer, notes):
+    """With the real release weights, the dark lines come out as vessels through the widget."""
+    from napari_dpn.models import list_models
+
+    if "dpn-release-drive" not in [c.name for c in list_models()]:
+        pytest.skip("shipped weights not installed")
+    viewer = make_napari_viewer()
+    _, truth = add_eye(viewer)
+    w = SegmentWidget(viewer)
+    assert w.model_combo.currentText() == "dpn-release-drive"  # the default choice
+    w.device_combo.setCurrentText("cpu")
+    segment(qtbot, w)
+    p = np.asarray(viewer.layers["eye vessel probability"].data)
+    fov = np.asarray(viewer.layers["eye FOV"].data) > 0
+    assert p[truth].mean() > 0.6 and p[fov & ~truth].mean() < 0.3
+    viewer.add_labels(truth.astype(np.uint8), name="eye ground truth")
+    w.set_ground_truth(viewer.layers["eye ground truth"])
+    assert w.metrics["auc"] > 0.9
