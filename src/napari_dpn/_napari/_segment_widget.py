@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -717,7 +716,6 @@ class SegmentWidget(QWidget):
         return lyr
 
     def _show_layers(self, res: _Result, fov_layer) -> None:
-        keep_active = self.viewer.layers.selection.active
         self._put(res, "probability", _roles.probability_name(res.name), res.prob, "image",
                   colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive")
         if fov_layer is not None:
@@ -737,7 +735,6 @@ class SegmentWidget(QWidget):
         vessels.brush_size = BRUSH_SIZE
         vessels.mode = "paint"
         self.viewer.layers.selection.active = vessels
-        del keep_active
 
     def _disconnect_paint(self, layer) -> None:
         try:
@@ -998,12 +995,3 @@ class SegmentWidget(QWidget):
         self.cancel()
         super().closeEvent(event)
 
-
-def _wait(widget: SegmentWidget, timeout: float = 60.0) -> None:  # pragma: no cover - helper
-    """Block (processing Qt events) until the widget's worker finished; for scripts."""
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + timeout
-    while widget.is_running and time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.01)
