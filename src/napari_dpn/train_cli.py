@@ -155,8 +155,8 @@ class _Progress:
     def __init__(self, total: int, quiet: bool):
         from tqdm import tqdm
 
-        self.tqdm = tqdm
-        self.bar = tqdm(total=total, desc="training", unit="step", disable=quiet, dynamic_ncols=True)
+        self.tqdm, self.total, self.quiet = tqdm, total, quiet
+        self.bar = None  # made at the first step, so data preparation does not count in its rate
         self.last_ckpt = None
 
     def write(self, text: str) -> None:
@@ -166,6 +166,9 @@ class _Progress:
         from . import training as t
 
         if isinstance(event, t.StepEvent):
+            if self.bar is None:
+                self.bar = self.tqdm(total=event.total, initial=event.step - 1, desc="training", unit="step",
+                                     disable=self.quiet, dynamic_ncols=True, file=sys.stderr)
             self.bar.n = event.step
             self.bar.set_postfix_str(f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, "
                                      f"ETA {_duration(event.eta_seconds)}", refresh=False)
@@ -180,7 +183,9 @@ class _Progress:
             self.write(f"stopped at step {event.step}; checkpoint {event.checkpoint}")
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _duration(seconds: float) -> str:
@@ -200,7 +205,6 @@ def cmd_train(args) -> int:
         Path(args.resume).expanduser().parent if args.resume else user_models_dir())
     start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
     progress = _Progress(config.steps, args.quiet)
-    progress.bar.n = start
     progress.write(f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
                    f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}")
     try:

@@ -331,8 +331,40 @@ def _bad_loss(value: float, history: deque) -> str | None:
     return None
 
 
-def _state_copy(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
+class _LastGood:
+    """The last weights (and Adam moments) that gave a finite loss, copied into preallocated tensors.
+
+    Taken before every update, so it must be cheap: ~1 ms for dpn on the CPU, where a
+    ``deepcopy`` of the state dicts took 12 ms (and would dominate a 20 ms GPU step).
+    """
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer):
+        self.model, self.opt = model, opt
+        self.step: int | None = None
+        self._saved: list[torch.Tensor] = []
+        self._had_state = False
+
+    def _live(self) -> list[torch.Tensor]:
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        moments = [st[k] for p in params if (st := self.opt.state.get(p)) for k in sorted(st)]
+        return [p.detach() for p in params] + moments
+
+    @torch.no_grad()
+    def save(self, step: int) -> None:
+        live = self._live()
+        if len(live) != len(self._saved):
+            self._saved = [t.clone() for t in live]
+        else:
+            for dst, src in zip(self._saved, live):
+                dst.copy_(src)
+        self._had_state, self.step = bool(self.opt.state), step
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if not self._had_state:
+            self.opt.state.clear()
+        for dst, src in zip(self._live(), self._saved):
+            dst.copy_(src)
 
 
 def _save_checkpoint(path: Path, payload: dict) -> Path:
@@ -427,11 +459,14 @@ class _Trainer:
         self.val = prepare_pairs(val_pairs, "validation", self.emit) if val_pairs else []
         crop = config.crop or augment.default_crop(self.train[0].rgb.shape)
         self.config.crop = crop
+        t0 = time.perf_counter()
         views = []
         for p in self.train:
             rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
             views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
         self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
+        self.emit(MessageEvent(f"prepared {len(views)} training views ({len(self.train)} image(s) x "
+                               f"{len(views) // len(self.train)}) in {time.perf_counter() - t0:.1f} s; crop {crop}"))
 
         # Optimiser.
         self.opt = torch.optim.Adam(param_groups(self.model, config.lr, config.weight_decay, config.caffe_lr_mults),
@@ -519,13 +554,12 @@ class _Trainer:
             self.emit(ValidationEvent(self.step, m))
         return m
 
-    def checkpoint(self, state: tuple[dict, dict] | None = None, step: int | None = None) -> Path:
-        model_state, opt_state = state or (self.model.state_dict(), self.opt.state_dict())
-        step = self.step if step is None else step
+    def checkpoint(self) -> Path:
+        step = self.step
         payload = {
             "format": CHECKPOINT_FORMAT, "step": step, "architecture": self.arch,
-            "model": {k: v.detach().cpu() for k, v in model_state.items()},
-            "optimizer": _to_cpu(opt_state),
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.opt.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(self.config),
             "base_card": self.base_card, "input": self.input, "losses": self.losses[:step],
@@ -544,7 +578,7 @@ class _Trainer:
             self.metrics_before = self.validate()
         times: deque = deque(maxlen=20)
         recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
-        good = None  # (step, model state, optimiser state) of the last weights that gave a finite loss
+        good = _LastGood(self.model, self.opt)
         try:
             while self.step < cfg.steps:
                 if self.should_stop():
@@ -558,7 +592,7 @@ class _Trainer:
                 problem = _bad_loss(value, recent)
                 if problem:
                     self.stop_diverged(problem, good)
-                good = (self.step, *_state_copy(self.model, self.opt))
+                good.save(self.step)
                 self.opt.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(total).backward()
@@ -582,24 +616,25 @@ class _Trainer:
                     self.validate()
         except KeyboardInterrupt:
             # The interrupt may land inside an update: keep the last consistent weights.
-            if good is not None:
-                self.losses = self.losses[:good[0]]
-                self.checkpoint(good[1:], step=good[0])
+            if good.step is not None:
+                good.restore()
+                self.step = good.step
+                self.losses = self.losses[:good.step]
+                self.checkpoint()
             raise
         return self.finish()
 
-    def stop_diverged(self, problem: str, good) -> None:
-        lr = self.config.lr
-        if good is None:
-            raise TrainingError(f"training stopped at step {self.step + 1}: {problem}; no update had been made, "
+    def stop_diverged(self, problem: str, good: _LastGood) -> None:
+        lr, failed = self.config.lr, self.step + 1
+        if good.step is None:
+            raise TrainingError(f"training stopped at step {failed}: {problem}; no update had been made, "
                                 f"so nothing was saved (try a learning rate below {lr:g})")
-        step, model_state, opt_state = good
-        self.model.load_state_dict(model_state)
-        self.opt.load_state_dict(opt_state)
-        self.losses = self.losses[:step]
-        path = self.checkpoint((model_state, opt_state), step=step)
-        raise TrainingError(f"training stopped at step {self.step + 1}: {problem}; the last good weights "
-                            f"(step {step}) are in {path} (try a learning rate below {lr:g})")
+        good.restore()
+        self.step = good.step
+        self.losses = self.losses[:good.step]
+        path = self.checkpoint()
+        raise TrainingError(f"training stopped at step {failed}: {problem}; the last good weights "
+                            f"(step {good.step}) are in {path} (try a learning rate below {lr:g})")
 
     def finish(self) -> TrainResult:
         path = self.checkpoint()
@@ -607,6 +642,7 @@ class _Trainer:
         if after is not None:
             threshold, rule = after["threshold"], f"Youden point on the {len(self.val)} validation images"
         else:
+            self.emit(MessageEvent(f"choosing the threshold on the {len(self.train)} training image(s)"))
             m = self.evaluate(self.train)
             threshold = m["threshold"] if m else 0.5
             rule = f"Youden point on the {len(self.train)} training images" if m else "default 0.5"
