@@ -1,4 +1,4 @@
-"""``napari-dpn``: segment images, evaluate on a dataset, import Caffe weights, train, list models.
+"""napari-dpn: segment images, evaluate on a dataset, import Caffe weights, train, list models.
 
 Every command shares the core used by the napari widgets.  User mistakes end in
 one line ``napari-dpn: error: ...`` and exit status 2, never a traceback.
