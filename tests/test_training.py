@@ -83,6 +83,19 @@ def test_param_groups_decay_conv_weights_only():
     assert {g["lr"] for g in plain} == {1e-3}
 
 
+@pytest.mark.parametrize("convention", [
+    {"channel_order": "RGB", "scale": 1.0, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.1], "clahe": False},
+    {"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False},
+])
+def test_training_input_equals_inference_input(convention):
+    from napari_dpn.preprocess import normalise
+
+    crops = np.random.default_rng(0).integers(0, 256, (2, 16, 12, 3), dtype=np.uint8)
+    got = training.network_input(crops, convention, torch.device("cpu"))
+    want = np.stack([normalise(c.astype(np.float32) / 255, convention) for c in crops])
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- training runs
 
 

@@ -312,11 +312,15 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _metrics_summary(report: dict) -> dict:
+def summarise_metrics(report: dict) -> dict:
+    """auc and the Youden-point se, sp, acc, f1, threshold of a ``metrics.evaluate`` report."""
     pooled = report["pooled"]
     y = pooled["youden"]
     return {"auc": pooled["auc"], "threshold": y["threshold"], "se": y["se"], "sp": y["sp"],
             "acc": y["acc"], "f1": y["f1"]}
+
+
+_metrics_summary = summarise_metrics  # older name, used by the napari widget
 
 
 def _bad_loss(value: float, history: deque) -> str | None:
@@ -329,6 +333,22 @@ def _bad_loss(value: float, history: deque) -> str | None:
         if value > SPIKE_FACTOR * med:
             return f"the loss jumped to {value:.3g}, {value / med:.0f}x its recent median"
     return None
+
+
+def network_input(crops: np.ndarray, convention: dict, device: torch.device) -> torch.Tensor:
+    """uint8 crops (B, H, W, 3) -> (B, 3, H, W) float32 network input, computed on ``device``.
+
+    The same arithmetic as ``preprocess.normalise`` (without CLAHE, which the training views
+    already carry), but on the device: uploading uint8 and normalising there takes the ~10 ms per
+    512 crop of NumPy work off the step (tested against ``normalise``).
+    """
+    x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float()  # a channels_last view
+    if convention.get("channel_order", "RGB").upper() == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(convention.get("mean", [0, 0, 0]), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(convention.get("std", [1, 1, 1]), dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    scale = float(convention.get("scale", 1.0)) / 255.0
+    return (x * scale - mean) / std
 
 
 class _LastGood:
@@ -500,20 +520,14 @@ class _Trainer:
     # ---------------------------------------------------------------- pieces
 
     def batch(self, step: int):
-        """Network input, label and loss mask of the crops of one step."""
+        """Network input, label and loss mask of the crops of one step, on the device."""
         b = self.config.batch_size
-        xs, ys, ms = [], [], []
-        from .preprocess import normalise
-
-        for j in range(b):
-            img, lab, fov = self.sampler.sample(step * b + j)
-            xs.append(normalise(img.astype(np.float32) / np.float32(255.0), self.crop_input))
-            ys.append(lab)
-            ms.append(fov if self.config.fov_only else np.ones_like(fov))
-        x = torch.from_numpy(np.stack(xs)).to(self.device).contiguous(memory_format=self.fmt)
-        y = torch.from_numpy(np.stack(ys)[:, None]).to(self.device)
-        m = torch.from_numpy(np.stack(ms)[:, None]).to(self.device)
-        return x, y, m
+        crops = [self.sampler.sample(step * b + j) for j in range(b)]
+        x = network_input(np.stack([c[0] for c in crops]), self.crop_input, self.device)
+        y = torch.from_numpy(np.stack([c[1] for c in crops])[:, None]).to(self.device)
+        fov = np.stack([c[2] for c in crops])[:, None]
+        m = torch.from_numpy(fov if self.config.fov_only else np.ones_like(fov)).to(self.device)
+        return x.contiguous(memory_format=self.fmt), y, m
 
     def forward_loss(self, x, y, m):
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
@@ -543,7 +557,7 @@ class _Trainer:
         except DPNError as exc:
             self.emit(MessageEvent(f"validation skipped: {exc}"))
             return None
-        return _metrics_summary(report)
+        return summarise_metrics(report)
 
     def validate(self) -> dict | None:
         if not self.val:
