@@ -290,3 +290,25 @@ def test_missing_fov_is_announced_and_estimated(qtbot, widget, notes):
     # No validation images: the table says so and the threshold comes from the training image.
     assert widget.table_values()["auc"] == (None, None)
     assert "training image" in widget.result_label.text()
+
+
+def test_docked_through_npe2_picks_up_what_segment_made(qtbot, make_napari_viewer, models_dir, notes):
+    """Both widgets from the manifest (napari passes proxy viewers): a segmented image becomes a
+    training pair without any renaming."""
+    viewer = make_napari_viewer()
+    rgb, _, _ = fundus(SIZE, seed=0)
+    viewer.add_image((rgb * 255).astype(np.uint8), name="eye", rgb=True)
+    _, seg = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
+    _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
+    assert isinstance(w, FinetuneWidget)
+    assert w.train_list.item(0).flags() == fw.Qt.NoItemFlags  # "(none in the viewer)"
+    seg.select_model("dpn-release-drive")
+    seg.device_combo.setCurrentText("cpu")
+    seg.run()
+    qtbot.waitUntil(lambda: not seg.is_running, timeout=TIMEOUT_MS)
+    viewer.layers["eye vessels"].paint((40, 40), 1)  # a correction
+    names = [(i.name, v.name, f.name) for i, v, f in w.train_candidates()]
+    assert names == [("eye", "eye vessels", "eye FOV")]
+    train, val, no_fov = w.collect_pairs()
+    assert [p.name for p in train] == ["eye"] and val == [] and no_fov == []
+    assert train[0].label[40, 40] and train[0].label.shape == (SIZE, SIZE)
