@@ -516,6 +516,8 @@ class _Trainer:
         self.config.name = self.name
         self.out_dir = Path(out_dir).expanduser() if out_dir is not None else Path.cwd()
         self.ckpt_path = self.out_dir / f"{self.name}.ckpt.pt"
+        self.good = _LastGood(self.model, self.opt)  # weights to fall back to on divergence
+        self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
 
     # ---------------------------------------------------------------- pieces
 
@@ -586,13 +588,36 @@ class _Trainer:
 
     # ---------------------------------------------------------------- loop
 
+    def train_step(self) -> list[float]:
+        """One optimisation step; returns [total, aux1, aux2, aux3, main] losses.
+
+        Raises TrainingError (after restoring and saving the last good weights) on divergence.
+        """
+        x, y, m = self.batch(self.step)
+        total, heads = self.forward_loss(x, y, m)
+        values = [float(v) for v in torch.stack([total.detach(), *(h.detach() for h in heads)]).cpu()]
+        problem = _bad_loss(values[0], self.recent)
+        if problem:
+            self.stop_diverged(problem, self.good)
+        self.good.save(self.step)
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
+        self.step += 1
+        self.losses.append(values[0])
+        self.recent.append(values[0])
+        return values
+
     def run(self) -> TrainResult:
         cfg = self.config
         if self.step == 0 and self.val and self.metrics_before is None:
             self.metrics_before = self.validate()
         times: deque = deque(maxlen=20)
-        recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
-        good = _LastGood(self.model, self.opt)
         try:
             while self.step < cfg.steps:
                 if self.should_stop():
@@ -600,29 +625,12 @@ class _Trainer:
                     self.emit(CancelledEvent(self.step, path))
                     return self.result(cancelled=True)
                 t0 = time.perf_counter()
-                x, y, m = self.batch(self.step)
-                total, heads = self.forward_loss(x, y, m)
-                value = float(total.detach())
-                problem = _bad_loss(value, recent)
-                if problem:
-                    self.stop_diverged(problem, good)
-                good.save(self.step)
-                self.opt.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(total).backward()
-                    self.scaler.step(self.opt)
-                    self.scaler.update()
-                else:
-                    total.backward()
-                    self.opt.step()
-                self.step += 1
-                self.losses.append(value)
-                recent.append(value)
+                values = self.train_step()
                 dt = time.perf_counter() - t0
                 times.append(dt)
                 self.seconds += dt
                 sps = sum(times) / len(times)
-                self.emit(StepEvent(self.step, cfg.steps, value, dict(zip(HEAD_NAMES, (float(h.detach()) for h in heads))),
+                self.emit(StepEvent(self.step, cfg.steps, values[0], dict(zip(HEAD_NAMES, values[1:])),
                                     sps, sps * (cfg.steps - self.step)))
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.checkpoint()
@@ -630,6 +638,7 @@ class _Trainer:
                     self.validate()
         except KeyboardInterrupt:
             # The interrupt may land inside an update: keep the last consistent weights.
+            good = self.good
             if good.step is not None:
                 good.restore()
                 self.step = good.step
