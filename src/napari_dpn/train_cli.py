@@ -131,7 +131,8 @@ def _config(args, key):
     name = args.name or base.name
     if not name:
         data = key or Path(args.images).expanduser().name
-        name = f"{args.arch}-{data}-{datetime.now().strftime('%Y%m%d-%H%M')}"
+        base_name = Path(args.init).stem if args.init else args.arch
+        name = f"{base_name}-{data}-{datetime.now().strftime('%Y%m%d-%H%M')}"
     return TrainConfig(
         steps=pick(args.steps, base.steps), crop=pick(args.crop, base.crop), lr=pick(args.lr, base.lr),
         weight_decay=pick(args.weight_decay, base.weight_decay), batch_size=pick(args.batch_size, base.batch_size),

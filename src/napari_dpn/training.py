@@ -469,6 +469,7 @@ class _Trainer:
                 self.input["clahe"] = bool(config.clahe)
         self.input["clahe"] = bool(self.input.get("clahe", False))
         self.config.clahe = self.input["clahe"]
+        self.config.architecture = self.arch
         self.crop_input = {**self.input, "clahe": False}  # CLAHE is applied to whole images, before cropping
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device).to(memory_format=fmt).train()
