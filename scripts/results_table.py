@@ -21,6 +21,8 @@ def rows(path: Path) -> list[str]:
         e = pooled.get(rule)
         if not e:
             continue
+        if rule == "train_threshold":
+            label = "threshold from the " + res.get("train_threshold_source", "training images")
         out.append(f"| {meta.get('model', path.stem)} | {label}, t={e['threshold']:.3f} | {e['se']:.4f} | {e['sp']:.4f} | "
                    f"{e['acc']:.4f} | {pooled['auc']:.4f} | {e['f1']:.4f} |")
     out.append(f"| | per-image AUC mean / min / max | | | | {auc['mean']:.4f} / {auc['min']:.4f} / {auc['max']:.4f} | |")
