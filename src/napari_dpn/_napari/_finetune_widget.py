@@ -175,10 +175,10 @@ class FinetuneWidget(QWidget):
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
-        body = QWidget()
+        self.body = body = QWidget()
         scroll.setWidget(body)
         outer.addWidget(scroll)
         lay = QVBoxLayout(body)
@@ -188,7 +188,7 @@ class FinetuneWidget(QWidget):
         v = QVBoxLayout(box)
         self.train_list = QListWidget()
         self.train_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.train_list.setMaximumHeight(90)
+        self.train_list.setMaximumHeight(58)
         self.train_list.setToolTip("Image layers with a '<image> vessels' labels layer (made by "
                                    "'Segment vessels' and corrected). Ticked ones are trained on.")
         v.addWidget(self.train_list)
@@ -213,7 +213,7 @@ class FinetuneWidget(QWidget):
         v = QVBoxLayout(box)
         self.val_list = QListWidget()
         self.val_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.val_list.setMaximumHeight(80)
+        self.val_list.setMaximumHeight(58)
         self.val_list.setToolTip("Image layers with a ground-truth labels layer. Metrics before "
                                  "and after and the recommended threshold are computed on them.")
         v.addWidget(self.val_list)
@@ -318,7 +318,7 @@ class FinetuneWidget(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(200)
-        self.log.setMaximumHeight(70)
+        self.log.setMaximumHeight(56)
         self.log.setStyleSheet("font-size: small;")
         v.addWidget(self.log)
         lay.addWidget(box)
@@ -659,8 +659,14 @@ class FinetuneWidget(QWidget):
     def _update_folder_info(self) -> None:
         from napari_dpn.models import user_models_dir
 
-        self.folder_info.setText(f"→ {user_models_dir()}/{self.name_edit.text().strip() or '…'}"
-                                 ".safetensors (+ .json card)")
+        folder = user_models_dir()
+        try:
+            shown = "~/" + str(folder.relative_to(Path.home()))
+        except ValueError:
+            shown = str(folder)
+        name = self.name_edit.text().strip() or "…"
+        self.folder_info.setText(f"in {shown}")
+        self.folder_info.setToolTip(f"{folder / name}.safetensors and its card {name}.json")
 
     # ------------------------------------------------------------------ collecting a run
 
