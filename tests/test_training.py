@@ -262,3 +262,26 @@ def test_ctrl_c_leaves_a_consistent_checkpoint(tmp_path):
     ck = load_checkpoint(tmp_path / "t.ckpt.pt")
     # the interrupt may land inside an update, so the weights from before it are kept
     assert ck["step"] == 2 and len(ck["losses"]) == 2
+
+
+def test_max_accuracy_threshold_rule_and_caffe_equivalent_weight_decay(tmp_path):
+    from napari_dpn.metrics import choose_train_threshold
+    from napari_dpn.models import load_model
+
+    result = train(cfg(steps=2, threshold_rule="max_acc"), TRAIN, out_dir=tmp_path)
+    card = load_model(result.model_path).card
+    assert card.threshold_rule == "accuracy-maximising point on the 3 training images"
+    probs = [predict_model(result.model_path, rgb) for rgb, _, _ in TRAIN]
+    want = choose_train_threshold(probs, [lab for _, lab, _ in TRAIN], [f for _, _, f in TRAIN], rule="max_acc")
+    assert card.threshold == pytest.approx(want, abs=1e-6)
+    ck = torch.load(result.checkpoint, weights_only=False)
+    decays = {g["weight_decay"] for g in ck["optimizer"]["param_groups"]}
+    crop = ck["config"]["crop"]
+    assert sorted(decays) == pytest.approx([0.0, 5e-4 / crop**2])  # biases none; conv weights lambda per crop pixel
+
+
+def predict_model(path, rgb):
+    from napari_dpn.inference import predict
+    from napari_dpn.models import load_model
+
+    return predict(load_model(path), rgb, device="cpu").probability

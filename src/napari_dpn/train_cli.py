@@ -84,6 +84,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    run.add_argument("--threshold-rule", choices=("youden", "max_acc"), default=None,
+                     help="how the saved card's threshold is chosen, on the validation images if any, else the "
+                          "training images (default youden, the ROC-optimal point)")
     run.add_argument("--name", help="name of the saved model (default: ARCH-DATA-DATE)")
     run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -141,7 +144,7 @@ def _config(args, key):
         checkpoint_every=pick(args.checkpoint_every, base.checkpoint_every),
         val_every=pick(args.val_every, base.val_every), device=args.device, amp=args.amp,
         aux_heads=base.aux_heads and not args.no_aux, architecture=args.arch if not args.resume else base.architecture,
-        threads=args.threads, name=name,
+        threads=args.threads, name=name, threshold_rule=pick(args.threshold_rule, base.threshold_rule),
     )
 
 

@@ -15,9 +15,10 @@ What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what w
 * Normalisation: Caffe's HED-style loss layer sums over pixels.  We divide by the number of
   counted pixels, so the loss reads the same for any crop size, batch size or FOV coverage.
   Adam's steps do not depend on the scale of the loss, so this changes nothing for the data
-  term; it makes weight decay relatively stronger than in the summed Caffe loss (there
-  5e-4 * w is negligible next to a gradient summed over 262,144 pixels).  We keep the paper's
-  5e-4 and record it in the card.
+  term; the weight decay is scaled to match: the paper's lambda (5e-4) acts on Caffe's loss
+  summed over the crop, which is our mean times crop*crop pixels, so the optimiser gets
+  lambda / crop**2.  Unscaled, 5e-4 against a pixel-mean loss would be ~262,000 times
+  stronger than in the paper and pulls pretrained weights towards zero.
 * Optimiser: Adam, lr 1e-3 (fixed, as in the release's solver), batch size 1, L2 weight decay
   5e-4 on convolution weights only (torch Adam's ``weight_decay`` adds it to the gradient, as
   Caffe does).  With ``caffe_lr_mults`` (default) the release's per-layer multipliers are
@@ -59,7 +60,7 @@ MAX_LOSS = 1e4
 SPIKE_FACTOR = 100.0
 SPIKE_WINDOW = 50
 # Fields of TrainConfig that may change when a run is resumed; the others define the run.
-RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "channels_last", "threads")
+RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "channels_last", "threads", "threshold_rule")
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
     architecture: str = "dpn"        # for fresh models
     threads: int | None = None       # torch CPU threads (None: torch's default)
     name: str | None = None          # name of the saved model (default: architecture + date)
+    threshold_rule: str = "youden"   # the card's threshold: youden (ROC-optimal) | max_acc
 
     def check(self) -> None:
         if self.steps < 0:
@@ -97,6 +99,8 @@ class TrainConfig:
             raise TrainingError(f"the learning rate must be positive, got {self.lr}")
         if self.architecture not in ARCHITECTURES:
             raise TrainingError(f"unknown architecture {self.architecture!r}; use {' or '.join(ARCHITECTURES)}")
+        if self.threshold_rule not in ("youden", "max_acc"):
+            raise TrainingError(f"threshold_rule must be youden or max_acc, got {self.threshold_rule!r}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
 
@@ -490,8 +494,8 @@ class _Trainer:
                                f"{len(views) // len(self.train)}) in {time.perf_counter() - t0:.1f} s; crop {crop}"))
 
         # Optimiser.
-        self.opt = torch.optim.Adam(param_groups(self.model, config.lr, config.weight_decay, config.caffe_lr_mults),
-                                    lr=config.lr)
+        decay = config.weight_decay / (crop * crop)  # the paper's lambda against a pixel-mean loss
+        self.opt = torch.optim.Adam(param_groups(self.model, config.lr, decay, config.caffe_lr_mults), lr=config.lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.step = 0
         self.losses: list[float] = []
@@ -663,19 +667,31 @@ class _Trainer:
     def finish(self) -> TrainResult:
         path = self.checkpoint()
         after = self.validate() if self.val else None
-        if after is not None:
-            threshold, rule = after["threshold"], f"Youden point on the {len(self.val)} validation images"
-        else:
-            self.emit(MessageEvent(f"choosing the threshold on the {len(self.train)} training image(s)"))
-            m = self.evaluate(self.train)
-            threshold = m["threshold"] if m else 0.5
-            rule = f"Youden point on the {len(self.train)} training images" if m else "default 0.5"
+        threshold, rule = self.recommend_threshold(after)
         card = self.make_card(after, threshold, rule)
         from .models import save_model
 
         model_path = save_model(self.model, card, self.out_dir / f"{self.name}.safetensors")
         self.emit(DoneEvent(self.step, model_path, path, after))
         return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
+
+    def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
+        """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""
+        from . import metrics
+        from .errors import DPNError
+
+        if self.config.threshold_rule == "youden" and after is not None:
+            return after["threshold"], f"Youden point on the {len(self.val)} validation images"
+        pairs, which = (self.val, "validation") if self.val else (self.train, "training")
+        self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
+        probs = self.predict(pairs)
+        try:
+            t = metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs],
+                                               rule=self.config.threshold_rule)
+        except DPNError:
+            return 0.5, "default 0.5 (the annotations hold a single class)"
+        what = "Youden point" if self.config.threshold_rule == "youden" else "accuracy-maximising point"
+        return float(t), f"{what} on the {len(pairs)} {which} images"
 
     def make_card(self, after: dict | None, threshold: float, rule: str):
         from .models import ModelCard
