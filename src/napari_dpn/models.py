@@ -215,6 +215,7 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Pa
     embedded = dataclasses.replace(card, sha256="")
     with atomic_write(path) as tmp:
         save_file(state, str(tmp), metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
+        os.chmod(tmp, 0o644)  # safetensors writes 0600 files; weights are meant to be shared
     card.sha256 = file_sha256(path)
     with atomic_write(path.with_suffix(".json")) as tmp:
         Path(tmp).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
