@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stare", type=Path, default=None, help="dataset root holding STARE/")
     ap.add_argument("--shot-at", type=int, default=40, help="steps done when the running shot is taken")
     ap.add_argument("--steps", type=int, default=100, help="steps of the STARE run")
+    ap.add_argument("--skip-running", action="store_true", help="only the STARE results panel")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ["NAPARI_DPN_MODELS"] = tempfile.mkdtemp(prefix="napari-dpn-models-")
@@ -145,7 +146,11 @@ def main(argv=None) -> int:
 
     viewer = napari.Viewer(title="napari-dpn")
     viewer.window._qt_window.resize(1500, 1000)
-    w = running_shot(viewer, args.out, args.shot_at)
+    if args.skip_running:
+        _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
+        w.device_combo.setCurrentText("cpu")
+    else:
+        w = running_shot(viewer, args.out, args.shot_at)
     if args.stare is not None:
         results_shot(viewer, w, args.out, args.stare, args.steps)
     viewer.close()

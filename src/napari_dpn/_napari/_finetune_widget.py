@@ -70,7 +70,8 @@ DEFAULT_LR = "1e-4"
 CHECKPOINT_EVERY = 100
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 METRIC_ROWS = (("se", "Se"), ("sp", "Sp"), ("acc", "Acc"), ("auc", "AUC"), ("f1", "F1"),
-               ("threshold", "Threshold (Youden)"))
+               ("threshold", "Threshold"))
+ROW_HEIGHT = 24
 NO_PAIRS_MESSAGE = ("No training pairs: segment an image with 'Segment vessels' and correct its "
                     "'<image> vessels' layer, or choose a folder of saved annotations.")
 
@@ -331,13 +332,16 @@ class FinetuneWidget(QWidget):
         self.table.setVerticalHeaderLabels([label for _, label in METRIC_ROWS])
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
-        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setFixedHeight(ROW_HEIGHT + 2)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
+        self.table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setToolTip("Inside the FOV, pooled over the validation images, at each "
-                              "model's ROC-optimal (Youden) threshold; AUC is threshold-free.")
-        height = (self.table.horizontalHeader().sizeHint().height()
-                  + sum(self.table.verticalHeader().sectionSize(i) for i in range(len(METRIC_ROWS))) + 4)
-        self.table.setMinimumHeight(height)
-        self.table.setMaximumHeight(height + 2)
+                              "model's ROC-optimal (Youden) threshold; AUC is threshold-free. "
+                              "Threshold: that Youden threshold.")
+        self.table.setFixedHeight(ROW_HEIGHT + 2 + ROW_HEIGHT * len(METRIC_ROWS)
+                                  + 2 * self.table.frameWidth() + 2)
         v.addWidget(self.table)
         self.result_label = QLabel("No run yet.")
         self.result_label.setWordWrap(True)
