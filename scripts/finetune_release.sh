@@ -13,7 +13,7 @@ for spec in "stare 10/10 ${CROP:-512}" "chase 20/8 ${CROP:-736}"; do
   ckpt="runs/$name/$name.ckpt.pt"
   resume=(); [ -f "$ckpt" ] && resume=(--resume "$ckpt")
   .venv/bin/napari-dpn train --dataset "$1" --root "$root" --split "$2" --init dpn-release-drive \
-    --steps "$steps" --crop "$3" --lr 1e-4 --val none --checkpoint-every 100 ${THREADS:+--threads $THREADS} \
+    --steps "$steps" --crop "$3" --lr 1e-4 --val none --threshold-rule max_acc --checkpoint-every 100 ${THREADS:+--threads $THREADS} \
     --out "runs/$name" --name "$name" "${resume[@]}"
   .venv/bin/napari-dpn evaluate --dataset "$1" --root "$root" --split "$2" --model "runs/$name/$name.safetensors" \
     --json "docs/results/$1_$name.json" --quiet
