@@ -855,7 +855,7 @@ class FinetuneWidget(QWidget):
             probs = [predict(loaded, p.rgb, device=device).probability for p in pairs]
             report = metrics.evaluate(probs, [p.label for p in pairs], [p.fov for p in pairs],
                                       names=[p.name for p in pairs])
-            return training._metrics_summary(report)
+            return training.summarise_metrics(report)
         except DPNError:
             return None
 
