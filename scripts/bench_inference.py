@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -73,13 +72,12 @@ def main() -> None:
             rows.append(r)
             print(f"{label:<20} {arch:<12} {r['seconds']:.3f} s (median {r['median']:.3f})  "
                   f"peak {r['peak_bytes'] / 2**30:.2f} GiB  tiles {r['tiles']}  [{r['device']}]", file=sys.stderr)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from _provenance import commit, cpu_model
+
+    cpu = cpu_model()
     if args.markdown:
-        print(f"device: {rows[0]['device']}; CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+        print(f"device: {rows[0]['device']}; CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+              f"commit {commit()}")
         print()
         print("| image | network | seconds per image (best of %d) | peak memory | tiles |" % args.repeats)
         print("|---|---|---|---|---|")

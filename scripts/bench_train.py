@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _provenance import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -85,16 +85,6 @@ def compare(arch: str, crop: int, steps: int, warmup: int, device: str) -> dict[
     return {label: statistics.median(t) for label, t in times.items()}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", nargs="+", default=["dpn", "dpn-release"])
@@ -113,7 +103,7 @@ def main(argv=None) -> int:
     from napari_dpn.inference import select_device
 
     dev = select_device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     print(f"device {dev} ({name}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"channels_last {not args.no_channels_last}; amp {args.amp}; batch {args.batch_size}; "
           f"load average {os.getloadavg()[0]:.2f}")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from napari_dpn.datasets import list_samples
 from napari_dpn.fov import estimate_fov
 from napari_dpn.image_io import as_rgb, read_image, read_mask
+from _provenance import commit, cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,24 +29,6 @@ def scores(est: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
     union = np.count_nonzero(est | ref)
     dice = 2 * inter / (np.count_nonzero(est) + np.count_nonzero(ref))
     return dice, inter / union, float(np.mean(est == ref))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:
