@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from napari_dpn.errors import InputError
-from napari_dpn.inference import TILE_MARGIN, available_devices, predict, select_device
+from napari_dpn.inference import (
+    TILE_MARGIN,
+    available_devices,
+    cpu_has_native_bf16,
+    predict,
+    select_device,
+)
 from napari_dpn.model import build_model
 from napari_dpn.models import FRESH_INPUT, LoadedModel, ModelCard
 
@@ -35,11 +41,30 @@ def test_tiled_equals_one_pass(arch):
     with torch.no_grad():  # spread the map so that a stitching error would show
         head.weight.mul_(30.0)
     img = _fundus(3 * TILE_MARGIN + 70, 2 * TILE_MARGIN + 90, seed=1)
-    whole = predict(loaded, img, device="cpu")
-    tiled = predict(loaded, img, device="cpu", max_pixels=(2 * TILE_MARGIN + 64) ** 2)
+    whole = predict(loaded, img, device="cpu", precision="fp32")
+    tiled = predict(loaded, img, device="cpu", max_pixels=(2 * TILE_MARGIN + 64) ** 2, precision="fp32")
     assert not whole.tiled and tiled.tiled and tiled.tiles >= 4
     assert whole.probability.std() > 1e-3
     assert np.abs(whole.probability - tiled.probability).max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["dpn", "dpn-release"])
+def test_bf16_is_close_to_fp32(arch):
+    """bf16 runs wherever torch supports it (emulated without AMX); 'auto' picks it only with AMX-BF16."""
+    loaded = _loaded(arch)
+    img = _fundus(120, 100, seed=2)
+    ref = predict(loaded, img, device="cpu", precision="fp32")
+    got = predict(loaded, img, device="cpu", precision="bf16")
+    auto = predict(loaded, img, device="cpu")
+    assert ref.precision == "fp32" and got.precision == "bf16"
+    assert auto.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert np.abs(got.probability - ref.probability).max() < 0.05
+    assert np.abs(got.probability - ref.probability).mean() < 5e-3
+
+
+def test_unknown_precision_is_one_clear_sentence():
+    with pytest.raises(InputError, match="unknown precision"):
+        predict(_loaded("dpn"), _fundus(), device="cpu", precision="fp8")
 
 
 def test_progress_and_cancel_between_tiles():

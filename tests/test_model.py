@@ -4,7 +4,15 @@ import pytest
 import torch
 from scipy import signal
 
-from napari_dpn.model import ARCHITECTURES, MIN_SIDE, DPNRelease, bilinear_kernel, build_model, count_parameters
+from napari_dpn.model import (
+    ARCHITECTURES,
+    MIN_SIDE,
+    DPNRelease,
+    bilinear_kernel,
+    build_model,
+    count_parameters,
+    flush_denormals_,
+)
 
 
 def test_paper_parameter_count_matches_section_3():
@@ -146,3 +154,37 @@ def test_paper_block_is_shift_equivariant_by_four():
         a = m(x)[..., 40:60, 40:60]
         b = m(x[..., 4:, 4:])[..., 36:56, 36:56]
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(MIN_SIDE, MIN_SIDE), (37, 50)])
+def test_release_folded_inference_equals_the_unfolded_network(hw):
+    """Eval mode folds the 8 identical up-sampled channels into the next kernels; training mode does not."""
+    torch.manual_seed(4)
+    m = DPNRelease()
+    keys = list(m.state_dict())
+    x = torch.rand(1, 3, *hw)
+    with torch.no_grad():
+        unfolded = torch.sigmoid(m.train()(x)[-1])  # training mode: the plain cat + conv path
+        folded = m.eval()(x)
+    assert list(m.state_dict()) == keys
+    assert torch.allclose(folded, unfolded, atol=1e-5)
+
+
+def test_release_training_still_gets_gradients_everywhere():
+    m = DPNRelease().train()
+    sum(o.sum() for o in m(torch.rand(1, 3, 20, 20))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters() if "heads" not in n)
+
+
+def test_flush_denormals_zeroes_only_subnormal_weights():
+    m = build_model("dpn-release").eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        m.blocks[0].b2.weight[0] = 1e-40  # a filter that weight decay drove to nothing
+        before = m(x)
+        w = m.blocks[0].b2.weight.clone()
+    assert flush_denormals_(m) == w[0].numel()
+    assert (m.blocks[0].b2.weight[0] == 0).all() and torch.equal(m.blocks[0].b2.weight[1:], w[1:])
+    with torch.no_grad():
+        assert torch.equal(m(x), before)
+    assert flush_denormals_(m) == 0

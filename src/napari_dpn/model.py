@@ -126,21 +126,37 @@ class _CaffeUp2(nn.Module):
         self.register_buffer("bias", torch.zeros(channels))
         self._uniform: bool | None = None
 
-    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        h, w = like.shape[-2:]
-        k = self.weight[:1, :1]
+    @property
+    def uniform(self) -> bool:
+        """True when every in/out kernel pair is the same and there is no bias (Caffe's bilinear filler)."""
         if self._uniform is None:
-            self._uniform = bool((self.weight == k).all()) and not bool(self.bias.any())
-        if self._uniform:
+            self._uniform = bool((self.weight == self.weight[:1, :1]).all()) and not bool(self.bias.any())
+        return self._uniform
+
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        if self.uniform:
             # Every output channel is the same sum of all upsampled inputs: upsample the sum once.
-            up = F.conv_transpose2d(x.sum(1, keepdim=True), k, stride=2)
-            return up[..., 1:1 + h, 1:1 + w].expand(-1, self.weight.shape[1], -1, -1)
+            return self.up_sum(x, like).expand(-1, self.weight.shape[1], -1, -1)
+        h, w = like.shape[-2:]
         up = F.conv_transpose2d(x, self.weight, self.bias, stride=2)
+        return up[..., 1:1 + h, 1:1 + w]
+
+    def up_sum(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The one distinct output channel of a uniform deconvolution, (N, 1, h, w)."""
+        h, w = like.shape[-2:]
+        up = F.conv_transpose2d(x.sum(1, keepdim=True), self.weight[:1, :1].to(x.dtype), stride=2)
         return up[..., 1:1 + h, 1:1 + w]
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._uniform = None  # re-check the fast path for the loaded kernels
         super()._load_from_state_dict(*args, **kwargs)
+
+
+def _conv_folded(conv: nn.Conv2d, up: torch.Tensor, f: torch.Tensor, copies: int = 8) -> torch.Tensor:
+    """``conv(cat([up.expand(copies), f]))`` for a one-channel ``up``: fold the copies into the kernel."""
+    w = conv.weight
+    w = torch.cat([w[:, :copies].sum(1, keepdim=True), w[:, copies:]], 1)
+    return F.conv2d(torch.cat([up, f], 1), w, conv.bias, padding=conv.padding)
 
 
 class ReleaseBlock(nn.Module):
@@ -161,8 +177,28 @@ class ReleaseBlock(nn.Module):
         f1 = F.relu_(self.b1(x))
         f2 = F.relu_(self.b2(F.max_pool2d(x, 3, 2, ceil_mode=True)))
         f3 = F.relu_(self.b3(F.max_pool2d(x, 5, 4, ceil_mode=True)))
+        if not self.training and self.b3_up.uniform and self.b23_up.uniform:
+            return self._forward_folded(x, f1, f2, f3)
         f23 = F.relu_(self.b23(torch.cat([self.b3_up(f3, f2), f2], 1)))
         y = F.relu_(self.out(torch.cat([self.b23_up(f23, f1), f1], 1)))
+        return F.relu_(self.res(torch.cat([y, x], 1)))
+
+    def _forward_folded(self, x, f1, f2, f3):
+        """Inference with the uniform deconvolutions: the same result, about 25% faster on the CPU.
+
+        The up-sampled map has 8 identical channels, so the next convolution can take the one
+        channel with the sum of those 8 input-channel slices of its kernel (9 instead of 16 and
+        17 instead of 24 input channels) and the 8 copies are never written out.  The weights are
+        derived on the fly, so training and the state dict are untouched.
+        """
+        f23 = F.relu_(_conv_folded(self.b23, self.b3_up.up_sum(f3, f2), f2))
+        y = F.relu_(_conv_folded(self.out, self.b23_up.up_sum(f23, f1), f1))
+        if y.dtype == torch.float32:
+            # fp32: two convolutions and a sum beat writing the 32-channel concatenation;
+            # bf16 (AMX) is the other way round.
+            w, n = self.res.weight, y.shape[1]
+            out = F.conv2d(y, w[:, :n], self.res.bias, padding=1)
+            return F.relu_(out.add_(F.conv2d(x, w[:, n:], padding=1)))
         return F.relu_(self.res(torch.cat([y, x], 1)))
 
 
@@ -200,6 +236,25 @@ def xavier_init(model: nn.Module) -> None:
             with torch.no_grad():
                 m.weight.uniform_(-bound, bound)
             nn.init.zeros_(m.bias)
+
+
+def flush_denormals_(model: nn.Module) -> int:
+    """Set subnormal weights (|w| < 1.2e-38) to zero, in place; returns how many there were.
+
+    The release's Caffe weights hold thousands of them (filters that weight decay drove to
+    nothing); every multiply with one takes a slow microcode path on x86, which made the
+    fp32 CPU forward about 2.5x slower.  Zeroing them changes outputs far below float32 resolution.
+    """
+    n = 0
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                sub = (t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)
+                k = int(sub.sum())
+                if k:
+                    t.masked_fill_(sub, 0.0)
+                    n += k
+    return n
 
 
 def build_model(architecture: str) -> nn.Module:
