@@ -49,26 +49,16 @@ def wait_until(cond, timeout: float) -> bool:
 
 
 def running_shot(viewer, out: Path, steps_in_shot: int) -> None:
-    from screenshots import shot, wait  # the Segment widget's screenshot helpers
+    from screenshots import (  # the Segment widget's helpers
+        fill_specks,
+        segment_sample,
+        shot,
+    )
 
-    viewer.open_sample("napari-dpn", "retina")
-    _, seg = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
-    seg.select_model("dpn-release-drive")
-    seg.device_combo.setCurrentText("cpu")
-    seg.run()
-    wait(seg)
-    print(seg.status.text())
-
+    segment_sample(viewer)
     # Corrections as a user makes them: click small specks away with the fill tool.
-    from skimage.measure import label, regionprops
-
     vessels = viewer.layers["retina vessels"]
-    comps = label(np.asarray(vessels.data) > 0)
-    vessels.mode = "fill"
-    for region in regionprops(comps):
-        if region.area < 30:
-            cy, cx = region.coords[0]
-            vessels.fill((cy, cx), 0)
+    fill_specks(vessels, 30)
     vessels.mode = "pan_zoom"
     viewer.layers["retina vessel probability"].visible = False
 

@@ -32,9 +32,8 @@ def wait(widget, timeout=600.0):
 
 
 def shot(viewer, path: Path) -> None:
-    from qtpy.QtWidgets import QApplication
-
     from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtWidgets import QApplication
 
     for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
         toast.close()
@@ -58,6 +57,32 @@ def stroke(layer, points, label, size):
             layer.paint(p, label)
 
 
+def segment_sample(viewer):
+    """Open the scikit-image fundus sample and segment it with the shipped model on the CPU in a
+    docked "Segment vessels" (both screenshot scripts start so); returns the widget."""
+    viewer.open_sample("napari-dpn", "retina")
+    _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
+    w.select_model("dpn-release-drive")
+    w.device_combo.setCurrentText("cpu")
+    w.run()
+    wait(w)
+    print(w.status.text())
+    return w
+
+
+def fill_specks(vessels, max_area: int, box=None) -> None:
+    """Click vessel components under ``max_area`` pixels away with the fill tool, as a user does;
+    with ``box`` = (y0, y1, x0, x1) only those starting in it (in view)."""
+    from skimage.measure import label, regionprops
+
+    comps = label(np.asarray(vessels.data) > 0)  # whole image: a vessel cut by the view is no speck
+    vessels.mode = "fill"
+    for region in regionprops(comps):
+        cy, cx = region.coords[0]
+        if region.area < max_area and (box is None or (box[0] <= cy < box[1] and box[2] <= cx < box[3])):
+            vessels.fill((cy, cx), 0)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/images"))
@@ -73,13 +98,7 @@ def main(argv=None) -> int:
 
     viewer = napari.Viewer(title="napari-dpn")
     viewer.window._qt_window.resize(1500, 940)
-    viewer.open_sample("napari-dpn", "retina")
-    _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
-    w.select_model("dpn-release-drive")
-    w.device_combo.setCurrentText("cpu")
-    w.run()
-    wait(w)
-    print(w.status.text())
+    w = segment_sample(viewer)
 
     prob = viewer.layers["retina vessel probability"]
     vessels = viewer.layers["retina vessels"]
@@ -101,15 +120,7 @@ def main(argv=None) -> int:
     prob.visible = False
     vessels.visible = True
     viewer.layers.selection.active = vessels
-    from skimage.measure import label, regionprops
-
-    y0, y1, x0, x1 = 540, 900, 830, 1130
-    comps = label(np.asarray(vessels.data) > 0)  # whole image: a vessel cut by the view is no speck
-    vessels.mode = "fill"
-    for region in regionprops(comps):
-        cy, cx = region.coords[0]
-        if region.area < 40 and y0 <= cy < y1 and x0 <= cx < x1:
-            vessels.fill((cy, cx), 0)
+    fill_specks(vessels, 40, box=(540, 900, 830, 1130))
     vessels.mode = "paint"
     stroke(vessels, [(760, 930), (800, 960), (840, 975)], 1, 3)
     viewer.camera.center = (720, 980)

@@ -14,11 +14,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                             or os.environ.get("WAYLAND_DISPLAY")):
-    pytest.skip("napari widget tests need a display: run them with pytest-xvfb (default) or "
-                "xvfb-run", allow_module_level=True)
-
 sys.path.insert(0, os.path.dirname(__file__))
 
 from synthetic_fundus import fundus  # noqa: E402
@@ -28,6 +23,7 @@ from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
 
+pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
 SIZE = 96
 
@@ -40,20 +36,8 @@ def models_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Capture what the widget shows as napari notifications."""
-    got = {"error": [], "warning": [], "info": []}
-    monkeypatch.setattr(fw, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(fw, "show_warning", lambda m: got["warning"].append(m))
-    monkeypatch.setattr(fw, "show_info", lambda m: got["info"].append(m))
-    return got
-
-
-@pytest.fixture
-def widget(make_napari_viewer, models_dir, notes):
-    viewer = make_napari_viewer()
-    w = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Fine-tune DPN")
+def widget(dock_widget, models_dir, notes):
+    w = dock_widget(FinetuneWidget, "Fine-tune DPN")
     w.select_model("dpn-release-drive")
     w.device_combo.setCurrentText("cpu")
     w.crop_spin.setValue(48)

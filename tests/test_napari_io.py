@@ -16,13 +16,7 @@ from napari_dpn._napari._sample_data import retina_sample  # noqa: E402
 
 DATASETS = Path("/work/shared/datasets")
 
-import os  # noqa: E402
-import sys  # noqa: E402
-
-needs_display = pytest.mark.skipif(
-    sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                              or os.environ.get("WAYLAND_DISPLAY")),
-    reason="a napari viewer needs a display: run with pytest-xvfb (default) or xvfb-run")
+needs_display = pytest.mark.needs_display  # skipped without a display, see conftest.py
 
 
 def rgb_image(h=40, w=48, seed=0):

@@ -9,20 +9,12 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-import os  # noqa: E402
-import sys  # noqa: E402
-
-if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                             or os.environ.get("WAYLAND_DISPLAY")):
-    pytest.skip("napari widget tests need a display: run them with pytest-xvfb (default) or "
-                "xvfb-run", allow_module_level=True)
-
 from napari.layers import Image, Labels  # noqa: E402
 
 from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari import _segment_widget as sw  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
 
+pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 120_000
 
 
@@ -65,20 +57,8 @@ def tiny_model(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Capture what the widget shows as napari notifications."""
-    got = {"error": [], "warning": [], "info": []}
-    monkeypatch.setattr(sw, "show_error", lambda m: got["error"].append(m))
-    monkeypatch.setattr(sw, "show_warning", lambda m: got["warning"].append(m))
-    monkeypatch.setattr(sw, "show_info", lambda m: got["info"].append(m))
-    return got
-
-
-@pytest.fixture
-def widget(make_napari_viewer, tiny_model, notes):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Segment vessels")
+def widget(dock_widget, tiny_model, notes):
+    w = dock_widget(SegmentWidget, "Segment vessels")
     w.refresh_models()
     w.select_model("tiny-test")
     w.device_combo.setCurrentText("cpu")

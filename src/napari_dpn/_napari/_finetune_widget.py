@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Image, Labels
+from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QFrame,
     QGroupBox,
@@ -43,12 +41,10 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QListWidget,
     QListWidgetItem,
-    QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -60,10 +56,10 @@ from qtpy.QtWidgets import (
 from napari_dpn.errors import DPNError, InputError
 
 from . import _roles
+from ._dock import DockWidget, wrapped_label
 from ._loss_plot import LossPlot
+from ._model_picker import DeviceCombo, ModelPicker
 
-BROWSE = "__browse__"
-DEFAULT_BASE = "dpn-release-drive"
 DEFAULT_STEPS = 300
 DEFAULT_CROP = 256
 DEFAULT_LR = "1e-4"
@@ -144,19 +140,40 @@ def _fmt(value) -> str:
     return f"{value:.4f}"
 
 
+def _pair_list(tooltip: str) -> QListWidget:
+    """A short list of tickable (image, masks) pairs; the training and validation boxes share it."""
+    lst = QListWidget()
+    lst.setSelectionMode(QAbstractItemView.NoSelection)
+    lst.setMaximumHeight(58)
+    lst.setToolTip(tooltip)
+    return lst
+
+
+def _folder_row(box_layout, tooltip: str) -> tuple[QLabel, QToolButton, QToolButton]:
+    """'Folder: none'  […] [×] under a pair list; returns (label, choose button, clear button)."""
+    row = QHBoxLayout()
+    label = wrapped_label("Folder: none")
+    choose = QToolButton()
+    choose.setText("…")
+    choose.setToolTip(tooltip)
+    clear = QToolButton()
+    clear.setText("×")
+    clear.setToolTip("Do not use a folder.")
+    row.addWidget(label, 1)
+    row.addWidget(choose)
+    row.addWidget(clear)
+    box_layout.addLayout(row)
+    return label, choose, clear
+
+
 # --------------------------------------------------------------------------- widget
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(DockWidget):
     """Dock widget: pick pairs and settings, train in the background, compare, save."""
 
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        # As in SegmentWidget: napari hands plugin widgets a proxy whose layers are new objects
-        # on every access; we need the real ones for identity checks.
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self._worker = None
-        self._cancel = threading.Event()
+        super().__init__(napari_viewer, parent)
         self._bridge = _Bridge()
         self._bridge.event.connect(self._on_event)
         self._train_folder: Path | None = None
@@ -166,10 +183,7 @@ class FinetuneWidget(QWidget):
         self._name_edited = False
         self.run_info: _Run | None = None
         self.last_error: str | None = None
-        self._build_ui()
-        self._connect_viewer()
-        self.refresh_layers()
-        self.refresh_models()
+        self._start_up()
 
     # ------------------------------------------------------------------ UI
 
@@ -187,36 +201,19 @@ class FinetuneWidget(QWidget):
         # Training data.
         box = QGroupBox("Training data (corrected annotations)")
         v = QVBoxLayout(box)
-        self.train_list = QListWidget()
-        self.train_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.train_list.setMaximumHeight(58)
-        self.train_list.setToolTip("Image layers with a '<image> vessels' labels layer (made by "
-                                   "'Segment vessels' and corrected). Ticked ones are trained on.")
+        self.train_list = _pair_list("Image layers with a '<image> vessels' labels layer (made by "
+                                     "'Segment vessels' and corrected). Ticked ones are trained on.")
         v.addWidget(self.train_list)
-        row = QHBoxLayout()
-        self.train_folder_label = QLabel("Folder: none")
-        self.train_folder_label.setWordWrap(True)
-        self.train_folder_button = QToolButton()
-        self.train_folder_button.setText("…")
-        self.train_folder_button.setToolTip("A folder of images with <image>_vessels.png (and "
-                                            "<image>_fov.png) saved by 'Segment vessels'.")
-        self.train_folder_clear = QToolButton()
-        self.train_folder_clear.setText("×")
-        self.train_folder_clear.setToolTip("Do not use a folder.")
-        row.addWidget(self.train_folder_label, 1)
-        row.addWidget(self.train_folder_button)
-        row.addWidget(self.train_folder_clear)
-        v.addLayout(row)
+        self.train_folder_label, self.train_folder_button, self.train_folder_clear = _folder_row(
+            v, "A folder of images with <image>_vessels.png (and <image>_fov.png) saved by "
+               "'Segment vessels'.")
         lay.addWidget(box)
 
         # Validation data.
         box = QGroupBox("Validation (ground truth, optional)")
         v = QVBoxLayout(box)
-        self.val_list = QListWidget()
-        self.val_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.val_list.setMaximumHeight(58)
-        self.val_list.setToolTip("Image layers with a ground-truth labels layer. Metrics before "
-                                 "and after and the recommended threshold are computed on them.")
+        self.val_list = _pair_list("Image layers with a ground-truth labels layer. Metrics before "
+                                   "and after and the recommended threshold are computed on them.")
         v.addWidget(self.val_list)
         row = QHBoxLayout()
         self.val_image_combo = QComboBox()
@@ -229,34 +226,15 @@ class FinetuneWidget(QWidget):
         row.addWidget(self.val_gt_combo, 1)
         row.addWidget(self.val_add_button)
         v.addLayout(row)
-        row = QHBoxLayout()
-        self.val_folder_label = QLabel("Folder: none")
-        self.val_folder_label.setWordWrap(True)
-        self.val_folder_button = QToolButton()
-        self.val_folder_button.setText("…")
-        self.val_folder_button.setToolTip("A folder of images with <image>_vessels.png ground "
-                                          "truth (and <image>_fov.png).")
-        self.val_folder_clear = QToolButton()
-        self.val_folder_clear.setText("×")
-        row.addWidget(self.val_folder_label, 1)
-        row.addWidget(self.val_folder_button)
-        row.addWidget(self.val_folder_clear)
-        v.addLayout(row)
+        self.val_folder_label, self.val_folder_button, self.val_folder_clear = _folder_row(
+            v, "A folder of images with <image>_vessels.png ground truth (and <image>_fov.png).")
         lay.addWidget(box)
 
         # Settings.
         box = QGroupBox("Settings")
         form = QFormLayout(box)
-        row = QHBoxLayout()
-        self.model_combo = QComboBox()
-        self.model_combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.model_combo.setToolTip("The model to start from.")
-        self.refresh_button = QToolButton()
-        self.refresh_button.setText("⟳")
-        self.refresh_button.setToolTip("Re-read the model list.")
-        row.addWidget(self.model_combo)
-        row.addWidget(self.refresh_button)
-        form.addRow("Base model", row)
+        self.model_picker = ModelPicker(tooltip="The model to start from.")
+        form.addRow("Base model", self.model_picker)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(DEFAULT_STEPS)
@@ -280,16 +258,13 @@ class FinetuneWidget(QWidget):
         self.augment_check.setToolTip("The paper's 11 offline views (rotations, flips) and random "
                                       "mirroring of the crops.")
         form.addRow("Augment", self.augment_check)
-        self.device_combo = QComboBox()
-        self.device_combo.setToolTip("Where training runs; 'auto' picks a GPU when present.")
+        self.device_combo = DeviceCombo("Where training runs; 'auto' picks a GPU when present.")
         form.addRow("Device", self.device_combo)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the new model in the user models folder (letters, "
                                   "digits, '.', '_', '-', '+').")
         form.addRow("Save as", self.name_edit)
-        self.folder_info = QLabel()
-        self.folder_info.setWordWrap(True)
-        self.folder_info.setStyleSheet("color: gray; font-size: small;")
+        self.folder_info = wrapped_label(note=True)
         form.addRow("", self.folder_info)
         lay.addWidget(box)
 
@@ -311,8 +286,7 @@ class FinetuneWidget(QWidget):
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
         v.addWidget(self.progress)
-        self.status = QLabel("Tick the training pairs and press 'Fine-tune'.")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("Tick the training pairs and press 'Fine-tune'.")
         v.addWidget(self.status)
         self.loss_plot = LossPlot(theme=getattr(self.viewer, "theme", None))
         v.addWidget(self.loss_plot)
@@ -343,9 +317,7 @@ class FinetuneWidget(QWidget):
         self.table.setFixedHeight(ROW_HEIGHT + 2 + ROW_HEIGHT * len(METRIC_ROWS)
                                   + 2 * self.table.frameWidth() + 2)
         v.addWidget(self.table)
-        self.result_label = QLabel("No run yet.")
-        self.result_label.setWordWrap(True)
-        self.result_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.result_label = wrapped_label("No run yet.", selectable=True)
         v.addWidget(self.result_label)
         self.save_button = QPushButton("Save model from checkpoint")
         self.save_button.setToolTip("After a cancel: save the weights of the last checkpoint as "
@@ -362,30 +334,14 @@ class FinetuneWidget(QWidget):
         self.val_add_button.clicked.connect(self.add_validation_pair)
         self.train_list.itemChanged.connect(self._on_item_changed)
         self.val_list.itemChanged.connect(self._on_item_changed)
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.refresh_button.clicked.connect(self.refresh_models)
+        self.model_picker.changed.connect(self._on_model_changed)
+        self.model_picker.error.connect(self._error)
         self.name_edit.textEdited.connect(self._on_name_edited)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save_checkpoint_as_model)
 
     # ------------------------------------------------------------------ viewer -> lists
-
-    def _connect_viewer(self) -> None:
-        ev = self.viewer.layers.events
-        ev.inserted.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layers_changed)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
-
-    def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
-        self.refresh_layers()
-
-    def _image_layers(self) -> list:
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Image) and _roles.role_of(lyr) not in ("probability",)]
 
     def _linked_labels(self, image, role: str, name: str):
         """The labels layer of ``role`` belonging to ``image`` (by metadata, else by name)."""
@@ -408,11 +364,6 @@ class FinetuneWidget(QWidget):
 
     def ground_truth_layer(self, image):
         return self._linked_labels(image, "ground_truth", _roles.ground_truth_name(image.name))
-
-    def _gt_candidates(self) -> list:
-        skip = ("probability", "vessels", "errors", "fov")
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Labels) and _roles.role_of(lyr) not in skip]
 
     def train_candidates(self) -> list[tuple]:
         """(image, vessels layer, FOV layer or None) for every image with a vessels layer."""
@@ -514,19 +465,6 @@ class FinetuneWidget(QWidget):
 
     # ------------------------------------------------------------------ folders
 
-    def _ask_folder(self, title: str) -> Path | None:
-        """Ask for a folder; tests replace this method."""
-        folder = QFileDialog.getExistingDirectory(self, title)
-        return Path(folder) if folder else None
-
-    def _confirm(self, title: str, text: str, ok: str = "OK") -> bool:
-        """Ask the user; tests replace this method."""
-        box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Cancel, self)
-        yes = box.addButton(ok, QMessageBox.DestructiveRole)
-        box.setDefaultButton(QMessageBox.Cancel)
-        box.exec_()
-        return box.clickedButton() is yes
-
     def choose_train_folder(self, *_) -> None:
         folder = self._ask_folder("Folder of images with saved annotations")
         if folder is not None:
@@ -563,93 +501,10 @@ class FinetuneWidget(QWidget):
         if not self.is_running:
             self.refresh_models()
 
-    def refresh_models(self) -> None:
-        """List shipped and user models (and files added with Browse…), keeping the choice."""
-        from napari_dpn.models import list_models
-
-        keep = self.model_combo.currentData()
-        files = [self.model_combo.itemData(i) for i in range(self.model_combo.count())
-                 if isinstance(self.model_combo.itemData(i), tuple)
-                 and self.model_combo.itemData(i)[0] == "file"]
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        try:
-            cards = list_models()
-        except Exception as exc:  # noqa: BLE001 - a broken models folder must not kill the widget
-            cards = []
-            self._error(f"Cannot list the models: {exc}")
-        for card in cards:
-            self.model_combo.addItem(card.name, ("card", card.extra.get("path", card.name), card))
-            self.model_combo.setItemData(self.model_combo.count() - 1, card.summary, Qt.ToolTipRole)
-        for data in files:
-            self.model_combo.addItem(f"{data[2].name} ({Path(data[1]).name})", data)
-        self.model_combo.addItem("Browse…", BROWSE)
-        idx = next((i for i in range(self.model_combo.count())
-                    if keep is not None and self.model_combo.itemData(i) == keep), -1)
-        if idx < 0:
-            idx = max(0, self.model_combo.findText(DEFAULT_BASE))
-        self.model_combo.setCurrentIndex(idx)
-        self.model_combo.blockSignals(False)
-        self._refresh_devices()
-        self._on_model_changed()
-
-    def _refresh_devices(self) -> None:
-        try:
-            from napari_dpn.inference import available_devices
-
-            devices = list(available_devices())
-        except Exception:  # noqa: BLE001
-            devices = ["auto", "cpu"]
-        keep = self.device_combo.currentText()
-        self.device_combo.clear()
-        self.device_combo.addItems(devices)
-        if keep in devices:
-            self.device_combo.setCurrentText(keep)
-
-    def add_model_file(self, path) -> bool:
-        """Add a weights file as base model and select it (what Browse… does)."""
-        from napari_dpn.models import read_card
-
-        path = Path(path)
-        try:
-            if not path.is_file():
-                raise InputError(f"Weights file not found: {path}.")
-            card = read_card(path)
-        except DPNError as exc:
-            self._error(f"Cannot use {path.name}: {exc}")
-            self.model_combo.setCurrentIndex(0)
-            return False
-        self.model_combo.blockSignals(True)
-        self.model_combo.insertItem(self.model_combo.count() - 1, f"{card.name} ({path.name})",
-                                    ("file", str(path), card))
-        self.model_combo.setCurrentIndex(self.model_combo.count() - 2)
-        self.model_combo.blockSignals(False)
-        self._on_model_changed()
-        return True
-
     def _on_model_changed(self, *_) -> None:
-        data = self.model_combo.currentData()
-        if data == BROWSE:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose a DPN weights file", "",
-                                                  "DPN weights (*.safetensors);;All files (*)")
-            if path:
-                self.add_model_file(path)
-            else:
-                self.model_combo.setCurrentIndex(0)
-            return
         if not self._name_edited:
             self.name_edit.setText(self.default_name())
         self._update_folder_info()
-
-    def current_card(self):
-        data = self.model_combo.currentData()
-        return data[2] if isinstance(data, tuple) else None
-
-    def select_model(self, name: str) -> None:
-        idx = self.model_combo.findText(name)
-        if idx < 0:
-            raise ValueError(f"no model {name!r} in the list")
-        self.model_combo.setCurrentIndex(idx)
 
     def default_name(self) -> str:
         card = self.current_card()
@@ -734,10 +589,6 @@ class FinetuneWidget(QWidget):
                            checkpoint_every=CHECKPOINT_EVERY, val_every=0, name=name)
 
     # ------------------------------------------------------------------ running
-
-    @property
-    def is_running(self) -> bool:
-        return self._worker is not None
 
     def run(self, *_):
         """Start a fine-tuning run in a background worker; returns the worker or None."""
@@ -999,12 +850,6 @@ class FinetuneWidget(QWidget):
                     vals.append(None)
             out[key] = tuple(vals)
         return out
-
-    # ------------------------------------------------------------------ teardown
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        self.cancel()
-        super().closeEvent(event)
 
 
 def wait(widget: FinetuneWidget, timeout: float = 600.0) -> None:  # pragma: no cover - helper

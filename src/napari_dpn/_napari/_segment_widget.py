@@ -21,7 +21,6 @@ Errors never raise into napari: they are shown with ``show_error`` and in the st
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,26 +31,22 @@ from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
-    QMessageBox,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QToolButton,
     QVBoxLayout,
-    QWidget,
 )
 from superqt import QLabeledDoubleSlider
 
 from napari_dpn.errors import DPNError, InputError
 
 from . import _analysis, _roles
+from ._dock import DockWidget, wrapped_label
+from ._model_picker import DeviceCombo, ModelPicker
 
-BROWSE = "__browse__"
 NO_GT = "(none)"
 VESSEL_COLOUR = "#00e5ff"
 FP_COLOUR = "#ff00ff"
@@ -115,27 +110,20 @@ def _label_colormap(colours: dict):
 # --------------------------------------------------------------------------- widget
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(DockWidget):
     """Dock widget: pick image/model/device, segment in the background, threshold, correct, save."""
 
+    LAYER_EVENTS = ("inserted", "removed", "moved")
+
     def __init__(self, napari_viewer, parent=None):
-        super().__init__(parent)
-        # napari hands plugin widgets a PublicOnlyProxy of the viewer, whose layers are new
-        # proxy objects on every access; identity checks (which layer was painted, which
-        # result belongs to which image) need the real objects.  We use public API only.
-        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        super().__init__(napari_viewer, parent)
         self._results: dict[int, _Result] = {}
         self._models: dict[tuple, object] = {}    # (path, mtime) -> LoadedModel, worker-side
-        self._worker = None
-        self._cancel = threading.Event()
         self._bridge = _Bridge()
         self._bridge.progress.connect(self._on_progress)
         self._save_folder: Path | None = None
         self._syncing = False
-        self._build_ui()
-        self._connect_viewer()
-        self.refresh_layers()
-        self.refresh_models()
+        self._start_up()
 
     # ------------------------------------------------------------------ UI
 
@@ -148,22 +136,13 @@ class SegmentWidget(QWidget):
         self.image_combo.setToolTip("The fundus photograph to segment (colour or greyscale).")
         form.addRow("Image", self.image_combo)
 
-        row = QHBoxLayout()
-        self.model_combo = QComboBox()
-        self.model_combo.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.refresh_button = QToolButton()
-        self.refresh_button.setText("⟳")
-        self.refresh_button.setToolTip("Re-read the model list (picks up newly fine-tuned models).")
-        row.addWidget(self.model_combo)
-        row.addWidget(self.refresh_button)
-        form.addRow("Model", row)
-        self.model_info = QLabel()
-        self.model_info.setWordWrap(True)
-        self.model_info.setStyleSheet("color: gray; font-size: small;")
+        self.model_picker = ModelPicker(
+            refresh_tip="Re-read the model list (picks up newly fine-tuned models).", summary=True)
+        self.model_info = self.model_picker.summary
+        form.addRow("Model", self.model_picker)
         form.addRow("", self.model_info)
 
-        self.device_combo = QComboBox()
-        self.device_combo.setToolTip("Where the network runs; 'auto' picks a GPU when present.")
+        self.device_combo = DeviceCombo("Where the network runs; 'auto' picks a GPU when present.")
         form.addRow("Device", self.device_combo)
         self.clahe_check = QCheckBox("CLAHE on the green channel")
         self.clahe_check.setToolTip("Contrast equalisation before the network; preset from the "
@@ -182,8 +161,7 @@ class SegmentWidget(QWidget):
         self.progress.setRange(0, 100)
         self.progress.setVisible(False)
         form.addRow(self.progress)
-        self.status = QLabel("Pick a photograph and press 'Segment vessels'.")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label("Pick a photograph and press 'Segment vessels'.")
         form.addRow(self.status)
         outer.addWidget(box)
 
@@ -203,8 +181,7 @@ class SegmentWidget(QWidget):
                                       "against the ground truth.")
         row.addWidget(self.youden_button)
         lay.addLayout(row)
-        self.edit_status = QLabel()
-        self.edit_status.setWordWrap(True)
+        self.edit_status = wrapped_label()
         lay.addWidget(self.edit_status)
         self.reapply_button = QPushButton("Re-apply threshold…")
         self.reapply_button.setToolTip("Replace the corrected vessels by probability >= threshold "
@@ -217,17 +194,14 @@ class SegmentWidget(QWidget):
         self.gt_combo = QComboBox()
         self.gt_combo.setToolTip("A manual annotation (labels layer) of the same image.")
         form.addRow("Ground truth", self.gt_combo)
-        self.metrics_label = QLabel("No ground truth chosen.")
-        self.metrics_label.setWordWrap(True)
-        self.metrics_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.metrics_label = wrapped_label("No ground truth chosen.", selectable=True)
         form.addRow(self.metrics_label)
         outer.addWidget(box)
 
         box = QGroupBox("Save")
         lay = QVBoxLayout(box)
         row = QHBoxLayout()
-        self.folder_label = QLabel("Folder: next to the image")
-        self.folder_label.setWordWrap(True)
+        self.folder_label = wrapped_label("Folder: next to the image")
         self.folder_button = QToolButton()
         self.folder_button.setText("…")
         self.folder_button.setToolTip("Choose the folder for saved annotations.")
@@ -237,15 +211,14 @@ class SegmentWidget(QWidget):
         self.save_button = QPushButton("Save annotation")
         self.save_button.setToolTip("Write '<image>_vessels.png' and '<image>_fov.png'.")
         lay.addWidget(self.save_button)
-        self.save_status = QLabel()
-        self.save_status.setWordWrap(True)
+        self.save_status = wrapped_label()
         lay.addWidget(self.save_status)
         outer.addWidget(box)
         outer.addStretch(1)
 
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
-        self.refresh_button.clicked.connect(self.refresh_models)
+        self.model_picker.changed.connect(self._on_model_changed)
+        self.model_picker.error.connect(self._error)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.slider.valueChanged.connect(self._on_threshold)
@@ -258,32 +231,13 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ viewer <-> combos
 
-    def _connect_viewer(self) -> None:
-        ev = self.viewer.layers.events
-        ev.inserted.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layers_changed)
-        ev.moved.connect(self._on_layers_changed)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
-
     def _on_layers_changed(self, event=None) -> None:
-        if event is not None and getattr(event, "type", "") == "inserted":
-            event.value.events.name.connect(self._on_layers_changed)
         if event is not None and getattr(event, "type", "") == "removed":
             self._results.pop(id(event.value), None)
             for res in self._results.values():
                 if res.layers.get("vessels") is event.value:
                     res.edited = False  # the corrections went with the layer; unlock
-        self.refresh_layers()
-
-    def _image_layers(self):
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Image) and _roles.role_of(lyr) not in ("probability",)]
-
-    def _gt_candidates(self):
-        skip = ("probability", "vessels", "errors", "fov")
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Labels) and _roles.role_of(lyr) not in skip]
+        super()._on_layers_changed(event)
 
     @staticmethod
     def _fill_combo(combo: QComboBox, layers, keep, first: str | None = None) -> None:
@@ -370,135 +324,15 @@ class SegmentWidget(QWidget):
         super().showEvent(event)
         self.refresh_models()
 
-    def refresh_models(self) -> None:
-        """List shipped and user models (and files added with Browse…), keeping the choice."""
-        from napari_dpn.models import list_models
-
-        keep = self.model_combo.currentData()
-        extra = [self.model_combo.itemData(i) for i in range(self.model_combo.count())
-                 if isinstance(self.model_combo.itemData(i), tuple)]
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        try:
-            cards = list_models()
-        except Exception as exc:  # noqa: BLE001 - a broken models folder must not kill the widget
-            cards = []
-            self._error(f"Cannot list the models: {exc}")
-        for card in cards:
-            self._add_model_item(card.name, card.extra.get("path", card.name), card)
-        for data in extra:
-            if not any(self.model_combo.itemData(i) == data for i in range(self.model_combo.count())):
-                self._add_model_item(data[1], data, data[2])
-        self.model_combo.addItem("Browse…", BROWSE)
-        self.model_combo.setItemData(self.model_combo.count() - 1,
-                                     "Any .safetensors weights file with a model card.",
-                                     Qt.ToolTipRole)
-        idx = next((i for i in range(self.model_combo.count())
-                    if self.model_combo.itemData(i) == keep), 0)
-        if keep is None:
-            idx = next((i for i in range(self.model_combo.count())
-                        if self.model_combo.itemText(i) == "dpn-release-drive"), 0)
-        self.model_combo.setCurrentIndex(idx)
-        self.model_combo.blockSignals(False)
-        self._refresh_devices()
-        self._on_model_changed()
-
-    def _add_model_item(self, text, data, card) -> None:
-        if isinstance(data, tuple):
-            self.model_combo.addItem(text, data)
-        else:
-            self.model_combo.addItem(text, ("card", str(data), card))
-        self.model_combo.setItemData(self.model_combo.count() - 1, card.summary, Qt.ToolTipRole)
-
-    def add_model_file(self, path) -> bool:
-        """Add a weights file to the model list and select it (what Browse… does)."""
-        from napari_dpn.models import read_card
-
-        path = Path(path)
-        try:
-            if not path.is_file():
-                raise DPNError(f"Weights file not found: {path}.")
-            card = read_card(path)
-        except DPNError as exc:
-            self._error(f"Cannot use {path.name}: {exc}")
-            self._select_first_model()
-            return False
-        data = ("file", str(path), card)
-        label = f"{card.name} ({path.name})"
-        self.model_combo.blockSignals(True)
-        self.model_combo.insertItem(self.model_combo.count() - 1, label, data)
-        self.model_combo.setItemData(self.model_combo.count() - 2, card.summary, Qt.ToolTipRole)
-        self.model_combo.setCurrentIndex(self.model_combo.count() - 2)
-        self.model_combo.blockSignals(False)
-        self._on_model_changed()
-        return True
-
-    def _select_first_model(self) -> None:
-        self.model_combo.blockSignals(True)
-        self.model_combo.setCurrentIndex(0)
-        self.model_combo.blockSignals(False)
-        self._on_model_changed()
-
-    def _on_model_changed(self, *_) -> None:
-        data = self.model_combo.currentData()
-        if data == BROWSE:
-            path, _ = QFileDialog.getOpenFileName(
-                self, "Choose a DPN weights file", "",
-                "DPN weights (*.safetensors);;All files (*)")
-            if path:
-                self.add_model_file(path)
-            else:
-                self._select_first_model()
-            return
-        card = self.current_card()
-        if card is None:
-            self.model_info.setText("No model installed: use Browse… to pick a weights file.")
-            return
-        self.model_info.setText(card.summary)
-        self.model_info.setToolTip(card.description or card.summary)
-        self.clahe_check.setChecked(bool((card.input or {}).get("clahe")))
-
-    def current_card(self):
-        data = self.model_combo.currentData()
-        return data[2] if isinstance(data, tuple) else None
-
-    def select_model(self, name: str) -> None:
-        idx = self.model_combo.findText(name)
-        if idx < 0:
-            raise ValueError(f"no model {name!r} in the list")
-        self.model_combo.setCurrentIndex(idx)
-
-    def _refresh_devices(self) -> None:
-        try:
-            from napari_dpn.inference import available_devices
-
-            devices = list(available_devices())
-        except Exception:  # noqa: BLE001
-            devices = ["auto", "cpu"]
-        keep = self.device_combo.currentText()
-        self.device_combo.clear()
-        self.device_combo.addItems(devices)
-        if keep in devices:
-            self.device_combo.setCurrentText(keep)
+    def _on_model_changed(self, card) -> None:
+        if card is not None:
+            self.clahe_check.setChecked(bool((card.input or {}).get("clahe")))
 
     # ------------------------------------------------------------------ running
 
     def _error(self, message: str) -> None:
         self.status.setText(message)
         show_error(message)
-
-    def _confirm(self, title: str, text: str, ok: str = "OK") -> bool:
-        """Ask the user; tests replace this method."""
-        box = QMessageBox(QMessageBox.Warning, title, text, QMessageBox.Cancel, self)
-        yes = box.addButton(ok, QMessageBox.DestructiveRole)
-        box.setDefaultButton(QMessageBox.Cancel)
-        box.exec_()
-        return box.clickedButton() is yes
-
-    def _ask_folder(self, title: str) -> Path | None:
-        """Ask for a folder; tests replace this method."""
-        folder = QFileDialog.getExistingDirectory(self, title)
-        return Path(folder) if folder else None
 
     @staticmethod
     def image_rgb(layer) -> np.ndarray:
@@ -519,10 +353,6 @@ class SegmentWidget(QWidget):
             raise InputError(f"'{layer.name}' is a {data.ndim}-D stack {tuple(data.shape)}; "
                              "DPN segments one 2-D photograph at a time.")
         return as_rgb(data)
-
-    @property
-    def is_running(self) -> bool:
-        return self._worker is not None
 
     def run(self, *_, layer=None):
         """Segment the chosen image layer (or ``layer``) in a background worker.
@@ -988,10 +818,4 @@ class SegmentWidget(QWidget):
     def _save_error(self, message: str) -> None:
         self.save_status.setText(message)
         show_error(message)
-
-    # ------------------------------------------------------------------ teardown
-
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
-        self.cancel()
-        super().closeEvent(event)
 
