@@ -284,4 +284,4 @@ def predict_model(path, rgb):
     from napari_dpn.inference import predict
     from napari_dpn.models import load_model
 
-    return predict(load_model(path), rgb, device="cpu").probability
+    return predict(load_model(path), rgb, device="cpu", precision="fp32").probability

@@ -58,7 +58,7 @@ def cmd_segment(args) -> int:
         except DPNError as exc:  # one bad file in a folder should not stop the batch
             failed.append(f"{path.name}: {exc}")
             continue
-        pred = predict(loaded, rgb, device=device)
+        pred = predict(loaded, rgb, device=device, precision=args.precision)
         fov = estimate_fov(rgb)
         vessels_path, fov_path = annotation_paths(path, out)
         write_probability(out / f"{path.stem}_probability{suffix}", pred.probability)
@@ -100,10 +100,10 @@ def cmd_evaluate(args) -> int:
         if not args.quiet:
             print(f"  {name}: {sec:.2f} s", file=sys.stderr)
 
-    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image)
+    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image, precision=args.precision)
     result["meta"] = {
         "model": loaded.card.name, "dataset": args.dataset, "split": args.split or "default",
-        "n_test": len(split.test), "n_train": len(train), "device": str(device),
+        "n_test": len(split.test), "n_train": len(train), "device": str(device), "precision": args.precision,
         "seconds_per_image": sum(done) / max(1, len(done)), "wall_seconds": time.perf_counter() - t0,
     }
     print(f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, FOV pixels pooled)")
@@ -142,7 +142,7 @@ def cmd_demo(args) -> int:
         Image.fromarray(data.retina()).save(tmp, format="PNG")
     print(f"sample: {sample} (scikit-image's retina photograph, CC0)")
     seg = argparse.Namespace(inputs=[str(sample)], out=str(out), model=args.model, device=args.device,
-                             threshold=None, prob_format="png", quiet=False)
+                             threshold=None, prob_format="png", precision="auto", quiet=False)
     return cmd_segment(seg)
 
 
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (here: " + ", ".join(available_devices()) + ")")
     p.add_argument("--threshold", type=float, default=None, help="vessel threshold (default: the model card's)")
     p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 on CPUs with AMX (about 2x faster, AUC within 0.0001), else fp32")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
@@ -178,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
+                   help="fp32 by default so that reported metrics do not depend on the CPU")
     p.add_argument("--no-train-threshold", action="store_true", help="skip the training images; rule (a) uses the model card's threshold")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)

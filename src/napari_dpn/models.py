@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import WeightsError
-from .model import ARCHITECTURES, build_model
+from .model import ARCHITECTURES, build_model, flush_denormals_
 
 WEIGHTS_SUFFIX = ".safetensors"
 _CARD_KEY = "napari_dpn_card"
@@ -196,6 +196,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise WeightsError(f"{path.name} does not fit the '{card.architecture}' network: {first}") from None
+    flush_denormals_(model)  # subnormal weights (left by weight decay) slow x86 convolutions ~100x
     model.eval().to(device)
     return LoadedModel(model=model, card=card, path=path)
 

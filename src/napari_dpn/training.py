@@ -549,7 +549,8 @@ class _Trainer:
         card = ModelCard(name=self.name, architecture=self.arch, input=dict(self.input))
         loaded = LoadedModel(model=self.model, card=card)
         try:
-            return [predict(loaded, p.rgb, device=self.device).probability for p in pairs]
+            # fp32: validation metrics and the card's threshold must not depend on the CPU's bf16 support
+            return [predict(loaded, p.rgb, device=self.device, precision="fp32").probability for p in pairs]
         finally:
             self.model.train()
 
