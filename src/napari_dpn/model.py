@@ -83,15 +83,13 @@ class DPBlock(nn.Module):
         return y
 
 
-class DPN(nn.Module):
-    """The paper's Detail-Preserving Network: front conv, DP-Block, seven DPR-Blocks."""
+class _EightBlocks(nn.Module):
+    """Front 3x3 conv (3 -> 32), eight full-resolution blocks, heads after blocks 2, 4, 6, 8."""
 
-    architecture = "dpn"
-
-    def __init__(self):
+    def __init__(self, blocks: list[nn.Module]):
         super().__init__()
         self.front = _conv(3, 32)
-        self.blocks = nn.ModuleList([DPBlock(32, residual=False)] + [DPBlock(16, residual=True) for _ in range(7)])
+        self.blocks = nn.ModuleList(blocks)
         self.heads = _Heads()
         xavier_init(self)
 
@@ -100,9 +98,21 @@ class DPN(nn.Module):
         feats = []
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i % 2 == 1:  # after DPR-Blocks 1, 3, 5, 7
+            if i % 2 == 1:
                 feats.append(x)
         return self.heads(feats, self.training)
+
+
+class DPN(_EightBlocks):
+    """The paper's Detail-Preserving Network: front conv, DP-Block, seven DPR-Blocks.
+
+    Heads after DPR-Blocks 1, 3, 5 (auxiliary) and 7 (main).
+    """
+
+    architecture = "dpn"
+
+    def __init__(self):
+        super().__init__([DPBlock(32, residual=False)] + [DPBlock(16, residual=True) for _ in range(7)])
 
 
 # --------------------------------------------------------------------------- release
@@ -202,26 +212,13 @@ class ReleaseBlock(nn.Module):
         return F.relu_(self.res(torch.cat([y, x], 1)))
 
 
-class DPNRelease(nn.Module):
+class DPNRelease(_EightBlocks):
     """The network of the official release (guomugong/DPN), eight concatenating blocks."""
 
     architecture = "dpn-release"
 
     def __init__(self):
-        super().__init__()
-        self.front = _conv(3, 32)
-        self.blocks = nn.ModuleList([ReleaseBlock(32)] + [ReleaseBlock(16) for _ in range(7)])
-        self.heads = _Heads()
-        xavier_init(self)
-
-    def forward(self, x: torch.Tensor):
-        x = F.relu_(self.front(x))
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i % 2 == 1:  # heads after blocks 2, 4, 6, 8
-                feats.append(x)
-        return self.heads(feats, self.training)
+        super().__init__([ReleaseBlock(32)] + [ReleaseBlock(16) for _ in range(7)])
 
 
 # --------------------------------------------------------------------------- helpers
