@@ -324,7 +324,6 @@ def summarise_metrics(report: dict) -> dict:
             "acc": y["acc"], "f1": y["f1"]}
 
 
-_metrics_summary = summarise_metrics  # older name, used by the napari widget
 
 
 def _bad_loss(value: float, history: deque) -> str | None:
