@@ -324,8 +324,6 @@ def summarise_metrics(report: dict) -> dict:
             "acc": y["acc"], "f1": y["f1"]}
 
 
-
-
 def _bad_loss(value: float, history: deque) -> str | None:
     if not math.isfinite(value):
         return "the loss became NaN or infinite"
