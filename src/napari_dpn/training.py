@@ -50,7 +50,7 @@ from torch import nn
 
 from . import augment
 from .errors import TrainingError
-from .model import ARCHITECTURES, MIN_SIDE, build_model
+from .model import ARCHITECTURES, MIN_SIDE, build_model, flush_denormals_
 
 HEAD_NAMES = ("aux1", "aux2", "aux3", "main")
 CHECKPOINT_FORMAT = "napari-dpn-checkpoint/1"
@@ -59,6 +59,7 @@ CHECKPOINT_FORMAT = "napari-dpn-checkpoint/1"
 MAX_LOSS = 1e4
 SPIKE_FACTOR = 100.0
 SPIKE_WINDOW = 50
+FLUSH_EVERY = 100  # steps between zeroing subnormal weights (a step count, so runs stay reproducible)
 # Fields of TrainConfig that may change when a run is resumed; the others define the run.
 RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "channels_last", "threads", "threshold_rule")
 
@@ -518,6 +519,8 @@ class _Trainer:
         self.config.name = self.name
         self.out_dir = Path(out_dir).expanduser() if out_dir is not None else Path.cwd()
         self.ckpt_path = self.out_dir / f"{self.name}.ckpt.pt"
+        if self.step % FLUSH_EVERY == 0:  # as an uninterrupted run would have at this step
+            flush_denormals_(self.model)  # subnormal weights (e.g. in the release's) slow x86 convolutions ~100x
         self.good = _LastGood(self.model, self.opt)  # weights to fall back to on divergence
         self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
 
@@ -629,6 +632,8 @@ class _Trainer:
                     return self.result(cancelled=True)
                 t0 = time.perf_counter()
                 values = self.train_step()
+                if self.step % FLUSH_EVERY == 0:
+                    flush_denormals_(self.model)  # weight decay keeps driving idle weights towards them
                 dt = time.perf_counter() - t0
                 times.append(dt)
                 self.seconds += dt
