@@ -53,16 +53,13 @@ def available_devices() -> list[str]:
 def select_device(name: str | torch.device = "auto") -> torch.device:
     """'auto' -> CUDA, else Apple MPS, else CPU; a named device must be present."""
     name = str(name).lower()
+    present = available_devices()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device(next((d for d in ("cuda", "mps") if d in present), "cpu"))
     base = name.split(":")[0]
     if base not in ("cpu", "cuda", "mps"):
         raise InputError(f"unknown device '{name}'; use auto, cpu, cuda or mps")
-    if base != "cpu" and base not in available_devices():
+    if base not in present:
         raise InputError(f"{base.upper()} was requested but is not available on this machine; use --device cpu or auto")
     return torch.device(name)
 
