@@ -146,6 +146,25 @@ def test_cancel_leaves_checkpoint_and_resume_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
 
 
+def test_time_limit_finishes_at_the_step_reached_and_resume_continues(tmp_path, monkeypatch):
+    full = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "full")
+    ticks = iter(range(1000))
+    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))  # one second per look at the clock
+    events = []
+    part = train(cfg(steps=8, time_limit=3.5), TRAIN, out_dir=tmp_path / "part", callback=events.append)
+    assert not part.cancelled and part.steps == 3 and part.model_path.is_file()
+    card = part.card.training
+    assert card["steps"] == 3 and card["steps_planned"] == 8
+    assert card["stopped_early"] == "time limit of 3.5 s reached after 3 of 8 steps"
+    assert any(isinstance(e, MessageEvent) and e.text == card["stopped_early"] for e in events)
+    assert part.losses == full.losses[:3]
+    resumed = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "part", resume=part.checkpoint)
+    assert resumed.steps == 8 and resumed.losses == full.losses
+    assert resumed.card.training["stopped_early"] is None
+    with pytest.raises(TrainingError, match="time limit must be positive"):
+        train(cfg(time_limit=0), TRAIN, out_dir=tmp_path / "bad")
+
+
 def test_nan_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
     ref = train(cfg(steps=3), TRAIN, out_dir=tmp_path / "ref")
     real = training.dpn_loss
@@ -244,8 +263,11 @@ def test_train_command_on_a_folder(tmp_path, capsys):
     assert (out / "mine.safetensors").is_file() and (out / "mine.json").is_file()
     assert "saved mine" in capsys.readouterr().out
     rc = main(["train", "--images", str(tmp_path / "data"), "--resume", str(out / "mine.ckpt.pt"), "--steps", "5",
-               "--device", "cpu", "--quiet"])
+               "--device", "cpu", "--quiet", "--log-every", "2", "--time-limit", "600"])
     assert rc == 0 and load_checkpoint(out / "mine.ckpt.pt")["step"] == 5
+    err = capsys.readouterr().err
+    assert "step 4/5: loss " in err and "ms/step" in err and "step 5/5" not in err
+    assert load_checkpoint(out / "mine.ckpt.pt")["config"]["time_limit"] == 600
 
     rc = main(["train", "--images", str(tmp_path), "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

@@ -87,9 +87,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--threshold-rule", choices=("youden", "max_acc"), default=None,
                      help="how the saved card's threshold is chosen, on the validation images if any, else the "
                           "training images (default youden, the ROC-optimal point)")
+    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                     help="stop training after this many seconds and save the model at the step reached "
+                          "(its card records the steps actually run)")
     run.add_argument("--name", help="name of the saved model (default: ARCH-DATA-DATE)")
     run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--log-every", type=int, default=0, metavar="N",
+                     help="also print a line with the loss and the time per step every N steps (for log files)")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -145,6 +150,7 @@ def _config(args, key):
         val_every=pick(args.val_every, base.val_every), device=args.device, amp=args.amp,
         aux_heads=base.aux_heads and not args.no_aux, architecture=args.arch if not args.resume else base.architecture,
         threads=args.threads, name=name, threshold_rule=pick(args.threshold_rule, base.threshold_rule),
+        time_limit=args.time_limit,
     )
 
 
@@ -156,10 +162,10 @@ def _format_metrics(m: dict) -> str:
 class _Progress:
     """Turns training events into a tqdm bar and log lines."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, log_every: int = 0):
         from tqdm import tqdm
 
-        self.tqdm, self.total, self.quiet = tqdm, total, quiet
+        self.tqdm, self.total, self.quiet, self.log_every = tqdm, total, quiet, log_every
         self.bar = None  # made at the first step, so data preparation does not count in its rate
         self.last_ckpt = None
 
@@ -177,6 +183,9 @@ class _Progress:
             self.bar.set_postfix_str(f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, "
                                      f"ETA {_duration(event.eta_seconds)}", refresh=False)
             self.bar.refresh()
+            if self.log_every and event.step % self.log_every == 0:
+                self.write(f"step {event.step}/{event.total}: loss {event.loss:.4f}, "
+                           f"{event.seconds_per_step * 1000:.1f} ms/step")
         elif isinstance(event, t.ValidationEvent):
             self.write(f"step {event.step}: {_format_metrics(event.metrics)}")
         elif isinstance(event, t.CheckpointEvent):
@@ -208,7 +217,7 @@ def cmd_train(args) -> int:
     out = Path(args.out).expanduser() if args.out else (
         Path(args.resume).expanduser().parent if args.resume else user_models_dir())
     start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
-    progress = _Progress(config.steps, args.quiet)
+    progress = _Progress(config.steps, args.quiet, args.log_every)
     progress.write(f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
                    f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}")
     try:
