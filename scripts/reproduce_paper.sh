@@ -21,6 +21,9 @@ for ds in "${sets[@]}"; do
   steps=$(python3 -c "print(max(1, int($steps * $scale)))")
   name="dpn-$ds-paper"
   ckpt="runs/$name/$name.ckpt.pt"
+  if [ ! -f "$ckpt" ] && [ -f "checkpoints/$name.ckpt.pt" ]; then  # the committed state of an earlier GPU run
+    mkdir -p "runs/$name"; cp "checkpoints/$name.ckpt.pt" "$ckpt"
+  fi
   resume=(); [ -f "$ckpt" ] && resume=(--resume "$ckpt")
   "$py" -m napari_dpn.cli train --dataset "$ds" --root "$root" --split "$split" --arch dpn --steps "$steps" \
     --val none --checkpoint-every 2000 --out "runs/$name" --name "$name" "${resume[@]}"

@@ -6,7 +6,8 @@
 #   drive/stare/chase: `dpn` from scratch with the paper's recipe (scripts/reproduce_paper.sh)
 #   drive-noaux: Table 5's ablation (main head only); drive-clahe: Table 4's DRIVE model with CLAHE
 #   chase-ft: continue the dpn-release-chase-ft fine-tune (crop 256, lr 1e-4) from its checkpoint
-# A job whose runs/<name>/<name>.ckpt.pt exists resumes from it, so a later GPU session continues.
+# A job whose runs/<name>/<name>.ckpt.pt (or committed checkpoints/<name>.ckpt.pt) exists resumes
+# from it, so a later GPU session continues where the last one stopped.
 # Runs go to runs/<name>/ (train.log there); PACK_DIR gets <name>.tgz of each and gpu.log.
 set -uo pipefail
 root=${1:?usage: $0 DATASETS_ROOT SECONDS PACK_DIR [job ...]}; budget=${2:?seconds}; pack=${3:?pack dir}; shift 3
@@ -35,6 +36,7 @@ for job in "${jobs_[@]}"; do
   esac
   dir=runs/$name; mkdir -p "$dir"
   ckpt=$dir/$name.ckpt.pt
+  [ -f "$ckpt" ] || [ ! -f "checkpoints/$name.ckpt.pt" ] || cp "checkpoints/$name.ckpt.pt" "$ckpt"  # committed state
   resume=(); [ -f "$ckpt" ] && resume=(--resume "$ckpt")
   # SIGINT at the backstop makes the engine write its checkpoint before it exits.
   timeout -s INT "$((${budget%.*} + 75))" "$py" -m napari_dpn.cli train "${args[@]}" --root "$root" "${common[@]}" \

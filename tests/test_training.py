@@ -156,6 +156,7 @@ def test_time_limit_finishes_at_the_step_reached_and_resume_continues(tmp_path, 
     card = part.card.training
     assert card["steps"] == 3 and card["steps_planned"] == 8
     assert card["stopped_early"] == "time limit of 3.5 s reached after 3 of 8 steps"
+    assert part.card.description.endswith("(3 steps of the 8 planned: stopped by its time limit)")
     assert any(isinstance(e, MessageEvent) and e.text == card["stopped_early"] for e in events)
     assert part.losses == full.losses[:3]
     resumed = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "part", resume=part.checkpoint)

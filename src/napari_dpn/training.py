@@ -732,7 +732,8 @@ class _Trainer:
         what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
         return ModelCard(
             name=self.name, architecture=self.arch,
-            description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps)",
+            description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps"
+                        + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")"),
             input=dict(self.input), threshold=float(threshold), threshold_rule=rule,
             base_model=base.get("name"), training=training, metrics=metrics,
             licence=base.get("licence", ""), attribution=base.get("attribution", ""),
