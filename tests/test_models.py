@@ -29,6 +29,27 @@ def test_shipped_release_model_is_listed_and_loads():
     assert len(card["sha256"]) == 64 and card["licence"]
 
 
+SHIPPED = sorted(p.stem for p in (resolve_model_path("dpn-release-drive").parent).glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_model_is_complete_and_honest(name):
+    """Each shipped card says what it was measured on and, for a run cut short, how far it got."""
+    from napari_dpn.inference import predict
+
+    loaded = load_model(name)
+    card = loaded.card
+    assert card.name == name and 0 < card.threshold < 1 and card.threshold_rule and card.licence
+    assert 0.9 < card.metrics["auc"] < 1 and "test" in card.metrics["dataset"]
+    training = card.training or {}
+    if training.get("stopped_early"):
+        assert training["steps"] < training["steps_planned"]
+        assert f"{training['steps']:,}" in card.description and "stopped" in card.description
+    rgb = np.random.default_rng(0).random((24, 20, 3), dtype=np.float32)
+    prob = predict(loaded, rgb, device="cpu", precision="fp32").probability
+    assert prob.shape == (24, 20) and np.isfinite(prob).all()
+
+
 def test_save_then_load_by_name_from_user_folder(user_dir):
     torch.manual_seed(0)
     model = build_model("dpn")
