@@ -102,11 +102,12 @@ def test_segment_end_to_end_adds_three_layers(qtbot, widget, notes):
     assert prob.colormap.name == "magma"
     assert tuple(prob.contrast_limits) == (0.0, 1.0)
     assert prob.blending == "additive" and 0.6 <= prob.opacity <= 0.8
-    # vessels = probability >= the card's recommended threshold
+    # vessels = probability >= the card's recommended threshold, inside the FOV
     assert widget.threshold == pytest.approx(0.5)
-    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= 0.5)
+    inside = np.asarray(fov.data) > 0
+    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, (p >= 0.5) & inside)
     assert fov.visible is False
-    assert np.asarray(fov.data).sum() > 0.4 * 96 * 96  # the estimated disc
+    assert inside.sum() > 0.4 * 96 * 96 and not inside.all()  # the estimated disc
     # ready to correct: paint mode, label 1, small brush, active
     assert vessels.mode == "paint" and vessels.selected_label == 1 and vessels.brush_size == 3
     assert viewer.layers.selection.active is vessels
@@ -198,12 +199,13 @@ def test_slider_rethresholds_without_recomputing(qtbot, widget, monkeypatch):
 
     monkeypatch.setattr(inference, "predict", lambda *a, **k: pytest.fail("recomputed"))
     p = np.asarray(layer(viewer, "eye vessel probability").data)
+    inside = np.asarray(layer(viewer, "eye FOV").data) > 0
     vessels = layer(viewer, "eye vessels")
     for t in (0.0, float(np.median(p)), 1.0):
         widget.set_threshold(t)
-        np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= widget.threshold)
-    widget.set_threshold(0.0)
-    assert np.asarray(vessels.data).all()
+        np.testing.assert_array_equal(np.asarray(vessels.data) > 0, (p >= widget.threshold) & inside)
+    widget.set_threshold(0.0)  # everything in the FOV is vessel, nothing outside it
+    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, inside)
 
 
 def test_threshold_update_is_fast_for_a_drive_sized_image(qtbot, widget):
@@ -213,6 +215,8 @@ def test_threshold_update_is_fast_for_a_drive_sized_image(qtbot, widget):
     res = widget.current_result()
     rng = np.random.default_rng(0)
     res.prob = rng.random((584, 565), dtype=np.float32)  # DRIVE size, no model run needed
+    yy, xx = np.mgrid[:584, :565]
+    res.fov = (yy - 292) ** 2 + (xx - 282) ** 2 < 270**2
     widget.set_threshold(0.3)  # first call (re)allocates
     vessels = layer(viewer, "eye vessels")
     times = []
@@ -249,7 +253,8 @@ def test_edits_lock_the_threshold_and_survive_it(qtbot, widget, monkeypatch):
     monkeypatch.setattr(widget, "_confirm", lambda *a, **k: True)
     assert widget.reapply_threshold() is True
     p = np.asarray(layer(viewer, "eye vessel probability").data)
-    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, p >= widget.threshold)
+    inside = np.asarray(layer(viewer, "eye FOV").data) > 0
+    np.testing.assert_array_equal(np.asarray(vessels.data) > 0, (p >= widget.threshold) & inside)
     assert widget.slider.isEnabled() and "locked" not in widget.edit_status.text()
 
 
@@ -259,7 +264,7 @@ def test_erase_and_fill_also_count_as_edits(qtbot, widget):
     segment(qtbot, widget)
     vessels = layer(viewer, "eye vessels")
     widget.set_threshold(0.0)  # everything vessel
-    vessels.fill((5, 5), 0)  # fill = erase everything connected
+    vessels.fill((48, 48), 0)  # fill = erase everything connected (the whole FOV disc)
     assert widget.current_result().edited
     widget.set_threshold(0.7)
     assert not np.asarray(vessels.data).any()

@@ -4,10 +4,10 @@ One button turns a fundus photograph into three layers (``<image>`` is the photo
 name):
 
 - ``"<image> vessel probability"``  image layer, 0..1, magma, additive blending;
-- ``"<image> vessels"``             labels layer = probability >= threshold, ready to paint;
+- ``"<image> vessels"``             labels layer = probability >= threshold inside the FOV, ready to paint;
 - ``"<image> FOV"``                 field-of-view mask (from the dataset, else estimated), hidden.
 
-The threshold slider recomputes only ``probability >= t`` (the network is not run again).
+The threshold slider recomputes only ``(probability >= t) & FOV`` (the network is not run again).
 With a ground-truth layer the widget shows Se/Sp/Acc/AUC/F1 inside the FOV and a
 ``"<image> errors"`` labels layer (1 = false positive, magenta; 2 = false negative, green).
 
@@ -89,6 +89,14 @@ class _Result:
     edited: bool = False
     auc_cache: dict = field(default_factory=dict)
     metrics: dict | None = None
+
+    def vessel_mask(self) -> np.ndarray:
+        """What the threshold gives: probability >= threshold inside the FOV.
+
+        Outside the FOV there is no retina to annotate, and a network trained with an FOV-only loss
+        (ours) is free to answer anything there (a false vessel along the photograph's edge, say).
+        """
+        return (self.prob >= self.threshold) & self.fov
 
     def layer(self, viewer, kind):
         lyr = self.layers.get(kind)
@@ -173,8 +181,8 @@ class SegmentWidget(DockWidget):
         self.slider.setDecimals(3)
         self.slider.setSingleStep(0.01)
         self.slider.setValue(0.5)
-        self.slider.setToolTip("Vessel = probability >= threshold. Starts at the model card's "
-                               "recommended value.")
+        self.slider.setToolTip("Vessel = probability >= threshold, inside the FOV. Starts at the "
+                               "model card's recommended value.")
         row.addWidget(self.slider, 1)
         self.youden_button = QPushButton("ROC-optimal")
         self.youden_button.setToolTip("Set the threshold that maximises Se + Sp - 1 (Youden) "
@@ -557,7 +565,7 @@ class SegmentWidget(DockWidget):
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None:
             self._disconnect_paint(vessels)
-        mask = (res.prob >= res.threshold).astype(np.uint8)
+        mask = res.vessel_mask().astype(np.uint8)
         vessels = self._put(res, "vessels", _roles.vessels_name(res.name), mask, "labels",
                             opacity=0.8, colormap=_label_colormap({1: VESSEL_COLOUR}))
         vessels.events.paint.connect(self._on_paint)
@@ -614,7 +622,7 @@ class SegmentWidget(DockWidget):
 
     def _apply_threshold(self, res: _Result) -> None:
         vessels = res.layer(self.viewer, "vessels")
-        mask = (res.prob >= res.threshold).astype(np.uint8)
+        mask = res.vessel_mask().astype(np.uint8)
         if vessels is None:
             self._show_layers(res, self._loaded_fov_layer(res.image))
             return
@@ -645,7 +653,7 @@ class SegmentWidget(DockWidget):
         vessels = res.layer(self.viewer, "vessels")
         if vessels is None:
             return 0
-        return int(np.count_nonzero((np.asarray(vessels.data) > 0) != (res.prob >= res.threshold)))
+        return int(np.count_nonzero((np.asarray(vessels.data) > 0) != res.vessel_mask()))
 
     def apply_youden(self, *_) -> float | None:
         """Set the ROC-optimal threshold (needs a ground-truth layer)."""
@@ -714,7 +722,7 @@ class SegmentWidget(DockWidget):
                 f"{tuple(res.prob.shape)}: choose the annotation of this image.")
             return
         vessels = res.layer(self.viewer, "vessels")
-        pred = np.asarray(vessels.data) > 0 if vessels is not None else res.prob >= res.threshold
+        pred = np.asarray(vessels.data) > 0 if vessels is not None else res.vessel_mask()
         m = _analysis.confusion(pred, gt, res.fov)
         key = id(gt_layer)
         if key not in res.auc_cache:
