@@ -4,7 +4,8 @@
 
 TIFF and PPM/PGM images become PNG (the loaders find any supported suffix); GIF, JPEG and PNG
 files are copied as they are.  Every converted file is read back and compared with the original
-pixel for pixel.  The datasets' terms still apply to the copy: keep it out of the repository.
+pixel for pixel.  The datasets' terms still apply to the copy: keep it out of the repository
+(`.devdata/` is git-ignored for this use).
 """
 from __future__ import annotations
 
