@@ -25,12 +25,13 @@ common=(--device "$device" --val none --checkpoint-every 2000 --threshold-rule m
 names=(); pids=()
 for job in "${jobs_[@]}"; do
   case $job in
-    drive)       name=dpn-drive-paper; args=(--dataset drive --split default --steps 100000) ;;
-    stare)       name=dpn-stare-paper; args=(--dataset stare --split 10/10 --steps 30000) ;;
-    chase)       name=dpn-chase-paper; args=(--dataset chase --split 20/8 --steps 100000) ;;
-    drive-noaux) name=dpn-drive-noaux; args=(--dataset drive --split default --steps 100000 --no-aux) ;;
-    drive-clahe) name=dpn-drive-clahe; args=(--dataset drive --split default --steps 100000 --clahe) ;;
-    chase-ft)    name=dpn-release-chase-ft; args=(--dataset chase --split 20/8 --steps 100000 --init dpn-release-drive
+    # --dataset without --steps/--crop/--clahe gives the paper's recipe (datasets.DATASETS)
+    drive)       name=dpn-drive-paper; args=(--dataset drive) ;;
+    stare)       name=dpn-stare-paper; args=(--dataset stare --split 10/10) ;;
+    chase)       name=dpn-chase-paper; args=(--dataset chase --split 20/8) ;;
+    drive-noaux) name=dpn-drive-noaux; args=(--dataset drive --no-aux) ;;
+    drive-clahe) name=dpn-drive-clahe; args=(--dataset drive --clahe) ;;
+    chase-ft)    name=dpn-release-chase-ft; args=(--dataset chase --split 20/8 --init dpn-release-drive
                                                   --crop 256 --lr 1e-4) ;;
     *) echo "unknown job $job" >&2; exit 2 ;;
   esac
