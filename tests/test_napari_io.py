@@ -207,6 +207,19 @@ def test_chase_folder_has_no_fov(tmp_path, infos):
     assert "with its ground truth," in infos[0] and "FOV" not in infos[0]
 
 
+def test_image_without_its_annotation_still_opens(tmp_path, infos):
+    from napari_dpn.datasets import folder_samples
+    from napari_dpn.errors import InputError
+
+    make_drive(tmp_path / "DRIVE")
+    (tmp_path / "DRIVE/test/1st_manual/01_manual1.gif").unlink()
+    layers = _reader.read_folder(str(tmp_path / "DRIVE"))
+    assert [kw["name"] for _, kw, _ in layers] == ["01_test", "01_test FOV"]
+    assert "with its FOV mask," in infos[0]
+    with pytest.raises(InputError, match="Missing DRIVE label for 01_test.tif"):
+        folder_samples("drive", tmp_path / "DRIVE/test")  # training/evaluation need every label
+
+
 def test_other_folders_are_not_claimed(tmp_path):
     (tmp_path / "images").mkdir()
     assert _reader.get_folder_reader(str(tmp_path)) is None

@@ -58,7 +58,7 @@ class Sample:
 
     name: str
     image_path: Path
-    label_path: Path
+    label_path: Path | None  # None only from folder_samples(..., require_labels=False)
     fov_path: Path | None
     dataset: str
 
@@ -140,35 +140,49 @@ def _dataset_dir(key: str, root: Path) -> Path:
     raise InputError(f"No {DATASETS[key].folder} folder in {root}.")
 
 
+def _label(folder: Path, stem: str, what: str, required: bool) -> Path | None:
+    return _require(folder, stem, what) if required else _find(folder, stem)
+
+
+def _drive_part(base: Path, part: str, required: bool = True) -> list[Sample]:
+    """One DRIVE split folder (``training`` or ``test``; ``part`` is a regex of the two)."""
+    samples = []
+    for img in _images(base / "images", rf"\d+_{part}"):
+        number = img.stem.split("_")[0]
+        label = _label(base / "1st_manual", f"{number}_manual1", f"DRIVE label for {img.name}", required)
+        samples.append(Sample(img.stem, img, label, _find(base / "mask", f"{img.stem}_mask"), "drive"))
+    return samples
+
+
 def _drive(root: Path) -> dict[str, list[Sample]]:
-    parts = {}
-    for part in ("training", "test"):
-        base = root / part
-        samples = []
-        for img in _images(base / "images", rf"\d+_{part}"):
-            number = img.stem.split("_")[0]
-            label = _require(base / "1st_manual", f"{number}_manual1", f"DRIVE label for {img.name}")
-            samples.append(Sample(img.stem, img, label, _find(base / "mask", f"{img.stem}_mask"),
-                                  "drive"))
-        parts[part] = samples
-    return parts
+    return {part: _drive_part(root / part, part) for part in ("training", "test")}
 
 
-def _stare(root: Path) -> list[Sample]:
+def _stare(root: Path, required: bool = True) -> list[Sample]:
     samples = []
     for img in _images(root / "images", r"im\d+"):
-        label = _require(root / "labels-ah", f"{img.stem}.ah", f"STARE label for {img.name}")
+        label = _label(root / "labels-ah", f"{img.stem}.ah", f"STARE label for {img.name}", required)
         samples.append(Sample(img.stem, img, label, _find(root / "mask", f"{img.stem}_mask"),
                               "stare"))
     return samples
 
 
-def _chase(root: Path) -> list[Sample]:
+def _chase(root: Path, required: bool = True) -> list[Sample]:
     samples = []
     for img in _images(root, r"Image_\d+[LR]"):
-        label = _require(root, f"{img.stem}_1stHO", f"CHASE_DB1 label for {img.name}")
+        label = _label(root, f"{img.stem}_1stHO", f"CHASE_DB1 label for {img.name}", required)
         samples.append(Sample(img.stem, img, label, None, "chase"))
     return samples
+
+
+def folder_samples(key: str, folder: str | Path, require_labels: bool = True) -> list[Sample]:
+    """The samples of one folder as released: a DRIVE split folder (``training/`` or ``test/``),
+    the STARE folder or the CHASE_DB1 folder.  InputError when the layout is not there; with
+    ``require_labels=False`` an image without its annotation gets ``label_path=None``."""
+    folder = Path(folder)
+    if key == "drive":
+        return _drive_part(folder, "(training|test)", require_labels)
+    return (_stare if key == "stare" else _chase)(folder, require_labels)
 
 
 def list_samples(dataset: str, root: str | Path) -> list[Sample]:

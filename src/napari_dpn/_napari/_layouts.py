@@ -1,83 +1,41 @@
 """Recognise the folder layouts of the public datasets (DRIVE, STARE, CHASE_DB1).
 
-Only what the folder reader needs: which image files a folder holds, and for each one the
-ground-truth annotation (first observer) and the field-of-view mask beside it, if any.
-A folder is recognised at several levels, e.g. ``DRIVE``, ``DRIVE/test`` or ``DRIVE/test/images``.
+The file naming is ``napari_dpn.datasets``'s (one place for it); this module adds what only the
+folder reader needs: a folder is recognised at several levels, e.g. ``DRIVE``, ``DRIVE/test`` or
+``DRIVE/test/images``, and an image whose annotation is missing still opens (without it).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass
-class Entry:
-    image: Path
-    ground_truth: Path | None
-    fov: Path | None
-
-    @property
-    def name(self) -> str:
-        return self.image.stem
+from napari_dpn.datasets import Sample, folder_samples
+from napari_dpn.errors import InputError
 
 
 @dataclass
 class DatasetFolder:
     dataset: str          # "DRIVE", "STARE" or "CHASE_DB1"
     root: Path            # the folder that holds the images
-    entries: list[Entry]
+    entries: list[Sample]
 
 
-def _first(paths) -> Path | None:
-    paths = sorted(paths)
-    return paths[0] if paths else None
+# (key, shown name, sub-folders that must be there): a DRIVE split or STARE folder is
+# recognised by its annotation folder; CHASE_DB1 (flat) by at least one annotated image.
+_LAYOUTS = (("drive", "DRIVE", ("images", "1st_manual")), ("stare", "STARE", ("images", "labels-ah")),
+            ("chase", "CHASE_DB1", ()))
 
 
-def _drive_split(folder: Path) -> DatasetFolder | None:
-    images = folder / "images"
-    manual = folder / "1st_manual"
-    if not (images.is_dir() and manual.is_dir()):
+def _detect(folder: Path, key: str, name: str, needs: tuple[str, ...]) -> DatasetFolder | None:
+    if not all((folder / sub).is_dir() for sub in needs):
         return None
-    entries = []
-    for img in sorted(images.glob("*.tif")):
-        ident = img.stem.split("_")[0]
-        entries.append(Entry(
-            image=img,
-            ground_truth=_first(manual.glob(f"{ident}_manual1.gif")),
-            fov=_first((folder / "mask").glob(f"{ident}_*mask.gif")),
-        ))
-    return DatasetFolder("DRIVE", images, entries) if entries else None
-
-
-def _stare(folder: Path) -> DatasetFolder | None:
-    images = folder / "images"
-    labels = folder / "labels-ah"
-    if not (images.is_dir() and labels.is_dir()):
+    try:
+        samples = folder_samples(key, folder, require_labels=False)
+    except InputError:  # not this layout (no images of its naming)
         return None
-    entries = []
-    for img in sorted(images.glob("*.ppm")):
-        entries.append(Entry(
-            image=img,
-            ground_truth=_first(labels.glob(f"{img.stem}.ah.ppm")),
-            fov=_first((folder / "mask").glob(f"{img.stem}_mask.pgm")),
-        ))
-    return DatasetFolder("STARE", images, entries) if entries else None
-
-
-_CHASE = re.compile(r"^Image_\d+[LR]$")
-
-
-def _chase(folder: Path) -> DatasetFolder | None:
-    entries = []
-    for img in sorted(folder.glob("Image_*.jpg")):
-        if not _CHASE.match(img.stem):
-            continue
-        gt = folder / f"{img.stem}_1stHO.png"
-        entries.append(Entry(image=img, ground_truth=gt if gt.is_file() else None, fov=None))
-    if entries and any(e.ground_truth for e in entries):
-        return DatasetFolder("CHASE_DB1", folder, entries)
-    return None
+    if not needs and not any(s.label_path for s in samples):
+        return None
+    return DatasetFolder(name, samples[0].image_path.parent, samples)
 
 
 def find_dataset(folder: str | Path) -> DatasetFolder | None:
@@ -91,8 +49,8 @@ def find_dataset(folder: str | Path) -> DatasetFolder | None:
     # a dataset root: prefer the test split, then training
     candidates += [folder / "test", folder / "training"]
     for cand in candidates:
-        for detect in (_drive_split, _stare, _chase):
-            found = detect(cand) if cand.is_dir() else None
+        for layout in _LAYOUTS:
+            found = _detect(cand, *layout) if cand.is_dir() else None
             if found is not None:
                 return found
     return None

@@ -114,22 +114,22 @@ def read_folder(path, index: int = 0):
         return []
     entry = found.entries[index]
     name = entry.name
-    rgb = np.asarray(read_image(entry.image))
+    rgb = np.asarray(read_image(entry.image_path))
     layers = [(rgb, {"name": name, "rgb": rgb.ndim == 3 and rgb.shape[-1] in (3, 4),
-                     "metadata": _roles.meta("image", path=str(entry.image),
+                     "metadata": _roles.meta("image", path=str(entry.image_path),
                                              dataset=found.dataset)}, "image")]
-    if entry.ground_truth is not None:
-        gt = read_mask(entry.ground_truth).astype(np.uint8)
+    if entry.label_path is not None:
+        gt = read_mask(entry.label_path).astype(np.uint8)
         layers.append((gt, {"name": _roles.ground_truth_name(name), "opacity": 0.5,
                             "metadata": _roles.meta("ground_truth", image=name,
-                                                    path=str(entry.ground_truth))}, "labels"))
-    if entry.fov is not None:
-        fov = read_mask(entry.fov).astype(np.uint8)
+                                                    path=str(entry.label_path))}, "labels"))
+    if entry.fov_path is not None:
+        fov = read_mask(entry.fov_path).astype(np.uint8)
         layers.append((fov, {"name": _roles.fov_name(name), "opacity": 0.3, "visible": False,
                              "metadata": _roles.meta("fov", image=name, source="file",
-                                                     path=str(entry.fov))}, "labels"))
-    extras = [what for what, have in (("ground truth", entry.ground_truth),
-                                      ("FOV mask", entry.fov)) if have is not None]
+                                                     path=str(entry.fov_path))}, "labels"))
+    extras = [what for what, have in (("ground truth", entry.label_path),
+                                      ("FOV mask", entry.fov_path)) if have is not None]
     _notify_folder(found.dataset, name, len(found.entries), found.root, extras)
     return layers
 
