@@ -77,24 +77,16 @@ def test_truncated_file_is_a_clear_error(tmp_path, release_state):
         state_dict_from_caffe(src)
 
 
-def test_missing_layer_is_named(tmp_path, release_state):
+@pytest.mark.parametrize(("change", "message"), [
+    ({"skip": "bl3_b23_output"}, "'bl3_b23_output' is missing"),  # a missing layer is named
+    ({"reshape": "bl2_output"},  # the first mismatching blob is named, with both shapes
+     r"'bl2_output' has a blob of shape \(8, 24, 3, 3\), expected \(16, 24, 3, 3\)"),
+    ({"extra": "fc9"}, "unexpected layer 'fc9'"),
+])
+def test_layer_mismatches_are_named(tmp_path, release_state, change, message):
     src = tmp_path / "m.caffemodel"
-    src.write_bytes(_caffemodel(release_state, skip="bl3_b23_output"))
-    with pytest.raises(WeightsError, match="'bl3_b23_output' is missing"):
-        state_dict_from_caffe(src)
-
-
-def test_wrong_shape_names_the_first_mismatch(tmp_path, release_state):
-    src = tmp_path / "m.caffemodel"
-    src.write_bytes(_caffemodel(release_state, reshape="bl2_output"))
-    with pytest.raises(WeightsError, match=r"'bl2_output' has a blob of shape \(8, 24, 3, 3\), expected \(16, 24, 3, 3\)"):
-        state_dict_from_caffe(src)
-
-
-def test_unexpected_layer_is_rejected(tmp_path, release_state):
-    src = tmp_path / "m.caffemodel"
-    src.write_bytes(_caffemodel(release_state, extra="fc9"))
-    with pytest.raises(WeightsError, match="unexpected layer 'fc9'"):
+    src.write_bytes(_caffemodel(release_state, **change))
+    with pytest.raises(WeightsError, match=message):
         state_dict_from_caffe(src)
 
 
