@@ -163,3 +163,99 @@ class PatchSampler:
         if self.mirror and rng.random() < 0.5:
             img, lab, fv = img[:, ::-1], lab[:, ::-1], fv[:, ::-1]
         return img, lab, fv
+
+
+# --------------------------------------------------------------------------- any-camera augmentation
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """Ranges of the per-crop jitter that makes a network robust to cameras it never saw.
+
+    Applied to the network's input image (after CLAHE when the model uses it): exposure
+    (brightness, contrast, gamma), optics (Gaussian blur), sensor noise and JPEG re-compression.
+    """
+
+    brightness: float = 0.10         # +- added, on 0..1
+    contrast: tuple[float, float] = (0.7, 1.4)
+    gamma: tuple[float, float] = (0.7, 1.45)
+    saturation: tuple[float, float] = (0.6, 1.4)  # only matters for colour input (no CLAHE)
+    blur_p: float = 0.3
+    blur_sigma: tuple[float, float] = (0.4, 1.3)
+    noise_p: float = 0.3
+    noise_std: tuple[float, float] = (0.005, 0.04)
+    jpeg_p: float = 0.3
+    jpeg_quality: tuple[int, int] = (25, 90)
+
+
+def jitter(img: np.ndarray, rng: np.random.Generator, ph: Photometric = Photometric()) -> np.ndarray:
+    """One random photometric variant of a uint8 (H, W, 3) crop, still uint8."""
+    from scipy.ndimage import gaussian_filter
+
+    x = img.astype(np.float32) / 255.0
+    grey = x.mean(axis=2, keepdims=True)
+    x = grey + (x - grey) * rng.uniform(*ph.saturation)
+    x = (x - x.mean()) * rng.uniform(*ph.contrast) + x.mean() + rng.uniform(-ph.brightness, ph.brightness)
+    x = np.clip(x, 0, 1) ** rng.uniform(*ph.gamma)
+    if rng.random() < ph.blur_p:
+        x = gaussian_filter(x, sigma=(rng.uniform(*ph.blur_sigma),) * 2 + (0,))
+    if rng.random() < ph.noise_p:
+        x = x + rng.normal(0, rng.uniform(*ph.noise_std), x.shape).astype(np.float32)
+    out = to_uint8(np.clip(x, 0, 1))
+    if rng.random() < ph.jpeg_p:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(out).save(buf, format="JPEG", quality=int(rng.integers(*ph.jpeg_quality)))
+        out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    return out
+
+
+class RobustSampler:
+    """Random crops for any-camera training, reproducible from ``(seed, sample index)`` alone.
+
+    Instead of the paper's 11 fixed views, every crop gets its own random rotation (any angle),
+    mirror, and scale jitter around the working scale (log-uniform in ``scale_range``), cut by one
+    affine resampling of the whole image (bilinear image, nearest-neighbour masks), then the
+    photometric jitter above.  Images are visited epoch by epoch in a shuffled order.
+    """
+
+    def __init__(self, images: list[View], crop: int, seed: int = 0, scale_range: tuple[float, float] = (0.8, 1.25),
+                 photometric: Photometric | None = Photometric()):
+        if not images:
+            raise ValueError("no images to sample from")
+        self.views = [pad_to(v, crop) for v in images]
+        self.crop, self.seed = int(crop), int(seed)
+        self.scale_range, self.photometric = scale_range, photometric
+        self._epoch, self._order = -1, np.arange(len(self.views))
+
+    _view_index = PatchSampler._view_index
+
+    def sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Crop number ``index``: (uint8 (C, C, 3), bool (C, C) label, bool (C, C) FOV)."""
+        from scipy.ndimage import map_coordinates
+
+        view = self.views[self._view_index(index)]
+        rng = np.random.default_rng([self.seed, 2, index])
+        h, w = view.label.shape
+        c = self.crop
+        s = float(np.exp(rng.uniform(*np.log(self.scale_range))))  # >1: zoom in (vessels look wider)
+        a = rng.uniform(0, 2 * np.pi)
+        # Crop centre anywhere the rotated, scaled crop stays (mostly) inside the image.
+        half = c / (2 * s) * (abs(np.cos(a)) + abs(np.sin(a))) / 2 ** 0.5
+        cy = rng.uniform(min(half, h / 2), max(h - half, h / 2))
+        cx = rng.uniform(min(half, w / 2), max(w - half, w / 2))
+        yy, xx = np.mgrid[0:c, 0:c].astype(np.float32) - (c - 1) / 2
+        if rng.random() < 0.5:
+            xx = -xx
+        cos, sin = np.cos(a) / s, np.sin(a) / s
+        coords = np.stack([cy + cos * yy - sin * xx, cx + sin * yy + cos * xx])
+        img = np.stack([map_coordinates(view.image[..., k], coords, order=1, mode="constant", cval=0)
+                        for k in range(3)], axis=-1)
+        lab = map_coordinates(view.label.view(np.uint8), coords, order=0, mode="constant", cval=0) > 0
+        fov = map_coordinates(view.fov.view(np.uint8), coords, order=0, mode="constant", cval=0) > 0
+        if self.photometric is not None:
+            img = jitter(img, rng, self.photometric)
+        return img, lab, fov

@@ -37,10 +37,10 @@ def cmd_segment(args) -> int:
     from tqdm import tqdm
 
     from .annotations import annotation_paths
-    from .fov import estimate_fov
     from .image_io import as_rgb, read_image, write_mask, write_probability
-    from .inference import predict, select_device
+    from .inference import select_device
     from .models import load_model
+    from .segmentation import segment
 
     images = _images_in(args.inputs)
     device = select_device(args.device)
@@ -51,26 +51,32 @@ def cmd_segment(args) -> int:
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
-    t0, seconds, failed = time.perf_counter(), [], []
+    t0, seconds, failed, report = time.perf_counter(), [], [], {}
     for path in tqdm(images, desc="segmenting", unit="image", disable=args.quiet):
         try:
             rgb = as_rgb(read_image(path))
         except DPNError as exc:  # one bad file in a folder should not stop the batch
             failed.append(f"{path.name}: {exc}")
             continue
-        pred = predict(loaded, rgb, device=device, precision=args.precision)
-        fov = estimate_fov(rgb)
+        seg = segment(loaded, rgb, threshold=threshold, scale=args.scale, field_angle=args.field_angle,
+                      device=device, precision=args.precision)
         vessels_path, fov_path = annotation_paths(path, out)
-        write_probability(out / f"{path.stem}_probability{suffix}", pred.probability)
-        write_mask(vessels_path, (pred.probability >= threshold) & fov)
-        write_mask(fov_path, fov)
-        seconds.append(pred.seconds)
-        if pred.note:
-            tqdm.write(f"{path.name}: {pred.note}")
+        write_probability(out / f"{path.stem}_probability{suffix}", seg.probability)
+        write_mask(vessels_path, seg.mask())
+        write_mask(fov_path, seg.fov)
+        seconds.append(seg.prediction.seconds)
+        report[path.name] = seg.summary()
+        for note in (seg.prediction.note, seg.scale.note):
+            if note:
+                tqdm.write(f"{path.name}: {note}")
+        if not args.quiet:
+            tqdm.write(f"{path.name}: {seg.scale.describe()}")
     for line in failed:
         print(f"napari-dpn: skipped {line}", file=sys.stderr)
     if not seconds:
         raise InputError("none of the images could be read")
+    if args.json:
+        _write_json(args.json, {"model": loaded.card.name, "sha256": loaded.card.sha256, "images": report})
     total = time.perf_counter() - t0
     print(f"{len(seconds)} image(s) segmented with {loaded.card.name} on {device} in {total:.1f} s "
           f"({sum(seconds) / len(seconds):.2f} s per image for the network; threshold {threshold:.3f}); "
@@ -78,11 +84,48 @@ def cmd_segment(args) -> int:
     return 1 if failed else 0
 
 
+def _write_json(path, data: dict) -> Path:
+    from .image_io import atomic_write
+
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def _scale_arg(text: str):
+    from .scale import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _angle_arg(text: str) -> float:
+    from .scale import check_field_angle
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the field angle must be degrees such as 45, got {text!r}") from None
+    try:
+        return check_field_angle(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dataset_angle_arg(text: str):
+    """evaluate's --field-angle: 'dataset', 'unknown' or degrees."""
+    key = text.strip().lower()
+    return key if key in ("dataset", "unknown") else _angle_arg(text)
+
+
 def cmd_evaluate(args) -> int:
     from . import metrics
     from .datasets import load_split
     from .evaluation import evaluate_model
-    from .image_io import atomic_write
     from .inference import select_device
     from .models import load_model
 
@@ -100,23 +143,24 @@ def cmd_evaluate(args) -> int:
         if not args.quiet:
             print(f"  {name}: {sec:.2f} s", file=sys.stderr)
 
-    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image, precision=args.precision)
+    angle = None if args.field_angle == "unknown" else args.field_angle
+    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image, precision=args.precision,
+                            scale=args.scale, field_angle=angle)
     result["meta"] = {
         "model": loaded.card.name, "dataset": args.dataset, "split": args.split or "default",
         "n_test": len(split.test), "n_train": len(train), "device": str(device), "precision": args.precision,
+        "scale": str(args.scale), "field_angle": args.field_angle,
         "seconds_per_image": sum(done) / max(1, len(done)), "wall_seconds": time.perf_counter() - t0,
     }
-    print(f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, FOV pixels pooled)")
+    print(f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, "
+          f"FOV pixels pooled; scale {args.scale}" + (f", field angle {args.field_angle}" if args.scale != "native" else "")
+          + ")")
     print(metrics.format_table(result))
     s = result["per_image_summary"]["auc"]
     print(f"per-image AUC: mean {s['mean']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}")
     print("train_threshold: " + result["train_threshold_source"] + "; max_acc is chosen on the test images")
     if args.json:
-        path = Path(args.json).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {_write_json(args.json, result)}")
     return 0
 
 
@@ -142,7 +186,8 @@ def cmd_demo(args) -> int:
         Image.fromarray(data.retina()).save(tmp, format="PNG")
     print(f"sample: {sample} (scikit-image's retina photograph, CC0)")
     seg = argparse.Namespace(inputs=[str(sample)], out=str(out), model=args.model, device=args.device,
-                             threshold=None, prob_format="png", precision="auto", quiet=False)
+                             threshold=None, prob_format="png", precision="auto", quiet=False, scale="auto",
+                             field_angle=None, json=None)
     return cmd_segment(seg)
 
 
@@ -170,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 on CPUs with AMX (about 2x faster, AUC within 0.0001), else fp32")
+    p.add_argument("--scale", type=_scale_arg, default="auto", metavar="auto|native|FACTOR",
+                   help="auto (default): resample each photograph to the model's working scale (pixels per "
+                        "degree of retina) and the map back; native: no resampling; or a factor such as 0.5")
+    p.add_argument("--field-angle", type=_angle_arg, default=None, metavar="DEG",
+                   help="the camera's field of view in degrees (30, 35, 45, 50, 55 ...); default: estimated "
+                        "(45 degrees assumed for a circular FOV, the vessel calibre without one)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
@@ -183,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
                    help="fp32 by default so that reported metrics do not depend on the CPU")
     p.add_argument("--no-train-threshold", action="store_true", help="skip the training images; rule (a) uses the model card's threshold")
+    p.add_argument("--scale", type=_scale_arg, default="native", metavar="native|auto|FACTOR",
+                   help="native (default): the paper's protocol; auto: scale-aware inference as `segment` does it")
+    p.add_argument("--field-angle", type=_dataset_angle_arg, default="dataset", metavar="dataset|unknown|DEG",
+                   help="with --scale auto: the dataset's known field angle (default), unknown (estimated as "
+                        "for a photograph without metadata) or degrees")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

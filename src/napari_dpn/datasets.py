@@ -1,11 +1,13 @@
-"""DRIVE, STARE and CHASE_DB1 in their release layouts, with the paper's splits (section 4.1).
+"""DRIVE, STARE, CHASE_DB1 and AV-WIDE in their release layouts, with the paper's splits (section 4.1).
 
-Layouts (see /work/shared/datasets/SOURCES.md):
+Layouts (see SOURCES.md of the datasets folder):
 - DRIVE:     ``{training,test}/images/NN_{training,test}.tif``, ``1st_manual/NN_manual1.gif``,
              ``mask/NN_{training,test}_mask.gif``
 - STARE:     ``images/imNNNN.ppm``, ``labels-ah/imNNNN.ah.ppm``, ``mask/imNNNN_mask.pgm``
              (the masks are third-party; without them the FOV is estimated)
 - CHASE_DB1: flat ``Image_NNX.jpg`` + ``Image_NNX_1stHO.png``; no FOV masks (estimated)
+- AV-WIDE:   ``images/wide_image_NN.png`` + ``manual/wide_image_NN_vessels.png``; ultra-widefield,
+             no circular FOV: the FOV is the whole frame
 
 Splits: ``"default"`` (DRIVE's official 20/20), ``"A/B"`` (first A images in sorted order train,
 the remaining B test; e.g. STARE "10/10", CHASE "20/8", "14/14"), ``"loo-K"`` (leave-one-out:
@@ -38,18 +40,36 @@ class DatasetInfo:
     default_split: str
     splits: tuple[str, ...]  # the paper's splits (others of the same forms also work)
     n_images: int
+    # Scale (see scale.py): the camera's field angle in degrees, as the dataset paper states it,
+    # and where that is written.  None where no circular FOV exists to divide by (AV-WIDE).
+    field_angle: float | None = None
+    field_angle_source: str = ""
+    # Resampling factor to 1 working pixel per DRIVE pixel, for datasets without a field angle:
+    # AV-WIDE's thickest annotated vessels (95th percentile of the skeleton width, 5.6 px) against
+    # DRIVE's (7.1 px), i.e. x1.26.  Its "200 degrees" is the internal (eye-centre) angle of an
+    # Optos-type camera, about 135 degrees external: 1300 px / 135 = 9.6 px/deg, DRIVE 12.0; the
+    # two estimates agree.
+    calibre_factor: float | None = None
+    whole_frame_fov: bool = False  # no dark border: every pixel is retina (AV-WIDE)
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "drive": DatasetInfo("drive", "DRIVE", 512, False, 100_000, "default", ("default", "all"), 40),
+    "drive": DatasetInfo("drive", "DRIVE", 512, False, 100_000, "default", ("default", "all"), 40,
+                         45.0, "Staal et al., IEEE TMI 2004: Canon CR5 non-mydriatic 3CCD camera, 45 degree FOV"),
     "stare": DatasetInfo("stare", "STARE", 512, True, 30_000, "10/10",
-                         ("10/10", "loo-K", "all"), 20),
+                         ("10/10", "loo-K", "all"), 20,
+                         35.0, "Hoover et al., IEEE TMI 2000: TopCon TRV-50 fundus camera at 35 degree field of view"),
     "chase": DatasetInfo("chase", "CHASE_DB1", 736, False, 100_000, "20/8",
-                         ("20/8", "14/14", "all"), 28),
+                         ("20/8", "14/14", "all"), 28,
+                         30.0, "Owen et al., IOVS 2009 / Fraz et al., IEEE TBME 2012: Nidek NM-200-D, 30 degree FOV"),
+    "avwide": DatasetInfo("avwide", "AV-WIDE", 512, False, 30_000, "20/10", ("20/10", "all"), 30,
+                          None, "Estrada et al., IEEE TMI 2015: Optos-type ultra-widefield SLO, about 200 degrees "
+                                "(internal angle); no circular FOV", calibre_factor=1.26, whole_frame_fov=True),
 }
-_ALIASES = {"chase_db1": "chase", "chasedb1": "chase", "chase-db1": "chase"}
+_ALIASES = {"chase_db1": "chase", "chasedb1": "chase", "chase-db1": "chase", "av-wide": "avwide",
+            "av_wide": "avwide", "wide": "avwide"}
 _FOLDER_NAMES = {"drive": ("DRIVE",), "stare": ("STARE",),
-                 "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE")}
+                 "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE"), "avwide": ("AV-WIDE", "AV_WIDE", "AVWIDE")}
 
 
 @dataclass(frozen=True)
@@ -62,16 +82,65 @@ class Sample:
     fov_path: Path | None
     dataset: str
 
+    @property
+    def fov_source(self) -> str:
+        """'mask' (a FOV mask file), 'whole frame' (AV-WIDE) or 'estimated' (``fov.estimate_fov``)."""
+        if self.fov_path:
+            return "mask"
+        return "whole frame" if DATASETS[self.dataset].whole_frame_fov else "estimated"
+
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb float32 (H, W, 3) in 0..1, ground truth bool, FOV bool); FOV estimated if absent."""
         rgb = as_rgb(read_image(self.image_path))
         gt = read_mask(self.label_path)
-        fov = read_mask(self.fov_path) if self.fov_path else estimate_fov(rgb)
+        if self.fov_path:
+            fov = read_mask(self.fov_path)
+        elif DATASETS[self.dataset].whole_frame_fov:
+            fov = np.ones(rgb.shape[:2], bool)
+        else:
+            fov = estimate_fov(rgb)
         for what, arr in (("ground truth", gt), ("FOV mask", fov)):
             if arr.shape != rgb.shape[:2]:
                 raise InputError(f"{self.name}: the {what} is {arr.shape[::-1]} but the image is "
                                  f"{rgb.shape[1::-1]} (W x H).")
         return rgb, gt, fov
+
+
+# DRIVE's pixels per degree (FOV 539 px over 45 degrees, measured on its masks): the scale the
+# calibre factors above are relative to.
+DRIVE_PPD = 539.0 / 45.0
+
+
+def sample_factor(sample: Sample, fov: np.ndarray, working_ppd: float) -> float:
+    """Resampling factor that brings one dataset image to ``working_ppd`` pixels per degree."""
+    from .scale import fov_diameter
+
+    info = DATASETS[sample.dataset]
+    if info.field_angle is None:
+        return float(info.calibre_factor) * working_ppd / DRIVE_PPD
+    diameter = fov_diameter(fov)
+    if diameter is None:
+        raise InputError(f"{sample.name}: no circular FOV found, so its scale is unknown")
+    return working_ppd / (diameter / info.field_angle)
+
+
+@dataclass(frozen=True)
+class ScaledSample:
+    """A dataset sample resampled to a common scale (pixels per degree) when loaded."""
+
+    sample: Sample
+    working_ppd: float
+
+    @property
+    def name(self) -> str:
+        return self.sample.name
+
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from .scale import resample_image, resample_mask, resampled_shape
+
+        rgb, gt, fov = self.sample.load()
+        size = resampled_shape(rgb.shape, sample_factor(self.sample, fov, self.working_ppd))
+        return resample_image(rgb, size), resample_mask(gt, size), resample_mask(fov, size)
 
 
 @dataclass(frozen=True)
@@ -90,7 +159,7 @@ def dataset_key(dataset: str) -> str:
     key = str(dataset).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise InputError(f"Unknown dataset '{dataset}'; use drive, stare or chase.")
+        raise InputError(f"Unknown dataset '{dataset}'; use drive, stare, chase or avwide.")
     return key
 
 
@@ -134,6 +203,7 @@ def _dataset_dir(key: str, root: Path) -> Path:
         "drive": (root / "training").is_dir() and (root / "test").is_dir(),
         "stare": (root / "images").is_dir() and (root / "labels-ah").is_dir(),
         "chase": any(root.glob("Image_*_1stHO.*")),
+        "avwide": (root / "images").is_dir() and (root / "manual").is_dir(),
     }[key]
     if looks_like:
         return root
@@ -175,6 +245,17 @@ def _chase(root: Path, required: bool = True) -> list[Sample]:
     return samples
 
 
+def _avwide(root: Path, required: bool = True) -> list[Sample]:
+    samples = []
+    for img in _images(root / "images", r"wide_image_\d+"):
+        label = _label(root / "manual", f"{img.stem}_vessels", f"AV-WIDE label for {img.name}", required)
+        samples.append(Sample(img.stem, img, label, None, "avwide"))
+    return samples
+
+
+_FLAT = {"stare": _stare, "chase": _chase, "avwide": _avwide}
+
+
 def folder_samples(key: str, folder: str | Path, require_labels: bool = True) -> list[Sample]:
     """The samples of one folder as released: a DRIVE split folder (``training/`` or ``test/``),
     the STARE folder or the CHASE_DB1 folder.  InputError when the layout is not there; with
@@ -182,7 +263,7 @@ def folder_samples(key: str, folder: str | Path, require_labels: bool = True) ->
     folder = Path(folder)
     if key == "drive":
         return _drive_part(folder, "(training|test)", require_labels)
-    return (_stare if key == "stare" else _chase)(folder, require_labels)
+    return _FLAT[key](folder, require_labels)
 
 
 def list_samples(dataset: str, root: str | Path) -> list[Sample]:
@@ -192,7 +273,7 @@ def list_samples(dataset: str, root: str | Path) -> list[Sample]:
     if key == "drive":
         parts = _drive(folder)
         return parts["training"] + parts["test"]
-    return _stare(folder) if key == "stare" else _chase(folder)
+    return _FLAT[key](folder)
 
 
 # -------------------------------------------------------------------------------------- splits

@@ -46,6 +46,10 @@ class ModelCard:
     attribution: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     sha256: str = ""
+    # The scale the network works at (scale.py): working_ppd (pixels per degree of retina),
+    # vessel_calibre_px (its own thickest-vessel width at that scale, for photographs without a
+    # circular FOV), how both were measured.  Empty: inference can only run at the native scale.
+    scale: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -217,6 +221,24 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Pa
     with atomic_write(path) as tmp:
         save_file(state, str(tmp), metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
         os.chmod(tmp, 0o644)  # safetensors writes 0600 files; weights are meant to be shared
+    card.sha256 = file_sha256(path)
+    with atomic_write(path.with_suffix(".json")) as tmp:
+        Path(tmp).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return path
+
+
+def rewrite_card(path: str | os.PathLike, card: ModelCard) -> Path:
+    """Replace the card of a weights file (embedded and beside it) without touching its tensors."""
+    from safetensors.torch import load_file, save_file
+
+    from .image_io import atomic_write
+
+    path = Path(path)
+    state = load_file(str(path))
+    embedded = dataclasses.replace(card, sha256="")
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
+        os.chmod(tmp, 0o644)
     card.sha256 = file_sha256(path)
     with atomic_write(path.with_suffix(".json")) as tmp:
         Path(tmp).write_text(json.dumps(card.to_dict(), indent=2) + "\n")

@@ -51,7 +51,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train or fine-tune DPN on a dataset or on your annotated images",
                               description=__doc__.split("\n\n")[0])
     src = p.add_argument_group("training data (one of --dataset or --images)")
-    src.add_argument("--dataset", help="drive, stare or chase (the paper's splits)")
+    src.add_argument("--dataset", help="drive, stare, chase or avwide (the paper's splits); several joined by "
+                                       "commas train one model on all of them (with --working-ppd)")
     src.add_argument("--root", metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (with --dataset)")
     src.add_argument("--split", default=None, help="drive: default; stare: 10/10|loo-K; chase: 20/8|14/14")
     src.add_argument("--images", metavar="DIR", help="folder of your images")
@@ -90,6 +91,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                      help="stop training after this many seconds and save the model at the step reached "
                           "(its card records the steps actually run)")
+    run.add_argument("--working-ppd", type=float, default=None, metavar="PX_PER_DEG",
+                     help="resample every training image to this many pixels per degree of retina (DRIVE is "
+                          "12.0); recorded in the card, so inference resamples photographs to it")
+    run.add_argument("--augment-mode", choices=("paper", "robust"), default=None,
+                     help="paper: the 11 offline views + mirror (default); robust: any rotation, scale jitter, "
+                          "brightness/contrast/gamma/blur/noise/JPEG per crop")
     run.add_argument("--name", help="name of the saved model (default: ARCH-DATA-DATE)")
     run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,19 +111,29 @@ def _data(args):
     if bool(args.dataset) == bool(args.images):
         raise InputError("give either --dataset (with --root) or --images")
     if args.dataset:
-        from .datasets import DATASETS, dataset_key, load_split
+        from .datasets import DATASETS, ScaledSample, dataset_key, load_split
 
         if not args.root:
             raise InputError("--dataset needs --root, the folder holding the dataset")
-        key = dataset_key(args.dataset)
-        split = load_split(key, args.root, args.split)
-        if not split.train:
-            raise InputError(f"the split {args.split!r} has no training images")
-        which = args.val or "test"
-        val = {"test": split.test, "train": split.train, "none": []}[which]
-        desc = (f"{DATASETS[key].folder} split {args.split or DATASETS[key].default_split} "
-                f"({len(split.train)} training images)")
-        return split.train, val, desc, key
+        keys = [dataset_key(k) for k in str(args.dataset).split(",") if k.strip()]
+        if len(keys) > 1 and args.split:
+            raise InputError("--split applies to one dataset; several datasets use their default splits")
+        if len(keys) > 1 and not args.working_ppd:
+            raise InputError("training on several datasets needs --working-ppd, a common scale (DRIVE's is 12.0)")
+        train, val, parts = [], [], []
+        for key in keys:
+            split = load_split(key, args.root, args.split)
+            if not split.train:
+                raise InputError(f"the split {args.split!r} of {DATASETS[key].folder} has no training images")
+            val += {"test": split.test, "train": split.train, "none": []}[args.val or "test"]
+            train += split.train
+            parts.append(f"{DATASETS[key].folder} split {args.split or DATASETS[key].default_split} "
+                         f"({len(split.train)} training images)")
+        if args.working_ppd:
+            train = [ScaledSample(s, args.working_ppd) for s in train]
+            val = [ScaledSample(s, args.working_ppd) for s in val]
+        desc = " + ".join(parts) + (f", resampled to {args.working_ppd:g} px/deg" if args.working_ppd else "")
+        return train, val, desc, keys[0] if len(keys) == 1 else "+".join(keys)
     train = folder_pairs(args.images, args.labels, args.fovs)
     val = folder_pairs(args.val_images, args.val_labels, args.val_fovs) if args.val_images else []
     return train, val, f"{len(train)} annotated image(s) from {Path(args.images).expanduser()}", None
@@ -129,7 +146,7 @@ def _config(args, key):
     if args.resume:
         saved = load_checkpoint(args.resume)["config"]
         base = TrainConfig(**saved)
-    elif key:
+    elif key and key in _dataset_keys():
         from .datasets import DATASETS
 
         info = DATASETS[key]
@@ -150,8 +167,15 @@ def _config(args, key):
         val_every=pick(args.val_every, base.val_every), device=args.device, amp=args.amp,
         aux_heads=base.aux_heads and not args.no_aux, architecture=args.arch if not args.resume else base.architecture,
         threads=args.threads, name=name, threshold_rule=pick(args.threshold_rule, base.threshold_rule),
-        time_limit=args.time_limit,
+        time_limit=args.time_limit, augment_mode=pick(args.augment_mode, base.augment_mode),
+        working_ppd=pick(args.working_ppd, base.working_ppd),
     )
+
+
+def _dataset_keys() -> tuple[str, ...]:
+    from .datasets import DATASETS
+
+    return tuple(DATASETS)
 
 
 def _format_metrics(m: dict) -> str:

@@ -91,6 +91,8 @@ class TrainConfig:
     name: str | None = None          # name of the saved model (default: architecture + date)
     threshold_rule: str = "youden"   # the card's threshold: youden (ROC-optimal) | max_acc
     time_limit: float | None = None  # seconds of training in this session; then finish at the step reached
+    augment_mode: str = "paper"      # paper: the 11 offline views + mirror; robust: any-camera (augment.RobustSampler)
+    working_ppd: float | None = None  # pixels per degree the training images were resampled to (scale.py)
 
     def check(self) -> None:
         if self.steps < 0:
@@ -107,6 +109,10 @@ class TrainConfig:
             raise TrainingError(f"threshold_rule must be youden or max_acc, got {self.threshold_rule!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise TrainingError(f"the time limit must be positive seconds, got {self.time_limit}")
+        if self.augment_mode not in ("paper", "robust"):
+            raise TrainingError(f"augment_mode must be paper or robust, got {self.augment_mode!r}")
+        if self.working_ppd is not None and not self.working_ppd > 0:
+            raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
 
@@ -490,10 +496,17 @@ class _Trainer:
         self.config.crop = crop
         t0 = time.perf_counter()
         views = []
+        robust = config.augment and config.augment_mode == "robust"
         for p in self.train:
             rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
-            views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
-        self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
+            if robust:
+                views.append(augment.View(augment.to_uint8(rgb), p.label, p.fov, p.name))
+            else:
+                views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
+        if robust:
+            self.sampler = augment.RobustSampler(views, crop, seed=config.seed)
+        else:
+            self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
         self.emit(MessageEvent(f"prepared {len(views)} training views ({len(self.train)} image(s) x "
                                f"{len(views) // len(self.train)}) in {time.perf_counter() - t0:.1f} s; crop {crop}"))
 
@@ -686,11 +699,33 @@ class _Trainer:
         after = self.validate() if self.val else None
         threshold, rule = self.recommend_threshold(after)
         card = self.make_card(after, threshold, rule)
+        card.scale = self.scale_block(threshold)
         from .models import save_model
 
         model_path = save_model(self.model, card, self.out_dir / f"{self.name}.safetensors")
         self.emit(DoneEvent(self.step, model_path, path, after))
         return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
+
+    def scale_block(self, threshold: float) -> dict:
+        """The card's ``scale``: the working scale the images were resampled to (else the base
+        model's), and the network's own thickest-vessel calibre there, measured on the training
+        images with a circular FOV (the reference of the calibre scale estimate)."""
+        from .scale import fov_diameter
+        from .segmentation import vessel_calibre
+
+        base = dict((self.base_card or {}).get("scale") or {})
+        ppd = self.config.working_ppd or base.get("working_ppd")
+        if not ppd:
+            return {}
+        disc = [p for p in self.train if fov_diameter(p.fov) is not None][:8] or self.train[:8]
+        calibres = [c for p, prob in zip(disc, self.predict(disc))
+                    if (c := vessel_calibre(prob >= threshold, p.fov)) is not None]
+        how = (f"training images resampled to {ppd:g} px/deg" if self.config.working_ppd
+               else f"inherited from {base.get('name', 'the base model')}")
+        return {"working_ppd": float(ppd), "trained_ppd": float(ppd), "source": how,
+                "vessel_calibre_px": round(float(np.mean(calibres)), 3) if calibres else None,
+                "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
+                                       f"mean over {len(calibres)} training images"}
 
     def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
         """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""

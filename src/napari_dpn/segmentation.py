@@ -1,0 +1,143 @@
+"""One segmentation pipeline for every caller (CLI, widgets, evaluation, the folder session):
+
+photograph -> FOV -> scale -> resample -> network -> probability (original pixels) -> mask.
+
+``segment`` never raises for a scale problem: an implausible estimate falls back to the native
+scale and says so in ``Segmentation.scale.note``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
+
+from . import scale as scale_mod
+from .fov import estimate_fov
+from .image_io import as_rgb
+from .inference import Prediction, predict
+from .models import LoadedModel
+from .scale import Scale
+
+# The vessel-calibre statistic: this percentile of the vessel width along the skeleton is the
+# width of the main arcade vessels, which have about the same size in every adult eye.
+CALIBRE_PERCENTILE = 95
+MIN_SKELETON = 300  # skeleton pixels below which a calibre is not trusted
+COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
+COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
+
+
+@dataclass
+class Segmentation:
+    """Probability and FOV in the photograph's own pixels, with the scale the network saw."""
+
+    probability: np.ndarray  # float32 (H, W) in 0..1
+    fov: np.ndarray          # bool (H, W)
+    threshold: float         # the model card's, unless the caller gave one
+    scale: Scale
+    prediction: Prediction   # device, seconds, precision, tiling and fallback notes of the pass
+
+    def mask(self, threshold: float | None = None) -> np.ndarray:
+        """Vessels: probability >= threshold, inside the FOV only (outside is no retina)."""
+        t = self.threshold if threshold is None else float(threshold)
+        return (self.probability >= t) & self.fov
+
+    def summary(self) -> dict:
+        """What a report or a manifest records about this run."""
+        p = self.prediction
+        return {"scale": self.scale.to_dict(), "device": p.device, "precision": p.precision,
+                "seconds": round(p.seconds, 3), "tiles": p.tiles, "note": p.note,
+                "threshold": self.threshold, "fov_diameter": self.scale.fov_diameter}
+
+
+def vessel_calibre(mask: np.ndarray, fov: np.ndarray | None = None) -> float | None:
+    """Width in pixels of the thickest vessels of a binary vessel map (None: too few vessels)."""
+    # A fresh C-contiguous bool copy: skimage's skeletonize crashes on some read-only/strided views.
+    mask = np.array(mask, dtype=np.uint8).astype(bool)
+    if fov is not None:
+        mask &= np.asarray(fov, bool)
+    skeleton = skeletonize(mask)
+    if skeleton.sum() < MIN_SKELETON:
+        return None
+    widths = 2.0 * ndi.distance_transform_edt(mask)[skeleton]
+    return float(np.percentile(widths, CALIBRE_PERCENTILE))
+
+
+def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple[np.ndarray, Prediction]:
+    """Probability at ``factor`` x the original size, resampled back to the original pixels."""
+    if factor == 1.0:
+        pred = predict(loaded, rgb, **kwargs)
+        return pred.probability, pred
+    size = scale_mod.resampled_shape(rgb.shape, factor)
+    pred = predict(loaded, scale_mod.resample_image(rgb, size), **kwargs)
+    return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
+
+
+def scale_from_calibre(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, device="auto",
+                       precision: str = "auto") -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
+    """Estimate the scale without metadata: coarse passes until the thickest vessels of the
+    network's own map are as wide as on its training images at its working scale.
+
+    Returns the scale and, when the last pass ran at exactly that scale, its probability map
+    in the original pixels with its ``Prediction`` (so the caller need not run the network again).
+    """
+    ref = (loaded.card.scale or {}).get("vessel_calibre_px")
+    target = scale_mod.working_ppd(loaded.card)
+    if not isinstance(ref, (int, float)) or target is None:
+        return scale_mod.fallback(f"the model card of {loaded.card.name} records no vessel calibre to compare with"), None
+    factor = min(1.0, COARSE_SIDE / max(rgb.shape[:2]))
+    for _ in range(4):
+        size = scale_mod.resampled_shape(rgb.shape, factor)
+        pred = predict(loaded, scale_mod.resample_image(rgb, size), device=device, precision=precision)
+        calibre = vessel_calibre(pred.probability >= loaded.card.threshold, scale_mod.resample_mask(fov, size))
+        if calibre is None:
+            return scale_mod.fallback("too few vessels were found to estimate the scale from their calibre"), None
+        new = float(np.clip(factor * float(ref) / calibre, scale_mod.MIN_FACTOR / 2, scale_mod.MAX_FACTOR * 2))
+        if abs(new / factor - 1.0) < COARSE_CONVERGED:
+            sc = scale_mod.from_ppd(target / factor, target, "calibre", fov_diameter=scale_mod.fov_diameter(fov))
+            if sc.factor != factor:  # rounded to native, or implausible
+                return sc, None
+            return sc, (np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred)
+        factor = new
+    return scale_mod.from_ppd(target / factor, target, "calibre", fov_diameter=scale_mod.fov_diameter(fov)), None
+
+
+def choose_scale(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, scale: str | float = "auto",
+                 field_angle: float | None = None, device="auto",
+                 precision: str = "auto") -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
+    """The ``Scale`` for this photograph (see ``scale.py`` for the order of the rules), and the
+    probability already computed at it, if the estimate needed one."""
+    mode = scale_mod.parse_scale(scale)
+    if mode == "native":
+        return Scale(factor=1.0, method="native"), None
+    if not isinstance(mode, str):
+        return Scale(factor=float(mode), method="factor"), None
+    if scale_mod.working_ppd(loaded.card) is None:
+        return scale_mod.fallback(f"the model card of {loaded.card.name} records no working scale"), None
+    angle = scale_mod.check_field_angle(field_angle)
+    if scale_mod.fov_diameter(fov) is None and angle is None:
+        return scale_from_calibre(loaded, rgb, fov, device, precision)
+    return scale_mod.from_fov(fov, loaded.card, angle), None
+
+
+def segment(loaded: LoadedModel, image: np.ndarray, *, fov: np.ndarray | None = None,
+            threshold: float | None = None, scale: str | float = "auto", field_angle: float | None = None,
+            device="auto", precision: str = "auto", max_pixels: int | None = None,
+            progress: Callable[[float], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Segmentation:
+    """Segment one photograph (any layout ``image_io.as_rgb`` accepts) at the model's working scale.
+
+    ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
+    ``field_angle``: the camera's field in degrees, if known.  ValueError for an invalid
+    ``scale``/``field_angle``; every other scale problem falls back to the native scale.
+    """
+    rgb = as_rgb(image)
+    fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
+    sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
+    prob, pred = done or _run(loaded, rgb, sc.factor, device=device, precision=precision, max_pixels=max_pixels,
+                              progress=progress, should_stop=should_stop)
+    t = float(loaded.card.threshold if threshold is None else threshold)
+    return Segmentation(probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc,
+                        prediction=pred)
