@@ -56,13 +56,8 @@ def default_crop(shape: tuple[int, ...]) -> int:
 
 def clahe(rgb: np.ndarray) -> np.ndarray:
     """CLAHE on the green channel exactly as inference does it (``preprocess.clahe_green``)."""
-    try:
-        from .preprocess import clahe_green
-    except ImportError:  # pragma: no cover - only without the preprocessing module
-        from skimage.exposure import equalize_adapthist
+    from .preprocess import clahe_green
 
-        g = equalize_adapthist(np.clip(rgb[..., 1], 0, 1)).astype(np.float32)
-        return np.repeat(g[..., None], 3, axis=2)
     return clahe_green(rgb)
 
 

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from .errors import DPNError, InputError
-
-DEFAULT_MODEL = "dpn-release-drive"
+from .models import DEFAULT_MODEL
 
 
 def _images_in(paths: list[str]) -> list[Path]:
@@ -257,12 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the shipped and user models")
     p.set_defaults(func=cmd_models)
 
-    try:
-        from . import train_cli
-    except ImportError:
-        train_cli = None
-    if train_cli is not None:
-        train_cli.register(sub)
+    from . import train_cli
+
+    train_cli.register(sub)
     return parser
 
 

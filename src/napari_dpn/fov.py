@@ -20,6 +20,10 @@ MAX_FRACTION = 0.99
 BORDER_STEP = 0.1
 # Outside must be clearly darker than inside, otherwise there is no dark border to find.
 MAX_BORDER_RATIO = 0.5
+# Photographs whose shorter side exceeds twice this are estimated at this size and the mask is
+# resampled back: the steps below cost the square of the side (a 2300 px image took 2.9 s, at
+# 640 px it takes 0.03 s), and the border is no sharper than that at the scale of the disc.
+WORKING_SIDE = 640
 
 
 def estimate_fov(rgb: np.ndarray) -> np.ndarray:
@@ -34,6 +38,7 @@ def estimate_fov(rgb: np.ndarray) -> np.ndarray:
        labels in the corners), fill holes;
     4. erode by ~1 px so the bright rim ring of the border is excluded.
 
+    Photographs larger than twice ``WORKING_SIDE`` are estimated on a shrunk copy.
     Falls back to the whole image (all True) when the result is degenerate: under 20 % or over
     99 % of the image, or when the excluded part is not clearly darker than the disc (an image
     with no dark border at all, e.g. a crop from inside the fundus).
@@ -41,6 +46,11 @@ def estimate_fov(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
         raise InputError(f"FOV estimation needs an RGB image (H, W, 3), got shape {rgb.shape}.")
+    if min(rgb.shape[:2]) > 2 * WORKING_SIDE:
+        from .scale import resample_image, resample_mask, resampled_shape
+
+        small = resample_image(rgb, resampled_shape(rgb.shape, WORKING_SIDE / min(rgb.shape[:2])))
+        return resample_mask(estimate_fov(small), rgb.shape[:2])
     whole = np.ones(rgb.shape[:2], dtype=bool)
     side = min(rgb.shape[:2])
     red = filters.gaussian(rgb[..., 0].astype(np.float32), sigma=max(1.0, side / 300))

@@ -112,15 +112,6 @@ def confusion_metrics(pred, gt, fov=None, threshold: float | None = None) -> dic
     return _from_counts(*_counts(p, g, threshold))
 
 
-def threshold_metrics(probs, gts, fovs, threshold: float) -> dict:
-    """Pooled confusion metrics of all images at one threshold (plus ``threshold``)."""
-    probs, gts, fovs, names = _as_lists(probs, gts, fovs)
-    total = np.zeros(4, dtype=np.int64)
-    for prob, gt, fov, name in zip(probs, gts, fovs, names):
-        total += _counts(*_fov_pixels(prob, gt, fov, name), threshold)
-    return dict(threshold=float(threshold), **_from_counts(*total))
-
-
 # -------------------------------------------------------------------------------- ROC machinery
 def _histogram(p: np.ndarray, g: np.ndarray, bins: int) -> np.ndarray:
     """(2, bins + 1) counts of vessel / background FOV pixels per probability bin."""

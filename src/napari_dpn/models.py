@@ -23,6 +23,7 @@ from .errors import WeightsError
 from .model import ARCHITECTURES, build_model, flush_denormals_
 
 WEIGHTS_SUFFIX = ".safetensors"
+DEFAULT_MODEL = "dpn-release-drive"  # what the CLI and the widgets use when the user picks none
 _CARD_KEY = "napari_dpn_card"
 
 # Input convention of networks trained from scratch here: RGB scaled to 0..1, centred.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from skimage import exposure
 
 
@@ -26,8 +25,3 @@ def normalise(rgb: np.ndarray, convention: dict) -> np.ndarray:
     std = np.asarray(convention.get("std", [1, 1, 1]), np.float32)
     img = (img * np.float32(convention.get("scale", 1.0)) - mean) / std
     return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
-
-
-def to_network_input(rgb: np.ndarray, convention: dict) -> torch.Tensor:
-    """(1, 3, H, W) tensor for the network."""
-    return torch.from_numpy(normalise(rgb, convention))[None]
