@@ -48,7 +48,8 @@ def _images_in(paths: list[str]) -> tuple[list[Path], list[str]]:
             raise InputError(f"no such file or folder: {p}")
     if not found:
         raise InputError("no photographs found in " + ", ".join(paths)
-                         + (" (only annotations, masks or probability maps)" if notes else ""))
+                         + (f"; {notes[0]}" if len(notes) == 1 else
+                            " (only annotations, masks or probability maps)" if notes else ""))
     return found, notes
 
 
@@ -76,7 +77,6 @@ def _plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: bo
 def _write_outputs(outputs, prob, vessels, fov, overwrite: bool) -> None:
     """Write one image's three outputs; if one cannot be written, remove the ones this call created
     (never a file that was there before), so an image has all its outputs or none of them."""
-    from .errors import OutputError
     from .image_io import write_mask, write_probability
 
     created = []
@@ -86,7 +86,7 @@ def _write_outputs(outputs, prob, vessels, fov, overwrite: bool) -> None:
             write(path, data, overwrite=overwrite)
             if not existed:
                 created.append(path)
-    except OutputError:
+    except BaseException:  # a full disk, a file saved meanwhile, Ctrl-C
         for path in created:
             path.unlink(missing_ok=True)
         raise

@@ -342,11 +342,12 @@ def cmd_train(args) -> int:
     config.check()
     out = Path(args.out).expanduser() if args.out else (
         Path(args.resume).expanduser().parent if args.resume else user_models_dir())
-    ensure_output_folder(out, "--out" if args.out else "the output folder")
-    in_registry = out.resolve() == user_models_dir().expanduser().resolve()
+    in_registry = out.absolute() == user_models_dir().expanduser().absolute()
     if config.name:
         # A shipped name in the user models folder would be shadowed by the shipped model.
         config.name = validate_model_name(config.name, shipped_ok=not in_registry)
+    ensure_output_folder(out, "--out" if args.out else "the output folder")
+    if config.name:
         lock, overwrite = _claim_name(out, config.name, args)
     else:
         config.name, lock = _reserve_default_name(out, _default_name_stem(args, key))
