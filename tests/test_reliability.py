@@ -838,7 +838,8 @@ def test_bad_devices_are_one_line(photos, tmp_path, capsys, device):
 
 @pytest.mark.parametrize("flag, value", [("--threads", "-1"), ("--threads", "0"), ("--weight-decay", "-1"),
                                          ("--checkpoint-every", "-5"), ("--val-every", "-1"), ("--log-every", "-1"),
-                                         ("--lr", "nan")])
+                                         ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"),
+                                         ("--crop", "100000")])
 def test_bad_training_numbers_are_one_line(pairs, tmp_path, capsys, flag, value):
     before = snapshot(tmp_path)
     rc, _, err = run(["train", "--images", pairs, "--out", tmp_path / "models", *TRAIN_BASE, flag, value], capsys)

@@ -229,6 +229,9 @@ def list_models() -> list[ModelCard]:
                 card = read_card(path)
             except WeightsError:
                 continue
+            if card.name != path.stem:  # a renamed (copied) file: the registry knows it by its file name
+                card.extra["card_name"] = card.name
+                card.name = path.stem
             card.extra["path"] = str(path)
             cards.append(card)
             seen.add(path.stem)
@@ -302,7 +305,10 @@ def inspect_card(weights_path: str | os.PathLike, check_sha256: bool = True) -> 
     records.  An old file without an embedded card uses the ``.json``, with a note."""
     weights_path = Path(weights_path)
     beside = weights_path.with_suffix(".json")
-    embedded = _embedded_card(weights_path)
+    try:
+        embedded, header_problem = _embedded_card(weights_path), None
+    except WeightsError as exc:  # a corrupt file: its .json can still describe it in a list;
+        embedded, header_problem = None, exc  # loading it fails in load_model with the reason
     side, side_problem, side_sha = None, None, ""
     if beside.is_file():
         try:
@@ -313,14 +319,19 @@ def inspect_card(weights_path: str | os.PathLike, check_sha256: bool = True) -> 
             side_problem = str(exc) if isinstance(exc, WeightsError) else f"{type(exc).__name__}"
     warnings: list[str] = []
     if embedded is None:
+        if header_problem is not None and side is None:
+            raise header_problem
         if side is None:
             if side_problem:
                 raise WeightsError(f"{weights_path.name} has no embedded model card and {beside.name} "
                                    f"cannot be used ({side_problem})")
             raise WeightsError(f"{weights_path.name} has no model card (neither {beside.name} nor embedded)")
         card = side
-        warnings.append(f"{weights_path.name} has no model card inside it (an older file), so {beside.name} "
-                        "is used; saving the model again embeds one")
+        if header_problem is not None:
+            warnings.append(f"{header_problem}, so {beside.name} describes it")
+        else:
+            warnings.append(f"{weights_path.name} has no model card inside it (an older file), so {beside.name} "
+                            "is used; saving the model again embeds one")
     else:
         card = _parse_card(embedded, f"inside {weights_path.name}")
         if side_problem:
@@ -332,7 +343,7 @@ def inspect_card(weights_path: str | os.PathLike, check_sha256: bool = True) -> 
                 warnings.append(f"{beside.name} differs from the card inside {weights_path.name} "
                                 f"({', '.join(diff[:4])}{'...' if len(diff) > 4 else ''}), so the card inside "
                                 "the weights is used")
-    if check_sha256 and side_sha:
+    if check_sha256 and side_sha and header_problem is None:
         actual = file_sha256(weights_path)
         card.sha256 = actual
         if actual != side_sha:

@@ -66,6 +66,9 @@ RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "chann
                "time_limit")
 
 
+MAX_CROP = 4096  # larger crops only pad the views with zeros, at crop^2 bytes per view
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run; defaults are the paper's (DRIVE: 100k steps, crop 512)."""
@@ -109,6 +112,10 @@ class TrainConfig:
             raise TrainingError(f"the time limit must be positive seconds, got {self.time_limit}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.crop is not None and self.crop > MAX_CROP:
+            raise TrainingError(f"the crop must be at most {MAX_CROP} pixels, got {self.crop}")
+        if not 0 <= self.seed < 2**32:
+            raise TrainingError(f"the seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}")
         if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
             raise TrainingError(f"the number of CPU threads must be 1 or more, got {self.threads}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
