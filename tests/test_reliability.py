@@ -639,6 +639,19 @@ def test_train_refuses_to_restart_over_an_earlier_runs_checkpoint(pairs, tmp_pat
     unchanged(before, tmp_path)
 
 
+def test_a_resumed_run_replaces_only_its_own_model(pairs, tmp_path, capsys):
+    """A run continued after its time limit saves over the model it saved before (and nothing else)."""
+    models = tmp_path / "models"
+    assert run(["train", "--images", pairs, "--out", models, "--name", "r", *TRAIN], capsys)[0] == 0
+    ckpt = models / "r.ckpt.pt"
+    rc, out, _ = run(["train", "--images", pairs, "--resume", ckpt, "--name", "r", *TRAIN, "--steps", "2"], capsys)
+    assert rc == 0 and "saved r (2 steps" in out
+    before = snapshot(tmp_path)
+    rc, _, err = run(["train", "--images", pairs, "--resume", ckpt, "--name", "other", *TRAIN, "--steps", "3"], capsys)
+    assert rc == 2 and "keeps its name" in error_line(err)
+    unchanged(before, tmp_path)
+
+
 def test_train_refuses_a_shipped_name_in_the_user_models_folder(pairs, tmp_path, capsys):
     before = snapshot(tmp_path)
     rc, _, err = run(["train", "--images", pairs, "--name", "dpn-drive", *TRAIN], capsys)

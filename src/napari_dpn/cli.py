@@ -66,7 +66,8 @@ def _plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: bo
     todo, skipped = [], []
     for path in images:
         outputs = output_paths(path, out, prob_suffix)
-        existing = [o for o in outputs if o.exists() or o.is_symlink()]
+        prob, vessels, fov = outputs  # name the correction first: it is what a user would lose
+        existing = [o for o in (vessels, fov, prob) if o.exists() or o.is_symlink()]
         if existing and not overwrite:
             skipped.append(f"{path.name}: {existing[0].name} already exists in {out}")
         else:
