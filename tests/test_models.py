@@ -89,12 +89,24 @@ def test_corrupt_weights_file(tmp_path):
 
 
 def test_weights_of_the_other_architecture_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    card = ModelCard(name="x", architecture="dpn-release")  # the card says release, the weights are dpn
+    state = {k: v.contiguous() for k, v in build_model("dpn").state_dict().items()}
+    path = tmp_path / "x.safetensors"
+    save_file(state, str(path), metadata={"napari_dpn_card": json.dumps(card.to_dict())})
+    with pytest.raises(WeightsError, match="does not fit the 'dpn-release' network"):
+        load_model(str(path))
+
+
+def test_a_json_that_disagrees_with_the_weights_is_reported_not_used(tmp_path):
     path = save_model(build_model("dpn"), ModelCard(name="x", architecture="dpn"), tmp_path / "x")
     card = json.loads(path.with_suffix(".json").read_text())
     card["architecture"] = "dpn-release"
     path.with_suffix(".json").write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="does not fit the 'dpn-release' network"):
-        load_model(str(path))
+    loaded = load_model(str(path))
+    assert loaded.card.architecture == "dpn"
+    assert len(loaded.warnings) == 1 and "architecture" in loaded.warnings[0]
 
 
 def test_unreadable_card_is_skipped_in_listing(user_dir):

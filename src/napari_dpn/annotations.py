@@ -7,11 +7,17 @@ napari are training pairs without renaming anything.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 VESSELS_SUFFIX = "_vessels.png"
 FOV_SUFFIX = "_fov.png"
-_MASK_SUFFIXES = (VESSELS_SUFFIX, FOV_SUFFIX, "_probability.png", "_probability.tif")
+PROBABILITY_SUFFIXES = ("_probability.png", "_probability.tif", "_probability.tiff")
+_MASK_SUFFIXES = (VESSELS_SUFFIX, FOV_SUFFIX, *PROBABILITY_SUFFIXES)
+# Ground truth and FOV masks as the public datasets name them (matched on the stem, any case):
+# DRIVE NN_manual1 / NN_manual2 / NN_training_mask, STARE imNNNN.ah / imNNNN.vk / imNNNN_mask,
+# CHASE_DB1 Image_NNX_1stHO / _2ndHO, HRF NN_x_mask.
+_DATASET_LABEL = re.compile(r".*(_manual\d|_mask|_[12](st|nd)ho|\.ah|\.vk)", re.IGNORECASE)
 
 
 def _image_suffixes() -> tuple[str, ...]:
@@ -35,6 +41,64 @@ def is_annotation(path: str | os.PathLike) -> bool:
     return any(name.endswith(s) for s in _MASK_SUFFIXES)
 
 
+def is_dataset_label(path: str | os.PathLike) -> bool:
+    """True for ground-truth and FOV-mask files named as DRIVE, STARE and CHASE_DB1 name them
+    (``21_manual1.gif``, ``21_training_mask.gif``, ``im0001.ah.ppm``, ``Image_01L_1stHO.png``...)."""
+    return bool(_DATASET_LABEL.fullmatch(Path(path).stem))
+
+
+def not_a_photograph(path: str | os.PathLike) -> str | None:
+    """Why a file in a folder of photographs is not one (a few words), or None if it may be one."""
+    name = Path(path).name.lower()
+    if name.endswith(VESSELS_SUFFIX):
+        return "a vessel annotation"
+    if name.endswith(FOV_SUFFIX):
+        return "a FOV mask"
+    if any(name.endswith(s) for s in PROBABILITY_SUFFIXES):
+        return "a probability map"
+    if is_dataset_label(path):
+        return "a dataset annotation or mask"
+    return None
+
+
+def photographs_in(folder: str | os.PathLike) -> list[Path]:
+    """The image files of ``folder`` that may be photographs, sorted by name: annotations, masks and
+    probability maps (ours and the datasets') are left out, as are hidden files."""
+    suffixes = _image_suffixes()
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+                  and not_a_photograph(p) is None)
+
+
+def same_stem(paths) -> list[tuple[Path, Path]]:
+    """Pairs of images whose outputs would share a name: same folder-independent stem, any case
+    (``eye.png`` and ``eye.jpg``; ``Eye.png`` and ``eye.tif`` on a case-insensitive disk)."""
+    seen: dict[str, Path] = {}
+    clashes = []
+    for p in paths:
+        key = Path(p).stem.lower()
+        if key in seen:
+            clashes.append((seen[key], Path(p)))
+        else:
+            seen[key] = Path(p)
+    return clashes
+
+
+def same_stem_message(clashes: list[tuple[Path, Path]]) -> str:
+    """One sentence naming the first clash (and how many more there are)."""
+    a, b = clashes[0]
+    more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
+    return (f"{a} and {b} would both be saved as {a.stem}{VESSELS_SUFFIX}{more}; "
+            "rename one of them or put them in separate folders")
+
+
+def output_paths(image_path: str | os.PathLike, folder: str | os.PathLike,
+                 probability_suffix: str = ".png") -> tuple[Path, Path, Path]:
+    """(probability map, vessels mask, FOV mask) that ``segment`` writes for an image in ``folder``."""
+    vessels, fov = annotation_paths(image_path, folder)
+    return Path(folder) / f"{Path(image_path).stem}_probability{probability_suffix}", vessels, fov
+
+
 def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | None = None,
                fovs_dir: str | os.PathLike | None = None) -> list[tuple[Path, Path, Path | None]]:
     """(image, vessels mask, FOV mask or None) for every image in ``images_dir`` that has a mask.
@@ -50,7 +114,7 @@ def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | No
     if not images_dir.is_dir():
         return pairs
     for image in sorted(images_dir.iterdir()):
-        if not image.is_file() or image.suffix.lower() not in suffixes or is_annotation(image):
+        if not image.is_file() or image.suffix.lower() not in suffixes or not_a_photograph(image):
             continue
         label, _ = annotation_paths(image, labels_dir)
         _, fov = annotation_paths(image, fovs_dir)

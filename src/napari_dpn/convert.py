@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .caffe import read_caffemodel
-from .errors import WeightsError
+from .errors import InputError, WeightsError
 from .model import DPNRelease
 
 
@@ -48,16 +48,29 @@ def state_dict_from_caffe(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def import_caffe(src: str | Path, dst: str | Path, card=None):
-    """Convert ``src`` (.caffemodel) to a safetensors weights file with its model card."""
-    from .models import ModelCard, save_model
+def import_caffe(src: str | Path, dst: str | Path, card=None, overwrite: bool = True):
+    """Convert ``src`` (.caffemodel) to a safetensors weights file with its model card.
 
+    With ``overwrite=False`` an existing ``dst`` or its ``.json`` is never replaced (checked before
+    the caffemodel is read; OutputExistsError)."""
+    from .errors import OutputExistsError
+    from .models import WEIGHTS_SUFFIX, ModelCard, save_model
+
+    dst = Path(dst)
+    if dst.is_dir():
+        raise InputError(f"{dst} is a folder; give the file to write, e.g. {dst / ('NAME' + WEIGHTS_SUFFIX)}")
+    if dst.suffix != WEIGHTS_SUFFIX:
+        dst = dst.with_name(dst.name + WEIGHTS_SUFFIX)
+    if not overwrite:
+        for p in (dst, dst.with_suffix(".json")):
+            if p.exists():
+                raise OutputExistsError(f"{p} already exists; nothing was written (--overwrite replaces it)")
     model = DPNRelease()
     model.load_state_dict(state_dict_from_caffe(src))
     if card is None:
         card = ModelCard(name=Path(dst).stem, architecture="dpn-release", input=dict(RELEASE_INPUT),
                          description=f"Imported from {Path(src).name}")
-    return save_model(model, card, dst)
+    return save_model(model, card, dst, overwrite=overwrite)
 
 
 # What the release's test script feeds the network: BGR, 0..255, no mean subtracted.

@@ -203,11 +203,30 @@ def _dataset_dir(key: str, root: Path) -> Path:
         "drive": (root / "training").is_dir() and (root / "test").is_dir(),
         "stare": (root / "images").is_dir() and (root / "labels-ah").is_dir(),
         "chase": any(root.glob("Image_*_1stHO.*")),
-        "avwide": (root / "images").is_dir() and (root / "manual").is_dir(),
+        "avwide": (root / "manual").is_dir() and any((root / "images").glob("wide_image_*")),
     }[key]
     if looks_like:
         return root
     raise InputError(f"No {DATASETS[key].folder} folder in {root}.")
+
+
+def detect_layout(folder: str | Path) -> tuple[str, Path] | None:
+    """(dataset key, folder to give as ``--root``) when ``folder`` is a DRIVE/STARE/CHASE_DB1
+    release folder, one of its sub-folders (DRIVE ``training/``, ``test/``, ``images/``...), or the
+    folder holding them; else None.  For messages that suggest ``--dataset``."""
+    folder = Path(folder).expanduser()
+    candidates = [folder, folder.parent, folder.parent.parent]
+    for cand in candidates:
+        if not cand.is_dir():
+            continue
+        for key in DATASETS:
+            try:
+                found = _dataset_dir(key, cand)
+            except (InputError, OSError):
+                continue
+            if folder in (cand, found) or found in folder.parents:
+                return key, cand
+    return None
 
 
 def _label(folder: Path, stem: str, what: str, required: bool) -> Path | None:

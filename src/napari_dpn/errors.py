@@ -15,3 +15,12 @@ class WeightsError(DPNError):
 
 class TrainingError(DPNError):
     """Training cannot start or had to stop (bad pairs, NaN loss, ...)."""
+
+
+class OutputError(InputError):
+    """A result cannot be written: the folder is missing, read-only or full, or a file would be replaced
+    (an InputError too: the folder is the user's choice, and older callers catch InputError)."""
+
+
+class OutputExistsError(OutputError):
+    """The output file exists and replacing it was not asked for (``--overwrite``)."""

@@ -17,6 +17,19 @@ def _field_angle(sample, field_angle):
     return DATASETS[sample.dataset].field_angle if getattr(sample, "dataset", None) in DATASETS else None
 
 
+def fov_note(samples: Sequence) -> str | None:
+    """One sentence saying for which samples the FOV was estimated (no official mask), else None."""
+    estimated = [s.name for s in samples if getattr(s, "fov_source", "estimated") == "estimated"]
+    if not estimated:
+        return None
+    datasets = {getattr(s, "dataset", "") for s in samples}
+    why = ("CHASE_DB1 has no official FOV masks" if datasets == {"chase"}
+           else "no FOV mask file was found for them")
+    which = (f"all {len(samples)} images" if len(estimated) == len(samples)
+             else f"{len(estimated)} of {len(samples)} images ({', '.join(estimated[:3])}{', ...' if len(estimated) > 3 else ''})")
+    return f"the FOV was estimated from the image for {which}: {why}, so the metrics are not the official ones"
+
+
 def predict_samples(loaded: LoadedModel, samples: Sequence, device: str = "auto",
                     on_image: Callable[[str, float], None] | None = None, precision: str = "fp32",
                     scale="native", field_angle="dataset", scales: list | None = None):

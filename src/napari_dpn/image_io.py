@@ -7,7 +7,9 @@ RGB float32 in 0..1 (:func:`as_rgb`); masks as bool (H, W) (:func:`read_mask`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -16,7 +18,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from napari_dpn.errors import InputError
+from napari_dpn.errors import InputError, OutputError, OutputExistsError
 from napari_dpn.model import MIN_SIDE
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -75,9 +77,42 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+        missing = missing_codec(exc)
+        if missing:
+            raise InputError(f"Cannot read {path}: {missing}.") from exc
         raise InputError(f"Cannot read {path}: the file is corrupt or not a valid image "
                          f"({type(exc).__name__}).") from exc
     return np.asarray(arr)
+
+
+def missing_codec(exc: BaseException) -> str | None:
+    """The half-sentence naming the missing decoder when ``exc`` says one is missing, else None.
+
+    tifffile needs the ``imagecodecs`` package for LZW (DRIVE's TIFFs), JPEG, ZSTD... and says
+    "<COMPRESSION.LZW: 5> requires the 'imagecodecs' package"; Pillow says "decoder jpeg not
+    available" when it was built without a library.  Neither means the file is corrupt.
+    """
+    text = str(exc)
+    if "imagecodecs" in text:
+        match = re.search(r"COMPRESSION\.(\w+)|PREDICTOR\.(\w+)", text)
+        what = f"its {(match[1] or match[2]).upper()} compression" if match else "its compression"
+        return (f"decoding {what} needs the 'imagecodecs' package, which is not installed "
+                "(pip install imagecodecs); the file itself is fine")
+    match = re.search(r"decoder (\w+) not available", text)
+    if match:
+        return (f"this Pillow was built without the {match[1]} decoder; "
+                "reinstall Pillow from its wheels (pip install --force-reinstall pillow)")
+    return None
+
+
+def is_greyscale(array: np.ndarray) -> bool:
+    """True for a greyscale photograph: one channel, or three (four) channels with equal values."""
+    arr = np.asarray(array)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1):
+        return True
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        return bool(np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]))
+    return False
 
 
 def _to_unit(arr: np.ndarray) -> np.ndarray:
@@ -181,26 +216,105 @@ def _check_mask_shape(arr: np.ndarray, path) -> np.ndarray:
     return arr
 
 
+def os_error_message(exc: OSError, path: str | os.PathLike, action: str = "write") -> str:
+    """One sentence for a failed file-system call: what could not be done to which file, and why."""
+    reasons = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EACCES: "permission denied (the folder is read-only for you)",
+        errno.EPERM: "permission denied (the folder is read-only for you)",
+        errno.EROFS: "the file system is read-only",
+        errno.ENOTDIR: "part of the path is a file, not a folder",
+        errno.EISDIR: "it is a folder",
+        errno.ENAMETOOLONG: "the file name is too long",
+        errno.ENOENT: "the folder does not exist",
+        errno.EEXIST: "a file of that name is in the way",
+    }
+    reason = reasons.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+    return f"Cannot {action} {path}: {reason}."
+
+
+def ensure_output_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
+    """Create ``path`` (with parents) if needed and check that files can be created in it.
+
+    Raises OutputError with one sentence when ``path`` is a file, cannot be created, or is not
+    writable, so that a long run fails before it starts rather than at its first write.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path} is a file, not a folder.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, path, "create the folder")) from None
+    probe = path / f".napari-dpn-write-test.{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, path, "write to")) from None
+    probe.unlink(missing_ok=True)
+    return path
+
+
+def _exists_message(path: Path) -> str:
+    return f"{path} already exists and was not replaced."
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_write(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     The temporary file keeps the target's suffix so writers that choose the format by suffix
-    work; it is removed if the block raises.  Readers never see a half-written file.
+    work; it is removed if the block raises.  Readers never see a half-written file.  With
+    ``overwrite=False`` an existing ``path`` is never replaced, not even one that appears while
+    the block runs (OutputExistsError).  File-system failures (read-only folder, full disk)
+    raise OutputError with one sentence.
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise InputError(f"Cannot write {path}: the folder {folder} does not exist.")
+        if folder.exists():
+            raise OutputError(f"Cannot write {path}: {folder} is a file, not a folder.")
+        raise OutputError(f"Cannot write {path}: the folder {folder} does not exist.")
+    if path.is_dir():
+        raise OutputError(f"Cannot write {path}: it is a folder.")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputExistsError(_exists_message(path))
     tmp = folder / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}"
     # os.open (not mkstemp, which makes 0600 files) so the result gets the usual permissions
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, path)) from None
     try:
         yield tmp
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_no_clobber(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError) and not overwrite:
+            raise OutputExistsError(_exists_message(path)) from None
+        raise OutputError(os_error_message(exc, path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _place_no_clobber(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists (FileExistsError), atomically where the
+    file system has hard links (``link`` fails on an existing name; ``replace`` would not)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares): check, then replace
+        if path.exists() or path.is_symlink():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink(missing_ok=True)
 
 
 def _output_kind(path: Path) -> str:
@@ -212,8 +326,9 @@ def _output_kind(path: Path) -> str:
     raise InputError(f"Cannot write {path}: use a .png, .tif or .tiff file name.")
 
 
-def write_mask(path: str | os.PathLike, mask: np.ndarray, on_value: int = 255) -> Path:
-    """Write a 2-D mask as uint8 0/``on_value`` PNG or TIFF (by suffix), atomically."""
+def write_mask(path: str | os.PathLike, mask: np.ndarray, on_value: int = 255, overwrite: bool = True) -> Path:
+    """Write a 2-D mask as uint8 0/``on_value`` PNG or TIFF (by suffix), atomically; with
+    ``overwrite=False`` an existing file is kept and OutputExistsError raised."""
     path = Path(path)
     kind = _output_kind(path)
     mask = np.asarray(mask)
@@ -222,7 +337,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, on_value: int = 255) -
     if not 0 < int(on_value) <= 255:
         raise InputError(f"on_value must be in 1..255, got {on_value}.")
     out = np.where(mask.astype(bool), np.uint8(on_value), np.uint8(0))
-    with atomic_write(path) as tmp:
+    with atomic_write(path, overwrite=overwrite) as tmp:
         if kind == "png":
             Image.fromarray(out).save(tmp, format="PNG")
         else:
@@ -230,7 +345,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, on_value: int = 255) -
     return path
 
 
-def write_probability(path: str | os.PathLike, prob: np.ndarray) -> Path:
+def write_probability(path: str | os.PathLike, prob: np.ndarray, overwrite: bool = True) -> Path:
     """Write a probability map: 16-bit PNG (round(p * 65535)) or float32 TIFF, atomically.
 
     PNG is lossless to 1/65535, which is far below anything a threshold will notice; TIFF keeps
@@ -245,7 +360,7 @@ def write_probability(path: str | os.PathLike, prob: np.ndarray) -> Path:
         raise InputError("The probability map contains NaN or infinite values.")
     if prob.min() < 0 or prob.max() > 1:
         raise InputError("Probabilities must lie in 0..1.")
-    with atomic_write(path) as tmp:
+    with atomic_write(path, overwrite=overwrite) as tmp:
         if kind == "png":
             Image.fromarray(np.round(prob * 65535.0).astype(np.uint16)).save(tmp, format="PNG")
         else:

@@ -9,6 +9,7 @@ equals the one-pass map.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,17 +52,26 @@ def available_devices() -> list[str]:
 
 
 def select_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA, else Apple MPS, else CPU; a named device must be present."""
-    name = str(name).lower()
+    """'auto' -> CUDA, else Apple MPS, else CPU; a named device (``cpu``, ``cuda``, ``cuda:1``,
+    ``mps``) must be present; anything else is an InputError with one sentence."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = str(name).strip().lower()
     present = available_devices()
-    if name == "auto":
+    if text == "auto":
         return torch.device(next((d for d in ("cuda", "mps") if d in present), "cpu"))
-    base = name.split(":")[0]
-    if base not in ("cpu", "cuda", "mps"):
-        raise InputError(f"unknown device '{name}'; use auto, cpu, cuda or mps")
+    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if match is None:
+        raise InputError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps")
+    base, index = match[1], match[2]
     if base not in present:
         raise InputError(f"{base.upper()} was requested but is not available on this machine; use --device cpu or auto")
-    return torch.device(name)
+    if index is not None:
+        count = torch.cuda.device_count() if base == "cuda" else 1
+        if int(index) >= count:
+            raise InputError(f"there is no device '{text}' here; {base} has index{'es' if count > 1 else ''} "
+                             f"0{f'..{count - 1}' if count > 1 else ''}")
+    return torch.device(text)
 
 
 def cpu_has_native_bf16() -> bool:

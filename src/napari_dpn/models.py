@@ -5,13 +5,20 @@ beside it.  The card is also embedded in the safetensors metadata, so a weights
 file copied on its own still carries its input convention.  The card, not the
 caller, decides how an image is fed to the network (the release model wants
 BGR 0..255; feeding it RGB drops DRIVE AUC from 0.98 to about 0.5).
+
+The embedded card is the truth: the ``.json`` beside the weights is a readable copy, and a copy
+that differs from it (new weights copied over old ones, a crash between the two writes, a hand
+edit) or whose recorded sha256 is not the file's is reported in ``LoadedModel.warnings`` and
+ignored.  Weights files without an embedded card (older ones) use the ``.json``, with a note.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import WeightsError
+from .errors import InputError, OutputExistsError, WeightsError
 from .model import ARCHITECTURES, build_model, flush_denormals_
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -28,6 +35,51 @@ _CARD_KEY = "napari_dpn_card"
 
 # Input convention of networks trained from scratch here: RGB scaled to 0..1, centred.
 FRESH_INPUT = {"channel_order": "RGB", "scale": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "clahe": False}
+
+# Model names: what the fine-tune widget and ``napari-dpn train --name`` accept.  A plain file
+# name (no folder, no leading dot, so never outside the output folder), and not a shipped name.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+MAX_NAME_LENGTH = 100
+NAME_RULE = "letters, digits, '.', '_', '-' or '+' (no spaces or slashes), starting with a letter or digit"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_card_fields(card: ModelCard) -> None:
+    """WeightsError naming the first field of the card that has the wrong type or value."""
+    def bad(field_name: str, rule: str, value) -> WeightsError:
+        return WeightsError(f"the model card's '{field_name}' must be {rule}, got {value!r}")
+
+    for key in ("name", "architecture"):
+        if not isinstance(getattr(card, key), str) or not getattr(card, key).strip():
+            raise bad(key, "a non-empty text", getattr(card, key))
+    for key in ("description", "threshold_rule", "licence", "attribution", "created", "sha256"):
+        if not isinstance(getattr(card, key), str):
+            raise bad(key, "a text", getattr(card, key))
+    for key in ("training", "metrics", "extra"):
+        if not isinstance(getattr(card, key), dict):
+            raise bad(key, "a JSON object", getattr(card, key))
+    if card.base_model is not None and not isinstance(card.base_model, str):
+        raise bad("base_model", "a model name or null", card.base_model)
+    if not (_is_number(card.threshold) and 0.0 <= card.threshold <= 1.0):
+        raise bad("threshold", "a number between 0 and 1", card.threshold)
+    if not isinstance(card.input, dict):
+        raise bad("input", "a JSON object", card.input)
+    inp = card.input
+    order = inp.get("channel_order")
+    if not (isinstance(order, str) and order.upper() in ("RGB", "BGR")):
+        raise bad("input.channel_order", "'RGB' or 'BGR'", order)
+    if not (_is_number(inp.get("scale")) and inp["scale"] > 0):
+        raise bad("input.scale", "a number above 0", inp.get("scale"))
+    for key, positive in (("mean", False), ("std", True)):
+        v = inp.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_number(x) for x in v)
+                and (not positive or all(x > 0 for x in v))):
+            raise bad(f"input.{key}", "a list of 3 numbers" + (" above 0" if positive else ""), v)
+    if not isinstance(inp.get("clahe"), bool):
+        raise bad("input.clahe", "true or false", inp.get("clahe"))
 
 
 @dataclass
@@ -78,19 +130,31 @@ class ModelCard:
         extra = dict(kwargs.pop("extra", {}) or {})
         extra.update({k: v for k, v in data.items() if k not in known})
         card = cls(**kwargs, extra=extra)
-        if card.architecture not in ARCHITECTURES:
+        if not isinstance(card.architecture, str) or card.architecture not in ARCHITECTURES:
             raise WeightsError(f"the model card names an unknown architecture {card.architecture!r}")
+        if card.input is not None and not isinstance(card.input, dict):
+            raise WeightsError(f"the model card's 'input' must be a JSON object, got {card.input!r}")
         card.input = {**FRESH_INPUT, **(card.input or {})}
+        for key in ("training", "metrics"):
+            if getattr(card, key) is None:
+                setattr(card, key, {})
+        _check_card_fields(card)
         return card
 
 
 @dataclass
 class LoadedModel:
-    """A network in evaluation mode together with its card."""
+    """A network in evaluation mode together with its card (the one embedded in the weights).
+
+    ``warnings``: one sentence each about the card files (a ``.json`` that disagrees with the
+    embedded card or was written for other weights, an old file without an embedded card); the
+    CLI prints them, the widgets show them.
+    """
 
     model: nn.Module
     card: ModelCard
     path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- locations
@@ -115,6 +179,48 @@ def _model_dirs() -> list[Path]:
     return [shipped_models_dir(), user_models_dir()]
 
 
+def shipped_model_names() -> set[str]:
+    """Names of the shipped models (their file names and their cards' names), lower case."""
+    names = set()
+    d = shipped_models_dir()
+    if d.is_dir():
+        for path in d.glob(f"*{WEIGHTS_SUFFIX}"):
+            names.add(path.stem.lower())
+            try:
+                names.add(read_card(path).name.lower())
+            except WeightsError:
+                pass
+    return names
+
+
+def validate_model_name(name, shipped_ok: bool = False) -> str:
+    """The stripped ``name`` if it can name a new model, else InputError with one sentence.
+
+    A name is a plain file name (``NAME_RULE``; never a path, so a model is always written inside
+    its output folder) without the ``.safetensors`` suffix.  A shipped model's name (any case) is
+    refused unless ``shipped_ok``: saved in the user models folder, it would be shadowed by the
+    shipped one, which the registry looks up first.
+    """
+    text = str(name if name is not None else "").strip()
+    if not text:
+        raise InputError("Give the new model a name.")
+    if text.lower().endswith((WEIGHTS_SUFFIX, ".json", ".pt")):
+        raise InputError(f"Give the model's name without a file suffix ('{Path(text).stem}', not '{text}').")
+    if not NAME_RE.match(text) or len(text) > MAX_NAME_LENGTH:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise InputError(f"Give the new model a name of {NAME_RULE}, at most {MAX_NAME_LENGTH} characters "
+                         f"(not '{shown}').")
+    if not shipped_ok and text.lower() in shipped_model_names():
+        raise InputError(f"'{text}' is a shipped model; choose another name for the fine-tuned one.")
+    return text
+
+
+def model_files(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """(weights, card) paths of the model ``name`` in ``folder``."""
+    folder = Path(folder)
+    return folder / f"{name}{WEIGHTS_SUFFIX}", folder / f"{name}.json"
+
+
 def list_models() -> list[ModelCard]:
     """Cards of every shipped and user model, shipped first; unreadable ones are skipped."""
     cards, seen = [], set()
@@ -128,6 +234,9 @@ def list_models() -> list[ModelCard]:
                 card = read_card(path)
             except WeightsError:
                 continue
+            if card.name != path.stem:  # a renamed (copied) file: the registry knows it by its file name
+                card.extra["card_name"] = card.name
+                card.name = path.stem
             card.extra["path"] = str(path)
             cards.append(card)
             seen.add(path.stem)
@@ -163,32 +272,106 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_card(weights_path: str | os.PathLike) -> ModelCard:
-    """The card beside the weights file, else the one embedded in it."""
+def _embedded_card(weights_path: Path) -> str | None:
+    """The card JSON text embedded in a safetensors file, None if it has none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise WeightsError(f"{weights_path.name} is not a valid weights file ({exc})") from None
+    return meta.get(_CARD_KEY)
+
+
+def _parse_card(text_or_data, where: str) -> ModelCard:
+    try:
+        data = json.loads(text_or_data) if isinstance(text_or_data, str) else text_or_data
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"the model card {where} is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"the model card {where} is not a JSON object")
+    try:
+        return ModelCard.from_dict(data)
+    except WeightsError as exc:
+        raise WeightsError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise WeightsError(f"the model card {where} is malformed ({exc})") from None
+
+
+def _card_differences(card: ModelCard, other: ModelCard) -> list[str]:
+    a, b = card.to_dict(), other.to_dict()
+    return [k for k in a if k != "sha256" and a[k] != b.get(k)]
+
+
+def inspect_card(weights_path: str | os.PathLike, check_sha256: bool = True) -> tuple[ModelCard, list[str]]:
+    """(the card to use, warnings) for a weights file: the embedded card, checked against the
+    ``.json`` beside it and, with ``check_sha256``, the file against the sha256 the ``.json``
+    records.  An old file without an embedded card uses the ``.json``, with a note."""
     weights_path = Path(weights_path)
     beside = weights_path.with_suffix(".json")
     try:
-        if beside.is_file():
-            return ModelCard.from_dict(json.loads(beside.read_text()))
-        from safetensors import safe_open
-
-        with safe_open(str(weights_path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if _CARD_KEY not in meta:
+        embedded, header_problem = _embedded_card(weights_path), None
+    except WeightsError as exc:  # a corrupt file: its .json can still describe it in a list;
+        embedded, header_problem = None, exc  # loading it fails in load_model with the reason
+    side, side_problem, side_sha = None, None, ""
+    if beside.is_file():
+        try:
+            raw = json.loads(beside.read_text())
+            side_sha = raw.get("sha256", "") if isinstance(raw, dict) else ""
+            side = _parse_card(raw, f"in {beside.name}")
+        except (WeightsError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            side_problem = str(exc) if isinstance(exc, WeightsError) else f"{type(exc).__name__}"
+    warnings: list[str] = []
+    if embedded is None:
+        if header_problem is not None and side is None:
+            raise header_problem
+        if side is None:
+            if side_problem:
+                raise WeightsError(f"{weights_path.name} has no embedded model card and {beside.name} "
+                                   f"cannot be used ({side_problem})")
             raise WeightsError(f"{weights_path.name} has no model card (neither {beside.name} nor embedded)")
-        return ModelCard.from_dict(json.loads(meta[_CARD_KEY]))
-    except WeightsError:
-        raise
-    except json.JSONDecodeError as exc:
-        raise WeightsError(f"the model card of {weights_path.name} is not valid JSON ({exc.msg})") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise WeightsError(f"{weights_path.name} is not a valid weights file ({exc})") from None
+        card = side
+        if header_problem is not None:
+            warnings.append(f"{header_problem}, so {beside.name} describes it")
+        else:
+            warnings.append(f"{weights_path.name} has no model card inside it (an older file), so {beside.name} "
+                            "is used; saving the model again embeds one")
+    else:
+        card = _parse_card(embedded, f"inside {weights_path.name}")
+        if side_problem:
+            warnings.append(f"{beside.name} is not a usable model card ({side_problem}), so the card inside "
+                            f"{weights_path.name} is used")
+        elif side is not None:
+            diff = _card_differences(card, side)
+            if diff:
+                warnings.append(f"{beside.name} differs from the card inside {weights_path.name} "
+                                f"({', '.join(diff[:4])}{'...' if len(diff) > 4 else ''}), so the card inside "
+                                "the weights is used")
+    if check_sha256 and side_sha and header_problem is None:
+        actual = file_sha256(weights_path)
+        card.sha256 = actual
+        if actual != side_sha:
+            truth = ("the card inside the weights is used" if embedded is not None
+                     else "its card may not describe these weights")
+            warnings.append(f"{weights_path.name} is not the file {beside.name} was written for "
+                            f"(its sha256 differs), so {truth}")
+    return card, warnings
+
+
+def read_card(weights_path: str | os.PathLike) -> ModelCard:
+    """The card of a weights file: the embedded one, else (older files) the ``.json`` beside it.
+
+    Cheap (reads the safetensors header only); :func:`inspect_card` also says whether the
+    ``.json`` agrees, and :func:`load_model` reports that in ``LoadedModel.warnings``.
+    """
+    return inspect_card(weights_path, check_sha256=False)[0]
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Build the card's architecture, load the weights, put it in evaluation mode on ``device``."""
     path = resolve_model_path(name_or_path)
-    card = read_card(path)
+    card, warnings = inspect_card(path)
     model = build_model(card.architecture)
     try:
         from safetensors.torch import load_file
@@ -203,28 +386,41 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         raise WeightsError(f"{path.name} does not fit the '{card.architecture}' network: {first}") from None
     flush_denormals_(model)  # subnormal weights (left by weight decay) slow x86 convolutions ~100x
     model.eval().to(device)
-    return LoadedModel(model=model, card=card, path=path)
+    return LoadedModel(model=model, card=card, path=path, warnings=warnings)
 
 
-def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Path:
-    """Write ``path`` (.safetensors) and its card atomically; the card gets the file's sha256."""
+def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``path`` (.safetensors, with the card embedded) and its ``.json`` card, each atomically;
+    the ``.json`` gets the file's sha256.  With ``overwrite=False`` nothing is written if either
+    file exists (OutputExistsError), not even one that appears meanwhile."""
     from safetensors.torch import save_file
 
-    from .image_io import atomic_write
+    from .image_io import atomic_write, ensure_output_folder
 
     path = Path(path)
     if path.suffix != WEIGHTS_SUFFIX:
         path = path.with_name(path.name + WEIGHTS_SUFFIX)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    beside = path.with_suffix(".json")
+    if not overwrite:
+        for p in (path, beside):
+            if p.exists():
+                raise OutputExistsError(f"{p} already exists and was not replaced.")
+    ensure_output_folder(path.parent)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     card.architecture = getattr(model, "architecture", card.architecture)
     embedded = dataclasses.replace(card, sha256="")
-    with atomic_write(path) as tmp:
+    _check_card_fields(embedded)
+    with atomic_write(path, overwrite=overwrite) as tmp:
         save_file(state, str(tmp), metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
         os.chmod(tmp, 0o644)  # safetensors writes 0600 files; weights are meant to be shared
     card.sha256 = file_sha256(path)
-    with atomic_write(path.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    try:
+        with atomic_write(beside, overwrite=overwrite) as tmp:
+            Path(tmp).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    except OutputExistsError:
+        if not overwrite:
+            path.unlink(missing_ok=True)  # ours, written a moment ago: leave nothing half-saved
+        raise
     return path
 
 

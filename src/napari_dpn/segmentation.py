@@ -14,10 +14,11 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import skeletonize
 
+from . import inference
 from . import scale as scale_mod
 from .fov import estimate_fov
 from .image_io import as_rgb
-from .inference import Prediction, predict
+from .inference import Prediction
 from .models import LoadedModel
 from .scale import Scale
 
@@ -68,10 +69,10 @@ def vessel_calibre(mask: np.ndarray, fov: np.ndarray | None = None) -> float | N
 def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple[np.ndarray, Prediction]:
     """Probability at ``factor`` x the original size, resampled back to the original pixels."""
     if factor == 1.0:
-        pred = predict(loaded, rgb, **kwargs)
+        pred = inference.predict(loaded, rgb, **kwargs)
         return pred.probability, pred
     size = scale_mod.resampled_shape(rgb.shape, factor)
-    pred = predict(loaded, scale_mod.resample_image(rgb, size), **kwargs)
+    pred = inference.predict(loaded, scale_mod.resample_image(rgb, size), **kwargs)
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
 
 
@@ -90,7 +91,7 @@ def scale_from_calibre(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, de
     factor = min(1.0, COARSE_SIDE / max(rgb.shape[:2]))
     for _ in range(4):
         size = scale_mod.resampled_shape(rgb.shape, factor)
-        pred = predict(loaded, scale_mod.resample_image(rgb, size), device=device, precision=precision)
+        pred = inference.predict(loaded, scale_mod.resample_image(rgb, size), device=device, precision=precision)
         calibre = vessel_calibre(pred.probability >= loaded.card.threshold, scale_mod.resample_mask(fov, size))
         if calibre is None:
             return scale_mod.fallback("too few vessels were found to estimate the scale from their calibre"), None

@@ -5,10 +5,16 @@
 
 Folder mode pairs ``IMAGE.ext`` with ``IMAGE_vessels.png`` (and ``IMAGE_fov.png``; estimated when
 absent), the convention the napari Save button writes (``annotations.py``).
+
+A model is never replaced without ``--overwrite``: an existing ``NAME.safetensors``/``.json`` (or an
+earlier run's ``NAME.ckpt.pt``) in the output folder stops the command before step 1; default names
+carry the date and time to the second and are made unique in the output folder.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,17 +39,39 @@ class FilePair:
 
 
 def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
-    from .annotations import FOV_SUFFIX, VESSELS_SUFFIX, find_pairs
+    from .annotations import find_pairs, same_stem
 
     images = Path(images).expanduser()
     if not images.is_dir():
         raise InputError(f"no such folder: {images}")
     found = find_pairs(images, labels and Path(labels).expanduser(), fovs and Path(fovs).expanduser())
     if not found:
-        where = Path(labels).expanduser() if labels else images
-        raise InputError(f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
-                         f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
+        raise InputError(_no_pairs_message(images, labels))
+    clashes = same_stem([img for img, _, _ in found])
+    if clashes:
+        a, b = clashes[0]
+        label = next(lab for img, lab, _ in found if img == a)
+        raise InputError(f"{a.name} and {b.name} in {images} would both be trained with {label.name}; "
+                         "rename one of them (and its annotation)")
     return [FilePair(img.stem, img, lab, fov) for img, lab, fov in found]
+
+
+def _no_pairs_message(images: Path, labels) -> str:
+    from .annotations import FOV_SUFFIX, VESSELS_SUFFIX
+    from .datasets import DATASETS, detect_layout
+    from .image_io import IMAGE_SUFFIXES
+
+    where = Path(labels).expanduser() if labels else images
+    text = (f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
+            f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
+    layout = detect_layout(images)
+    if layout:
+        key, root = layout
+        return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
+    entries = list(images.iterdir())
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(p.is_dir() for p in entries):
+        return text + "; images in sub-folders are not searched, so give the folder that holds them"
+    return text
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -97,7 +125,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--augment-mode", choices=("paper", "robust"), default=None,
                      help="paper: the 11 offline views + mirror (default); robust: any rotation, scale jitter, "
                           "brightness/contrast/gamma/blur/noise/JPEG per crop")
-    run.add_argument("--name", help="name of the saved model (default: ARCH-DATA-DATE)")
+    run.add_argument("--name", help="name of the saved model: letters, digits, '.', '_', '-', '+' "
+                                    "(default: BASE-DATA-DATE-TIME, unique in the output folder)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a model (and checkpoint) of the same name in the output folder")
     run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--log-every", type=int, default=0, metavar="N",
@@ -153,11 +184,10 @@ def _config(args, key):
         base.steps, base.crop = info.iterations, info.crop_size
         base.clahe = info.clahe if not args.init else None
     pick = lambda value, default: default if value is None else value  # noqa: E731
-    name = args.name or base.name
-    if not name:
-        data = key or Path(args.images).expanduser().name
-        base_name = Path(args.init).stem if args.init else args.arch
-        name = f"{base_name}-{data}-{datetime.now().strftime('%Y%m%d-%H%M')}"
+    name = args.name or base.name  # None: a default name is reserved in cmd_train
+    if args.resume and args.name and base.name and args.name != base.name:
+        raise InputError(f"the checkpoint belongs to the run '{base.name}', and a resumed run keeps its name; "
+                         f"leave out --name or give --name {base.name}")
     return TrainConfig(
         steps=pick(args.steps, base.steps), crop=pick(args.crop, base.crop), lr=pick(args.lr, base.lr),
         weight_decay=pick(args.weight_decay, base.weight_decay), batch_size=pick(args.batch_size, base.batch_size),
@@ -232,21 +262,134 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _default_name_stem(args, key) -> str:
+    data = key or Path(args.images).expanduser().name
+    base_name = Path(args.init).stem if args.init else args.arch
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", f"{base_name}-{data}").strip("-._") or "model"
+    if not stem[0].isalnum():
+        stem = "model-" + stem
+    return f"{stem[:60]}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _take_lock(lock: Path) -> bool:
+    """Create ``lock`` holding our process id; False if a live process holds it (a stale lock, left
+    by a killed run, is taken over)."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _alive(pid):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _lock_path(out: Path, name: str) -> Path:
+    return out / f".{name}.training.lock"
+
+
+def _reserve_default_name(out: Path, stem: str) -> tuple[str, Path]:
+    """The first of STEM, STEM-2, ... with no model, card, checkpoint or running run in ``out``."""
+    from .models import model_files
+
+    for n in range(1, 1000):
+        name = stem if n == 1 else f"{stem}-{n}"
+        if any(p.exists() for p in (*model_files(out, name), out / f"{name}.ckpt.pt")):
+            continue
+        lock = _lock_path(out, name)
+        if _take_lock(lock):
+            return name, lock
+    raise InputError(f"cannot find a free model name {stem}-N in {out}; give one with --name")
+
+
+def _claim_name(out: Path, name: str, args) -> tuple[Path, bool]:
+    """Check that ``name`` may be written to ``out`` and take its lock: (lock, overwrite for the engine).
+
+    Refuses (before step 1) an existing model or card of that name, and an earlier run's checkpoint
+    that is not the one being resumed, unless --overwrite; resuming replaces the model the same run
+    saved before (a run continued after its time limit)."""
+    from .errors import OutputExistsError
+    from .models import model_files
+
+    weights, card = model_files(out, name)
+    ckpt = out / f"{name}.ckpt.pt"
+    resuming_here = bool(args.resume) and Path(args.resume).expanduser().resolve() == ckpt.resolve()
+    overwrite = bool(args.overwrite)
+    if not overwrite:
+        existing = [p for p in (weights, card) if p.exists()]
+        if existing and not resuming_here:
+            raise OutputExistsError(f"a model named '{name}' already exists in {out} ({existing[0].name}); "
+                                    "choose another --name, or pass --overwrite to replace it")
+        if ckpt.exists() and not resuming_here:
+            raise OutputExistsError(f"{ckpt} holds an earlier run named '{name}'; continue it with --resume "
+                                    f"{ckpt}, choose another --name, or pass --overwrite to start again")
+        overwrite = resuming_here and bool(existing)
+    lock = _lock_path(out, name)
+    if not _take_lock(lock):
+        raise InputError(f"another training run named '{name}' is writing to {out} (if none is, delete {lock})")
+    return lock, overwrite
+
+
+def _check_numbers(args) -> None:
+    if args.log_every is not None and args.log_every < 0:
+        raise InputError(f"--log-every must be 0 (never) or more steps, got {args.log_every}")
+
+
 def cmd_train(args) -> int:
-    from .models import user_models_dir
+    from .image_io import ensure_output_folder
+    from .models import user_models_dir, validate_model_name
     from .training import load_checkpoint, train
 
+    _check_numbers(args)
+    if args.name is not None:
+        validate_model_name(args.name, shipped_ok=True)  # the form first; shipped names below
     train_pairs, val_pairs, desc, key = _data(args)
     config = _config(args, key)
+    config.check()
     out = Path(args.out).expanduser() if args.out else (
         Path(args.resume).expanduser().parent if args.resume else user_models_dir())
+    in_registry = out.absolute() == user_models_dir().expanduser().absolute()
+    if config.name:
+        # A shipped name in the user models folder would be shadowed by the shipped model.
+        config.name = validate_model_name(config.name, shipped_ok=not in_registry)
+    ensure_output_folder(out, "--out" if args.out else "the output folder")
+    if config.name:
+        lock, overwrite = _claim_name(out, config.name, args)
+    else:
+        config.name, lock = _reserve_default_name(out, _default_name_stem(args, key))
+        overwrite = False
+    try:
+        return _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train) -> int:
     start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
     progress = _Progress(config.steps, args.quiet, args.log_every)
     progress.write(f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
                    f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}")
     try:
         result = train(config, train_pairs, val_pairs or None, init=args.init, out_dir=out, resume=args.resume,
-                       callback=progress, description=desc)
+                       callback=progress, description=desc, overwrite=overwrite)
     except KeyboardInterrupt:
         progress.close()
         if progress.last_ckpt:

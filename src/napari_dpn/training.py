@@ -66,6 +66,9 @@ RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "chann
                "time_limit")
 
 
+MAX_CROP = 4096  # larger crops only pad the views with zeros, at crop^2 bytes per view
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run; defaults are the paper's (DRIVE: 100k steps, crop 512)."""
@@ -115,6 +118,19 @@ class TrainConfig:
             raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.crop is not None and self.crop > MAX_CROP:
+            raise TrainingError(f"the crop must be at most {MAX_CROP} pixels, got {self.crop}")
+        if not 0 <= self.seed < 2**32:
+            raise TrainingError(f"the seed must be a whole number from 0 to {2**32 - 1}, got {self.seed}")
+        if self.threads is not None and not (isinstance(self.threads, int) and self.threads >= 1):
+            raise TrainingError(f"the number of CPU threads must be 1 or more, got {self.threads}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TrainingError(f"the weight decay must be 0 or more, got {self.weight_decay}")
+        if not math.isfinite(self.lr):
+            raise TrainingError(f"the learning rate must be a finite number, got {self.lr}")
+        for key in ("checkpoint_every", "val_every"):
+            if getattr(self, key) < 0:
+                raise TrainingError(f"{key.replace('_', '-')} must be 0 (never) or more steps, got {getattr(self, key)}")
 
 
 # --------------------------------------------------------------------------- events
@@ -248,6 +264,42 @@ def _as_bool(mask) -> np.ndarray:
     return mask >= 0.5 if np.issubdtype(mask.dtype, np.floating) else mask > 0
 
 
+# What a vessel annotation must look like to be trained on (real ones: 7-17 % of the FOV is vessel,
+# the FOV 69-74 % of the image; see /work/shared/datasets/SOURCES.md).  Outside these bounds the
+# annotation is unfinished, inverted or all vessel, and training on it would teach nonsense.
+MIN_VESSEL_FRACTION = 0.001   # of the FOV pixels
+MAX_VESSEL_FRACTION = 0.60    # of the FOV pixels, and of the whole image
+MIN_FOV_FRACTION = 0.05       # of the image
+MIN_BACKGROUND_PIXELS = 100   # non-vessel FOV pixels, whatever the fractions
+
+
+def check_annotation(name: str, label: np.ndarray, fov: np.ndarray) -> None:
+    """TrainingError (one sentence naming the bounds) unless ``label`` holds both classes in
+    plausible amounts inside a plausible ``fov``: the FOV covers at least 5 % of the image, and
+    vessels make up 0.1-60 % of the FOV (and at most 60 % of the whole image)."""
+    fov_pixels = int(np.count_nonzero(fov))
+    if fov_pixels < MIN_FOV_FRACTION * fov.size:
+        raise TrainingError(f"{name}: the FOV mask covers only {fov_pixels / fov.size:.1%} of the image; "
+                            f"it must cover at least {MIN_FOV_FRACTION:.0%} (a fundus photograph's FOV "
+                            "is usually about 70 %)")
+    vessel = int(np.count_nonzero(label & fov))
+    if vessel == 0:
+        raise TrainingError(f"{name}: the annotation has no vessel pixels inside the FOV; "
+                            "an empty annotation cannot be trained on")
+    share, whole = vessel / fov_pixels, np.count_nonzero(label) / label.size
+    bounds = (f"a vessel annotation must mark between {MIN_VESSEL_FRACTION:.1%} and "
+              f"{MAX_VESSEL_FRACTION:.0%} of the FOV (real ones mark about 7-17 %)")
+    if share > MAX_VESSEL_FRACTION or fov_pixels - vessel < MIN_BACKGROUND_PIXELS:
+        raise TrainingError(f"{name}: the annotation marks {share:.1%} of the FOV as vessel; {bounds}, "
+                            "so it looks inverted or filled")
+    if whole > MAX_VESSEL_FRACTION:
+        raise TrainingError(f"{name}: the annotation marks {whole:.1%} of the whole image as vessel; {bounds} "
+                            "and of the image, so it looks inverted or filled outside the FOV")
+    if share < MIN_VESSEL_FRACTION:
+        raise TrainingError(f"{name}: the annotation marks only {share:.2%} of the FOV as vessel; {bounds}, "
+                            "so it looks unfinished")
+
+
 def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | None = None) -> list[Pair]:
     """Load and check pairs: ``(rgb, label[, fov])`` tuples or dataset ``Sample`` objects.
 
@@ -296,11 +348,7 @@ def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | N
                                 f"but the image is {w}x{h} (W x H); they must be the same size")
         if not fov.any():
             raise TrainingError(f"{name}: the FOV mask is empty")
-        if not (label & fov).any():
-            raise TrainingError(f"{name}: the annotation has no vessel pixels inside the FOV; "
-                                "an empty annotation cannot be trained on")
-        if (label & fov).all():
-            raise TrainingError(f"{name}: the annotation marks every FOV pixel as vessel")
+        check_annotation(name, label, fov)
         out.append(Pair(name, rgb, label, fov))
     return out
 
@@ -400,11 +448,17 @@ class _LastGood:
 
 
 def _save_checkpoint(path: Path, payload: dict) -> Path:
-    from .image_io import atomic_write
+    from .errors import OutputError
+    from .image_io import atomic_write, ensure_output_folder
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    ensure_output_folder(path.parent)
+    try:
+        with atomic_write(path) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as exc:  # torch's zip writer reports a failed write (e.g. a full disk) this way
+        if "write" not in str(exc).lower():
+            raise
+        raise OutputError(f"Cannot write {path}: the write failed (is the disk full?).") from None
     return path
 
 
@@ -425,13 +479,13 @@ def load_checkpoint(path) -> dict:
 def _load_init(init, device: torch.device):
     """(network, base card or None) from None / a model name or path / a LoadedModel."""
     if init is None:
-        return None, None
+        return None, None, []
     if hasattr(init, "model") and hasattr(init, "card"):
-        return copy.deepcopy(init.model), copy.deepcopy(init.card)
+        return copy.deepcopy(init.model), copy.deepcopy(init.card), []
     from .models import load_model
 
     loaded = load_model(init, device="cpu")
-    return loaded.model, loaded.card
+    return loaded.model, loaded.card, loaded.warnings
 
 
 # --------------------------------------------------------------------------- the engine
@@ -441,9 +495,10 @@ class _Trainer:
     """One run; :func:`train` is the public entry point."""
 
     def __init__(self, config: TrainConfig, train_pairs, val_pairs, init, out_dir, resume, callback,
-                 should_stop, description):
+                 should_stop, description, overwrite=True):
         from .models import FRESH_INPUT
 
+        self.overwrite = overwrite
         self.emit = callback or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         ck = load_checkpoint(resume) if resume is not None else None
@@ -472,7 +527,9 @@ class _Trainer:
             model = build_model(self.arch)
             model.load_state_dict(ck["model"])
         else:
-            model, card = _load_init(init, self.device)
+            model, card, warnings = _load_init(init, self.device)
+            for text in warnings:
+                self.emit(MessageEvent(f"warning: {text}"))
             self.base_card = card.to_dict() if card is not None else None
             if model is None:
                 torch.manual_seed(config.seed)
@@ -700,9 +757,7 @@ class _Trainer:
         threshold, rule = self.recommend_threshold(after)
         card = self.make_card(after, threshold, rule)
         card.scale = self.scale_block(threshold)
-        from .models import save_model
-
-        model_path = save_model(self.model, card, self.out_dir / f"{self.name}.safetensors")
+        model_path = self.save(card)
         self.emit(DoneEvent(self.step, model_path, path, after))
         return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
 
@@ -726,6 +781,22 @@ class _Trainer:
                 "vessel_calibre_px": round(float(np.mean(calibres)), 3) if calibres else None,
                 "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
                                        f"mean over {len(calibres)} training images"}
+
+    def save(self, card) -> Path:
+        """Save the model as ``<name>.safetensors``; without ``overwrite`` an existing model of that
+        name (one that appeared while this run trained) is kept and this one gets ``<name>-2``..."""
+        from .errors import OutputExistsError
+        from .models import save_model
+
+        base, n = self.name, 1
+        while True:
+            try:
+                return save_model(self.model, card, self.out_dir / f"{card.name}.safetensors", overwrite=self.overwrite)
+            except OutputExistsError:
+                n += 1
+                card.name = f"{base}-{n}"
+                self.emit(MessageEvent(f"a model named {base} appeared in {self.out_dir} during training; "
+                                       f"kept it and saving this one as {card.name}"))
 
     def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
         """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""
@@ -793,7 +864,7 @@ def _to_cpu(obj):
 
 def train(config: TrainConfig, train_pairs, val_pairs=None, init=None, out_dir=None, resume=None,
           callback: Callable[[Any], None] | None = None, should_stop: Callable[[], bool] | None = None,
-          description: str | None = None) -> TrainResult:
+          description: str | None = None, overwrite: bool = True) -> TrainResult:
     """Train or fine-tune a DPN; returns when done, cancelled, or raises TrainingError on divergence.
 
     ``train_pairs`` / ``val_pairs``: ``(rgb float32 (H, W, 3) 0..1, label bool, fov bool or None)``
@@ -802,6 +873,9 @@ def train(config: TrainConfig, train_pairs, val_pairs=None, init=None, out_dir=N
     ``<name>.ckpt.pt`` (every ``checkpoint_every`` steps, on cancel and at the end) and the final
     ``<name>.safetensors`` + ``.json`` card.  ``resume``: a checkpoint to continue from (its
     settings win except the run-control ones in ``RUN_CONTROL``).  ``callback(event)`` receives
-    the event dataclasses above; ``should_stop()`` is polled before every step.
+    the event dataclasses above; ``should_stop()`` is polled before every step.  With
+    ``overwrite=False`` an existing ``<name>.safetensors`` or ``.json`` in ``out_dir`` is never
+    replaced: the model is saved as ``<name>-2`` (and so on) with a message.
     """
-    return _Trainer(config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description).run()
+    return _Trainer(config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description,
+                    overwrite).run()
