@@ -64,7 +64,8 @@ VARIANTS = (
 
 def compare(arch: str, crop: int, steps: int, warmup: int, device: str) -> dict[str, float]:
     """Median step time of every variant, the variants taking turns step by step."""
-    from napari_dpn.training import TrainConfig, _Trainer
+    from napari_dpn.training import TrainConfig
+    from napari_dpn.training.trainer import _Trainer
 
     default_threads = torch.get_num_threads()
     trainers = {}
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from napari_dpn.inference import select_device
+    from napari_dpn.devices import select_device
 
     dev = select_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()

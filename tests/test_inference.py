@@ -3,14 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_dpn.devices import available_devices, cpu_has_native_bf16, select_device
 from napari_dpn.errors import InputError
-from napari_dpn.inference import (
-    TILE_MARGIN,
-    available_devices,
-    cpu_has_native_bf16,
-    predict,
-    select_device,
-)
+from napari_dpn.inference import TILE_MARGIN, predict
 from napari_dpn.model import build_model
 from napari_dpn.models import FRESH_INPUT, LoadedModel, ModelCard
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_dpn import training
+from napari_dpn.training import trainer
 from napari_dpn.errors import TrainingError
 from napari_dpn.model import build_model
 from napari_dpn.training import (CancelledEvent, MessageEvent, StepEvent, TrainConfig, balanced_bce,
@@ -149,7 +150,7 @@ def test_cancel_leaves_checkpoint_and_resume_matches_uninterrupted(tmp_path):
 def test_time_limit_finishes_at_the_step_reached_and_resume_continues(tmp_path, monkeypatch):
     full = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "full")
     ticks = iter(range(1000))
-    monkeypatch.setattr(training, "_clock", lambda: float(next(ticks)))  # one second per look at the clock
+    monkeypatch.setattr(trainer, "_clock", lambda: float(next(ticks)))  # one second per look at the clock
     events = []
     part = train(cfg(steps=8, time_limit=3.5), TRAIN, out_dir=tmp_path / "part", callback=events.append)
     assert not part.cancelled and part.steps == 3 and part.model_path.is_file()
@@ -176,7 +177,7 @@ def test_nan_loss_stops_and_keeps_last_good_weights(tmp_path, monkeypatch):
         calls.append(1)
         return (total * float("nan"), heads) if len(calls) == 5 else (total, heads)
 
-    monkeypatch.setattr(training, "dpn_loss", poisoned)
+    monkeypatch.setattr(trainer, "dpn_loss", poisoned)
     with pytest.raises(TrainingError, match="NaN") as err:
         train(cfg(steps=10), TRAIN, out_dir=tmp_path / "nan")
     assert "step 5" in str(err.value) and "t.ckpt.pt" in str(err.value)

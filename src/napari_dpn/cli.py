@@ -102,7 +102,7 @@ def cmd_segment(args) -> int:
 
     from .errors import OutputExistsError
     from .image_io import as_rgb, ensure_output_folder, is_greyscale, read_image
-    from .inference import select_device
+    from .devices import select_device
     from .models import load_model
     from .segmentation import segment
 
@@ -227,7 +227,7 @@ def cmd_evaluate(args) -> int:
     from . import metrics
     from .datasets import load_split
     from .evaluation import evaluate_model, fov_note
-    from .inference import select_device
+    from .devices import select_device
     from .models import load_model
 
     json_path = _json_target(args.json)
@@ -309,7 +309,7 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .inference import available_devices
+    from .devices import available_devices
 
     parser = argparse.ArgumentParser(prog="napari-dpn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -9,7 +9,6 @@ equals the one-pass map.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
+from .devices import available_devices, resolve_precision, select_device  # noqa: F401 (available_devices: re-exported for the widgets)
 from .model import flush_denormals_
 from .models import LoadedModel
 from .preprocess import normalise
@@ -27,7 +26,6 @@ TILE_MARGIN = 128
 # Pixels per forward pass on the CPU: keeps a 3504x2336 (HRF) image under ~2 GB of activations.
 CPU_MAX_PIXELS = 2_000_000
 _ALIGN = 4
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -39,59 +37,6 @@ class Prediction:
     tiles: int = 1
     note: str | None = None
     precision: str = "fp32"  # what the forward pass ran in: fp32, bf16 (CPU) or fp16 (CUDA)
-
-
-def available_devices() -> list[str]:
-    """Device names a user may pick here: 'auto', 'cpu', and the GPUs that are present."""
-    devs = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devs.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devs.append("mps")
-    return devs
-
-
-def select_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA, else Apple MPS, else CPU; a named device (``cpu``, ``cuda``, ``cuda:1``,
-    ``mps``) must be present; anything else is an InputError with one sentence."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    text = str(name).strip().lower()
-    present = available_devices()
-    if text == "auto":
-        return torch.device(next((d for d in ("cuda", "mps") if d in present), "cpu"))
-    match = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
-    if match is None:
-        raise InputError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps")
-    base, index = match[1], match[2]
-    if base not in present:
-        raise InputError(f"{base.upper()} was requested but is not available on this machine; use --device cpu or auto")
-    if index is not None:
-        count = torch.cuda.device_count() if base == "cuda" else 1
-        if int(index) >= count:
-            raise InputError(f"there is no device '{text}' here; {base} has index{'es' if count > 1 else ''} "
-                             f"0{f'..{count - 1}' if count > 1 else ''}")
-    return torch.device(text)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AMX-BF16 (Intel Sapphire Rapids and later), where oneDNN runs bf16
-    convolutions on the matrix tiles; elsewhere bf16 would be emulated and no faster."""
-    try:
-        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
-    except AttributeError:  # torch without get_capabilities
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """'auto' -> bf16 on a CPU with native bf16, else fp32 (fp16 autocast on CUDA is separate)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision '{precision}'; use {', '.join(PRECISIONS)}")
-    if device.type != "cpu":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return precision
 
 
 def _max_pixels(device: torch.device) -> int:
