@@ -1,0 +1,320 @@
+"""Segmenting a cohort: many photographs, one process or a Dask cluster, one manifest.
+
+One task segments one image through ``segmentation.segment`` and writes its outputs from where it
+runs (``outputs.write_outputs``: all three or none, never replacing a file), and returns a
+manifest row.  The task is the same in this process (the serial run) and on a Dask worker
+(``--workers N``: a local cluster; ``--scheduler ADDRESS``: an existing one).  Each process loads
+the model once (``worker_model``, keyed by the weights' sha256).
+
+Only the process that planned the run writes the manifest (``outputs.Manifest``): one line per
+finished image, appended and flushed, then one row per image rewritten atomically at the end.  A
+task that finishes writes a receipt into the run's private folder, so when Dask runs it again
+(its worker died before the result arrived) it returns the same row and writes nothing twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DPNError, InputError, OutputExistsError
+from .outputs import Job, Manifest, Plan, image_key, plan_outputs, remove_folder, write_outputs
+
+RUN_PREFIX = ".napari-dpn-run-"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a task needs besides its image, the same for every image of a run (picklable)."""
+
+    model: str                 # the name or path the user gave
+    model_path: str            # resolved on the planning machine
+    model_sha256: str
+    model_name: str
+    device: str = "auto"       # resolved where the task runs
+    threshold: float | None = None
+    scale: str | float = "auto"
+    field_angle: float | None = None
+    precision: str = "auto"
+    torch_threads: int | None = None  # set in each worker process; None: leave as it is
+
+
+def settings_for(model: str, **kwargs) -> Settings:
+    """Settings for ``model`` (a name or a path): resolves the weights file and its sha256 here."""
+    from .models import file_sha256, read_card, resolve_model_path
+
+    path = resolve_model_path(model)
+    return Settings(model=str(model), model_path=str(path), model_sha256=file_sha256(path),
+                    model_name=read_card(path).name, **kwargs)
+
+
+# ----------------------------------------------------------------------------- one model per process
+
+_LOADED: dict[tuple[str, str], object] = {}
+
+
+def worker_model(settings: Settings):
+    """The run's model, loaded once per process (a worker keeps the last one only)."""
+    from .errors import WeightsError
+    from .models import file_sha256, load_model, resolve_model_path
+
+    key = (settings.model_sha256, str(settings.device))
+    if key in _LOADED:
+        return _LOADED[key]
+    path = Path(settings.model_path)
+    if not path.is_file():  # another machine: the shipped or user model of that name there
+        path = resolve_model_path(settings.model)
+    sha = file_sha256(path)
+    if sha != settings.model_sha256:
+        raise WeightsError(f"the model {path} differs from the one this run was planned with "
+                           f"(sha256 {sha[:12]} instead of {settings.model_sha256[:12]}); use the same weights everywhere")
+    loaded = load_model(path)
+    _LOADED.clear()
+    _LOADED[key] = loaded
+    return loaded
+
+
+# ----------------------------------------------------------------------------- one image
+
+
+@dataclass
+class Result:
+    """What a task returns: its manifest row and what the caller prints or reports."""
+
+    row: dict
+    name: str = ""
+    summary: dict | None = None        # Segmentation.summary() (the --json report)
+    notes: list[str] = field(default_factory=list)
+    describe: str = ""                 # the scale used, in words
+    grey: bool = False
+    network_seconds: float | None = None
+
+    @property
+    def status(self) -> str:
+        return self.row["status"]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _row(job: Job, settings: Settings, status: str, error: str = "", seconds: float | None = None, **more) -> dict:
+    return {"image": image_key(job.image), "status": status, "error": error,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "model": settings.model_name, "model_sha256": settings.model_sha256, **more}
+
+
+def _sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, DPNError) else f"segmentation failed ({type(exc).__name__}: {text[:300]})"
+
+
+def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Result:
+    """Segment one image and write its outputs; a problem with this image is a row, not an exception.
+
+    Raises only for what stops the whole run: the model cannot be loaded, or the output folder
+    cannot be written (a full disk, a read-only folder).
+    """
+    import numpy as np
+
+    from . import scale as scale_mod
+    from .image_io import as_rgb, atomic_write, is_greyscale, read_image
+    from .segmentation import segment
+
+    receipt = Path(run_dir) / f"{job.index}.done.json" if run_dir else None
+    if receipt is not None and receipt.exists():  # an earlier attempt finished; its worker died after
+        return Result(**json.loads(receipt.read_text()))
+    t0 = time.perf_counter()
+    if settings.torch_threads:
+        import torch
+
+        if torch.get_num_threads() != settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+    loaded = worker_model(settings)
+    try:
+        raw = read_image(job.image)
+        grey = bool(is_greyscale(raw))
+        rgb = as_rgb(raw)
+        seg = segment(loaded, rgb, threshold=settings.threshold, scale=settings.scale,
+                      field_angle=settings.field_angle, device=settings.device, precision=settings.precision)
+    except MemoryError:
+        return Result(_row(job, settings, "failed", "out of memory while segmenting it; use fewer workers per "
+                           "machine or --device cpu", time.perf_counter() - t0), job.name)
+    except Exception as exc:  # noqa: BLE001 - one bad photograph must not stop a cohort
+        if type(exc).__name__ == "OutOfMemoryError":
+            exc = MemoryError("the GPU ran out of memory for it")
+        return Result(_row(job, settings, "failed", _sentence(exc), time.perf_counter() - t0), job.name)
+    mask = seg.mask()
+    try:
+        shas = write_outputs(job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite,
+                             replaceable=job.replaceable, staging=run_dir)
+    except OutputExistsError as exc:  # appeared while the run went on (e.g. saved from napari)
+        return Result(_row(job, settings, "skipped", str(exc), time.perf_counter() - t0), job.name)
+    fov_px = int(seg.fov.sum())
+    diameter = seg.scale.fov_diameter or scale_mod.fov_diameter(seg.fov)
+    row = _row(job, settings, "done", "", time.perf_counter() - t0, device=seg.prediction.device,
+               scale_factor=seg.scale.factor, scale_method=seg.scale.method,
+               fov_diameter=None if diameter is None else round(float(diameter), 1),
+               vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
+               outputs=";".join(Path(p).name for p in job.outputs), output_sha256=";".join(shas))
+    result = Result(row, job.name, seg.summary(), [n for n in (seg.prediction.note, seg.scale.note) if n],
+                    seg.scale.describe(), grey, seg.prediction.seconds)
+    if receipt is not None:
+        with atomic_write(receipt) as tmp:
+            Path(tmp).write_text(json.dumps(result.to_dict()))
+    return result
+
+
+# ----------------------------------------------------------------------------- where the tasks run
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise InputError("--workers and --scheduler need Dask's distributed scheduler; "
+                         "install it with: pip install 'dask[distributed]'") from None
+    return distributed
+
+
+def _worker_check(folder: str) -> str | None:
+    """Run on each worker: can it create files in the output folder?  None, or why not."""
+    probe = Path(folder) / f".napari-dpn-worker-check.{uuid.uuid4().hex[:8]}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def dashboard_link(client) -> str | None:
+    """The Dask dashboard's address, None when the scheduler serves none (bokeh not installed)."""
+    try:
+        if not client.scheduler_info().get("services", {}).get("dashboard"):
+            return None
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - only a link to print
+        return None
+
+
+def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: int | None, scheduler: str | None,
+                  retries: int, on_cluster: Callable[[str], None] | None) -> Iterator[Result]:
+    import logging
+
+    distributed = _import_distributed()
+    cluster = client = None
+    try:
+        if scheduler:
+            try:
+                client = distributed.Client(scheduler, timeout="30s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())})") from None
+            problems = {addr: why for addr, why in client.run(_worker_check, str(run_dir.parent)).items() if why}
+            if problems:
+                addr, why = next(iter(problems.items()))
+                raise InputError(f"the Dask worker {addr} cannot write to {run_dir.parent} ({why}); "
+                                 "the workers must see the same files as this machine")
+        else:
+            import importlib.util
+
+            dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=dashboard, silence_logs=logging.ERROR)
+            client = distributed.Client(cluster)
+        if on_cluster:
+            n = len(client.scheduler_info().get("workers", {}))
+            link = dashboard_link(client)
+            on_cluster(f"Dask {'cluster at ' + scheduler if scheduler else 'local cluster'} with {n} worker(s); "
+                       + (f"dashboard: {link}" if link else "no dashboard (pip install bokeh for one)"))
+        tag = run_dir.name[len(RUN_PREFIX):]
+        futures = {client.submit(segment_job, job, settings, str(run_dir), key=f"napari-dpn-segment-{tag}-{job.index}",
+                                 retries=retries, pure=False): job for job in jobs}
+        try:
+            for fut in distributed.as_completed(futures):
+                job = futures[fut]
+                if fut.status == "error":
+                    exc = fut.exception()
+                    if not isinstance(exc, distributed.KilledWorker):
+                        raise exc
+                    yield Result(_row(job, settings, "failed", "the worker segmenting it died each time it tried "
+                                      "(out of memory, or a crash in an image decoder)"), job.name)
+                else:
+                    yield fut.result()
+                fut.release()
+        finally:
+            client.cancel(list(futures))
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class Cohort:
+    """A segmentation run into one output folder: plan, run (here or on Dask), manifest.
+
+    Use as a context manager; leaving it rewrites the manifest (one row per image) and removes the
+    run's private folder, also after an error or Ctrl-C.
+    """
+
+    def __init__(self, out: str | os.PathLike, settings: Settings, prob_suffix: str = ".png", overwrite: bool = False):
+        self.out = Path(out)
+        self.settings = settings
+        self.prob_suffix = prob_suffix
+        self.overwrite = overwrite
+        self.manifest = Manifest(self.out)
+        self.run_dir = self.out / f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}"
+
+    def __enter__(self) -> Cohort:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def plan(self, images: list[Path]) -> Plan:
+        """What this run will do; images skipped because an output is in the way get their row now."""
+        plan = plan_outputs(images, self.out, self.prob_suffix, self.overwrite, self.manifest,
+                            self.settings.model_sha256)
+        for row in plan.skipped:
+            self.manifest.record({**row, "model": self.settings.model_name, "model_sha256": self.settings.model_sha256})
+        return plan
+
+    def load(self):
+        """The model in this process (checks the weights before any worker starts; its warnings)."""
+        return worker_model(self.settings)
+
+    def run(self, jobs: list[Job], workers: int | None = None, scheduler: str | None = None, retries: int = 1,
+            on_cluster: Callable[[str], None] | None = None) -> Iterator[Result]:
+        """Segment ``jobs`` and yield each result as it finishes, recorded in the manifest.
+
+        No ``workers`` and no ``scheduler``: in this process, one image after the other.
+        ``workers``: a local Dask cluster of that many processes, one image at a time each.
+        ``scheduler``: an existing Dask cluster whose workers see the same files.
+        """
+        if not jobs:
+            return
+        self.run_dir.mkdir(exist_ok=True)
+        if workers is None and scheduler is None:
+            results = (segment_job(job, self.settings, str(self.run_dir)) for job in jobs)
+        else:
+            settings = self.settings
+            if scheduler is None and settings.torch_threads is None:
+                settings = dataclasses.replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // workers))
+            results = _dask_results(jobs, settings, self.run_dir, workers, scheduler, retries, on_cluster)
+        try:
+            for result in results:
+                self.manifest.record(result.row)
+                yield result
+        finally:
+            close = getattr(results, "close", None)
+            if close:
+                close()
+
+    def close(self) -> None:
+        remove_folder(self.run_dir)
+        self.manifest.close()
