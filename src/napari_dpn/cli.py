@@ -109,9 +109,9 @@ def cmd_segment(args) -> int:
               f"{', ...' if len(grey) > 3 else ''}); the models were trained on colour fundus photographs, "
               "so expect lower accuracy on them", file=sys.stderr)
     if not seconds:
-        if failed:
-            raise InputError("none of the images could be read" + kept())
-        print(f"0 image(s) segmented; outputs in {out}{kept()}")
+        if failed and not skipped and not plan.done:
+            raise InputError("none of the images could be read")
+        print(f"0 image(s) segmented; outputs in {out}{kept()}" + (f"; {len(failed)} failed" if failed else ""))
         return 1 if failed else 0
     if json_path:
         _write_json(json_path, {"model": loaded.card.name, "sha256": settings.model_sha256, "images": report})

@@ -192,9 +192,14 @@ def _worker_check(folder: str) -> str | None:
     return None
 
 
-def dashboard_link(client) -> str | None:
-    """The Dask dashboard's address, None when the scheduler serves none (bokeh not installed)."""
+def dashboard_link(client, local: bool = True) -> str | None:
+    """The Dask dashboard's address, None when it cannot show one (its pages need bokeh where the
+    scheduler runs: checked here for a ``local`` cluster)."""
+    import importlib.util
+
     try:
+        if local and importlib.util.find_spec("bokeh") is None:
+            return None
         if not client.scheduler_info().get("services", {}).get("dashboard"):
             return None
         return client.dashboard_link
@@ -220,17 +225,14 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
                 raise InputError(f"the Dask worker {addr} cannot write to {run_dir.parent} ({why}); "
                                  "the workers must see the same files as this machine")
         else:
-            import importlib.util
-
-            dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
             cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=dashboard, silence_logs=logging.ERROR)
+                                               dashboard_address=":0", silence_logs=logging.ERROR)
             client = distributed.Client(cluster)
         if on_cluster:
             n = len(client.scheduler_info().get("workers", {}))
-            link = dashboard_link(client)
+            link = dashboard_link(client, local=scheduler is None)
             on_cluster(f"Dask {'cluster at ' + scheduler if scheduler else 'local cluster'} with {n} worker(s); "
-                       + (f"dashboard: {link}" if link else "no dashboard (pip install bokeh for one)"))
+                       + (f"dashboard: {link}" if link else "no dashboard here (pip install 'bokeh>=3.1' for one)"))
         tag = run_dir.name[len(RUN_PREFIX):]
         futures = {client.submit(segment_job, job, settings, str(run_dir), key=f"napari-dpn-segment-{tag}-{job.index}",
                                  retries=retries, pure=False): job for job in jobs}

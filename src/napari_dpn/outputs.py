@@ -169,6 +169,8 @@ def plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: boo
                 plan.rerun.append(job)
                 continue
             what = f"{existing[0].name} was changed after napari-dpn wrote it in {out}"
+        elif row and row["status"] == "skipped" and row["error"].startswith(existing[0].name + " "):
+            what = row["error"]  # the same file is still in the way: the same sentence
         else:
             what = f"{existing[0].name} already exists in {out}"
         plan.skipped.append(skipped_row(path, what))
