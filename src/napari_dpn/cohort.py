@@ -109,8 +109,15 @@ def _row(job: Job, settings: Settings, status: str, error: str = "", seconds: fl
 
 
 def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "out of memory while segmenting it; use fewer workers per machine, a smaller --batch-size or --device cpu"
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, DPNError) else f"segmentation failed ({type(exc).__name__}: {text[:300]})"
+
+
+def failed_result(job: Job, settings: Settings, exc: BaseException, t0: float) -> Result:
+    """The row of an image that could not be read or segmented: its one sentence."""
+    return Result(_row(job, settings, "failed", _sentence(exc), time.perf_counter() - t0), job.name)
 
 
 def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Result:
@@ -119,15 +126,12 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
     Raises only for what stops the whole run: the model cannot be loaded, or the output folder
     cannot be written (a full disk, a read-only folder).
     """
-    import numpy as np
-
-    from . import scale as scale_mod
-    from .image_io import as_rgb, atomic_write, is_greyscale, read_image
+    from .image_io import as_rgb, is_greyscale, read_image
     from .segmentation import segment
 
-    receipt = Path(run_dir) / f"{job.index}.done.json" if run_dir else None
-    if receipt is not None and receipt.exists():  # an earlier attempt finished; its worker died after
-        return Result(**json.loads(receipt.read_text()))
+    earlier = receipt_of(job, run_dir)
+    if earlier is not None:  # an earlier attempt finished; its worker died before the result arrived
+        return earlier
     t0 = time.perf_counter()
     if settings.torch_threads:
         import torch
@@ -141,13 +145,19 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
         rgb = as_rgb(raw)
         seg = segment(loaded, rgb, threshold=settings.threshold, scale=settings.scale,
                       field_angle=settings.field_angle, device=settings.device, precision=settings.precision)
-    except MemoryError:
-        return Result(_row(job, settings, "failed", "out of memory while segmenting it; use fewer workers per "
-                           "machine or --device cpu", time.perf_counter() - t0), job.name)
     except Exception as exc:  # noqa: BLE001 - one bad photograph must not stop a cohort
-        if type(exc).__name__ == "OutOfMemoryError":
-            exc = MemoryError("the GPU ran out of memory for it")
-        return Result(_row(job, settings, "failed", _sentence(exc), time.perf_counter() - t0), job.name)
+        return failed_result(job, settings, exc, t0)
+    return finish_job(job, settings, seg, grey, t0, run_dir)
+
+
+def finish_job(job: Job, settings: Settings, seg, grey: bool, t0: float, run_dir: str | None = None,
+               network_seconds: float | None = None) -> Result:
+    """Write one segmented image's outputs and make its row (and its receipt, with ``run_dir``)."""
+    import numpy as np
+
+    from . import scale as scale_mod
+    from .image_io import atomic_write
+
     mask = seg.mask()
     try:
         shas = write_outputs(job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite,
@@ -162,11 +172,24 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
                vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
                outputs=";".join(Path(p).name for p in job.outputs), output_sha256=";".join(shas))
     result = Result(row, job.name, seg.summary(), [n for n in (seg.prediction.note, seg.scale.note) if n],
-                    seg.scale.describe(), grey, seg.prediction.seconds)
-    if receipt is not None:
-        with atomic_write(receipt) as tmp:
+                    seg.scale.describe(), grey,
+                    seg.prediction.seconds if network_seconds is None else network_seconds)
+    if run_dir:
+        with atomic_write(_receipt(run_dir, job)) as tmp:
             Path(tmp).write_text(json.dumps(result.to_dict()))
     return result
+
+
+def _receipt(run_dir: str, job: Job) -> Path:
+    return Path(run_dir) / f"{job.index}.done.json"
+
+
+def receipt_of(job: Job, run_dir: str | None) -> Result | None:
+    """The result of an earlier attempt at ``job`` in this run that finished (its worker died after)."""
+    if not run_dir:
+        return None
+    path = _receipt(run_dir, job)
+    return Result(**json.loads(path.read_text())) if path.exists() else None
 
 
 # ----------------------------------------------------------------------------- where the tasks run
@@ -225,8 +248,15 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
                 raise InputError(f"the Dask worker {addr} cannot write to {run_dir.parent} ({why}); "
                                  "the workers must see the same files as this machine")
         else:
-            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=":0", silence_logs=logging.ERROR)
+            import dask
+
+            # Dask's defaults cost a segmentation worker half its speed (measured, docs/cohort.md): a fixed
+            # MALLOC_TRIM_THRESHOLD_ stops glibc from keeping the large activation buffers (every forward
+            # pass page-faults them in again), and the statistical profiler takes the GIL every 10 ms.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                                  "distributed.worker.profile.enabled": False}):
+                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                   dashboard_address=":0", silence_logs=logging.ERROR)
             client = distributed.Client(cluster)
         if on_cluster:
             n = len(client.scheduler_info().get("workers", {}))
@@ -255,6 +285,15 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
             client.close()
         if cluster is not None:
             cluster.close()
+
+
+def local_threads(workers: int) -> int:
+    """Torch threads per worker of a local cluster: OMP_NUM_THREADS if this process was given one
+    (Dask sets it to 1 in every worker), else the CPUs shared out among the workers."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 class Cohort:
@@ -306,7 +345,7 @@ class Cohort:
         else:
             settings = self.settings
             if scheduler is None and settings.torch_threads is None:
-                settings = dataclasses.replace(settings, torch_threads=max(1, (os.cpu_count() or 1) // workers))
+                settings = dataclasses.replace(settings, torch_threads=local_threads(workers))
             results = _dask_results(jobs, settings, self.run_dir, workers, scheduler, retries, on_cluster)
         try:
             for result in results:
