@@ -248,3 +248,71 @@ def test_a_foreign_file_named_like_the_manifest_is_one_sentence(photos, tmp_path
 def test_bad_cluster_options_are_one_line(photos, tmp_path, capsys, argv, message):
     rc, _, err = run(["segment", photos, "--out", tmp_path / "out", *argv, *SEGMENT], capsys)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- the batch pipeline (GPU path, run on the CPU)
+
+
+def test_batch_pipeline_writes_what_one_image_at_a_time_writes(tmp_path):
+    """Two sizes (two batches), a corrupt file, and a photograph without a circular FOV (its scale
+    needs the network: it takes the per-image path) -- the same outputs and rows as without batches."""
+    from napari_dpn.image_io import read_image
+
+    folder = tmp_path / "in"
+    for i in range(3):
+        save_photo(folder / f"a{i}.png", i)
+    for i in range(2):
+        path = folder / f"b{i}.png"
+        Image.fromarray((fundus(112, seed=10 + i)[0] * 255).astype(np.uint8)).save(path)
+    inner = fundus(160, seed=20)[0][40:120, 40:120]  # all retina: no FOV edge
+    Image.fromarray((inner * 255).astype(np.uint8)).save(folder / "c0.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
+    images, _ = images_in([str(folder)])
+    settings = settings_for("dpn-release-drive", device="cpu", precision="fp32")
+    runs = {}
+    for name, batch in (("single", 1), ("batched", 2)):
+        out = tmp_path / name
+        with Cohort(out, settings) as cohort:
+            plan = cohort.plan(images)
+            results = list(cohort.run(plan.jobs, batch_size=batch, loader_workers=1))
+        assert sorted(r.name for r in results) == sorted(p.name for p in images)
+        runs[name] = rows_by_name(out)
+        no_leftovers(out)
+    single, batched = runs["single"], runs["batched"]
+    assert single["broken.png"]["status"] == batched["broken.png"]["status"] == "failed"
+    assert single["broken.png"]["error"] == batched["broken.png"]["error"]
+    for name in ("a0.png", "a1.png", "a2.png", "b0.png", "b1.png", "c0.png"):
+        a, b = single[name], batched[name]
+        assert a["status"] == b["status"] == "done"
+        for key in ("scale_factor", "scale_method", "fov_diameter", "outputs", "device", "model_sha256"):
+            assert a[key] == b[key], (name, key)
+        assert float(a["vessel_density"]) == pytest.approx(float(b["vessel_density"]), abs=2e-3)
+        stem = Path(name).stem
+        pa = read_image(tmp_path / "single" / f"{stem}_probability.png").astype(float)
+        pb = read_image(tmp_path / "batched" / f"{stem}_probability.png").astype(float)
+        assert np.abs(pa - pb).max() <= 0.001 * 65535, name
+        va = read_mask(tmp_path / "single" / f"{stem}_vessels.png")
+        vb = read_mask(tmp_path / "batched" / f"{stem}_vessels.png")
+        assert (va != vb).mean() < 0.002, name
+
+
+def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
+    import importlib.util
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_throughput", root / "scripts" / "benchmarks" / "gpu_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    target = tmp_path / "bench.json"
+    report = bench.main(["--synthetic", "--size", "96", "96", "--count", "3", "--batch-sizes", "1", "2",
+                         "--network-iters", "1", "--device", "cpu", "--loader-workers", "0", "--out", str(target)])
+    assert json.loads(target.read_text())["device"] == "cpu"
+    assert [r["batch"] for r in report["network"]] == [1, 2]
+    assert all(r["network_images_per_s"] > 0 and r["network_with_copies_images_per_s"] > 0 for r in report["network"])
+    assert report["disk"][0]["images"] == 3 and report["disk"][0]["statuses"] == {"done": 3}
+
+
+def test_batch_size_with_a_cluster_is_one_line(photos, tmp_path, capsys):
+    rc, _, err = run(["segment", photos, "--out", tmp_path / "out", "--workers", "2", "--batch-size", "4", *SEGMENT], capsys)
+    assert rc == 2 and "--batch-size is for one process" in err and not (tmp_path / "out").exists()

@@ -28,16 +28,14 @@ def _some(lines: list[str], limit: int = 10) -> list[str]:
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from .cohort import Cohort, settings_for
+    from .cohort import Cohort, check_options, settings_for
     from .image_io import ensure_output_folder
     from .inference import select_device
     from .outputs import MANIFEST_NAME, images_in
 
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be 1 or more, got {workers}")
-    if workers is not None and scheduler:
-        raise InputError("give --workers (a cluster on this machine) or --scheduler (an existing one), not both")
+    batch_size, loader_workers = getattr(args, "batch_size", None), getattr(args, "loader_workers", None)
+    check_options(workers, scheduler, batch_size, loader_workers)
     images, notes = images_in(args.inputs)
     for line in notes:
         print(f"napari-dpn: {line}", file=sys.stderr)
@@ -84,7 +82,8 @@ def cmd_segment(args) -> int:
             if not args.quiet:
                 print(f"napari-dpn: {text}", file=sys.stderr)
 
-        results = cohort.run(plan.jobs, workers=workers, scheduler=scheduler, on_cluster=on_cluster)
+        results = cohort.run(plan.jobs, workers=workers, scheduler=scheduler, on_cluster=on_cluster,
+                             batch_size=batch_size, loader_workers=loader_workers)
         for result in tqdm(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
             if result.status == "failed":  # one bad file in a folder does not stop the batch
                 failed.append(f"{result.name}: {result.row['error']}")
@@ -289,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"every run records each image in OUT/{MANIFEST_NAME}, and a re-run skips what is done")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="segment on an existing Dask cluster (e.g. tcp://host:8786) whose workers see the same files")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="images per forward pass in one process (default: 8 on a GPU, decoded in parallel "
+                        "and grouped by size; 1 on a CPU, where batches are not faster)")
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="with --batch-size above 1: processes that read and prepare the images (default: CPUs - 1, at most 16)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 

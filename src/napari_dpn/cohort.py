@@ -287,6 +287,21 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
             cluster.close()
 
 
+def check_options(workers: int | None = None, scheduler: str | None = None, batch_size: int | None = None,
+                  loader_workers: int | None = None) -> None:
+    """InputError (one sentence) for a combination of run options that cannot work."""
+    for flag, value in (("--workers", workers), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be 1 or more, got {value}")
+    if loader_workers is not None and loader_workers < 0:
+        raise InputError(f"--loader-workers must be 0 or more, got {loader_workers}")
+    if workers is not None and scheduler:
+        raise InputError("give --workers (a cluster on this machine) or --scheduler (an existing one), not both")
+    if (workers is not None or scheduler) and (batch_size or 1) > 1:
+        raise InputError("--batch-size is for one process (a GPU); with --workers or --scheduler each "
+                         "worker segments one image at a time")
+
+
 def local_threads(workers: int) -> int:
     """Torch threads per worker of a local cluster: OMP_NUM_THREADS if this process was given one
     (Dask sets it to 1 in every worker), else the CPUs shared out among the workers."""
@@ -304,7 +319,9 @@ class Cohort:
     """
 
     def __init__(self, out: str | os.PathLike, settings: Settings, prob_suffix: str = ".png", overwrite: bool = False):
-        self.out = Path(out)
+        from .image_io import ensure_output_folder
+
+        self.out = ensure_output_folder(out, "the output folder")
         self.settings = settings
         self.prob_suffix = prob_suffix
         self.overwrite = overwrite
@@ -330,18 +347,31 @@ class Cohort:
         return worker_model(self.settings)
 
     def run(self, jobs: list[Job], workers: int | None = None, scheduler: str | None = None, retries: int = 1,
-            on_cluster: Callable[[str], None] | None = None) -> Iterator[Result]:
+            on_cluster: Callable[[str], None] | None = None, batch_size: int | None = None,
+            loader_workers: int | None = None) -> Iterator[Result]:
         """Segment ``jobs`` and yield each result as it finishes, recorded in the manifest.
 
-        No ``workers`` and no ``scheduler``: in this process, one image after the other.
+        No ``workers`` and no ``scheduler``: in this process; in batches of ``batch_size`` images
+        (``batch.py``: default 8 on a GPU, decoded by ``loader_workers`` processes), else one image
+        after the other (the default on a CPU).
         ``workers``: a local Dask cluster of that many processes, one image at a time each.
         ``scheduler``: an existing Dask cluster whose workers see the same files.
         """
+        check_options(workers, scheduler, batch_size, loader_workers)
         if not jobs:
             return
         self.run_dir.mkdir(exist_ok=True)
         if workers is None and scheduler is None:
-            results = (segment_job(job, self.settings, str(self.run_dir)) for job in jobs)
+            if batch_size is None:
+                from .inference import select_device
+
+                batch_size = 8 if select_device(self.settings.device).type == "cuda" else 1
+            if batch_size > 1:
+                from .batch import batch_results
+
+                results = batch_results(jobs, self.settings, str(self.run_dir), batch_size, loader_workers)
+            else:
+                results = (segment_job(job, self.settings, str(self.run_dir)) for job in jobs)
         else:
             settings = self.settings
             if scheduler is None and settings.torch_threads is None:
