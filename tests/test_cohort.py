@@ -108,7 +108,7 @@ def test_two_worker_cluster_segments_a_folder_with_a_manifest_and_a_rerun_skips_
     rc, stdout, err = run(["segment", photos, "--out", out, "--workers", 2, *SEGMENT], capsys)
     assert rc == 1 and stdout.startswith("0 image(s) segmented; outputs in") and "1 failed" in stdout
     assert "6 skipped because they were done with this model" in stdout and "skipped broken.png: Cannot read" in err
-    assert err.count("done with dpn-release-drive in an earlier run") == 6
+    assert err.count("done with dpn-release-drive and these options in an earlier run") == 6
     assert outputs_of(out, stems) == written  # nothing written again
     again = rows_by_name(out)
     assert {n: again[n] for n in rows if n != "broken.png"} == {n: rows[n] for n in rows if n != "broken.png"}
@@ -199,6 +199,12 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
     assert rc == 0 and stdout.startswith("0 image(s) segmented; 1 skipped because their outputs exist")
     assert "1 skipped because they were done with this model" in stdout
     assert outputs_of(out, ["eye0", "eye1"]) == after and (out / MANIFEST_NAME).read_bytes() == manifest
+
+    # Another threshold changes the vessel mask: eye0 is segmented again, as for another model.
+    rc, stdout, err = run(["segment", *two, "--out", out, "--model", "dpn-drive", "--threshold", "0.3", *SEGMENT], capsys)
+    assert rc == 0 and "1 image(s) segmented with dpn-drive" in stdout
+    assert "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=-)" in err
+    assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=-"
     no_leftovers(out)
 
 

@@ -55,7 +55,7 @@ def cmd_segment(args) -> int:
         skipped = [f"{Path(r['image']).name}: {r['error']}" for r in plan.skipped]
         for line in _some(skipped):
             print(f"napari-dpn: skipped {line}", file=sys.stderr)
-        for line in _some([f"{n}: done with {settings.model_name} in an earlier run ({MANIFEST_NAME})"
+        for line in _some([f"{n}: done with {settings.model_name} and these options in an earlier run ({MANIFEST_NAME})"
                            for n in plan.done]):
             print(f"napari-dpn: skipped {line}", file=sys.stderr)
 
@@ -64,7 +64,7 @@ def cmd_segment(args) -> int:
             if skipped:
                 why.append(f"{len(skipped)} skipped because their outputs exist (--overwrite replaces them)")
             if plan.done:
-                why.append(f"{len(plan.done)} skipped because they were done with this model")
+                why.append(f"{len(plan.done)} skipped because they were done with this model and options")
             return "".join(f"; {w}" for w in why)
 
         if not plan.jobs:

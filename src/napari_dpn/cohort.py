@@ -43,6 +43,14 @@ class Settings:
     precision: str = "auto"
     torch_threads: int | None = None  # set in each worker process; None: leave as it is
 
+    @property
+    def options(self) -> str:
+        """What besides the model decides the outputs, as the manifest records it: a re-run with
+        other options segments again (like one with another model)."""
+        threshold = "card" if self.threshold is None else f"{float(self.threshold):g}"
+        angle = "-" if self.field_angle is None else f"{float(self.field_angle):g}"
+        return f"threshold={threshold} scale={self.scale} field_angle={angle}"
+
 
 def settings_for(model: str, **kwargs) -> Settings:
     """Settings for ``model`` (a name or a path): resolves the weights file and its sha256 here."""
@@ -105,7 +113,7 @@ class Result:
 def _row(job: Job, settings: Settings, status: str, error: str = "", seconds: float | None = None, **more) -> dict:
     return {"image": image_key(job.image), "status": status, "error": error,
             "seconds": None if seconds is None else round(seconds, 3),
-            "model": settings.model_name, "model_sha256": settings.model_sha256, **more}
+            "model": settings.model_name, "model_sha256": settings.model_sha256, "options": settings.options, **more}
 
 
 def _sentence(exc: BaseException) -> str:
@@ -336,10 +344,10 @@ class Cohort:
 
     def plan(self, images: list[Path]) -> Plan:
         """What this run will do; images skipped because an output is in the way get their row now."""
-        plan = plan_outputs(images, self.out, self.prob_suffix, self.overwrite, self.manifest,
-                            self.settings.model_sha256)
+        s = self.settings
+        plan = plan_outputs(images, self.out, self.prob_suffix, self.overwrite, self.manifest, s.model_sha256, s.options)
         for row in plan.skipped:
-            self.manifest.record({**row, "model": self.settings.model_name, "model_sha256": self.settings.model_sha256})
+            self.manifest.record({**row, "model": s.model_name, "model_sha256": s.model_sha256, "options": s.options})
         return plan
 
     def load(self):

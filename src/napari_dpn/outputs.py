@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from .errors import InputError, OutputError, OutputExistsError
 
 MANIFEST_NAME = "napari-dpn-manifest.csv"
 MANIFEST_FIELDS = ("image", "status", "error", "seconds", "device", "scale_factor", "scale_method",
-                   "fov_diameter", "vessel_density", "model", "model_sha256", "outputs", "output_sha256",
+                   "fov_diameter", "vessel_density", "model", "model_sha256", "options", "outputs", "output_sha256",
                    "finished")
 STATUSES = ("done", "failed", "skipped")
 _SEP = ";"  # between the names (and the sha256s) of an image's outputs
@@ -133,14 +134,15 @@ def _ours_unchanged(row: dict, outputs: tuple[Path, Path, Path]) -> dict[str, st
 
 
 def plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: bool,
-                 manifest: Manifest | None = None, model_sha256: str = "") -> Plan:
+                 manifest: Manifest | None = None, model_sha256: str = "", options: str = "") -> Plan:
     """What to do with each image.
 
     Refuses two images whose outputs would share a name.  An image none of whose outputs exists is
     segmented; with ``overwrite`` every image is.  Otherwise an image the manifest records as done
-    with this model (same sha256) is skipped as done; one done with another model whose outputs are
-    unchanged since is segmented again (its outputs replaced); one any of whose outputs exists for
-    another reason (e.g. a correction saved from napari as ``<stem>_vessels.png``) is skipped.
+    with this model (same sha256) and the same ``options`` (threshold, scale) is skipped as done; one
+    done with another model or other options whose outputs are unchanged since is segmented again
+    (its outputs replaced); one any of whose outputs exists for another reason (e.g. a correction
+    saved from napari as ``<stem>_vessels.png``) is skipped.
     """
     from .annotations import output_paths, same_stem, same_stem_message
 
@@ -158,13 +160,17 @@ def plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: boo
             continue
         row = manifest.get(path) if manifest is not None else None
         if row and row["status"] == "done" and len(existing) == 3:
-            if model_sha256 and row.get("model_sha256") == model_sha256:
+            same_model = bool(model_sha256) and row.get("model_sha256") == model_sha256
+            if same_model and row.get("options", "") == options:
                 plan.done.append(path.name)
                 continue
             mine = _ours_unchanged(row, outputs)
             if mine is not None:
+                before = row.get("model") or "another model"
+                if same_model:
+                    before += f" and other options ({row.get('options') or 'unknown'})"
                 job = Job(index=job.index, image=job.image, outputs=job.outputs, replaceable=tuple(mine.items()),
-                          previous_model=row.get("model") or "another model")
+                          previous_model=before)
                 plan.jobs.append(job)
                 plan.rerun.append(job)
                 continue
@@ -267,9 +273,12 @@ class Manifest:
     run (the Dask client) writes it.
     """
 
+    SYNC_EVERY = 1.0  # seconds between fsyncs of appended lines (each line is flushed at once)
+
     def __init__(self, folder: str | os.PathLike):
         self.path = Path(folder) / MANIFEST_NAME
         self.rows: dict[str, dict] = {}
+        self._synced = 0.0
         self.changed = False  # rows to rewrite: appended now, duplicates or a torn line in the file
         if self.path.exists():
             self._read()
@@ -334,7 +343,11 @@ class Manifest:
                 f.seek(0, os.SEEK_END)
                 f.write(text.encode("utf-8"))
                 f.flush()
-                os.fsync(f.fileno())
+                # A killed process loses nothing flushed; fsync (for a crash of the machine) at most once
+                # a second, so a GPU writing hundreds of images a second does not wait for the disk.
+                if time.monotonic() - self._synced >= self.SYNC_EVERY:
+                    os.fsync(f.fileno())
+                    self._synced = time.monotonic()
         except OSError as exc:
             raise OutputError(os_error_message(exc, self.path)) from None
 
