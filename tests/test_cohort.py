@@ -125,7 +125,7 @@ def test_two_worker_cluster_segments_a_folder_with_a_manifest_and_a_rerun_skips_
 # ----------------------------------------------------------------------------- a worker dies mid-run
 
 
-def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos, tmp_path):
+def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos, tmp_path, capsys):
     distributed = pytest.importorskip("distributed")
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -155,14 +155,22 @@ def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos
         with Cohort(out, settings) as cohort:
             plan = cohort.plan(images)
             results = list(cohort.run(plan.jobs, scheduler=cluster.scheduler_address))
+        # The command line on the same cluster: only the new photograph is segmented there.
+        save_photo(photos / "eye6.png", 6)
+        rc = main(["segment", str(photos), "--out", str(out), "--scheduler", cluster.scheduler_address,
+                   "--device", "cpu", "--precision", "fp32"])
+        assert rc == 0
+    captured = capsys.readouterr()
+    assert "napari-dpn: Dask cluster at tcp://" in captured.err and "worker(s)" in captured.err
+    assert "1 image(s) segmented" in captured.out and "6 skipped because they were done" in captured.out
     assert sorted(os.listdir(marks)) == ["-1", "-3"]  # both kills happened
     names = [r.name for r in results]
     assert sorted(names) == [f"eye{i}.png" for i in range(6)]  # each image reported once
     assert all(r.status == "done" for r in results), [r.row for r in results if r.status != "done"]
-    written = outputs_of(out, [f"eye{i}" for i in range(6)])
+    written = outputs_of(out, [f"eye{i}" for i in range(7)])
     assert sorted(p.name for p in out.iterdir()) == sorted([*written, MANIFEST_NAME])
     rows = rows_by_name(out)
-    assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values())
+    assert len(rows) == 7 and all(r["status"] == "done" for r in rows.values())
     # Image 3's outputs were written once, by the attempt whose worker died: the retry found its receipt.
     assert rows["eye3.png"]["output_sha256"]
     no_leftovers(out)

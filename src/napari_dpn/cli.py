@@ -287,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment on a local Dask cluster of N processes (one image at a time each); "
                         f"every run records each image in OUT/{MANIFEST_NAME}, and a re-run skips what is done")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="segment on an existing Dask cluster (e.g. tcp://host:8786) whose workers see the same files")
+                   help="segment on an existing Dask cluster whose workers see the same files: its address "
+                        "(tcp://host:8786) or its scheduler file (dask scheduler --scheduler-file FILE); see docs/cohort.md")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="images per forward pass in one process (default: 8 on a GPU, decoded in parallel "
                         "and grouped by size; 1 on a CPU, where batches are not faster)")

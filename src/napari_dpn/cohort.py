@@ -246,8 +246,9 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
     cluster = client = None
     try:
         if scheduler:
-            try:
-                client = distributed.Client(scheduler, timeout="30s")
+            try:  # an address (tcp://host:8786), or the JSON file `dask scheduler --scheduler-file` writes
+                client = (distributed.Client(scheduler_file=scheduler, timeout="30s") if Path(scheduler).is_file()
+                          else distributed.Client(scheduler, timeout="30s"))
             except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())})") from None
             problems = {addr: why for addr, why in client.run(_worker_check, str(run_dir.parent)).items() if why}
