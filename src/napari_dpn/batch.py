@@ -6,7 +6,7 @@ The per-image pipeline (``segmentation.segment``) split in three stages that ove
    working scale, normalise as the model card says (everything before the network, on the CPUs);
 2. **network** in this process: images of one size are grouped into batches, copied from pinned
    memory with ``non_blocking`` copies, run in channels_last under fp16 autocast (bf16 on a CPU
-   with AMX, as ``inference.predict`` chooses), and copied back into pinned memory;
+   with native bf16, as ``inference.predict`` chooses), and copied back into pinned memory;
 3. **map back and write** in a thread pool: resample the probability to the photograph's pixels,
    threshold inside the FOV, write the three outputs (``cohort.finish_job``: all or none, never
    replacing a file) and make the manifest row.

@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="vessel threshold (default: the model card's)")
     p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on CPUs with AMX (about 2x faster, AUC within 0.0001), else fp32")
+                   help="auto: bf16 on CPUs with AMX or AVX512-BF16 (about 2x faster, AUC within 0.0001), else fp32")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved from napari)")
     p.add_argument("--scale", type=_scale_arg, default="auto", metavar="auto|native|FACTOR",
