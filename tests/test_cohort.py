@@ -330,3 +330,75 @@ def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
 def test_batch_size_with_a_cluster_is_one_line(photos, tmp_path, capsys):
     rc, _, err = run(["segment", photos, "--out", tmp_path / "out", "--workers", "2", "--batch-size", "4", *SEGMENT], capsys)
     assert rc == 2 and "--batch-size is for one process" in err and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- a process dies while placing outputs
+
+DIE_WHILE_PLACING = """
+import os, sys
+from pathlib import Path
+import napari_dpn.image_io as image_io
+from napari_dpn.cohort import Cohort, settings_for
+
+real, placed = image_io._place_no_clobber, []
+
+def place_then_die(tmp, path):
+    real(tmp, path)
+    placed.append(Path(path))
+    if Path(path).parent == Path(sys.argv[2]):  # (the first three calls write the staged copies)
+        os._exit(3)  # the probability map is in place, the two masks are not
+
+image_io._place_no_clobber = place_then_die
+cohort = Cohort(sys.argv[2], settings_for("dpn-release-drive", device="cpu", precision="fp32"))
+for result in cohort.run(cohort.plan([Path(sys.argv[1])]).jobs):
+    pass
+"""
+
+
+@pytest.fixture
+def died_while_placing(photos, tmp_path):
+    """An output folder where a run died between placing eye0's probability map and its masks."""
+    import subprocess
+    import sys
+
+    import napari_dpn
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(napari_dpn.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", DIE_WHILE_PLACING, str(photos / "eye0.png"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["eye0_probability.png"]
+    run_dirs = list(out.glob(f"{RUN_PREFIX}*"))
+    assert len(run_dirs) == 1 and list(run_dirs[0].glob("*.placing.json"))
+    return out, run_dirs[0]
+
+
+def test_a_retry_completes_the_placement_a_dead_worker_began(died_while_placing, photos):
+    import json
+
+    from napari_dpn.cohort import _job_from
+
+    out, run_dir = died_while_placing
+    intent = json.loads(next(run_dir.glob("*.placing.json")).read_text())
+    job = _job_from(intent["job"])
+    first = (out / "eye0_probability.png").stat().st_ino
+    settings = settings_for("dpn-release-drive", device="cpu", precision="fp32")
+    result = segment_job(job, settings, str(run_dir))  # what Dask runs on another worker
+    assert result.status == "done" and result.row["output_sha256"] == ";".join(intent["shas"])
+    outputs_of(out, ["eye0"])
+    assert (out / "eye0_probability.png").stat().st_ino == first  # not written again
+    assert list(run_dir.glob("*.done.json")) and not list(run_dir.glob("*.placing.json"))
+
+
+def test_the_next_run_completes_what_a_dead_run_left_half_placed(died_while_placing, photos, capsys):
+    out, run_dir = died_while_placing
+    first = (out / "eye0_probability.png").stat().st_ino
+    rc, stdout, err = run(["segment", photos / "eye0.png", "--out", out, *SEGMENT], capsys)
+    assert rc == 0 and stdout.startswith("0 image(s) segmented; 1 skipped because they were done"), stdout + err
+    outputs_of(out, ["eye0"])
+    assert (out / "eye0_probability.png").stat().st_ino == first
+    assert rows_by_name(out)["eye0.png"]["status"] == "done"
+    assert not run_dir.exists()
+    no_leftovers(out)

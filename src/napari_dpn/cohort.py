@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DPNError, InputError, OutputExistsError
-from .outputs import Job, Manifest, Plan, image_key, plan_outputs, remove_folder, write_outputs
+from .outputs import (Job, Manifest, Plan, Staged, image_key, place_outputs, plan_outputs, remove_folder, sha256_of,
+                      stage_outputs, write_outputs)
 
 RUN_PREFIX = ".napari-dpn-run-"
 
@@ -137,8 +138,8 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
     from .image_io import as_rgb, is_greyscale, read_image
     from .segmentation import segment
 
-    earlier = receipt_of(job, run_dir)
-    if earlier is not None:  # an earlier attempt finished; its worker died before the result arrived
+    earlier = receipt_of(job, run_dir) or resume_job(run_dir, job)
+    if earlier is not None:  # an earlier attempt finished (or was placing its outputs) when its worker died
         return earlier
     t0 = time.perf_counter()
     if settings.torch_threads:
@@ -160,32 +161,75 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
 
 def finish_job(job: Job, settings: Settings, seg, grey: bool, t0: float, run_dir: str | None = None,
                network_seconds: float | None = None) -> Result:
-    """Write one segmented image's outputs and make its row (and its receipt, with ``run_dir``)."""
+    """Write one segmented image's outputs and make its row.
+
+    With ``run_dir`` (every run of a ``Cohort``) the outputs are staged there, an intent file
+    records what is about to be placed, and once all three are in place the intent becomes the
+    receipt; a process that dies in between leaves the intent, which ``resume_job`` completes.
+    """
     import numpy as np
 
     from . import scale as scale_mod
-    from .image_io import atomic_write
 
     mask = seg.mask()
+
+    def result_for(shas: list[str]) -> Result:
+        fov_px = int(seg.fov.sum())
+        diameter = seg.scale.fov_diameter or scale_mod.fov_diameter(seg.fov)
+        row = _row(job, settings, "done", "", time.perf_counter() - t0, device=seg.prediction.device,
+                   scale_factor=seg.scale.factor, scale_method=seg.scale.method,
+                   fov_diameter=None if diameter is None else round(float(diameter), 1),
+                   vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
+                   outputs=";".join(Path(p).name for p in job.outputs), output_sha256=";".join(shas))
+        return Result(row, job.name, seg.summary(), [n for n in (seg.prediction.note, seg.scale.note) if n],
+                      seg.scale.describe(), grey, seg.prediction.seconds if network_seconds is None else network_seconds)
+
+    if not run_dir:
+        try:
+            shas = write_outputs(job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite,
+                                 replaceable=job.replaceable)
+        except OutputExistsError as exc:  # appeared while the run went on (e.g. saved from napari)
+            return _skipped(job.name, exc, _row(job, settings, "skipped"))
+        return result_for(shas)
+    staged = stage_outputs(job.outputs, seg.probability, mask, seg.fov, staging=run_dir)
     try:
-        shas = write_outputs(job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite,
-                             replaceable=job.replaceable, staging=run_dir)
+        result = result_for(staged.shas)
+        _write_json(_intent(run_dir, job), {"job": dataclasses.asdict(job), "result": result.to_dict(),
+                                            "stage": str(staged.folder), "files": [str(f) for f in staged.files],
+                                            "shas": staged.shas})
+        return _place_and_confirm(job, staged, result, run_dir)
+    finally:
+        remove_folder(staged.folder)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from .image_io import atomic_write
+
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(data))
+
+
+def _skipped(name: str, exc: BaseException, like: dict) -> Result:
+    row = {k: like.get(k) for k in ("image", "model", "model_sha256", "options")}
+    return Result({**row, "status": "skipped", "error": str(exc), "seconds": like.get("seconds")}, name)
+
+
+def _place_and_confirm(job: Job, staged: Staged, result: Result, run_dir: str, already=()) -> Result:
+    intent = _intent(run_dir, job)
+    try:
+        place_outputs(staged, job.outputs, job.overwrite, job.replaceable, already)
     except OutputExistsError as exc:  # appeared while the run went on (e.g. saved from napari)
-        return Result(_row(job, settings, "skipped", str(exc), time.perf_counter() - t0), job.name)
-    fov_px = int(seg.fov.sum())
-    diameter = seg.scale.fov_diameter or scale_mod.fov_diameter(seg.fov)
-    row = _row(job, settings, "done", "", time.perf_counter() - t0, device=seg.prediction.device,
-               scale_factor=seg.scale.factor, scale_method=seg.scale.method,
-               fov_diameter=None if diameter is None else round(float(diameter), 1),
-               vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
-               outputs=";".join(Path(p).name for p in job.outputs), output_sha256=";".join(shas))
-    result = Result(row, job.name, seg.summary(), [n for n in (seg.prediction.note, seg.scale.note) if n],
-                    seg.scale.describe(), grey,
-                    seg.prediction.seconds if network_seconds is None else network_seconds)
-    if run_dir:
-        with atomic_write(_receipt(run_dir, job)) as tmp:
-            Path(tmp).write_text(json.dumps(result.to_dict()))
+        intent.unlink(missing_ok=True)
+        return _skipped(job.name, exc, result.row)
+    except BaseException:  # place_outputs undid its part
+        intent.unlink(missing_ok=True)
+        raise
+    os.replace(intent, _receipt(run_dir, job))
     return result
+
+
+def _intent(run_dir: str, job: Job) -> Path:
+    return Path(run_dir) / f"{job.index}.placing.json"
 
 
 def _receipt(run_dir: str, job: Job) -> Path:
@@ -197,7 +241,79 @@ def receipt_of(job: Job, run_dir: str | None) -> Result | None:
     if not run_dir:
         return None
     path = _receipt(run_dir, job)
-    return Result(**json.loads(path.read_text())) if path.exists() else None
+    return _read_receipt(path) if path.exists() else None
+
+
+def _read_receipt(path: Path) -> Result:
+    """A receipt is the intent of a placement that completed: {"job", "result", "stage", ...}."""
+    return Result(**json.loads(path.read_text())["result"])
+
+
+def _job_from(data: dict) -> Job:
+    return Job(**{**data, "outputs": tuple(data["outputs"]),
+                  "replaceable": tuple(tuple(pair) for pair in data.get("replaceable") or ())})
+
+
+def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None = None) -> Result | None:
+    """Finish what an attempt at ``job`` started and did not finish because its process died while
+    moving the outputs into place: the staged outputs still missing are placed, those it placed
+    are kept.  None if there is nothing to resume (or the staged files are gone: segment again)."""
+    if not run_dir:
+        return None
+    intent = intent or _intent(run_dir, job)
+    if not intent.exists():
+        return None
+    data = json.loads(intent.read_text())
+    job = job or _job_from(data["job"])
+    staged = Staged(Path(data["stage"]), [Path(f) for f in data["files"]], list(data["shas"]))
+    already = [o for o, sha in zip(job.outputs, staged.shas) if Path(o).is_file() and sha256_of(o) == sha]
+    if any(o not in already and not f.exists() for o, f in zip(job.outputs, staged.files)):
+        intent.unlink()
+        return None
+    try:
+        return _place_and_confirm(job, staged, Result(**data["result"]), run_dir, already)
+    finally:
+        remove_folder(staged.folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_runs(out: Path, keep: Path | None = None) -> list[Path]:
+    """Private folders of earlier runs into ``out`` whose process died on this machine."""
+    import socket
+
+    found = []
+    for folder in sorted(out.glob(f"{RUN_PREFIX}*")):
+        if folder == keep or not folder.is_dir():
+            continue
+        try:
+            owner = json.loads((folder / "owner.json").read_text())
+            if owner.get("host") == socket.gethostname() and not _alive(int(owner["pid"])):
+                found.append(folder)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being created, or another machine's: left alone
+    return found
+
+
+def recover(folder: Path) -> list[Result]:
+    """What a run that died left in its private folder: images whose outputs it was placing (the
+    placement is completed) and images it finished; the folder is removed."""
+    skipped = []
+    for intent in sorted(folder.glob("*.placing.json")):
+        result = resume_job(str(folder), intent=intent)  # done: it is a receipt now
+        if result is not None and result.status != "done":
+            skipped.append(result)
+    results = [_read_receipt(r) for r in sorted(folder.glob("*.done.json"))]
+    remove_folder(folder)
+    return results + skipped
 
 
 # ----------------------------------------------------------------------------- where the tasks run
@@ -336,6 +452,7 @@ class Cohort:
         self.overwrite = overwrite
         self.manifest = Manifest(self.out)
         self.run_dir = self.out / f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}"
+        self.recovered: list[Result] = []  # what plan() completed of a run that died
 
     def __enter__(self) -> Cohort:
         return self
@@ -344,7 +461,15 @@ class Cohort:
         self.close()
 
     def plan(self, images: list[Path]) -> Plan:
-        """What this run will do; images skipped because an output is in the way get their row now."""
+        """What this run will do; images skipped because an output is in the way get their row now.
+
+        First, what an earlier run into this folder that died on this machine left half done is
+        completed and recorded (``recover``)."""
+        self.recovered = []
+        for folder in stale_runs(self.out, self.run_dir):
+            for result in recover(folder):  # the newest rows: a later run would have recovered the folder
+                self.manifest.record(result.row)
+                self.recovered.append(result)
         s = self.settings
         plan = plan_outputs(images, self.out, self.prob_suffix, self.overwrite, self.manifest, s.model_sha256, s.options)
         for row in plan.skipped:
@@ -369,7 +494,10 @@ class Cohort:
         check_options(workers, scheduler, batch_size, loader_workers)
         if not jobs:
             return
+        import socket
+
         self.run_dir.mkdir(exist_ok=True)
+        _write_json(self.run_dir / "owner.json", {"host": socket.gethostname(), "pid": os.getpid()})
         if workers is None and scheduler is None:
             if batch_size is None:
                 from .inference import select_device

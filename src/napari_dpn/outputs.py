@@ -190,67 +190,116 @@ def skipped_row(image, sentence: str) -> dict:
 # ----------------------------------------------------------------------------- writing an image's outputs
 
 
-def write_outputs(outputs, prob, vessels, fov, overwrite: bool = False, replaceable=(),
-                  staging: str | os.PathLike | None = None) -> list[str]:
-    """Write one image's (probability, vessels, FOV) and return their sha256s.
+@dataclass
+class Staged:
+    """One image's three outputs, written completely into a private staging folder."""
 
-    All three are first written completely into a private staging folder (in ``staging``, default
-    the output folder: the same file system), then moved into place one after the other.  Without
-    ``overwrite`` an existing name is never replaced (hard link, which fails on an existing name),
-    except the files in ``replaceable`` ({path: sha256}) that still hold exactly that content.  If
-    one cannot be placed, every file this call placed is removed and every file it replaced is
-    restored, so an image has all its outputs or none of the new ones.  OutputExistsError if an
-    output is in the way; OutputError (one sentence) for a file-system failure.
+    folder: Path
+    files: list[Path]  # in the order of the outputs
+    shas: list[str]
+
+
+def _as_output_error(exc: OSError, where) -> OutputError:
+    from .image_io import os_error_message
+
+    return OutputError(os_error_message(exc, getattr(exc, "filename", None) or where))
+
+
+def stage_outputs(outputs, prob, vessels, fov, staging: str | os.PathLike | None = None) -> Staged:
+    """Write (probability, vessels, FOV) into a new staging folder in ``staging`` (default: the
+    output folder; it must be on the same file system) under their final names."""
+    from . import image_io
+
+    outputs = [Path(p) for p in outputs]
+    base = Path(staging) if staging is not None else outputs[0].parent
+    folder = base / f".napari-dpn-stage-{uuid.uuid4().hex[:12]}"
+    try:
+        folder.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(image_io.os_error_message(exc, outputs[0].parent, "write to")) from None
+    try:
+        files = [folder / p.name for p in outputs]
+        image_io.write_probability(files[0], prob, overwrite=False)
+        image_io.write_mask(files[1], vessels, overwrite=False)
+        image_io.write_mask(files[2], fov, overwrite=False)
+        return Staged(folder, files, [sha256_of(f) for f in files])
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _as_output_error(exc, outputs[0].parent) from None
+        raise
+
+
+def _backup_of(staged: Staged, dst: Path) -> Path:
+    return staged.folder / f"{dst.name}.previous"
+
+
+def place_outputs(staged: Staged, outputs, overwrite: bool = False, replaceable=(), already=()) -> None:
+    """Move staged outputs into place, all or none.
+
+    Without ``overwrite`` an existing name is never replaced (a hard link, which fails on an
+    existing name), except the files in ``replaceable`` ({path: sha256}) that still hold exactly
+    that content; a replaced file is kept in the staging folder until the end.  ``already``: outputs
+    an earlier, interrupted call placed (they hold the staged content; skipped).  If one output
+    cannot be placed, every output placed for this image (by this call or in ``already``) is removed
+    and every file replaced is restored.  OutputExistsError if an output is in the way;
+    OutputError (one sentence) for a file-system failure.
     """
     from . import image_io
 
     outputs = [Path(p) for p in outputs]
-    folder = outputs[0].parent
-    base = Path(staging) if staging is not None else folder
-    stage = base / f".napari-dpn-stage-{uuid.uuid4().hex[:12]}"
-    try:
-        stage.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(image_io.os_error_message(exc, folder, "write to")) from None
     replaceable = dict(replaceable)
-    placed: list[Path] = []
-    backups: list[tuple[Path, Path]] = []
+    already = {str(p) for p in already}
+    placed: list[Path] = [p for p in outputs if str(p) in already]
     try:
-        staged = [stage / p.name for p in outputs]
-        image_io.write_probability(staged[0], prob, overwrite=False)
-        image_io.write_mask(staged[1], vessels, overwrite=False)
-        image_io.write_mask(staged[2], fov, overwrite=False)
-        shas = [sha256_of(p) for p in staged]
-        for src, dst in zip(staged, outputs):
+        for src, dst in zip(staged.files, outputs):
+            if str(dst) in already:
+                continue
             there = dst.exists() or dst.is_symlink()
             if there and (overwrite or str(dst) in replaceable):
                 if not overwrite and sha256_of(dst) != replaceable[str(dst)]:
                     raise OutputExistsError(f"{dst} was changed while the run went on and was not replaced.")
-                backup = stage / f"{dst.name}.previous"
+                backup = _backup_of(staged, dst)
+                backup.unlink(missing_ok=True)  # left by an interrupted call: the same old file
                 try:
                     os.link(dst, backup)
                 except OSError:  # a symlink, or no hard links on this file system
                     shutil.copy2(dst, backup, follow_symlinks=False)
-                backups.append((backup, dst))
                 os.replace(src, dst)
             else:
                 try:
                     image_io._place_no_clobber(src, dst)
                 except FileExistsError:
                     raise OutputExistsError(f"{dst} already exists and was not replaced.") from None
-                placed.append(dst)
-        return shas
+            placed.append(dst)
     except BaseException as exc:  # a full disk, a file saved meanwhile, Ctrl-C: undo this image
-        for path in placed:
-            path.unlink(missing_ok=True)
-        for backup, dst in backups:
+        for dst in placed:
+            backup = _backup_of(staged, dst)
             with contextlib.suppress(OSError):
-                os.replace(backup, dst)
+                if backup.exists():
+                    os.replace(backup, dst)
+                else:
+                    dst.unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise OutputError(image_io.os_error_message(exc, getattr(exc, "filename", None) or folder)) from None
+            raise _as_output_error(exc, outputs[0].parent) from None
         raise
+
+
+def write_outputs(outputs, prob, vessels, fov, overwrite: bool = False, replaceable=(),
+                  staging: str | os.PathLike | None = None) -> list[str]:
+    """Write one image's (probability, vessels, FOV), all or none, and return their sha256s.
+
+    All three are first written completely into a private staging folder (``stage_outputs``), then
+    moved into place (``place_outputs``: never replacing a file without ``overwrite``, except the
+    unchanged ``replaceable`` ones).  OutputExistsError if an output is in the way; OutputError
+    (one sentence) for a file-system failure.
+    """
+    staged = stage_outputs(outputs, prob, vessels, fov, staging)
+    try:
+        place_outputs(staged, outputs, overwrite, replaceable)
+        return staged.shas
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(staged.folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the manifest
