@@ -278,12 +278,19 @@ def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        import psutil  # a dependency of distributed; os.kill(pid, 0) would signal the process on Windows
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        if os.name == "nt":
+            return True  # cannot tell: leave the folder alone
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
 
 
 def stale_runs(out: Path, keep: Path | None = None) -> list[Path]:
