@@ -7,9 +7,13 @@ manifest row.  The task is the same in this process (the serial run) and on a Da
 the model once (``worker_model``, keyed by the weights' sha256).
 
 Only the process that planned the run writes the manifest (``outputs.Manifest``): one line per
-finished image, appended and flushed, then one row per image rewritten atomically at the end.  A
-task that finishes writes a receipt into the run's private folder, so when Dask runs it again
-(its worker died before the result arrived) it returns the same row and writes nothing twice.
+finished image, appended and flushed, then one row per image rewritten atomically at the end.
+
+A task stages its three outputs in the run's private folder (``OUT/.napari-dpn-run-<id>/``),
+writes an intent (what it is about to place), places them, and turns the intent into a receipt.
+When Dask runs a task again because its worker died, the retry returns the receipt (nothing is
+written twice) or completes the placement the intent describes (nothing is left half placed).
+The next run into the folder does the same for a run that died on this machine (``recover``).
 """
 from __future__ import annotations
 
