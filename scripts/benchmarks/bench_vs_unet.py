@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
     precision = args.precision if args.precision != "auto" else ("bf16" if cpu_has_native_bf16() else "fp32")
     image = (np.random.default_rng(0).random((*args.size, 3)) * 255).astype(np.uint8)
     try:
-        from napari_dpn.datasets import load_split  # a real photograph when the datasets are there
+        from napari_dpn.datasets import (
+            load_split,  # a real photograph when the datasets are there
+        )
 
         root = Path(__file__).resolve().parents[3] / "shared" / "datasets"
         if root.is_dir():

@@ -28,7 +28,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .cohort import Result, Settings, failed_result, finish_job, segment_job, worker_model
+from .cohort import (
+    Result,
+    Settings,
+    failed_result,
+    finish_job,
+    segment_job,
+    worker_model,
+)
 from .outputs import Job
 
 DEFAULT_BATCH = 8         # DRIVE-sized images per batch on a GPU (the benchmark's sweet spot is larger: see docs)

@@ -27,8 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DPNError, InputError, OutputExistsError
-from .outputs import (Job, Manifest, Plan, Staged, image_key, place_outputs, plan_outputs, remove_folder, sha256_of,
-                      stage_outputs, write_outputs)
+from .outputs import (
+    Job,
+    Manifest,
+    Plan,
+    Staged,
+    image_key,
+    place_outputs,
+    plan_outputs,
+    remove_folder,
+    sha256_of,
+    stage_outputs,
+    write_outputs,
+)
 
 RUN_PREFIX = ".napari-dpn-run-"
 
