@@ -25,6 +25,7 @@ from napari_dpn.errors import InputError, TrainingError, WeightsError
 from napari_dpn.image_io import read_image, read_mask
 from napari_dpn.model import build_model
 from napari_dpn.models import ModelCard, load_model, read_card, save_model
+from napari_dpn.outputs import MANIFEST_NAME as MANIFEST
 from synthetic_fundus import fundus
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout, when staged
@@ -165,7 +166,7 @@ def test_segment_keeps_a_correction_saved_from_napari(photos, capsys):
     assert rc == 0
     assert "1 image(s) segmented" in out and "1 skipped because their outputs exist" in out
     assert err.count("napari-dpn: skipped eye0.png: eye0_vessels.png already exists") == 1
-    unchanged(before, photos, new_allowed={"eye1_probability.png", "eye1_vessels.png", "eye1_fov.png"})
+    unchanged(before, photos, new_allowed={"eye1_probability.png", "eye1_vessels.png", "eye1_fov.png", MANIFEST})
     assert not (photos / "eye0_vessels_vessels.png").exists()  # the correction is not a photograph
     assert correction.exists()
 
@@ -179,7 +180,8 @@ def test_segment_skips_an_image_if_any_of_its_outputs_exists(photos, tmp_path, c
     rc, out, err = run(["segment", photos, "--out", out_dir, *SEGMENT], capsys)
     assert rc == 0 and "1 image(s) segmented" in out and "1 skipped" in out
     assert f"skipped eye0.png: {existing} already exists" in err
-    unchanged(before, tmp_path, new_allowed={f"out/eye1_{k}.png" for k in ("probability", "vessels", "fov")})
+    unchanged(before, tmp_path, new_allowed={f"out/eye1_{k}.png" for k in ("probability", "vessels", "fov")}
+              | {f"out/{MANIFEST}"})
 
 
 def test_segment_twice_changes_nothing_the_second_time(photos, tmp_path, capsys):
@@ -216,7 +218,7 @@ def test_segment_does_not_replace_an_output_that_appears_during_the_run(photos, 
     rc, out, err = run(["segment", photos / "eye0.png", "--out", out_dir, *SEGMENT], capsys)
     assert rc == 0 and out.startswith("0 image(s) segmented") and "1 skipped" in out
     assert (out_dir / "eye0_vessels.png").read_bytes() == b"saved meanwhile"
-    assert sorted(p.name for p in out_dir.iterdir()) == ["eye0_vessels.png"]  # no half set of outputs
+    assert sorted(p.name for p in out_dir.iterdir()) == ["eye0_vessels.png", MANIFEST]  # no half set of outputs
     assert "already exists" in err
 
 
@@ -244,7 +246,8 @@ def test_annotation_and_dataset_label_files_are_never_segmented(tmp_path, capsys
     rc, out, err = run(["segment", folder, "--out", tmp_path / "out", *SEGMENT], capsys)
     assert rc == 0 and "1 image(s) segmented" in out
     assert "left out 1 file(s)" in err and name in err
-    unchanged(before, tmp_path, new_allowed={f"out/photo_{k}.png" for k in ("probability", "vessels", "fov")})
+    unchanged(before, tmp_path, new_allowed={f"out/photo_{k}.png" for k in ("probability", "vessels", "fov")}
+              | {f"out/{MANIFEST}"})
 
 
 def test_an_annotation_named_on_the_command_line_is_left_out(photos, capsys):
@@ -829,12 +832,12 @@ def test_import_caffe_into_a_read_only_folder(tmp_path, capsys, read_only):
 
 
 def test_a_stray_os_error_is_still_one_line(photos, tmp_path, capsys, monkeypatch):
-    import napari_dpn.cli as cli
+    import napari_dpn.cohort as cohort
 
     def boom(*a, **k):
         raise OSError(errno.EIO, "Input/output error", str(photos / "eye0.png"))
 
-    monkeypatch.setattr(cli, "_plan_outputs", boom)
+    monkeypatch.setattr(cohort, "plan_outputs", boom)
     rc, _, err = run(["segment", photos, "--out", tmp_path / "out", *SEGMENT], capsys)
     assert rc == 2 and "Input/output error" in error_line(err)
 

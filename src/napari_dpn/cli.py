@@ -15,161 +15,111 @@ from .errors import DPNError, InputError
 from .models import DEFAULT_MODEL
 
 
-def _images_in(paths: list[str]) -> tuple[list[Path], list[str]]:
-    """(photographs to segment, notes about files left out).
-
-    In a folder, annotations, masks and probability maps (ours: ``*_vessels.png``...; the
-    datasets': ``*_manual1.gif``, ``*_1stHO.png``, ``*.ah.ppm``...) are left out with one summary
-    note; a file named explicitly (or by a shell glob) that is one of them is left out with a note.
-    """
-    from .annotations import not_a_photograph, photographs_in
-    from .image_io import IMAGE_SUFFIXES
-
-    found: list[Path] = []
-    notes: list[str] = []
-    for text in paths:
-        p = Path(text).expanduser()
-        if p.is_dir():
-            photos = photographs_in(p)
-            left = [q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
-                    and not q.name.startswith(".") and q not in photos]
-            found += photos
-            if left:
-                notes.append(f"left out {len(left)} file(s) in {p} that are annotations, masks or probability "
-                             f"maps, not photographs (e.g. {sorted(left)[0].name})")
-        elif p.is_file():
-            why = not_a_photograph(p)
-            if why:
-                notes.append(f"left out {p.name}: it is {why}, not a photograph")
-            else:
-                found.append(p)
-        else:
-            raise InputError(f"no such file or folder: {p}")
-    if not found:
-        raise InputError("no photographs found in " + ", ".join(paths)
-                         + (f"; {notes[0]}" if len(notes) == 1 else
-                            " (only annotations, masks or probability maps)" if notes else ""))
-    return found, notes
-
-
-def _plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: bool):
-    """([(image, (probability, vessels, fov) paths)] to segment, [lines for images skipped]).
-
-    Refuses two images whose outputs would share a name; without ``overwrite`` an image any of whose
-    outputs exists (e.g. a correction saved from napari as ``<stem>_vessels.png``) is skipped."""
-    from .annotations import output_paths, same_stem, same_stem_message
-
-    clashes = same_stem(images)
-    if clashes:
-        raise InputError(same_stem_message(clashes))
-    todo, skipped = [], []
-    for path in images:
-        outputs = output_paths(path, out, prob_suffix)
-        prob, vessels, fov = outputs  # name the correction first: it is what a user would lose
-        existing = [o for o in (vessels, fov, prob) if o.exists() or o.is_symlink()]
-        if existing and not overwrite:
-            skipped.append(f"{path.name}: {existing[0].name} already exists in {out}")
-        else:
-            todo.append((path, outputs))
-    return todo, skipped
-
-
-def _write_outputs(outputs, prob, vessels, fov, overwrite: bool) -> None:
-    """Write one image's three outputs; if one cannot be written, remove the ones this call created
-    (never a file that was there before), so an image has all its outputs or none of them."""
-    from .image_io import write_mask, write_probability
-
-    created = []
-    try:
-        for path, write, data in zip(outputs, (write_probability, write_mask, write_mask), (prob, vessels, fov)):
-            existed = path.exists()
-            write(path, data, overwrite=overwrite)
-            if not existed:
-                created.append(path)
-    except BaseException:  # a full disk, a file saved meanwhile, Ctrl-C
-        for path in created:
-            path.unlink(missing_ok=True)
-        raise
-
-
 def _warn(lines) -> None:
     for line in lines:
         print(f"napari-dpn: warning: {line}", file=sys.stderr)
 
 
+def _some(lines: list[str], limit: int = 10) -> list[str]:
+    """At most ``limit`` lines, then one that counts the rest (a cohort skips thousands)."""
+    return lines if len(lines) <= limit else [*lines[:limit], f"{len(lines) - limit} more image(s)"]
+
+
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from .errors import OutputExistsError
-    from .image_io import as_rgb, ensure_output_folder, is_greyscale, read_image
+    from .cohort import Cohort, check_options, settings_for
+    from .image_io import ensure_output_folder
     from .devices import select_device
-    from .models import load_model
-    from .segmentation import segment
+    from .outputs import MANIFEST_NAME, images_in
 
-    images, notes = _images_in(args.inputs)
+    workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
+    batch_size, loader_workers = getattr(args, "batch_size", None), getattr(args, "loader_workers", None)
+    check_options(workers, scheduler, batch_size, loader_workers)
+    images, notes = images_in(args.inputs)
     for line in notes:
         print(f"napari-dpn: {line}", file=sys.stderr)
-    device = select_device(args.device)
+    # With --scheduler the workers choose their own device; here only what this machine has is checked.
+    device = args.device if scheduler else str(select_device(args.device))
     threshold = args.threshold
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must lie between 0 and 1, got {threshold}")
     json_path = _json_target(args.json)
     out = ensure_output_folder(args.out, "--out")
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
-    todo, skipped = _plan_outputs(images, out, suffix, getattr(args, "overwrite", False))
-    for line in skipped:
-        print(f"napari-dpn: skipped {line}", file=sys.stderr)
-    if not todo:
-        print(f"0 image(s) segmented; {len(skipped)} skipped because their outputs exist "
-              f"(--overwrite replaces them); outputs in {out}")
-        return 0
-    loaded = load_model(args.model)
-    _warn(loaded.warnings)
-    threshold = loaded.card.threshold if threshold is None else threshold
-    t0, seconds, failed, grey, report = time.perf_counter(), [], [], [], {}
-    for path, outputs in tqdm(todo, desc="segmenting", unit="image", disable=args.quiet):
-        try:
-            raw = read_image(path)
-            rgb = as_rgb(raw)
-        except DPNError as exc:  # one bad file in a folder should not stop the batch
-            failed.append(f"{path.name}: {exc}")
-            continue
-        if is_greyscale(raw):
-            grey.append(path.name)
-        seg = segment(loaded, rgb, threshold=threshold, scale=args.scale, field_angle=args.field_angle,
-                      device=device, precision=args.precision)
-        try:
-            _write_outputs(outputs, seg.probability, seg.mask(), seg.fov, getattr(args, "overwrite", False))
-        except OutputExistsError as exc:  # appeared while this batch ran (e.g. saved from napari)
-            skipped.append(f"{path.name}: {exc}")
-            print(f"napari-dpn: skipped {skipped[-1]}", file=sys.stderr)
-            continue
-        seconds.append(seg.prediction.seconds)
-        report[path.name] = seg.summary()
-        for note in (seg.prediction.note, seg.scale.note):
-            if note:
-                tqdm.write(f"{path.name}: {note}")
-        if not args.quiet:
-            tqdm.write(f"{path.name}: {seg.scale.describe()}")
-    for line in failed:
+    settings = settings_for(args.model, device=device, threshold=threshold, scale=args.scale,
+                            field_angle=args.field_angle, precision=args.precision)
+    overwrite = getattr(args, "overwrite", False)
+    with Cohort(out, settings, suffix, overwrite) as cohort:
+        plan = cohort.plan(images)
+        skipped = [f"{Path(r['image']).name}: {r['error']}" for r in plan.skipped]
+        for line in _some(skipped):
+            print(f"napari-dpn: skipped {line}", file=sys.stderr)
+        for line in _some([f"{n}: done with {settings.model_name} and these options in an earlier run ({MANIFEST_NAME})"
+                           for n in plan.done]):
+            print(f"napari-dpn: skipped {line}", file=sys.stderr)
+
+        def kept() -> str:
+            why = []
+            if skipped:
+                why.append(f"{len(skipped)} skipped because their outputs exist (--overwrite replaces them)")
+            if plan.done:
+                why.append(f"{len(plan.done)} skipped because they were done with this model and options")
+            return "".join(f"; {w}" for w in why)
+
+        if not plan.jobs:
+            print(f"0 image(s) segmented{kept()}; outputs in {out}")
+            return 0
+        loaded = cohort.load()
+        _warn(loaded.warnings)
+        for line in _some([f"{j.name}: done with {j.previous_model} in an earlier run; its unchanged outputs are "
+                           f"replaced with {settings.model_name}'s" for j in plan.rerun]):
+            print(f"napari-dpn: {line}", file=sys.stderr)
+        threshold = loaded.card.threshold if threshold is None else threshold
+        t0, seconds, failed, grey, report, devices = time.perf_counter(), [], [], [], {}, []
+
+        def on_cluster(text: str) -> None:
+            if not args.quiet:
+                print(f"napari-dpn: {text}", file=sys.stderr)
+
+        results = cohort.run(plan.jobs, workers=workers, scheduler=scheduler, on_cluster=on_cluster,
+                             batch_size=batch_size, loader_workers=loader_workers)
+        for result in tqdm(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
+            if result.status == "failed":  # one bad file in a folder does not stop the batch
+                failed.append(f"{result.name}: {result.row['error']}")
+                continue
+            if result.status == "skipped":  # an output appeared while the batch ran (e.g. saved from napari)
+                skipped.append(f"{result.name}: {result.row['error']}")
+                tqdm.write(f"napari-dpn: skipped {skipped[-1]}", file=sys.stderr)
+                continue
+            if result.grey:
+                grey.append(result.name)
+            seconds.append(result.network_seconds)
+            devices.append(result.row["device"])
+            report[result.name] = result.summary
+            for note in result.notes:
+                tqdm.write(f"{result.name}: {note}")
+            if not args.quiet:
+                tqdm.write(f"{result.name}: {result.describe}")
+    for line in _some(failed):
         print(f"napari-dpn: skipped {line}", file=sys.stderr)
     if grey:
         print(f"napari-dpn: note: {len(grey)} greyscale photograph(s) ({', '.join(grey[:3])}"
               f"{', ...' if len(grey) > 3 else ''}); the models were trained on colour fundus photographs, "
               "so expect lower accuracy on them", file=sys.stderr)
-    kept = (f"; {len(skipped)} skipped because their outputs exist (--overwrite replaces them)"
-            if skipped else "")
     if not seconds:
-        if failed:
-            raise InputError("none of the images could be read" + kept)
-        print(f"0 image(s) segmented; outputs in {out}{kept}")
-        return 0
+        if failed and not skipped and not plan.done:
+            raise InputError("none of the images could be read")
+        print(f"0 image(s) segmented; outputs in {out}{kept()}" + (f"; {len(failed)} failed" if failed else ""))
+        return 1 if failed else 0
     if json_path:
-        _write_json(json_path, {"model": loaded.card.name, "sha256": loaded.card.sha256, "images": report})
+        _write_json(json_path, {"model": loaded.card.name, "sha256": settings.model_sha256, "images": report})
     total = time.perf_counter() - t0
-    print(f"{len(seconds)} image(s) segmented with {loaded.card.name} on {device} in {total:.1f} s "
+    where = ", ".join(sorted(set(devices)))
+    print(f"{len(seconds)} image(s) segmented with {loaded.card.name} on {where} in {total:.1f} s "
           f"({sum(seconds) / len(seconds):.2f} s per image for the network; threshold {threshold:.3f}); "
-          f"outputs in {out}{kept}")
+          f"outputs in {out}{kept()}; manifest {MANIFEST_NAME}"
+          + (f"; {len(failed)} failed" if failed else ""))
     return 1 if failed else 0
 
 
@@ -310,6 +260,7 @@ def cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .devices import available_devices
+    from .outputs import MANIFEST_NAME
 
     parser = argparse.ArgumentParser(prog="napari-dpn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None, help="vessel threshold (default: the model card's)")
     p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on CPUs with AMX (about 2x faster, AUC within 0.0001), else fp32")
+                   help="auto: bf16 on CPUs with AMX or AVX512-BF16 (about 2x faster, AUC within 0.0001), else fp32")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved from napari)")
     p.add_argument("--scale", type=_scale_arg, default="auto", metavar="auto|native|FACTOR",
@@ -332,6 +283,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the camera's field of view in degrees (30, 35, 45, 50, 55 ...); default: estimated "
                         "(45 degrees assumed for a circular FOV, the vessel calibre without one)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="segment on a local Dask cluster of N processes (one image at a time each); "
+                        f"every run records each image in OUT/{MANIFEST_NAME}, and a re-run skips what is done")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="segment on an existing Dask cluster whose workers see the same files: its address "
+                        "(tcp://host:8786) or its scheduler file (dask scheduler --scheduler-file FILE); see docs/cohort.md")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="images per forward pass in one process (default: 8 on a GPU, decoded in parallel "
+                        "and grouped by size; 1 on a CPU, where batches are not faster)")
+    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                   help="with --batch-size above 1: processes that read and prepare the images (default: CPUs - 1, at most 16)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
