@@ -104,6 +104,7 @@ class Section(QWidget):
         self.summary = one_line_label(note=True)
         row.addWidget(self.header)
         row.addWidget(self.summary, 1)
+        row.addStretch()  # keeps the title on the left while the summary is hidden
         outer.addLayout(row)
         self.body = QWidget()
         outer.addWidget(self.body)

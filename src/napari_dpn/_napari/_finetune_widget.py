@@ -183,6 +183,7 @@ class FinetuneWidget(DockWidget):
         self._manual_val: list[tuple] = []   # (image layer, ground-truth layer) added by hand
         self._checked: dict[tuple, bool] = {}  # (list, id(image layer)) -> user's check state
         self._name_edited = False
+        self._unfold_after_run: list | None = None
         self.run_info: _Run | None = None
         self.last_error: str | None = None
         self._start_up()
@@ -316,6 +317,7 @@ class FinetuneWidget(DockWidget):
         self.log.setMaximumBlockCount(200)
         self.log.setMaximumHeight(56)
         self.log.setStyleSheet("font-size: small;")
+        self.log.setVisible(False)  # shown once a run has something to say
         v.addWidget(self.log)
         lay.addWidget(box)
 
@@ -349,6 +351,10 @@ class FinetuneWidget(DockWidget):
         v.addWidget(self.save_button)
         lay.addWidget(box)
         lay.addStretch(1)
+        # Never narrower than the body: a horizontal scroll bar (or clipped buttons) would hide
+        # half of a row on a laptop screen.
+        self.scroll.setMinimumWidth(body.minimumSizeHint().width()
+                                    + scroll.verticalScrollBar().sizeHint().width())
 
         for w in (self.steps_spin, self.crop_spin):
             w.valueChanged.connect(self._update_settings_summary)
@@ -709,6 +715,17 @@ class FinetuneWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        # While it runs the pair lists are locked: fold them so the loss plot fits the screen.
+        if running and self._unfold_after_run is None:
+            self._unfold_after_run = [sec for sec in (self.train_section, self.val_section)
+                                      if sec.is_expanded()]
+            for sec in self._unfold_after_run:
+                sec.set_expanded(False)
+            self.run_section.set_expanded(True)
+        elif not running and self._unfold_after_run is not None:
+            for sec in self._unfold_after_run:
+                sec.set_expanded(True)
+            self._unfold_after_run = None
         for w in (self.model_combo, self.refresh_button, self.steps_spin, self.crop_spin,
                   self.lr_edit, self.augment_check, self.device_combo, self.name_edit,
                   self.train_list, self.val_list, self.train_folder_button,
@@ -763,6 +780,7 @@ class FinetuneWidget(DockWidget):
     # ------------------------------------------------------------------ events (GUI thread)
 
     def _log(self, text: str) -> None:
+        self.log.setVisible(True)
         self.log.appendPlainText(text)
 
     def _on_event(self, event) -> None:

@@ -289,6 +289,7 @@ class SegmentWidget(DockWidget):
         self.speck_spin = QSpinBox()
         self.speck_spin.setRange(2, 100_000)
         self.speck_spin.setValue(SPECK_PIXELS)
+        self.speck_spin.setPrefix("< ")
         self.speck_spin.setSuffix(" px")
         self.speck_spin.setToolTip("Vessel pieces smaller than this many pixels (8-connected) "
                                    "count as specks.")
@@ -297,7 +298,6 @@ class SegmentWidget(DockWidget):
                                      "the left, in one undoable step (Ctrl+Z). Unlike the fill "
                                      "tool, it never touches a connected vessel tree.")
         row.addWidget(self.speck_button, 1)
-        row.addWidget(wrapped_label("smaller than"))
         row.addWidget(self.speck_spin)
         lay.addLayout(row)
         self.edit_status = wrapped_label()
@@ -783,9 +783,8 @@ class SegmentWidget(DockWidget):
         else:
             kwargs.setdefault("metadata", _roles.meta(kind, image=res.name))
             add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
-            lyr = add(data, name=name, **kwargs)
-            lyr.translate = res.image.translate[-2:]
-            lyr.scale = res.image.scale[-2:]
+            lyr = add(data, name=name, translate=tuple(res.image.translate[-2:]),
+                      scale=tuple(res.image.scale[-2:]), **kwargs)
         res.layers[kind] = lyr
         return lyr
 
@@ -860,27 +859,33 @@ class SegmentWidget(DockWidget):
 
     def _on_vessels_data(self, event=None) -> None:
         # Undo and redo replace pixels without a paint event: look again shortly.
-        if self.alive and any(res.edited for res in self._results.values()):
+        if self.alive:
             self._edit_timer.start()
 
     def _check_edits(self) -> None:
-        """Unlock an edited result whose vessels layer is back to the thresholded mask (every
-        stroke undone)."""
+        """Make the lock follow the pixels: unlock a result whose vessels layer is back to the
+        thresholded mask (every stroke undone), lock one that differs from it (a redo, or a
+        change made from the console)."""
         if not self.alive:
             return
         for res in list(self._results.values()):
             vessels = res.layer(self.viewer, "vessels")
             mask = res.vessel_mask()
-            if not res.edited or vessels is None or mask is None:
+            if vessels is None or mask is None:
                 continue
             data = np.asarray(vessels.data)
-            if data.shape == mask.shape and np.array_equal(data > 0, mask):
-                res.edited = False
+            same = data.shape == mask.shape and np.array_equal(data > 0, mask)
+            if same == (not res.edited):
+                continue
+            res.edited = not same
+            if same:
                 res.resumed = None
-                _roles.set_info(vessels, corrected=None, saved=None)
-                if res is self.current_result():
-                    self._sync_controls()
-                    self._update_comparison()
+            _roles.set_info(vessels, corrected=None if same else True,
+                            saved=None if same else _roles.info_of(vessels).get("saved"))
+            if res is self.current_result():
+                self._sync_controls()
+                self._update_comparison()
+                if same:
                     self.edit_status.setText("All corrections undone: the threshold is unlocked.")
 
     # ------------------------------------------------------------------ threshold
