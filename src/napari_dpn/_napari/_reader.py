@@ -44,7 +44,8 @@ _ANNOTATION_STEMS = (
 
 def _drive_image_name(number: str, path: Path | None) -> str:
     """DRIVE names the annotation NN_manual1.gif and its photograph NN_test.tif / NN_training.tif:
-    the split is the folder above 1st_manual (else a photograph of that number beside it)."""
+    the split is the folder above 1st_manual, else a photograph of that number beside it, else
+    DRIVE's numbering (01-20 test, 21-40 training)."""
     if path is not None:
         split = path.parent.parent.name.lower()
         if split in ("test", "training"):
@@ -53,7 +54,8 @@ def _drive_image_name(number: str, path: Path | None) -> str:
         if images.is_dir():
             for cand in sorted(images.glob(f"{number}_*")):
                 return cand.stem
-    return number
+    n = int(number)
+    return f"{number}_test" if 1 <= n <= 20 else f"{number}_training" if 21 <= n <= 40 else number
 
 
 def annotation_of(path_or_name) -> tuple[str, str, int] | None:
