@@ -244,11 +244,15 @@ class DockWidget(QWidget):
         if self.alive:
             self.refresh_layers()
 
+    IGNORED_ROLES: tuple = ()  # roles of layers whose arrival changes nothing this widget lists
+
     def _on_layers_changed(self, event=None) -> None:
         if not self.alive:
             return
         if event is not None and getattr(event, "type", "") == "inserted":
             self._connect_layer(event.value)
+            if _roles.role_of(event.value) in self.IGNORED_ROLES:
+                return  # re-listing costs tens of ms, on top of napari adding a layer
         self.refresh_layers()
 
     def _image_layers(self) -> list:

@@ -191,6 +191,7 @@ class FinetuneWidget(DockWidget):
     # ------------------------------------------------------------------ UI
 
     LAYER_ATTR_EVENTS = ("name", "metadata")  # "corrected" lives in the vessels layer's metadata
+    IGNORED_ROLES = ("probability", "errors")
 
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)

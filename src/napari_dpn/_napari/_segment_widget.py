@@ -76,6 +76,9 @@ SPECK_PIXELS = 30
 # (tens of milliseconds); larger images go to a worker thread (an 8-Mpx AUC takes ~0.4 s).
 INLINE_PIXELS = 1_000_000
 EDIT_CHECK_MS = 300
+# Between two steps of putting a result into the viewer: a real timer, not a zero-time one (a
+# chain of those runs back to back without letting the event loop paint or take input).
+STEP_MS = 10
 NO_IMAGE_MESSAGE = ("Open a fundus photograph first (File > Open, or File > Open Sample > "
                     "DPN retinal vessels).")
 
@@ -195,6 +198,7 @@ class SegmentWidget(DockWidget):
     """Dock widget: pick image/model/device, segment in the background, threshold, correct, save."""
 
     LAYER_EVENTS = ("inserted", "removed", "moved")
+    IGNORED_ROLES = ("probability", "errors")  # neither an image to segment nor a ground truth
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
@@ -204,6 +208,7 @@ class SegmentWidget(DockWidget):
         self._bridge.progress.connect(self._on_progress)
         self._save_folder: Path | None = None
         self._syncing = False
+        self._putting = False
         self._gt_choice: dict[int, object] = {}   # id(image) -> ground truth chosen for it (or None)
         self._run_serial = 0
         self._run_started = 0.0
@@ -359,6 +364,9 @@ class SegmentWidget(DockWidget):
     def _on_layers_changed(self, event=None) -> None:
         if not self.alive:
             return
+        if self._putting and getattr(event, "type", "") == "inserted":
+            self._connect_layer(event.value)
+            return
         if event is not None and getattr(event, "type", "") == "removed":
             self._results.pop(id(event.value), None)
             self._gt_choice.pop(id(event.value), None)
@@ -402,7 +410,9 @@ class SegmentWidget(DockWidget):
             self._on_gt_changed()
         elif any(id(lyr) not in old_candidates for lyr in candidates):
             self._autoselect_gt()  # a new annotation layer appeared (e.g. a dataset folder)
-        if any(id(img) not in self._adopt_seen for img in images):
+        if any(id(img) not in self._adopt_seen for img in images) or any(
+                _roles.role_of(lyr) == "vessels" and _roles.info_of(lyr).get("source") == "file"
+                and id(lyr) not in self._adopt_seen for lyr in self.viewer.layers):
             self._schedule_adoption()
 
     def current_image(self):
@@ -700,7 +710,7 @@ class SegmentWidget(DockWidget):
             steps.append(lambda: self._put_vessels(res, res.vessel_mask().astype(np.uint8)))
         steps.append(lambda: self._arrived(res, keep))
         self._arrival = deque(steps)
-        QTimer.singleShot(0, self._next_arrival_step)
+        QTimer.singleShot(STEP_MS, self._next_arrival_step)
 
     def _next_arrival_step(self) -> None:
         """Put a new result into the viewer one layer per event-loop turn: adding a layer costs
@@ -714,7 +724,7 @@ class SegmentWidget(DockWidget):
             self._arrival = None
             self._error(f"Could not show the result ({type(exc).__name__}: {exc}).")
         if self._arrival:
-            QTimer.singleShot(0, self._next_arrival_step)
+            QTimer.singleShot(STEP_MS, self._next_arrival_step)
             return
         self._arrival = None
         if self._worker is None:
@@ -783,8 +793,12 @@ class SegmentWidget(DockWidget):
         else:
             kwargs.setdefault("metadata", _roles.meta(kind, image=res.name))
             add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
-            lyr = add(data, name=name, translate=tuple(res.image.translate[-2:]),
-                      scale=tuple(res.image.scale[-2:]), **kwargs)
+            self._putting = True  # our own output: nothing to re-list
+            try:
+                lyr = add(data, name=name, translate=tuple(res.image.translate[-2:]),
+                          scale=tuple(res.image.scale[-2:]), **kwargs)
+            finally:
+                self._putting = False
         res.layers[kind] = lyr
         return lyr
 
@@ -1175,14 +1189,17 @@ class SegmentWidget(DockWidget):
         self._adopt_scheduled = False
         if not self.alive:
             return
+        for lyr in self.viewer.layers:  # annotations opened with the reader, at any time
+            if _roles.role_of(lyr) == "vessels" and _roles.info_of(lyr).get("source") == "file":
+                self._adopt_seen.add(id(lyr))
         for image in self._image_layers():
-            if id(image) in self._adopt_seen:
-                continue
+            first = id(image) not in self._adopt_seen
             self._adopt_seen.add(id(image))
             if looks_like_annotation(image) or id(image) in self._results:
                 continue
             try:
-                self.resume_annotation(image)
+                # Files only when the photograph is new; open layers whenever they appear.
+                self.resume_annotation(image, files=first)
             except DPNError as exc:
                 show_warning(f"Could not resume the saved annotation of '{image.name}': {exc}")
         self._sync_controls()
@@ -1198,7 +1215,7 @@ class SegmentWidget(DockWidget):
                 return lyr
         return None
 
-    def resume_annotation(self, image) -> bool:
+    def resume_annotation(self, image, files: bool = True) -> bool:
         """Make an annotation saved earlier for ``image`` its vessels layer (edited, ready to save).
 
         The annotation is a labels layer already open for it (the napari-dpn reader names a saved
@@ -1215,7 +1232,7 @@ class SegmentWidget(DockWidget):
         shape = tuple(self._image_shape(image))
         source = _roles.info_of(vessels).get("path") if vessels is not None else None
         if vessels is None:
-            image_path = self.image_path(image)
+            image_path = self.image_path(image) if files else None
             if image_path is None:
                 return False
             found = None
