@@ -1145,6 +1145,11 @@ class SegmentWidget(DockWidget):
         """True while a comparison with the ground truth is computed in the background."""
         return self._cmp_worker is not None or self._cmp_pending is not None
 
+    @property
+    def busy(self) -> bool:
+        """True while anything runs in the background (segmenting, comparing, speck removal)."""
+        return self.is_running or self.comparing or self._speck_worker is not None
+
     def _apply_comparison(self, req: _Request, out: dict) -> None:
         if not self.alive:
             return
