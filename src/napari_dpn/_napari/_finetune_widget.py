@@ -148,6 +148,8 @@ def _pair_list(tooltip: str) -> QListWidget:
     lst.setSelectionMode(QAbstractItemView.NoSelection)
     lst.setMaximumHeight(58)
     lst.setToolTip(tooltip)
+    lst.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # long names are elided instead
+    lst.setTextElideMode(Qt.ElideMiddle)
     return lst
 
 
@@ -450,6 +452,7 @@ class FinetuneWidget(DockWidget):
             image, masks, fov = entry
             what = f"{masks.name} + {fov.name}" if fov is not None else f"{masks.name} (FOV estimated)"
             item = QListWidgetItem(f"{image.name}  —  {what}")
+            item.setToolTip(item.text())
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             checked = self._checked.get((key, id(image), id(masks)), default(entry))
             item.setCheckState(Qt.Checked if checked else Qt.Unchecked)

@@ -1011,7 +1011,7 @@ class SegmentWidget(DockWidget):
     def _on_speck_finished(self) -> None:
         if self.alive:
             self._speck_worker = None
-            self._sync_controls()
+            self.speck_button.setEnabled(self.current_result() is not None)
 
     def _apply_specks(self, res, vessels, edits, size, found) -> None:
         if not self.alive or vessels not in self.viewer.layers:
