@@ -648,10 +648,12 @@ def test_both_widgets_share_one_dock_area_as_tabs(qtbot, make_napari_viewer, mod
     viewer = make_napari_viewer(show=True)
     dock_s, _ = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
     dock_f, _ = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
-    qtbot.wait(100)
     main = viewer.window._qt_window
-    tabbed = main.tabifiedDockWidgets(dock_f)
-    assert dock_s in tabbed, [d.windowTitle() for d in main.findChildren(QDockWidget)]
+    try:
+        qtbot.waitUntil(lambda: dock_s in main.tabifiedDockWidgets(dock_f), timeout=5_000)
+    except Exception:
+        pytest.fail(f"not tabbed: {[d.windowTitle() for d in main.findChildren(QDockWidget)]}")
+    assert dock_f in main.tabifiedDockWidgets(dock_s)
 
 
 def test_both_widgets_fit_a_laptop_screen(qtbot, make_napari_viewer, models_dir):
@@ -662,7 +664,8 @@ def test_both_widgets_fit_a_laptop_screen(qtbot, make_napari_viewer, models_dir)
     main.resize(1366, 740)
     dock_s, seg = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
     dock_f, ft = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
-    qtbot.wait(300)
+    qtbot.waitUntil(lambda: dock_s in main.tabifiedDockWidgets(dock_f), timeout=5_000)
+    qtbot.wait(200)
     for dock, w in ((dock_s, seg), (dock_f, ft)):
         dock.raise_()
         qtbot.wait(100)

@@ -374,7 +374,7 @@ class DockWidget(QWidget):
             return
         area = window.dockWidgetArea(dock)
         for other in window.findChildren(QDockWidget):
-            if other is dock or other.isFloating() or not other.isVisible():
+            if other is dock or other.isFloating() or other.isHidden():
                 continue
             if isinstance(other.widget(), DockWidget) and window.dockWidgetArea(other) == area:
                 window.tabifyDockWidget(other, dock)
