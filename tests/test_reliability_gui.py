@@ -385,7 +385,7 @@ def test_closing_the_viewer_during_segmentation_stops_the_worker(
 
 
 def test_saved_annotations_open_as_labels(qtbot, make_napari_viewer, tmp_path):
-    photo, corrected, disc = saved_annotation(tmp_path)
+    _, corrected, _ = saved_annotation(tmp_path)
     viewer = make_napari_viewer()
     [vessels] = viewer.open(tmp_path / "eye_vessels.png", plugin="napari-dpn")
     [fov] = viewer.open(tmp_path / "eye_fov.png", plugin="napari-dpn")
@@ -456,7 +456,7 @@ def test_opening_a_photograph_resumes_its_saved_annotation(qtbot, both, tmp_path
 
 
 def test_an_annotation_opened_with_the_reader_is_resumed_not_duplicated(qtbot, seg, tmp_path):
-    photo, corrected, _ = saved_annotation(tmp_path)
+    photo, _, _ = saved_annotation(tmp_path)
     viewer = seg.viewer
     seg.set_save_folder(tmp_path / "elsewhere")  # not beside: only the open layer counts
     viewer.open(tmp_path / "eye_vessels.png", plugin="napari-dpn")
@@ -485,7 +485,7 @@ def test_an_annotation_opened_after_its_photograph_is_resumed(qtbot, seg, tmp_pa
 def test_save_after_resuming_asks_before_overwriting(qtbot, seg, tmp_path):
     from napari_dpn.image_io import read_mask
 
-    photo, corrected, _ = saved_annotation(tmp_path)
+    photo, _, _ = saved_annotation(tmp_path)
     viewer = seg.viewer
     viewer.open(photo, plugin="napari")
     qtbot.waitUntil(lambda: seg.current_result() is not None, timeout=5_000)
@@ -685,5 +685,5 @@ def test_the_qt_extra_is_a_qt6_binding():
     import re
 
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
-    qt = re.search(r"^qt\s*=\s*\[(.*?)\]", text, re.M | re.S).group(1)
+    qt = re.search(r"^qt\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL).group(1)
     assert ("PyQt6" in qt or "PySide6" in qt) and "PyQt5" not in qt

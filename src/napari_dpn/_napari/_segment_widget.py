@@ -1367,11 +1367,11 @@ class SegmentWidget(DockWidget):
         paths = set()
         for lyr in self.viewer.layers:
             info = _roles.info_of(lyr)
-            if info.get("role") == "ground_truth" or (
-                    info.get("role") in ("fov", "mask") and info.get("path")
-                    and not str(info.get("path")).lower().endswith("_fov.png")):
-                if info.get("path"):
-                    paths.add(Path(info["path"]).resolve())
+            path = info.get("path")
+            if path and (info.get("role") == "ground_truth" or (
+                    info.get("role") in ("fov", "mask")
+                    and not str(path).lower().endswith("_fov.png"))):
+                paths.add(Path(path).resolve())
         return paths
 
     def _save_error(self, message: str) -> None:
