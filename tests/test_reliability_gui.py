@@ -599,8 +599,8 @@ def test_remove_specks_erases_small_pieces_only_in_one_undo_step(qtbot, seg, mon
 
 def test_large_image_never_blocks_the_viewer(qtbot, seg, stall_probe, monkeypatch):
     """Click, result arrival and choosing a ground truth on an 8-Mpx photograph each block the
-    event loop for less than 200 ms.  Best of three tries: a stall the code causes comes back
-    every time; a busy CI machine does not."""
+    event loop for less than 200 ms.  Best of up to five tries: a stall the code causes comes
+    back every time; a busy CI machine does not."""
     import napari_dpn.fov as fov_module
     import napari_dpn.inference as inference
     from napari_dpn.inference import Prediction
@@ -621,7 +621,7 @@ def test_large_image_never_blocks_the_viewer(qtbot, seg, stall_probe, monkeypatc
     photo = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     truth = (prob > 0.8).astype(np.uint8)
     gaps = {"click": [], "result": [], "ground truth": []}
-    for attempt in range(3):
+    for attempt in range(5):
         image = viewer.add_image(photo, name=f"big {attempt}", rgb=True)
         gt = viewer.add_labels(truth, name=f"tracing {attempt}")
         seg.set_image(image)
