@@ -2,12 +2,13 @@
 
 Run headless under Xvfb from the repository root:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshot_finetune.py \
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_finetune.py \
         [--stare /work/shared/datasets]
 
-1. ``finetune-running.png`` (whole window): the scikit-image fundus sample (CC0) segmented with
-   the shipped model, a few corrections made with the fill tool and the brush, then
-   "Fine-tune DPN" running on it with the live loss plot; the run is cancelled after the shot.
+1. ``finetune-running.png`` (whole window, 1366x768): the scikit-image fundus sample (CC0)
+   segmented with the shipped model, specks removed with "Remove specks", then "Fine-tune DPN"
+   (tabbed with "Segment vessels") running on it with the live loss plot; the run is cancelled
+   after the shot.
 2. With ``--stare ROOT``: ``finetune-results.png``, *only the widget panel* after a short
    complete fine-tune of the shipped (DRIVE) model on two STARE images with their manual
    annotations used as the "corrected" masks, validated on two other STARE images (no dataset
@@ -50,15 +51,15 @@ def wait_until(cond, timeout: float) -> bool:
 
 def running_shot(viewer, out: Path, steps_in_shot: int) -> None:
     from screenshots import (  # the Segment widget's helpers
-        fill_specks,
+        remove_specks,
         segment_sample,
         shot,
     )
 
-    segment_sample(viewer)
-    # Corrections as a user makes them: click small specks away with the fill tool.
+    seg = segment_sample(viewer)
+    # Corrections as a user makes them: the small specks removed with 'Remove specks'.
     vessels = viewer.layers["retina vessels"]
-    fill_specks(vessels, 30)
+    remove_specks(seg, 30)
     vessels.mode = "pan_zoom"
     viewer.layers["retina vessel probability"].visible = False
 
@@ -97,8 +98,10 @@ def results_shot(viewer, w, out: Path, root: Path, steps: int) -> None:
         name = s.name
         viewer.add_image((rgb * 255).astype(np.uint8), name=name, rgb=True, visible=False)
         labels_name = _roles.vessels_name(name) if role == "train" else _roles.ground_truth_name(name)
-        viewer.add_labels(gt.astype(np.uint8), name=labels_name, visible=False,
-                          metadata=_roles.meta("vessels" if role == "train" else "ground_truth", image=name))
+        # The manual annotations of the training images stand in for corrected masks.
+        meta = (_roles.meta("vessels", image=name, corrected=True) if role == "train"
+                else _roles.meta("ground_truth", image=name))
+        viewer.add_labels(gt.astype(np.uint8), name=labels_name, visible=False, metadata=meta)
         viewer.add_labels(fov.astype(np.uint8), name=_roles.fov_name(name), visible=False,
                           metadata=_roles.meta("fov", image=name, source="file"))
     w.select_model("dpn-release-drive")
@@ -132,10 +135,9 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")  # no deprecation toasts in the pictures
-    import napari
+    from screenshots import open_viewer
 
-    viewer = napari.Viewer(title="napari-dpn")
-    viewer.window._qt_window.resize(1500, 1000)
+    viewer = open_viewer()
     if args.skip_running:
         _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
         w.device_combo.setCurrentText("cpu")

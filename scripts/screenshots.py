@@ -2,11 +2,12 @@
 
 Run headless under Xvfb from the repository root:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py
 
-It opens napari, loads the scikit-image fundus sample (CC0), docks "Segment vessels", segments
-with the shipped model 'dpn-release-drive' on the CPU, makes a few corrections with the brush
-the way a user would, and saves full-window screenshots.  With ``--drive DRIVE/test`` it also
+It opens napari at 1366x768 (a laptop screen), loads the scikit-image fundus sample (CC0),
+docks "Segment vessels", segments with the shipped model 'dpn-release-drive' on the CPU, makes
+a few corrections the way a user would (Remove specks, a brush stroke), and saves full-window
+screenshots.  With ``--drive DRIVE/test`` it also
 segments the first DRIVE test image and saves *only the widget panel* with its metrics (no
 dataset pixels end up in the docs: DRIVE may not be redistributed).
 """
@@ -18,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+SCREEN = (1366, 768)  # the laptop screen the widgets are laid out for
+
 
 def wait(widget, timeout=600.0):
     from qtpy.QtWidgets import QApplication
 
     end = time.monotonic() + timeout
-    while widget.is_running and time.monotonic() < end:
+    while getattr(widget, "busy", widget.is_running) and time.monotonic() < end:
         QApplication.processEvents()
         time.sleep(0.02)
     for _ in range(20):
@@ -61,7 +64,7 @@ def segment_sample(viewer):
     """Open the scikit-image fundus sample and segment it with the shipped model on the CPU in a
     docked "Segment vessels" (both screenshot scripts start so); returns the widget."""
     viewer.open_sample("napari-dpn", "retina")
-    _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
+    _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels", tabify=True)
     w.select_model("dpn-release-drive")
     w.device_combo.setCurrentText("cpu")
     w.run()
@@ -70,17 +73,25 @@ def segment_sample(viewer):
     return w
 
 
-def fill_specks(vessels, max_area: int, box=None) -> None:
-    """Click vessel components under ``max_area`` pixels away with the fill tool, as a user does;
-    with ``box`` = (y0, y1, x0, x1) only those starting in it (in view)."""
-    from skimage.measure import label, regionprops
+def remove_specks(widget, max_area: int) -> None:
+    """Press 'Remove specks' with pieces under ``max_area`` pixels, as a user does."""
+    from qtpy.QtWidgets import QApplication
 
-    comps = label(np.asarray(vessels.data) > 0)  # whole image: a vessel cut by the view is no speck
-    vessels.mode = "fill"
-    for region in regionprops(comps):
-        cy, cx = region.coords[0]
-        if region.area < max_area and (box is None or (box[0] <= cy < box[1] and box[2] <= cx < box[3])):
-            vessels.fill((cy, cx), 0)
+    widget.speck_spin.setValue(max_area)
+    widget.remove_specks()
+    end = time.monotonic() + 120
+    while widget.busy and time.monotonic() < end:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    print(widget.edit_status.text())
+
+
+def open_viewer():
+    import napari
+
+    viewer = napari.Viewer(title="napari-dpn")
+    viewer.window._qt_window.resize(*SCREEN)
+    return viewer
 
 
 def main(argv=None) -> int:
@@ -94,10 +105,7 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")  # no deprecation toasts in the pictures
-    import napari
-
-    viewer = napari.Viewer(title="napari-dpn")
-    viewer.window._qt_window.resize(1500, 940)
+    viewer = open_viewer()
     w = segment_sample(viewer)
 
     prob = viewer.layers["retina vessel probability"]
@@ -114,13 +122,13 @@ def main(argv=None) -> int:
     viewer.camera.zoom = 1.6
     shot(viewer, args.out / "probability-map.png")
 
-    # 3. corrections over the image: fill (erase) the small specks in view with label 0, the
-    #    way a user clicks them away with the fill tool, and paint a short missed piece
+    # 3. corrections over the image: 'Remove specks' erases the small isolated pieces, and a
+    #    short missed piece is painted with the brush
     viewer.layers["retina"].visible = True
     prob.visible = False
     vessels.visible = True
     viewer.layers.selection.active = vessels
-    fill_specks(vessels, 40, box=(540, 900, 830, 1130))
+    remove_specks(w, 40)
     vessels.mode = "paint"
     stroke(vessels, [(760, 930), (800, 960), (840, 975)], 1, 3)
     viewer.camera.center = (720, 980)

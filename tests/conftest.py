@@ -50,3 +50,58 @@ def dock_widget(make_napari_viewer):
         return widget
 
     return dock
+
+
+@pytest.fixture
+def stall_probe(qtbot):
+    """A QTimer firing every 10 ms on the GUI thread that records the largest gap between two
+    ticks: how long the event loop was blocked (a frozen viewer).  ``probe.reset()`` starts a
+    new measurement, ``probe.max_gap`` is its largest gap in seconds (the gap that is still open
+    counts too).  A latency budget of the GUI, not a speed benchmark."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    class Probe:
+        def __init__(self):
+            self.timer = QTimer()
+            self.timer.setInterval(10)
+            self.timer.timeout.connect(self._tick)
+            self.reset()
+            self.timer.start()
+
+        def reset(self):
+            self.last = time.perf_counter()
+            self._max = 0.0
+
+        def _tick(self):
+            now = time.perf_counter()
+            self._max = max(self._max, now - self.last)
+            self.last = now
+
+        @property
+        def max_gap(self) -> float:
+            return max(self._max, time.perf_counter() - self.last)
+
+        def measure(self, action, until=lambda: True, timeout_ms: int = 120_000,
+                    settle_ms: int = 100) -> float:
+            """Max gap while ``action()`` runs (synchronously, as a click handler does) and the
+            event loop then works until ``until()`` and ``settle_ms`` more.
+
+            A full garbage collection runs first: with napari and torch loaded the interpreter's
+            own full collections pause every thread for 0.1-0.4 s whenever they fall due, which
+            is not what a widget's latency budget measures."""
+            import gc
+
+            qtbot.wait(30)
+            gc.collect()
+            self.reset()
+            action()
+            qtbot.waitUntil(until, timeout=timeout_ms)
+            qtbot.wait(settle_ms)
+            self._tick()
+            return self._max
+
+    probe = Probe()
+    yield probe
+    probe.timer.stop()

@@ -50,12 +50,13 @@ def widget(dock_widget, models_dir, notes):
 
 
 def add_pair(viewer, name="eye", seed=0, fov=True, label=None):
-    """An image layer with its '<name> vessels' (and '<name> FOV') layers, as Segment makes them."""
+    """An image layer with its corrected '<name> vessels' (and '<name> FOV') layers, as Segment
+    makes them once the user edited the vessels."""
     rgb, vessels, disc = fundus(SIZE, seed=seed)
     image = viewer.add_image((rgb * 255).astype(np.uint8), name=name, rgb=True)
     lab = vessels if label is None else label
     viewer.add_labels(np.asarray(lab, np.uint8), name=_roles.vessels_name(name),
-                      metadata=_roles.meta("vessels", image=name))
+                      metadata=_roles.meta("vessels", image=name, corrected=True))
     if fov:
         viewer.add_labels(disc.astype(np.uint8), name=_roles.fov_name(name),
                           metadata=_roles.meta("fov", image=name, source="estimated"))

@@ -250,7 +250,9 @@ def test_open_gif_in_viewer(make_napari_viewer, tmp_path):
     PILImage.fromarray(mask_image()).save(p)
     viewer = make_napari_viewer()
     [lyr] = viewer.open(str(p), plugin="napari-dpn")
-    assert lyr._type_string == "labels" and lyr.name == "21_manual1"
+    # DRIVE's first-observer annotation of 21_training.tif: named (and tagged) after its image
+    assert lyr._type_string == "labels" and lyr.name == "21_training ground truth"
+    assert lyr.metadata["napari_dpn"]["image"] == "21_training"
 
 
 # ----------------------------------------------------------------------------- writer

@@ -270,19 +270,23 @@ def test_erase_and_fill_also_count_as_edits(qtbot, widget):
     assert not np.asarray(vessels.data).any()
 
 
-def test_segmenting_an_edited_image_again_asks_first(qtbot, widget, monkeypatch):
+def test_segmenting_an_edited_image_again_keeps_the_corrections(qtbot, widget, notes):
+    """No question and no loss: the new result goes to the probability layer only, and
+    'Re-apply threshold…' (after its own question) applies it."""
     viewer = widget.viewer
     add_eye(viewer)
     segment(qtbot, widget)
     vessels = layer(viewer, "eye vessels")
     vessels.paint((10, 10), 1)
     edited = np.asarray(vessels.data).copy()
-    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: False)
-    assert widget.run() is None
-    assert "corrections are kept" in widget.status.text()
-    np.testing.assert_array_equal(np.asarray(vessels.data), edited)
-    monkeypatch.setattr(widget, "_confirm", lambda *a, **k: True)
     segment(qtbot, widget)
+    assert layer(viewer, "eye vessels") is vessels
+    np.testing.assert_array_equal(np.asarray(vessels.data), edited)
+    assert widget.current_result().edited and not widget.slider.isEnabled()
+    assert "Re-apply threshold" in widget.status.text() and "kept" in widget.status.text()
+    assert any("were kept" in m for m in notes["info"])
+    widget._confirm = lambda *a, **k: True
+    assert widget.reapply_threshold()
     assert not widget.current_result().edited
 
 

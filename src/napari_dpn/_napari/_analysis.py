@@ -57,3 +57,33 @@ def error_labels(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -> np
     if fov is not None:
         out[~np.asarray(fov, bool)] = 0
     return out
+
+
+def compare(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None, prob: np.ndarray | None,
+            roc: bool) -> dict:
+    """Everything the comparison panel shows, in one call a worker thread can make.
+
+    ``metrics``: Se/Sp/Acc/F1 of the boolean ``pred``; ``errors``: the error labels; with ``roc``
+    (and a probability map) also ``auc`` and ``youden``.
+    """
+    out = {"metrics": confusion(pred, gt, fov), "errors": error_labels(pred, gt, fov)}
+    if roc and prob is not None:
+        out["auc"] = auc(prob, gt, fov)
+        out["youden"] = youden_threshold(prob, gt, fov)
+    return out
+
+
+def speck_pixels(mask: np.ndarray, max_pixels: int) -> tuple[tuple[np.ndarray, ...], int]:
+    """(indices of the pixels of every 8-connected component smaller than ``max_pixels``,
+    number of such components) in a boolean mask."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return tuple(np.empty(0, np.intp) for _ in range(mask.ndim)), 0
+    sizes = np.bincount(labels.ravel())
+    small = sizes < max_pixels
+    small[0] = False
+    indices = np.nonzero(small[labels])
+    return indices, int(np.count_nonzero(small))

@@ -1,17 +1,21 @@
 """The "Fine-tune DPN" dock widget: train a model further on corrected annotations.
 
-Training pairs come from the viewer (an image layer with its corrected ``"<image> vessels"``
+Training pairs come from the viewer (an image layer with its *corrected* ``"<image> vessels"``
 labels layer and, when present, its ``"<image> FOV"`` layer, as the "Segment vessels" widget
-makes them) and/or from a folder of images with ``<stem>_vessels.png`` / ``<stem>_fov.png``
+makes them; a bare network output is never a training pair: only a layer the user edited,
+saved, or opened from a saved annotation) and/or from a folder of images with ``<stem>_vessels.png`` / ``<stem>_fov.png``
 saved by that widget (:mod:`napari_dpn.annotations`).  Validation pairs (optional) are image
-layers with a ground-truth labels layer, or a folder in the same convention.
+layers with a ground-truth labels layer, or a folder in the same convention; an image with a
+ground truth stays a validation image (its corrected layer is listed for training unticked).
 
 The run uses :func:`napari_dpn.training.train` in a napari worker thread: a progress bar with
 the ETA, a live loss plot, Cancel (stops before the next step and keeps the checkpoint).  The
 model and its card are written to the user models folder under the chosen name, so the
 "Segment vessels" widget lists it at once.  At the end (and after a cancel) a table compares
 Se, Sp, Acc, AUC and F1 inside the FOV on the validation images before and after, and shows the
-ROC-optimal (Youden) threshold the new model's card recommends.
+ROC-optimal (Youden) threshold the new model's card recommends.  Closing the viewer or the dock
+during a run cancels it the same way (see :mod:`._dock`): no model is saved after the window
+is gone, and the checkpoint is the last good state.
 
 Errors never raise into napari: they are shown with ``show_error`` and in the status line.
 """
@@ -27,14 +31,13 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QObject, Qt, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QComboBox,
     QFormLayout,
     QFrame,
-    QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -45,6 +48,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QSizePolicy,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -56,7 +60,7 @@ from qtpy.QtWidgets import (
 from napari_dpn.errors import DPNError, InputError
 
 from . import _roles
-from ._dock import DockWidget, wrapped_label
+from ._dock import DockWidget, Section, duration, one_line_label, wrapped_label
 from ._loss_plot import LossPlot
 from ._model_picker import DeviceCombo, ModelPicker
 
@@ -77,16 +81,22 @@ NO_PAIRS_MESSAGE = ("No training pairs: segment an image with 'Segment vessels' 
 
 @dataclass(frozen=True)
 class LayerPair:
-    """An image with its masks, copied from viewer layers when a run starts (``load()`` as
-    :class:`napari_dpn.train_cli.FilePair`, so the engine names it in its messages)."""
+    """An image with its masks, taken from viewer layers when a run starts (``load()`` as
+    :class:`napari_dpn.train_cli.FilePair`, so the engine names it in its messages).
+
+    ``image`` is the layer's pixels as they are: the engine calls ``load()`` in the worker
+    thread, where the float conversion of a large photograph does not stall the viewer.
+    """
 
     name: str
-    rgb: np.ndarray
+    image: np.ndarray
     label: np.ndarray
     fov: np.ndarray | None
 
     def load(self):
-        return self.rgb, self.label, self.fov
+        from napari_dpn.image_io import as_rgb
+
+        return as_rgb(self.image), self.label, self.fov
 
 
 @dataclass
@@ -125,15 +135,6 @@ def _layer_data(layer) -> np.ndarray:
     return np.asarray(data)
 
 
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(max(0.0, seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -146,6 +147,8 @@ def _pair_list(tooltip: str) -> QListWidget:
     lst.setSelectionMode(QAbstractItemView.NoSelection)
     lst.setMaximumHeight(58)
     lst.setToolTip(tooltip)
+    lst.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # long names are elided instead
+    lst.setTextElideMode(Qt.ElideMiddle)
     return lst
 
 
@@ -181,11 +184,15 @@ class FinetuneWidget(DockWidget):
         self._manual_val: list[tuple] = []   # (image layer, ground-truth layer) added by hand
         self._checked: dict[tuple, bool] = {}  # (list, id(image layer)) -> user's check state
         self._name_edited = False
+        self._unfold_after_run: list | None = None
         self.run_info: _Run | None = None
         self.last_error: str | None = None
         self._start_up()
 
     # ------------------------------------------------------------------ UI
+
+    LAYER_ATTR_EVENTS = ("name", "metadata")  # "corrected" lives in the vessels layer's metadata
+    IGNORED_ROLES = ("probability", "errors")
 
     def _build_ui(self) -> None:
         outer = QVBoxLayout(self)
@@ -193,16 +200,21 @@ class FinetuneWidget(DockWidget):
         self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.body = body = QWidget()
         scroll.setWidget(body)
         outer.addWidget(scroll)
         lay = QVBoxLayout(body)
+        lay.setContentsMargins(4, 4, 4, 4)
+        lay.setSpacing(4)
 
         # Training data.
-        box = QGroupBox("Training data (corrected annotations)")
-        v = QVBoxLayout(box)
-        self.train_list = _pair_list("Image layers with a '<image> vessels' labels layer (made by "
-                                     "'Segment vessels' and corrected). Ticked ones are trained on.")
+        self.train_section = box = Section("Training data (corrected annotations)")
+        v = QVBoxLayout(box.body)
+        v.setContentsMargins(4, 0, 0, 0)
+        self.train_list = _pair_list("Image layers whose '<image> vessels' layer you corrected "
+                                     "(edited, saved, or opened from a saved annotation). Ticked "
+                                     "ones are trained on.")
         v.addWidget(self.train_list)
         self.train_folder_label, self.train_folder_button, self.train_folder_clear = _folder_row(
             v, "A folder of images with <image>_vessels.png (and <image>_fov.png) saved by "
@@ -210,8 +222,9 @@ class FinetuneWidget(DockWidget):
         lay.addWidget(box)
 
         # Validation data.
-        box = QGroupBox("Validation (ground truth, optional)")
-        v = QVBoxLayout(box)
+        self.val_section = box = Section("Validation (ground truth, optional)")
+        v = QVBoxLayout(box.body)
+        v.setContentsMargins(4, 0, 0, 0)
         self.val_list = _pair_list("Image layers with a ground-truth labels layer. Metrics before "
                                    "and after and the recommended threshold are computed on them.")
         v.addWidget(self.val_list)
@@ -220,6 +233,9 @@ class FinetuneWidget(DockWidget):
         self.val_image_combo.setToolTip("An image layer to validate on.")
         self.val_gt_combo = QComboBox()
         self.val_gt_combo.setToolTip("Its ground-truth annotation (a labels layer).")
+        for combo in (self.val_image_combo, self.val_gt_combo):
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
         self.val_add_button = QPushButton("Add")
         self.val_add_button.setToolTip("Add this image + ground truth to the validation list.")
         row.addWidget(self.val_image_combo, 1)
@@ -230,9 +246,10 @@ class FinetuneWidget(DockWidget):
             v, "A folder of images with <image>_vessels.png ground truth (and <image>_fov.png).")
         lay.addWidget(box)
 
-        # Settings.
-        box = QGroupBox("Settings")
-        form = QFormLayout(box)
+        # Settings: folded, one summary line (the defaults suit a first fine-tune).
+        self.settings_section = box = Section("Settings", expanded=False)
+        form = QFormLayout(box.body)
+        form.setContentsMargins(4, 0, 0, 0)
         self.model_picker = ModelPicker(tooltip="The model to start from.")
         form.addRow("Base model", self.model_picker)
         self.steps_spin = QSpinBox()
@@ -240,7 +257,6 @@ class FinetuneWidget(DockWidget):
         self.steps_spin.setValue(DEFAULT_STEPS)
         self.steps_spin.setToolTip("Optimisation steps (one random crop each). A few hundred "
                                    "adapt the shipped model to your images.")
-        form.addRow("Steps", self.steps_spin)
         self.crop_spin = QSpinBox()
         self.crop_spin.setRange(16, 4096)
         self.crop_spin.setSingleStep(32)
@@ -248,29 +264,36 @@ class FinetuneWidget(DockWidget):
         self.crop_spin.setToolTip("Side of the random training crop in pixels (the paper used "
                                   "512); smaller is faster per step. Images smaller than the "
                                   "crop are padded.")
-        form.addRow("Crop", self.crop_spin)
+        row = QHBoxLayout()
+        row.addWidget(self.steps_spin, 1)
+        row.addWidget(QLabel("Crop"))
+        row.addWidget(self.crop_spin, 1)
+        form.addRow("Steps", row)
         self.lr_edit = QLineEdit(DEFAULT_LR)
         self.lr_edit.setToolTip("Adam learning rate. 1e-4 fine-tunes gently; the paper trained "
                                 "from scratch with 1e-3.")
-        form.addRow("Learning rate", self.lr_edit)
-        self.augment_check = QCheckBox("flips, rotations and mirroring")
+        self.augment_check = QCheckBox("Augment")
         self.augment_check.setChecked(True)
         self.augment_check.setToolTip("The paper's 11 offline views (rotations, flips) and random "
                                       "mirroring of the crops.")
-        form.addRow("Augment", self.augment_check)
+        row = QHBoxLayout()
+        row.addWidget(self.lr_edit, 1)
+        row.addWidget(self.augment_check)
+        form.addRow("Learning rate", row)
         self.device_combo = DeviceCombo("Where training runs; 'auto' picks a GPU when present.")
         form.addRow("Device", self.device_combo)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip("Name of the new model in the user models folder (letters, "
                                   "digits, '.', '_', '-', '+').")
         form.addRow("Save as", self.name_edit)
-        self.folder_info = wrapped_label(note=True)
+        self.folder_info = one_line_label(note=True)
         form.addRow("", self.folder_info)
         lay.addWidget(box)
 
         # Run.
-        box = QGroupBox("Run")
-        v = QVBoxLayout(box)
+        self.run_section = box = Section("Run")
+        v = QVBoxLayout(box.body)
+        v.setContentsMargins(4, 0, 0, 0)
         row = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
         self.run_button.setDefault(True)
@@ -289,18 +312,21 @@ class FinetuneWidget(DockWidget):
         self.status = wrapped_label("Tick the training pairs and press 'Fine-tune'.")
         v.addWidget(self.status)
         self.loss_plot = LossPlot(theme=getattr(self.viewer, "theme", None))
+        self.loss_plot.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         v.addWidget(self.loss_plot)
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(200)
         self.log.setMaximumHeight(56)
         self.log.setStyleSheet("font-size: small;")
+        self.log.setVisible(False)  # shown once a run has something to say
         v.addWidget(self.log)
         lay.addWidget(box)
 
-        # Results.
-        box = QGroupBox("Validation: before → after")
-        v = QVBoxLayout(box)
+        # Results: folded until a run has some.
+        self.results_section = box = Section("Validation: before → after", expanded=False)
+        v = QVBoxLayout(box.body)
+        v.setContentsMargins(4, 0, 0, 0)
         self.table = QTableWidget(len(METRIC_ROWS), 3)
         self.table.setHorizontalHeaderLabels(["Before", "After", "Change"])
         self.table.setVerticalHeaderLabels([label for _, label in METRIC_ROWS])
@@ -311,6 +337,7 @@ class FinetuneWidget(DockWidget):
         self.table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.table.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.table.setToolTip("Inside the FOV, pooled over the validation images, at each "
                               "model's ROC-optimal (Youden) threshold; AUC is threshold-free. "
                               "Threshold: that Youden threshold.")
@@ -326,7 +353,17 @@ class FinetuneWidget(DockWidget):
         v.addWidget(self.save_button)
         lay.addWidget(box)
         lay.addStretch(1)
+        # Never narrower than the body: a horizontal scroll bar (or clipped buttons) would hide
+        # half of a row on a laptop screen.
+        self.scroll.setMinimumWidth(body.minimumSizeHint().width()
+                                    + scroll.verticalScrollBar().sizeHint().width())
 
+        for w in (self.steps_spin, self.crop_spin):
+            w.valueChanged.connect(self._update_settings_summary)
+        for w in (self.lr_edit, self.name_edit):
+            w.textChanged.connect(self._update_settings_summary)
+        self.augment_check.toggled.connect(self._update_settings_summary)
+        self.device_combo.currentTextChanged.connect(self._update_settings_summary)
         self.train_folder_button.clicked.connect(self.choose_train_folder)
         self.train_folder_clear.clicked.connect(lambda *_: self.set_train_folder(None))
         self.val_folder_button.clicked.connect(self.choose_val_folder)
@@ -340,6 +377,22 @@ class FinetuneWidget(DockWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(self.save_checkpoint_as_model)
+
+    def _update_settings_summary(self, *_) -> None:
+        card = self.current_card() if hasattr(self, "model_picker") else None
+        parts = [card.name if card is not None else "no base model",
+                 f"{self.steps_spin.value()} steps", f"crop {self.crop_spin.value()}",
+                 f"lr {self.lr_edit.text().strip() or '?'}",
+                 self.device_combo.currentText() or "auto"]
+        if not self.augment_check.isChecked():
+            parts.append("no augment")
+        name = self.name_edit.text().strip()
+        self.settings_section.set_summary(" · ".join(parts) + (f" → {name}" if name else ""))
+
+    def _show_results(self) -> None:
+        self.results_section.set_expanded(True)
+        QTimer.singleShot(0, lambda: self.alive and self.scroll.ensureWidgetVisible(
+            self.results_section))
 
     # ------------------------------------------------------------------ viewer -> lists
 
@@ -366,11 +419,13 @@ class FinetuneWidget(DockWidget):
         return self._linked_labels(image, "ground_truth", _roles.ground_truth_name(image.name))
 
     def train_candidates(self) -> list[tuple]:
-        """(image, vessels layer, FOV layer or None) for every image with a vessels layer."""
+        """(image, vessels layer, FOV layer or None) for every image with a *corrected* vessels
+        layer: edited, saved, or opened from a saved annotation.  A network output nobody
+        looked at is not an annotation."""
         out = []
         for image in self._image_layers():
             vessels = self.vessels_layer(image)
-            if vessels is not None:
+            if vessels is not None and _roles.is_corrected(vessels):
                 out.append((image, vessels, self.fov_layer(image)))
         return out
 
@@ -396,6 +451,7 @@ class FinetuneWidget(DockWidget):
             image, masks, fov = entry
             what = f"{masks.name} + {fov.name}" if fov is not None else f"{masks.name} (FOV estimated)"
             item = QListWidgetItem(f"{image.name}  —  {what}")
+            item.setToolTip(item.text())
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             checked = self._checked.get((key, id(image), id(masks)), default(entry))
             item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
@@ -416,11 +472,16 @@ class FinetuneWidget(DockWidget):
     def refresh_layers(self) -> None:
         """Re-list the training and validation pairs and the validation combos."""
         train = self.train_candidates()
-        self._fill_list(self.train_list, "train", train, lambda e: True)
-        train_ids = {id(e[0]) for e in train}
-        # By default do not validate on an image that is also trained on.
-        self._fill_list(self.val_list, "val", self.val_candidates(),
-                        lambda e: id(e[0]) not in train_ids)
+        val = self.val_candidates()
+        val_ids = {id(e[0]) for e in val}
+        # An image with a ground truth is a validation image: it stays ticked there, and its
+        # corrected layer is offered for training unticked (never both by default).
+        self._fill_list(self.train_list, "train", train, lambda e: id(e[0]) not in val_ids)
+        self._fill_list(self.val_list, "val", val, lambda e: True)
+        n_train = sum(1 for e in self._checked_entries(self.train_list))
+        n_val = sum(1 for e in self._checked_entries(self.val_list))
+        self.train_section.set_summary(f"{n_train} ticked")
+        self.val_section.set_summary(f"{n_val} ticked")
         for combo, layers in ((self.val_image_combo, self._image_layers()),
                               (self.val_gt_combo, self._gt_candidates())):
             keep = combo.currentData()
@@ -505,6 +566,7 @@ class FinetuneWidget(DockWidget):
         if not self._name_edited:
             self.name_edit.setText(self.default_name())
         self._update_folder_info()
+        self._update_settings_summary()
 
     def default_name(self) -> str:
         card = self.current_card()
@@ -537,10 +599,10 @@ class FinetuneWidget(DockWidget):
     def _layer_pair(self, image, masks, fov) -> LayerPair:
         from ._segment_widget import SegmentWidget
 
-        rgb = SegmentWidget.image_rgb(image)
+        data = SegmentWidget.image_data(image)  # checks only; converted in the worker
         label = _layer_data(masks) > 0
         fov_mask = _layer_data(fov) > 0 if fov is not None else None
-        return LayerPair(image.name, rgb, label.copy(), None if fov_mask is None else fov_mask.copy())
+        return LayerPair(image.name, data, label, fov_mask)
 
     def collect_pairs(self) -> tuple[list, list, list[str]]:
         """(training pairs, validation pairs, names without a FOV mask); InputError if unusable."""
@@ -624,16 +686,12 @@ class FinetuneWidget(DockWidget):
         return self._worker
 
     def _start(self, config, resume) -> None:
-        from napari.qt.threading import create_worker
-
         run = self.run_info
-        self._cancel.clear()
         self.last_error = None
-        worker = create_worker(self._job, config, run.train_pairs, run.val_pairs, run.init,
-                               run.out_dir, resume, run.description, _start_thread=False)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
+        worker = self._start_worker(
+            self._job, f"fine-tuning '{config.name}'", config, run.train_pairs, run.val_pairs,
+            run.init, run.out_dir, resume, run.description,
+            returned=self._on_returned, finished=self._on_finished)
         self._set_running(True)
         if resume is None:
             self.loss_plot.clear()
@@ -652,7 +710,7 @@ class FinetuneWidget(DockWidget):
 
     def cancel(self, *_) -> None:
         """Stop before the next step; the engine writes a checkpoint."""
-        if self._worker is not None:
+        if self._worker is not None and self.alive:
             self._cancel.set()
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelling: stopping after the current step…")
@@ -660,6 +718,17 @@ class FinetuneWidget(DockWidget):
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        # While it runs the pair lists are locked: fold them so the loss plot fits the screen.
+        if running and self._unfold_after_run is None:
+            self._unfold_after_run = [sec for sec in (self.train_section, self.val_section)
+                                      if sec.is_expanded()]
+            for sec in self._unfold_after_run:
+                sec.set_expanded(False)
+            self.run_section.set_expanded(True)
+        elif not running and self._unfold_after_run is not None:
+            for sec in self._unfold_after_run:
+                sec.set_expanded(True)
+            self._unfold_after_run = None
         for w in (self.model_combo, self.refresh_button, self.steps_spin, self.crop_spin,
                   self.lr_edit, self.augment_check, self.device_combo, self.name_edit,
                   self.train_list, self.val_list, self.train_folder_button,
@@ -667,16 +736,17 @@ class FinetuneWidget(DockWidget):
                   self.val_add_button, self.save_button):
             w.setEnabled(not running)
 
-    def _job(self, config, train_pairs, val_pairs, init, out_dir, resume, description) -> _Outcome:
+    def _job(self, config, train_pairs, val_pairs, init, out_dir, resume, description,
+             should_stop) -> _Outcome:
         """Background work: train (or finish from a checkpoint).  Never raises."""
         from napari_dpn.training import train
 
         try:
             result = train(config, train_pairs, val_pairs or None, init=init, out_dir=out_dir,
                            resume=resume, callback=self._bridge.event.emit,
-                           should_stop=self._cancel.is_set, description=description)
+                           should_stop=should_stop, description=description)
             after = result.metrics_after
-            if result.cancelled and val_pairs:
+            if result.cancelled and val_pairs and self.alive:
                 after = self._evaluate(result, val_pairs, config.device)
             return _Outcome(result=result, after=after)
         except DPNError as exc:
@@ -713,9 +783,12 @@ class FinetuneWidget(DockWidget):
     # ------------------------------------------------------------------ events (GUI thread)
 
     def _log(self, text: str) -> None:
+        self.log.setVisible(True)
         self.log.appendPlainText(text)
 
     def _on_event(self, event) -> None:
+        if not self.alive:
+            return
         from napari_dpn import training as t
 
         if isinstance(event, t.StepEvent):
@@ -724,7 +797,7 @@ class FinetuneWidget(DockWidget):
             self.progress.setValue(event.step)
             self.progress.setFormat(f"step {event.step}/{event.total} · "
                                     f"{event.seconds_per_step:.2f} s/step · ETA "
-                                    f"{_duration(event.eta_seconds)}")
+                                    f"{duration(event.eta_seconds)}")
             self.loss_plot.add(event.step, event.loss, event.head_losses)
         elif isinstance(event, t.ValidationEvent):
             m = event.metrics
@@ -740,6 +813,8 @@ class FinetuneWidget(DockWidget):
             self._log(f"saved {event.model_path.name}")
 
     def _on_finished(self) -> None:
+        if not self.alive:
+            return
         self._worker = None
         self._set_running(False)
         self.loss_plot.redraw(force=True)
@@ -748,6 +823,8 @@ class FinetuneWidget(DockWidget):
             self.progress.setValue(0)
 
     def _on_returned(self, out: _Outcome) -> None:
+        if not self.alive:
+            return
         self.loss_plot.redraw(force=True)
         run = self.run_info
         if out.error:
@@ -760,6 +837,7 @@ class FinetuneWidget(DockWidget):
         run.before = res.metrics_before if res.metrics_before is not None else run.before
         run.after = out.after
         self._fill_table(run.before, run.after)
+        self._show_results()
         if res.cancelled:
             self.progress.setFormat(f"cancelled at step {res.steps}/{run.config.steps}")
             text = (f"Cancelled at step {res.steps}; the checkpoint is kept: {res.checkpoint}. "

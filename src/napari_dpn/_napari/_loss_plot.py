@@ -64,10 +64,10 @@ class LossPlot(QWidget):
 
         bg, text, grid = _theme_colours(theme)
         self._text = text
-        self.figure = Figure(figsize=(4.0, 2.4), dpi=100, facecolor=bg, layout="constrained")
+        self.figure = Figure(figsize=(4.0, 1.8), dpi=100, facecolor=bg, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
-        self.canvas.setMinimumHeight(190)
+        self.canvas.setMinimumHeight(150)  # a laptop screen holds the whole Run section
         self.ax = self.figure.add_subplot(1, 1, 1)
         ax = self.ax
         ax.set_facecolor(bg)

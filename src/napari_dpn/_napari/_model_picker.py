@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 
 from napari_dpn.errors import DPNError, InputError
 
-from ._dock import wrapped_label
+from ._dock import one_line_label
 
 BROWSE = "__browse__"
 DEFAULT_MODEL = "dpn-release-drive"
@@ -59,7 +59,7 @@ class ModelPicker(QWidget):
         row.addWidget(self.refresh_button)
         self.summary = None
         if summary:
-            self.summary = wrapped_label(note=True)
+            self.summary = one_line_label(note=True)  # the whole card summary is its tooltip
         self.combo.currentIndexChanged.connect(self._on_index_changed)
         self.refresh_button.clicked.connect(self.refresh)
 
@@ -139,7 +139,8 @@ class ModelPicker(QWidget):
         if self.summary is not None:
             self.summary.setText(card.summary if card is not None else NO_MODEL_MESSAGE)
             if card is not None:
-                self.summary.setToolTip(card.description or card.summary)
+                detail = card.description if card.description and card.description != card.summary else ""
+                self.summary.setToolTip(card.summary + (f"\n\n{detail}" if detail else ""))
         self.changed.emit(card)
 
     def current_card(self):

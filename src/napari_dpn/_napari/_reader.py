@@ -1,8 +1,13 @@
-"""Readers: STARE .ppm/.pgm, DRIVE GIF annotations and masks, and dataset folders.
+"""Readers: STARE .ppm/.pgm, DRIVE GIF annotations and masks, saved annotations, dataset folders.
 
-- Files (``*.ppm``, ``*.pgm``, ``*.gif``) are opened by content: a colour or many-valued
-  greyscale picture becomes an image layer; a picture with at most two grey values (a vessel
-  annotation or a FOV mask, whatever its extension says) becomes a labels layer with values 0/1.
+- Files (``*.ppm``, ``*.pgm``, ``*.gif``, and annotations by name: ``<image>_vessels.png`` /
+  ``<image>_fov.png`` as *Save annotation* writes them, CHASE_DB1's ``<image>_1stHO.png``) are
+  opened by content: a colour or many-valued greyscale picture becomes an image layer; a
+  picture with at most two grey values (a vessel annotation or a FOV mask, whatever its
+  extension says) becomes a labels layer with values 0/1.  When the file name says whose
+  annotation it is (:func:`annotation_of`), the labels layer is named and tagged as the
+  widgets name theirs: ``"<image> vessels"`` (a saved correction, which *Segment vessels*
+  resumes), ``"<image> FOV"``, ``"<image> ground truth"``.
 - A folder in the DRIVE, STARE or CHASE_DB1 layout opens its **first** image (sorted by name)
   as three layers: the photograph, ``"<name> ground truth"`` (first observer) and
   ``"<name> FOV"`` (hidden; only DRIVE and STARE ship masks).  A notification says how many
@@ -10,6 +15,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +24,70 @@ from . import _roles
 from ._layouts import find_dataset
 
 FILE_SUFFIXES = (".ppm", ".pgm", ".gif")
+# Suffixes an annotation named by :func:`annotation_of` may have to be opened by this reader.
+ANNOTATION_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm")
+
+# File stems of annotations: (pattern, role, observer).  Our own names (annotations.py), then the
+# datasets' (datasets.py): DRIVE NN_manual1 / NN_test_mask, STARE imNNNN.ah / imNNNN_mask,
+# CHASE_DB1 Image_NNX_1stHO.
+_ANNOTATION_STEMS = (
+    (re.compile(r"^(?P<image>.+)_vessels$", re.I), "vessels", 1),
+    (re.compile(r"^(?P<image>.+)_fov$", re.I), "fov", 1),
+    (re.compile(r"^(?P<image>.+)_mask$", re.I), "fov", 1),
+    (re.compile(r"^(?P<image>.+)_1stHO$", re.I), "ground_truth", 1),
+    (re.compile(r"^(?P<image>.+)_2ndHO$", re.I), "ground_truth", 2),
+    (re.compile(r"^(?P<image>\d+)_manual(?P<observer>[12])$", re.I), "ground_truth", None),
+    (re.compile(r"^(?P<image>.+)\.ah$", re.I), "ground_truth", 1),
+    (re.compile(r"^(?P<image>.+)\.vk$", re.I), "ground_truth", 2),
+)
+
+
+def _drive_image_name(number: str, path: Path | None) -> str:
+    """DRIVE names the annotation NN_manual1.gif and its photograph NN_test.tif / NN_training.tif:
+    the split is the folder above 1st_manual, else a photograph of that number beside it, else
+    DRIVE's numbering (01-20 test, 21-40 training)."""
+    if path is not None:
+        split = path.parent.parent.name.lower()
+        if split in ("test", "training"):
+            return f"{number}_{split}"
+        images = path.parent.parent / "images"
+        if images.is_dir():
+            for cand in sorted(images.glob(f"{number}_*")):
+                return cand.stem
+    n = int(number)
+    return f"{number}_test" if 1 <= n <= 20 else f"{number}_training" if 21 <= n <= 40 else number
+
+
+def annotation_of(path_or_name) -> tuple[str, str, int] | None:
+    """(role, image layer name, observer) when a file or layer name is an annotation's, else None.
+
+    ``eye_vessels.png`` -> ("vessels", "eye", 1); ``Image_01L_1stHO.png`` -> ("ground_truth",
+    "Image_01L", 1); ``01_manual1.gif`` in DRIVE/test/1st_manual -> ("ground_truth", "01_test", 1).
+    """
+    path = Path(path_or_name) if isinstance(path_or_name, Path) else None
+    text = str(path_or_name)
+    stem = path.stem if path is not None else text
+    if path is None and Path(text).suffix.lower() in ANNOTATION_SUFFIXES:
+        stem = Path(text).stem
+    for pattern, role, observer in _ANNOTATION_STEMS:
+        m = pattern.match(stem)
+        if m is None:
+            continue
+        image = m.group("image")
+        if observer is None:  # DRIVE
+            observer = int(m.group("observer"))
+            image = _drive_image_name(image, path)
+        return role, image, observer
+    return None
+
+
+def annotation_layer_name(role: str, image: str, observer: int = 1) -> str:
+    if role == "vessels":
+        return _roles.vessels_name(image)
+    if role == "fov":
+        return _roles.fov_name(image)
+    name = _roles.ground_truth_name(image)
+    return name if observer == 1 else f"{name} (2nd observer)"
 
 
 def _single_path(path):
@@ -32,11 +102,14 @@ def _single_path(path):
 
 
 def get_reader(path):
-    """npe2 reader for single ``.ppm``/``.pgm``/``.gif`` files."""
+    """npe2 reader for single ``.ppm``/``.pgm``/``.gif`` files and annotations named as such."""
     p = _single_path(path)
-    if p is None or p.is_dir() or p.suffix.lower() not in FILE_SUFFIXES:
+    if p is None or p.is_dir():
         return None
-    return read_files
+    suffix = p.suffix.lower()
+    if suffix in FILE_SUFFIXES or (suffix in ANNOTATION_SUFFIXES and annotation_of(p) is not None):
+        return read_files
+    return None
 
 
 def read_files(path):
@@ -82,6 +155,17 @@ def file_layer(p: Path):
     arr = _grey_if_equal_channels(np.asarray(arr))
     labels = _two_valued(arr)
     if labels is not None:
+        named = annotation_of(p)
+        if named is not None:
+            role, image, observer = named
+            meta = _roles.meta(role, image=image, path=str(p), source="file",
+                               corrected=True if role == "vessels" else None,
+                               observer=observer if observer != 1 else None)
+            kwargs = {"name": annotation_layer_name(role, image, observer), "metadata": meta,
+                      "opacity": 0.3 if role == "fov" else 0.8 if role == "vessels" else 0.5}
+            if role == "fov":
+                kwargs["visible"] = False
+            return labels, kwargs, "labels"
         role = "fov" if "mask" in p.stem.lower() else "mask"
         kwargs = {"name": p.stem, "opacity": 0.5, "metadata": _roles.meta(role, path=str(p),
                                                                           source="file")}

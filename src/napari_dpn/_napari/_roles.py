@@ -7,6 +7,8 @@ Every layer napari-dpn creates carries ``metadata["napari_dpn"] = {"role": ..., 
 - ``"fov"``           a field-of-view mask (labels 0/1); ``"source"`` is ``"file"`` or ``"estimated"``.
 - ``"mask"``          any other two-valued file opened by the reader.
 - ``"probability"``, ``"vessels"``, ``"errors"``  outputs of the "Segment vessels" widget.
+  A ``"vessels"`` layer carries ``"corrected": True`` once the user edited it, saved it, or it was
+  opened from a saved annotation file; only such layers are training pairs for "Fine-tune DPN".
 """
 from __future__ import annotations
 
@@ -24,6 +26,36 @@ def role_of(layer) -> str | None:
 
 def info_of(layer) -> dict:
     return dict(getattr(layer, "metadata", {}).get(KEY) or {})
+
+
+def set_info(layer, **changes) -> None:
+    """Update a layer's napari-dpn metadata (None removes a key).
+
+    The metadata dict is replaced, not mutated, so napari emits ``layer.events.metadata`` and the
+    other widget (the fine-tune lists) hears about it.
+    """
+    info = info_of(layer)
+    for key, value in changes.items():
+        if value is None:
+            info.pop(key, None)
+        else:
+            info[key] = value
+    if info == info_of(layer):
+        return
+    layer.metadata = {**dict(getattr(layer, "metadata", {}) or {}), KEY: info}
+
+
+def is_corrected(layer) -> bool:
+    """True for a vessels layer that holds a user's annotation, not a bare network output.
+
+    A layer without napari-dpn metadata is one the user made (e.g. named ``"<image> vessels"``):
+    it counts as an annotation.
+    """
+    info = info_of(layer)
+    role = info.get("role")
+    if role is None:
+        return True
+    return role == "vessels" and bool(info.get("corrected"))
 
 
 # Names of the widget's output layers for an image layer called ``image``.
