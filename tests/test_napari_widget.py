@@ -581,3 +581,42 @@ def test_shipped_model_finds_the_synthetic_vessels(qtbot, make_napari_viewer, no
     viewer.add_labels(truth.astype(np.uint8), name="eye ground truth")
     w.set_ground_truth(viewer.layers["eye ground truth"])
     assert w.metrics["auc"] > 0.9
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+@pytest.fixture
+def scaled_model(tmp_path, monkeypatch):
+    """A small random-weights model whose card records a working scale (12 px/deg, DRIVE's)."""
+    import torch
+
+    from napari_dpn.model import build_model
+    from napari_dpn.models import ModelCard, save_model
+
+    folder = tmp_path / "scaled-models"
+    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
+    torch.manual_seed(0)
+    card = ModelCard(name="tiny-scaled", architecture="dpn", threshold=0.5, scale={"working_ppd": 12.0})
+    save_model(build_model("dpn"), card, folder / "tiny-scaled.safetensors")
+
+
+def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widget, scaled_model, notes, qtbot):
+    w = dock_widget(SegmentWidget, "Segment vessels")
+    w.refresh_models()
+    w.select_model("tiny-scaled")
+    w.device_combo.setCurrentText("cpu")
+    layer, _ = add_eye(w.viewer, size=240)  # FOV ~221 px wide
+    w.field_combo.setCurrentIndex(w.field_combo.findData(30.0))
+    segment(qtbot, w, layer=layer)
+    text = w.status.text()
+    assert "30 deg (given)" in text and "resampled x1.6" in text  # 12 / (221 / 30) = 1.63
+    prob = w.viewer.layers[_roles.probability_name("eye")].data
+    assert prob.shape == (240, 240)  # the map is in the photograph's own pixels
+    w.field_combo.setCurrentIndex(w.field_combo.findData(None))
+    segment(qtbot, w, layer=layer)
+    assert "45 deg (assumed)" in w.status.text() and "resampled x2.4" in w.status.text()
+    w.field_combo.setCurrentIndex(w.field_combo.findData("native"))
+    segment(qtbot, w, layer=layer)
+    assert "native scale (no resampling)" in w.status.text()
+    assert not notes["error"]

@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 DEFAULT_FIELD_ANGLE = 45.0
 COMMON_FIELD_ANGLES = (30.0, 35.0, 45.0, 50.0, 55.0)
@@ -162,6 +160,9 @@ def resample_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     Values stay within the input's range (rounding must not push a 0..1 image past 1, which
     ``image_io.as_rgb`` would read as 8-bit data)."""
+    import torch
+    import torch.nn.functional as F
+
     arr = np.asarray(image, np.float32)
     if arr.shape[:2] == tuple(size):
         return arr

@@ -61,6 +61,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from napari_dpn.errors import DPNError, InputError
+from napari_dpn.scale import COMMON_FIELD_ANGLES
 
 from . import _analysis, _roles
 from ._dock import DockWidget, Section, duration, wrapped_label
@@ -100,6 +101,7 @@ class _Outcome:
     threshold: float = 0.5
     card: object = None
     model_label: str = ""
+    scale: object = None                 # scale.Scale: what the photograph was resampled by, and why
     error: str | None = None
     cancelled: bool = False
 
@@ -118,6 +120,7 @@ class _Result:
     device: str = ""
     seconds: float = 0.0
     note: str | None = None
+    scale: str = ""                   # the scale the network saw, in words (scale.Scale.describe)
     layers: dict = field(default_factory=dict)  # "probability", "vessels", "fov", "errors"
     edited: bool = False
     edits: int = 0                    # paint events on the vessels layer, ever
@@ -256,6 +259,18 @@ class SegmentWidget(DockWidget):
         row.addWidget(self.device_combo, 1)
         row.addWidget(self.clahe_check)
         form.addRow("Device", row)
+
+        self.field_combo = QComboBox()
+        self.field_combo.addItem("estimate (45° if unknown)", None)
+        for angle in COMMON_FIELD_ANGLES:
+            self.field_combo.addItem(f"{angle:g}°", float(angle))
+        self.field_combo.addItem("native scale (no resampling)", "native")
+        self.field_combo.setToolTip(
+            "The camera's field of view. The photograph is resampled to the scale the model was "
+            "trained at (pixels per degree of retina = FOV diameter / this angle) and the map back "
+            "to its own pixels. Unknown: 45° is assumed for a round field of view; without one "
+            "(ultra-widefield) the scale comes from the width of the main vessels.")
+        form.addRow("Field of view", self.field_combo)
 
         row = QHBoxLayout()
         self.run_button = QPushButton("Segment vessels")
@@ -573,7 +588,7 @@ class SegmentWidget(DockWidget):
         worker = self._start_worker(
             self._job, f"segmenting '{layer.name}' with {card.name}",
             self._run_serial, layer, fov_layer, model[1], device, self.clahe_check.isChecked(),
-            data, fov, returned=self._on_returned, finished=self._on_finished)
+            self.field_combo.currentData(), data, fov, returned=self._on_returned, finished=self._on_finished)
         self._run_started = time.monotonic()
         self._set_running(True)
         self.status.setText(f"Segmenting '{layer.name}' with {card.name} on {device}…")
@@ -593,7 +608,7 @@ class SegmentWidget(DockWidget):
         self.progress.setRange(0, 0)
         self.progress.setValue(0)
         self.progress.setFormat("%p%")
-        for w in (self.model_combo, self.device_combo, self.clahe_check, self.image_combo,
+        for w in (self.model_combo, self.device_combo, self.clahe_check, self.field_combo, self.image_combo,
                   self.refresh_button):
             w.setEnabled(not running)
 
@@ -620,12 +635,14 @@ class SegmentWidget(DockWidget):
             self._models[key] = load_model(path, device="cpu")
         return self._models[key]
 
-    def _job(self, run, layer, fov_layer, spec, device, clahe, data, fov, should_stop) -> _Outcome:
-        """Background work: convert, load, predict, estimate the FOV, threshold.  Never raises."""
+    def _job(self, run, layer, fov_layer, spec, device, clahe, field, data, fov, should_stop) -> _Outcome:
+        """Background work: convert, load, segment at the model's scale (``segmentation.segment``:
+        FOV, scale, network, map back), threshold.  Never raises.  ``field``: the camera's field
+        angle, None (estimated) or 'native'."""
         out = _Outcome(run=run, layer=layer, fov_layer=fov_layer)
         try:
             from napari_dpn.image_io import as_rgb
-            from napari_dpn.inference import predict
+            from napari_dpn.segmentation import segment
 
             rgb = as_rgb(data)
             loaded = self._load(spec)
@@ -635,19 +652,14 @@ class SegmentWidget(DockWidget):
                 loaded = dataclasses.replace(loaded, card=card)
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
-            pred = predict(loaded, rgb, device=device, progress=self._bridge.progress.emit,
-                           should_stop=should_stop)
+            seg = segment(loaded, rgb, fov=fov, scale="native" if field == "native" else "auto",
+                          field_angle=field if isinstance(field, float) else None, device=device,
+                          progress=self._bridge.progress.emit, should_stop=should_stop)
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
-            if fov is None:
-                from napari_dpn.fov import estimate_fov
-
-                fov = np.asarray(estimate_fov(rgb), bool)
-            prob = np.asarray(pred.probability, np.float32)
-            threshold = float(getattr(card, "threshold", 0.5))
-            mask = (prob >= threshold) & fov
-            return dataclasses.replace(out, prediction=pred, prob=prob, fov=fov, mask=mask,
-                                       threshold=threshold, card=card, model_label=card.name)
+            return dataclasses.replace(out, prediction=seg.prediction, prob=seg.probability, fov=seg.fov,
+                                       mask=seg.mask(), threshold=seg.threshold, card=card,
+                                       model_label=card.name, scale=seg.scale)
         except DPNError as exc:
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
@@ -701,7 +713,8 @@ class SegmentWidget(DockWidget):
                           threshold=out.threshold, layers=dict(old.layers) if old else {})
             self._results[id(layer)] = res
         res.model_label, res.device = out.model_label, str(pred.device)
-        res.seconds, res.note = float(pred.seconds), getattr(pred, "note", None)
+        res.seconds, res.note = float(pred.seconds), getattr(pred, "note", None) or getattr(out.scale, "note", None)
+        res.scale = out.scale.describe() if out.scale is not None else ""
         res.roc_cache = {}
         res._mask = (res.prob, res.threshold, out.mask) if res.fov is out.fov else None
         steps = [lambda: self._put_probability(res),
@@ -758,6 +771,8 @@ class SegmentWidget(DockWidget):
                                 if res.resumed else f"'{res.name}': not segmented yet.")
             return
         text = f"'{res.name}': {res.model_label}, {res.seconds:.2f} s on {res.device}."
+        if res.scale:
+            text += f" Scale: {res.scale}."
         if res.note:
             text += f" Note: {res.note}"
         self.status.setText(text)
