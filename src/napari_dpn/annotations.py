@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import InputError
 
 VESSELS_SUFFIX = "_vessels.png"
 FOV_SUFFIX = "_fov.png"
@@ -121,3 +124,57 @@ def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | No
         if label.is_file():
             pairs.append((image, label, fov if fov.is_file() else None))
     return pairs
+
+
+# ------------------------------------------------------------------ training pairs on disk
+
+
+@dataclass(frozen=True)
+class FilePair:
+    """An image and its masks on disk, loaded only when training starts."""
+
+    name: str
+    image: Path
+    label: Path
+    fov: Path | None
+
+    def load(self):
+        from .image_io import as_rgb, read_image, read_mask
+
+        return as_rgb(read_image(self.image)), read_mask(self.label), read_mask(self.fov) if self.fov else None
+
+
+def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
+    """The annotated images of a folder as training pairs (``train --images``, the fine-tune widget);
+    InputError with what naming was expected when there are none."""
+    
+    images = Path(images).expanduser()
+    if not images.is_dir():
+        raise InputError(f"no such folder: {images}")
+    found = find_pairs(images, labels and Path(labels).expanduser(), fovs and Path(fovs).expanduser())
+    if not found:
+        raise InputError(_no_pairs_message(images, labels))
+    clashes = same_stem([img for img, _, _ in found])
+    if clashes:
+        a, b = clashes[0]
+        label = next(lab for img, lab, _ in found if img == a)
+        raise InputError(f"{a.name} and {b.name} in {images} would both be trained with {label.name}; "
+                         "rename one of them (and its annotation)")
+    return [FilePair(img.stem, img, lab, fov) for img, lab, fov in found]
+
+
+def _no_pairs_message(images: Path, labels) -> str:
+    from .datasets import DATASETS, detect_layout
+    from .image_io import IMAGE_SUFFIXES
+
+    where = Path(labels).expanduser() if labels else images
+    text = (f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
+            f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
+    layout = detect_layout(images)
+    if layout:
+        key, root = layout
+        return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
+    entries = list(images.iterdir())
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(p.is_dir() for p in entries):
+        return text + "; images in sub-folders are not searched, so give the folder that holds them"
+    return text

@@ -16,62 +16,12 @@ import argparse
 import os
 import re
 import sys
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .annotations import folder_pairs
 from .errors import InputError
-
-
-@dataclass(frozen=True)
-class FilePair:
-    """An image and its masks on disk, loaded only when training starts."""
-
-    name: str
-    image: Path
-    label: Path
-    fov: Path | None
-
-    def load(self):
-        from .image_io import as_rgb, read_image, read_mask
-
-        return as_rgb(read_image(self.image)), read_mask(self.label), read_mask(self.fov) if self.fov else None
-
-
-def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
-    from .annotations import find_pairs, same_stem
-
-    images = Path(images).expanduser()
-    if not images.is_dir():
-        raise InputError(f"no such folder: {images}")
-    found = find_pairs(images, labels and Path(labels).expanduser(), fovs and Path(fovs).expanduser())
-    if not found:
-        raise InputError(_no_pairs_message(images, labels))
-    clashes = same_stem([img for img, _, _ in found])
-    if clashes:
-        a, b = clashes[0]
-        label = next(lab for img, lab, _ in found if img == a)
-        raise InputError(f"{a.name} and {b.name} in {images} would both be trained with {label.name}; "
-                         "rename one of them (and its annotation)")
-    return [FilePair(img.stem, img, lab, fov) for img, lab, fov in found]
-
-
-def _no_pairs_message(images: Path, labels) -> str:
-    from .annotations import FOV_SUFFIX, VESSELS_SUFFIX
-    from .datasets import DATASETS, detect_layout
-    from .image_io import IMAGE_SUFFIXES
-
-    where = Path(labels).expanduser() if labels else images
-    text = (f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
-            f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
-    layout = detect_layout(images)
-    if layout:
-        key, root = layout
-        return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
-    entries = list(images.iterdir())
-    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(p.is_dir() for p in entries):
-        return text + "; images in sub-folders are not searched, so give the folder that holds them"
-    return text
+from .text import duration
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -235,7 +185,7 @@ class _Progress:
                                      disable=self.quiet, dynamic_ncols=True, file=sys.stderr)
             self.bar.n = event.step
             self.bar.set_postfix_str(f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, "
-                                     f"ETA {_duration(event.eta_seconds)}", refresh=False)
+                                     f"ETA {duration(event.eta_seconds)}", refresh=False)
             self.bar.refresh()
             if self.log_every and event.step % self.log_every == 0:
                 self.write(f"step {event.step}/{event.total}: loss {event.loss:.4f}, "
@@ -253,13 +203,6 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _default_name_stem(args, key) -> str:

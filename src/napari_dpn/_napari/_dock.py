@@ -44,18 +44,6 @@ if TYPE_CHECKING:
 NOTE_STYLE = "color: gray; font-size: small;"
 
 
-def duration(seconds: float) -> str:
-    """'m:ss' or 'h:mm:ss' ('?' when unknown): ETAs of both widgets."""
-    import math
-
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(max(0.0, seconds)))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def wrapped_label(text: str = "", *, selectable: bool = False, note: bool = False) -> QLabel:
     """A word-wrapped label (status lines, results, notes): most rows of both widgets."""
     label = QLabel(text)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Labels
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -58,9 +58,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dpn.errors import DPNError, InputError
+from napari_dpn.text import duration
 
 from . import _roles
-from ._dock import DockWidget, Section, duration, one_line_label, wrapped_label
+from ._dock import DockWidget, Section, one_line_label, wrapped_label
 from ._loss_plot import LossPlot
 from ._model_picker import DeviceCombo, ModelPicker
 
@@ -82,7 +83,7 @@ NO_PAIRS_MESSAGE = ("No training pairs: segment an image with 'Segment vessels' 
 @dataclass(frozen=True)
 class LayerPair:
     """An image with its masks, taken from viewer layers when a run starts (``load()`` as
-    :class:`napari_dpn.train_cli.FilePair`, so the engine names it in its messages).
+    :class:`napari_dpn.annotations.FilePair`, so the engine names it in its messages).
 
     ``image`` is the layer's pixels as they are: the engine calls ``load()`` in the worker
     thread, where the float conversion of a large photograph does not stall the viewer.
@@ -606,7 +607,7 @@ class FinetuneWidget(DockWidget):
 
     def collect_pairs(self) -> tuple[list, list, list[str]]:
         """(training pairs, validation pairs, names without a FOV mask); InputError if unusable."""
-        from napari_dpn.train_cli import folder_pairs
+        from napari_dpn.annotations import folder_pairs
 
         train, val, no_fov = [], [], []
         for image, vessels, fov in self._checked_entries(self.train_list):
@@ -879,18 +880,10 @@ class FinetuneWidget(DockWidget):
 
     def _announce_model(self, name: str) -> None:
         """Make the new model appear in every model list at once (ours and Segment vessels')."""
-        from qtpy.QtWidgets import QApplication
-
-        from ._segment_widget import SegmentWidget
+        from ._model_picker import announce_new_model
 
         self._name_edited = False
-        self.refresh_models()
-        for w in QApplication.allWidgets():
-            if isinstance(w, SegmentWidget):
-                try:
-                    w.refresh_models()
-                except Exception as exc:  # noqa: BLE001 - never break our own result display
-                    show_warning(f"'Segment vessels' could not re-read the models: {exc}")
+        announce_new_model()
 
     # ------------------------------------------------------------------ results table
 

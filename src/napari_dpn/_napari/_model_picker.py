@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -20,16 +20,30 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dpn.errors import DPNError, InputError
+from napari_dpn.models import DEFAULT_MODEL
 
 from ._dock import one_line_label
 
 BROWSE = "__browse__"
-DEFAULT_MODEL = "dpn-release-drive"
 NO_MODEL_MESSAGE = "No model installed: use Browse… to pick a weights file."
 
 
 def _file_label(card, path) -> str:
     return f"{card.name} ({Path(path).name})"
+
+
+class _ModelsChanged(QObject):
+    """Announces that a model was saved, so every open model list re-reads the models folder."""
+
+    changed = Signal()
+
+
+MODELS_CHANGED = _ModelsChanged()
+
+
+def announce_new_model() -> None:
+    """Tell every ModelPicker (in any dock widget) that the models on disk changed."""
+    MODELS_CHANGED.changed.emit()
 
 
 class ModelPicker(QWidget):
@@ -62,6 +76,8 @@ class ModelPicker(QWidget):
             self.summary = one_line_label(note=True)  # the whole card summary is its tooltip
         self.combo.currentIndexChanged.connect(self._on_index_changed)
         self.refresh_button.clicked.connect(self.refresh)
+        MODELS_CHANGED.changed.connect(self.refresh)
+        self.destroyed.connect(lambda *_: _disconnect(self.refresh))
 
     def _add_item(self, text: str, data, row: int | None = None) -> None:
         row = self.combo.count() if row is None else row
@@ -175,3 +191,10 @@ class DeviceCombo(QComboBox):
         if keep in devices:
             self.setCurrentText(keep)
 
+
+
+def _disconnect(slot) -> None:
+    try:
+        MODELS_CHANGED.changed.disconnect(slot)
+    except (TypeError, RuntimeError):  # already gone
+        pass

@@ -62,9 +62,10 @@ from superqt import QLabeledDoubleSlider
 
 from napari_dpn.errors import DPNError, InputError
 from napari_dpn.scale import COMMON_FIELD_ANGLES
+from napari_dpn.text import duration
 
 from . import _analysis, _roles
-from ._dock import DockWidget, Section, duration, wrapped_label
+from ._dock import DockWidget, Section, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
 
 NO_GT = "(none)"
