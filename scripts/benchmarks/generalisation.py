@@ -6,6 +6,7 @@ Usage: python scripts/benchmarks/generalisation.py DATASETS_ROOT --models dpn-dr
 
 AUC and Se/Sp/Acc/F1 at the model card's threshold, FOV pixels pooled (AV-WIDE: the whole frame).
 Rows already in the output file are kept (the file is updated, so runs can be split up).
+``--table`` prints the markdown table of docs/results.md from the output file and evaluates nothing.
 """
 from __future__ import annotations
 
@@ -28,16 +29,34 @@ TEST_SPLITS = {"drive": "default", "stare": "10/10", "chase": "20/8", "avwide": 
 MODES = {"native": ("native", "dataset"), "dataset": ("auto", "dataset"), "unknown": ("auto", None)}
 
 
+def markdown(rows: dict, datasets: list[str]) -> str:
+    """Model x test set, AUC at native / dataset field angle / estimated scale."""
+    models = list(dict.fromkeys(r["model"] for r in rows.values()))
+    head = "| model | " + " | ".join(f"{d} native / angle known / estimated" for d in datasets) + " |"
+    lines = [head, "|---|" + "---|" * len(datasets)]
+    for m in models:
+        cells = []
+        for d in datasets:
+            vals = [rows.get(f"{m}|{d}|{mode}", {}).get("auc") for mode in MODES]
+            cells.append(" / ".join("-" if v is None else f"{v:.4f}" for v in vals))
+        lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root")
-    ap.add_argument("--models", nargs="+", required=True)
+    ap.add_argument("--models", nargs="+", default=[])
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the output file and stop")
     ap.add_argument("--datasets", nargs="+", default=list(TEST_SPLITS))
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--out", default="docs/results/generalisation.json")
     args = ap.parse_args()
     out = Path(args.out)
     table = json.loads(out.read_text()) if out.is_file() else {"rows": {}}
+    if args.table:
+        print(markdown(table["rows"], args.datasets))
+        return
     for name in args.models:
         loaded = load_model(name)
         for ds in args.datasets:
