@@ -79,7 +79,7 @@ def main() -> None:
         print(f"device: {rows[0]['device']}; CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
               f"commit {commit()}")
         print()
-        print("| image | network | seconds per image (best of %d) | peak memory | tiles |" % args.repeats)
+        print(f"| image | network | seconds per image (best of {args.repeats}) | peak memory | tiles |")
         print("|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['size']} | {r['arch']} | {r['seconds']:.2f} | {r['peak_bytes'] / 2**30:.2f} GiB | {r['tiles']} |")
