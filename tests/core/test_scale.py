@@ -13,7 +13,7 @@ from napari_dpn.models import load_model
 from napari_dpn.segmentation import segment, vessel_calibre
 from synthetic_fundus import fundus
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout, when staged
+from paths import DATASETS  # noqa: E402
 needs_drive = pytest.mark.skipif(not (DATASETS / "DRIVE").is_dir(), reason="datasets not staged")
 
 

@@ -14,7 +14,7 @@ from PIL import Image as PILImage  # noqa: E402
 from napari_dpn._napari import _reader, _writer  # noqa: E402
 from napari_dpn._napari._sample_data import retina_sample  # noqa: E402
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout, when staged
+from paths import DATASETS  # noqa: E402
 
 needs_display = pytest.mark.needs_display  # skipped without a display, see conftest.py
 

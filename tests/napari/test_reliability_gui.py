@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 from synthetic_fundus import fundus  # noqa: E402
 
@@ -29,6 +28,7 @@ from qtpy.QtCore import Qt  # noqa: E402
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
+from paths import REPO  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -684,6 +684,6 @@ def test_the_qt_extra_is_a_qt6_binding():
     installs a Qt6 binding, which these tests run on when it is installed."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    text = (REPO / "pyproject.toml").read_text()
     qt = re.search(r"^qt\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL).group(1)
     assert ("PyQt6" in qt or "PySide6" in qt) and "PyQt5" not in qt

@@ -28,8 +28,8 @@ from napari_dpn.models import ModelCard, load_model, read_card, save_model
 from napari_dpn.outputs import MANIFEST_NAME as MANIFEST
 from synthetic_fundus import fundus
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the checkout, when staged
-ROOT = Path(__file__).resolve().parents[1]
+from paths import DATASETS  # noqa: E402
+from paths import REPO as ROOT  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers

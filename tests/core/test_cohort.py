@@ -19,6 +19,7 @@ from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import read_mask
 from napari_dpn.outputs import (
+from paths import REPO  # noqa: E402
     MANIFEST_FIELDS,
     MANIFEST_NAME,
     Manifest,
@@ -320,7 +321,7 @@ def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
     import importlib.util
     import json
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     spec = importlib.util.spec_from_file_location("gpu_throughput", root / "scripts" / "benchmarks" / "gpu_throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -14,7 +14,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-sys.path.insert(0, os.path.dirname(__file__))
 
 from synthetic_fundus import fundus  # noqa: E402
 
