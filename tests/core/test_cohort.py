@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from paths import REPO
 from synthetic_fundus import fundus
 
 from napari_dpn.cli import main
@@ -19,7 +20,6 @@ from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import read_mask
 from napari_dpn.outputs import (
-from paths import REPO  # noqa: E402
     MANIFEST_FIELDS,
     MANIFEST_NAME,
     Manifest,
