@@ -18,6 +18,7 @@ import io
 import json
 import math
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -166,6 +167,7 @@ class Session:
     def __init__(self, folder: Path, annotations: Path, entries: list[Entry], current: int = 0):
         self.folder, self.annotations = folder, annotations
         self.entries, self.current = entries, current
+        self._lock = threading.RLock()  # the widget saves from a worker thread
 
     # -- creation and persistence
     @classmethod
@@ -211,12 +213,13 @@ class Session:
         """Write the session file atomically."""
         from .image_io import atomic_write
 
-        data = {"version": _VERSION, "folder": str(self.folder),
-                "annotations": str(self.annotations),
-                "current": self.entries[self.current].name,
-                "images": [asdict(e) for e in self.entries]}
-        with atomic_write(self.path) as tmp:
-            Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
+        with self._lock:
+            data = {"version": _VERSION, "folder": str(self.folder),
+                    "annotations": str(self.annotations),
+                    "current": self.entries[self.current].name,
+                    "images": [asdict(e) for e in self.entries]}
+            with atomic_write(self.path) as tmp:
+                Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
         return self.path
 
     # -- navigation
@@ -248,15 +251,24 @@ class Session:
     def record_segmentation(self, index: int, seg: Segmented) -> None:
         """Keep the probability map (in the cache folder) and, on the first map, which model made
         it; a 'new' image becomes 'segmented'."""
+        self.store_probability(index, seg)
+        self.note_segmentation(index, seg)
+
+    def store_probability(self, index: int, seg: Segmented) -> Path:
+        """Write the probability map, FOV and threshold to the cache folder (any thread)."""
         from .image_io import atomic_write
 
-        e = self.entries[index]
         cache = self.cache_path(index)
         cache.parent.mkdir(exist_ok=True)
         with atomic_write(cache) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, probability=seg.probability.astype(np.float16),
                                     fov=seg.fov, threshold=seg.threshold)
+        return cache
+
+    def note_segmentation(self, index: int, seg: Segmented) -> None:
+        """Record the first map's model, time and numbers; 'new' becomes 'segmented'."""
+        e = self.entries[index]
         if e.model is None:
             e.model, e.seconds, e.scale = seg.model, round(seg.seconds, 3), seg.scale
             e.threshold, e.segmented_at = seg.threshold, _now()
@@ -297,6 +309,10 @@ class Session:
         to replace a vessels file the session did not write unless ``overwrite``."""
         from .image_io import write_mask
 
+        with self._lock:
+            return self._save(index, mask, fov, overwrite, write_mask)
+
+    def _save(self, index, mask, fov, overwrite, write_mask) -> Path:
         path = self.conflict(index)
         if path is not None and not overwrite:
             raise SessionConflict(f"{path.name} was not written by this session; "
