@@ -171,3 +171,31 @@ def test_damaged_session_file_is_one_sentence(tmp_path):
     with pytest.raises(S.InputError, match="No photographs"):
         S.Session.open(tmp_path / "notes_missing_dir_is_not_a_folder") if False else \
             S.Session.open((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_finetune_on_saved_and_reset_the_rest(tmp_path, monkeypatch):
+    import torch
+
+    from napari_dpn.model import build_model
+    from napari_dpn.models import ModelCard, save_model
+
+    models = tmp_path / "models"
+    monkeypatch.setenv("NAPARI_DPN_MODELS", str(models))
+    torch.manual_seed(0)
+    save_model(build_model("dpn"), ModelCard(name="tiny", architecture="dpn", threshold=0.5),
+               models / "tiny.safetensors")
+    make_folder(tmp_path)
+    s = S.Session.open(tmp_path)
+    with pytest.raises(S.InputError, match="No saved annotation"):
+        s.finetune("tiny", steps=1)
+    for i in range(3):
+        s.record_segmentation(i, fake_seg(seed=i))
+    s.save(0, fake_seg().mask(), fake_seg().fov)
+    s.mark_corrected(1)
+    result = s.finetune("tiny", steps=2, device="cpu", name="tiny-ft")
+    assert result.model_path is not None and result.model_path.is_file()
+    again = S.Session.open(tmp_path)
+    assert again.models[0]["name"] == "tiny-ft" and again.models[0]["images"] == ["eye0.png"]
+    assert again.reset_unsaved() == [2]
+    assert again.entries[2].state == "new" and again.entries[2].model is None
+    assert again.cached(2) is None and again.cached(1) is not None

@@ -164,9 +164,11 @@ class Entry:
 class Session:
     """A folder of photographs being corrected; ``Session.open(folder)`` creates or resumes one."""
 
-    def __init__(self, folder: Path, annotations: Path, entries: list[Entry], current: int = 0):
+    def __init__(self, folder: Path, annotations: Path, entries: list[Entry], current: int = 0,
+                 models: list | None = None):
         self.folder, self.annotations = folder, annotations
         self.entries, self.current = entries, current
+        self.models = list(models or [])  # fine-tuned versions: name, path, base, images, at
         self._lock = threading.RLock()  # the widget saves from a worker thread
 
     # -- creation and persistence
@@ -180,7 +182,7 @@ class Session:
             raise InputError(f"No photographs in {folder}.")
         annotations = Path(annotations).expanduser().resolve() if annotations else folder
         annotations.mkdir(parents=True, exist_ok=True)
-        old, current_name = {}, None
+        old, current_name, models = {}, None, []
         path = annotations / SESSION_FILE
         if path.is_file():
             try:
@@ -189,6 +191,7 @@ class Session:
                 old = {e["name"]: Entry(**{k: v for k, v in e.items() if k in known})
                        for e in data.get("images", [])}
                 current_name = data.get("current")
+                models = list(data.get("models", []))
             except (ValueError, TypeError, KeyError) as exc:
                 raise InputError(f"The session file {path} is damaged ({exc}); move it away to "
                                  "start afresh.") from None
@@ -201,7 +204,7 @@ class Session:
             entries.append(e)
         names = [e.name for e in entries]
         session = cls(folder, annotations, entries,
-                      names.index(current_name) if current_name in names else 0)
+                      names.index(current_name) if current_name in names else 0, models)
         session.write()
         return session
 
@@ -217,7 +220,7 @@ class Session:
             data = {"version": _VERSION, "folder": str(self.folder),
                     "annotations": str(self.annotations),
                     "current": self.entries[self.current].name,
-                    "images": [asdict(e) for e in self.entries]}
+                    "images": [asdict(e) for e in self.entries], "models": self.models}
             with atomic_write(self.path) as tmp:
                 Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
         return self.path
@@ -335,6 +338,61 @@ class Session:
 
         path = self.vessels_path(index)
         return read_mask(path) if path.is_file() else None
+
+    # -- the human-in-the-loop cycle
+    def training_pairs(self) -> list[tuple]:
+        """(rgb, vessels, FOV or None) of every saved image: the corrected annotations."""
+        from .image_io import as_rgb, read_image, read_mask
+
+        pairs = []
+        for i, e in enumerate(self.entries):
+            if e.state != "saved" or not self.vessels_path(i).is_file():
+                continue
+            rgb = as_rgb(read_image(self.image_path(i)))
+            fov = read_mask(self.fov_path(i)) if self.fov_path(i).is_file() else None
+            pairs.append((rgb, read_mask(self.vessels_path(i)), fov))
+        return pairs
+
+    def finetune(self, init, steps: int = 200, name: str | None = None, device: str = "auto",
+                 out_dir=None, should_stop=None, callback=None):
+        """Fine-tune ``init`` (a model name or path) on the saved annotations; the new model is
+        saved with its card in the user models folder (or ``out_dir``) and recorded with the
+        images it saw.  Returns the engine's ``TrainResult``."""
+        from .models import user_models_dir
+        from .training import TrainConfig, train
+
+        pairs = self.training_pairs()
+        if not pairs:
+            raise InputError("No saved annotation to fine-tune on: correct and save an image first.")
+        seen = [e.name for e in self.entries if e.state == "saved"]
+        side = min(min(p[0].shape[:2]) for p in pairs)
+        name = name or f"{self.folder.name}-ft{len(self.models) + 1}"
+        config = TrainConfig(steps=int(steps), crop=min(512, side // 16 * 16), lr=1e-4,
+                             device=device, name=name, val_every=0,
+                             checkpoint_every=max(1, int(steps)))
+        out = Path(out_dir) if out_dir else user_models_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        result = train(config, pairs, None, init=init, out_dir=out, callback=callback,
+                       should_stop=should_stop, description=f"fine-tuning '{name}' on {len(pairs)} image(s)")
+        if result.model_path is not None:
+            with self._lock:
+                self.models.append({"name": name, "path": str(result.model_path), "base": str(init),
+                                    "images": seen, "steps": result.steps, "at": _now()})
+                self.write()
+        return result
+
+    def reset_unsaved(self) -> list[int]:
+        """Forget the maps of the images nobody corrected or saved (state new / segmented), so
+        the next visit segments them again with the chosen model; returns their indices."""
+        reset = []
+        with self._lock:
+            for i, e in enumerate(self.entries):
+                if e.state in ("new", "segmented"):
+                    self.cache_path(i).unlink(missing_ok=True)
+                    e.state, e.model, e.seconds, e.segmented_at = "new", None, None, None
+                    reset.append(i)
+            self.write()
+        return reset
 
     def visit(self, index: int, region) -> None:
         self.entries[index].visited.append([int(region[0]), int(region[1])])
