@@ -231,3 +231,29 @@ def test_csv_export(qtbot, sw, photos, tmp_path, notes):
     assert rows[0]["state"] == "saved" and rows[0]["model"] == "tiny-test"
     assert rows[0]["ground_truth"] == "eye0_gt.png" and rows[0]["auc"] != ""
     assert rows[1]["se"] == "" and float(rows[1]["fov_diameter_px"]) > 0
+
+
+def test_finetune_on_saved_then_resegment_the_rest(qtbot, sw, photos, notes):
+    open_and_wait(qtbot, sw, photos)
+    truth = fundus(SIZE, seed=0)[1]
+    sw.layers["vessels"].data_setitem(np.nonzero(truth), 1)  # "corrected" into the ground truth
+    sw.next()
+    settle(qtbot, sw)
+    assert sw.session.entries[0].state == "saved"
+    sw.ft_steps.setValue(2)
+    assert sw.finetune()
+    settle(qtbot, sw)
+    assert notes["error"] == [], notes["error"]
+    name = sw.model_picker.combo.currentText()
+    assert name == "photos-ft1", sw.status.text()
+    assert sw.session.models[0]["images"] == ["eye0.png"]
+    # eye1 is on screen, untouched: it and eye2 are segmented again with the new model.
+    assert sw.resegment_rest() == 2
+    qtbot.waitUntil(lambda: sw.shown is not None and sw.shown.index == 1, timeout=TIMEOUT_MS)
+    settle(qtbot, sw)
+    assert sw.session.entries[1].model == "photos-ft1"
+    assert sw.session.entries[0].model == "tiny-test", "a saved image keeps its first model"
+    sw.next()
+    qtbot.waitUntil(lambda: sw.shown is not None and sw.shown.index == 2, timeout=TIMEOUT_MS)
+    settle(qtbot, sw)
+    assert sw.session.entries[2].model == "photos-ft1"

@@ -84,6 +84,7 @@ class SessionWidget(DockWidget):
         self._saves = 0
         self._save_workers: set = set()
         self._csv_worker = None
+        self._ft_worker = None
         self._models: dict = {}
         self._arrival: Prepared | None = None
         self._filtered = lambda: None
@@ -193,6 +194,24 @@ class SessionWidget(DockWidget):
         row5.addWidget(self.csv_button)
         tools.addRow(row5)
         outer.addLayout(tools)
+
+        loop = QHBoxLayout()
+        self.ft_steps = QSpinBox()
+        self.ft_steps.setRange(1, 100_000)
+        self.ft_steps.setValue(200)
+        self.ft_steps.setToolTip("Fine-tuning steps.")
+        self.ft_button = QPushButton("Fine-tune on saved")
+        self.ft_button.setToolTip("Fine-tune the chosen model on the images saved so far, in the "
+                                  "background; the new model is saved with its card and selected.")
+        self.ft_button.clicked.connect(self.finetune)
+        self.reseg_button = QPushButton("Re-segment the rest")
+        self.reseg_button.setToolTip("Segment the images nobody corrected or saved again, with "
+                                     "the chosen model.")
+        self.reseg_button.clicked.connect(self.resegment_rest)
+        loop.addWidget(self.ft_steps)
+        loop.addWidget(self.ft_button)
+        loop.addWidget(self.reseg_button)
+        outer.addLayout(loop)
         self.status = wrapped_label()
         outer.addWidget(self.status)
         outer.addStretch(1)
@@ -235,6 +254,8 @@ class SessionWidget(DockWidget):
         for w in (self.branch_button, self.add_button, self.speck_button, self.uncertain_button):
             w.setEnabled(shown)
         self.csv_button.setEnabled(has)
+        self.ft_button.setEnabled(has and self._ft_worker is None)
+        self.reseg_button.setEnabled(has and self._ft_worker is None)
         if has:
             self.done_label.setText(f"done {self.session.done}/{len(self.session)}")
 
@@ -353,7 +374,7 @@ class SessionWidget(DockWidget):
     @property
     def busy(self) -> bool:
         return bool(self._jobs) or self._arrival is not None or self._tool_worker is not None or self._saves > 0 \
-            or self._csv_worker is not None
+            or self._csv_worker is not None or self._ft_worker is not None
 
     def _on_prepared(self, session, index: int, out) -> None:
         if not self.alive or session is not self.session:
@@ -678,6 +699,77 @@ class SessionWidget(DockWidget):
         rank = len(seen) + 1
         self._say(f"Uncertain region {rank} of {len(prep.regions)}: rows {y0}-{y1}, columns {x0}-{x1}.")
         return region
+
+    # ------------------------------------------------------------------ human in the loop
+
+    def finetune(self, *_) -> bool:
+        """Fine-tune the chosen model on the saved images, in a worker."""
+        if self.session is None or self._ft_worker is not None:
+            return False
+        spec = self._spec()
+        if spec is None:
+            show_warning("Choose a model to fine-tune first.")
+            return False
+        self.save_now()
+        session, steps = self.session, int(self.ft_steps.value())
+        device, cancel = self.device_combo.currentText() or "auto", self._life.cancel
+
+        def job():
+            try:
+                return session.finetune(spec, steps=steps, device=device, should_stop=cancel.is_set)
+            except DPNError as exc:
+                return str(exc)
+            except Exception as exc:  # noqa: BLE001 - a notification, never a traceback
+                return f"Fine-tuning failed ({type(exc).__name__}: {exc})."
+
+        worker = _worker(job)
+        worker.returned.connect(self._on_finetuned)
+        worker.finished.connect(self._on_ft_finished)
+        self._ft_worker = worker
+        self._say(f"Fine-tuning on {session.done} saved image(s), {steps} steps…")
+        worker.start()
+        self._sync()
+        return True
+
+    def _on_ft_finished(self) -> None:
+        self._ft_worker = None
+        if self.alive:
+            self._sync()
+
+    def _on_finetuned(self, out) -> None:
+        if not self.alive:
+            return
+        if isinstance(out, str):
+            show_error(out)
+            self._say(out)
+            return
+        if out.model_path is None:
+            self._say("Fine-tuning was cancelled; no model was saved.")
+            return
+        self.model_picker.refresh()
+        try:
+            self.select_model(out.card.name)
+        except ValueError:
+            self.add_model_file(out.model_path)
+        self._say(f"Saved the model '{out.card.name}' ({out.steps} steps); 'Re-segment the rest' "
+                  "applies it to the images nobody corrected.")
+
+    def resegment_rest(self, *_) -> int:
+        """Segment again, with the chosen model, every image not corrected or saved."""
+        if self.session is None:
+            return 0
+        reset = self.session.reset_unsaved()
+        for i in reset:
+            self._ready.pop(i, None)
+        self._refresh_list()
+        if self.index in reset:  # the image on screen was not touched: show its new map
+            self.shown, self._arrival = None, None
+            self._request(self.index)
+        elif self.index is not None:
+            self._request(self.index + 1)
+        self._say(f"Re-segmenting {len(reset)} image(s) with "
+                  f"{self.model_picker.combo.currentText()} as they are visited.")
+        return len(reset)
 
     # ------------------------------------------------------------------ export
 
