@@ -368,6 +368,7 @@ class Session:
         side = min(min(p[0].shape[:2]) for p in pairs)
         name = name or f"{self.folder.name}-ft{len(self.models) + 1}"
         config = TrainConfig(steps=int(steps), crop=min(512, side // 16 * 16), lr=1e-4,
+                             threshold_rule="max_acc",  # the fewest pixels for the grader to change
                              device=device, name=name, val_every=0,
                              checkpoint_every=max(1, int(steps)))
         out = Path(out_dir) if out_dir else user_models_dir()
