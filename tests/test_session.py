@@ -257,3 +257,55 @@ def test_finetune_on_saved_then_resegment_the_rest(qtbot, sw, photos, notes):
     qtbot.waitUntil(lambda: sw.shown is not None and sw.shown.index == 2, timeout=TIMEOUT_MS)
     settle(qtbot, sw)
     assert sw.session.entries[2].model == "photos-ft1"
+
+
+def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
+    """The mouse path: a press on the vessels layer in 'Remove this branch' mode."""
+    from types import SimpleNamespace
+
+    open_and_wait(qtbot, sw, photos)
+    vessels = sw.layers["vessels"]
+    tree = np.zeros((SIZE, SIZE), bool)
+    tree[:80, :80] = y_tree(80)
+    vessels.data = tree.astype(np.uint8)
+    sw.branch_button.click()
+    world = vessels.data_to_world((15, 17))
+    sw._on_click(vessels, SimpleNamespace(type="mouse_press", position=tuple(world)))
+    settle(qtbot, sw)
+    assert not vessels.data[12, 14] and vessels.data[70, 40]
+    sw.branch_button.click()
+    assert sw.mode is None
+
+
+LARGE = 2900  # 8.4 Mpx, as the Segment widget's latency test
+
+
+def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, stall_probe,
+                                                           monkeypatch, notes):
+    import napari_dpn.inference as inference
+    from PIL import Image
+
+    from napari_dpn.inference import Prediction
+
+    def fake_predict(loaded, rgb, **kw):  # the network is not what is measured here
+        g = np.asarray(rgb)[..., 1]
+        return Prediction(probability=np.clip(1 - g, 0, 1).astype(np.float32), device="cpu",
+                          seconds=0.0)
+
+    monkeypatch.setattr(inference, "predict", fake_predict)
+    folder = tmp_path / "large"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (LARGE, LARGE, 3), dtype=np.uint8)).save(
+            folder / f"big{i}.png", compress_level=1)
+    open_and_wait(qtbot, sw, folder)
+    gaps = []
+    for _ in range(2):
+        sw.layers["vessels"].data_setitem((np.array([5]), np.array([5])), 1)
+        target = sw.index + 1
+        gaps.append(stall_probe.measure(sw.next_button.click, until=lambda t=target: sw.shown is not None
+                                        and sw.shown.index == t and not sw.busy, settle_ms=50))
+    print("max event-loop stall on Next (s):", gaps)
+    assert min(gaps) < BUDGET_S, gaps
+    assert S.Session.open(folder).entries[1].state == "saved"
