@@ -79,7 +79,8 @@ class SessionWidget(DockWidget):
         self.shown: Prepared | None = None
         self.layers: dict = {}
         self._ready: dict[int, Prepared] = {}
-        self._jobs: dict[int, object] = {}
+        self._jobs: dict[tuple, object] = {}  # (generation, index) -> worker
+        self._generation = 0  # a new folder or "Re-segment the rest" makes results in flight stale
         self._tool_worker = None
         self._saves = 0
         self._save_workers: set = set()
@@ -296,6 +297,7 @@ class SessionWidget(DockWidget):
             return False
         self._clear_layers()
         self.session, self.index, self.shown, self._arrival = session, None, None, None
+        self._generation += 1
         self._ready.clear()
         self.folder_edit.setText(str(session.folder))
         if annotations:
@@ -321,7 +323,8 @@ class SessionWidget(DockWidget):
                 self._models[key] = load_model(path, device="cpu")
             return self._models[key]
 
-    def _prepare(self, session: S.Session, index: int, spec, device, cancel) -> Prepared | str:
+    def _prepare(self, session: S.Session, index: int, spec, device, cancel,
+                 gen: int = 0) -> Prepared | str:
         """Worker: read the photograph, segment it (or read the cached map), the uncertainty."""
         try:
             from napari_dpn.image_io import as_rgb, read_image
@@ -335,6 +338,8 @@ class SessionWidget(DockWidget):
                 if spec is None:
                     return "Choose a model first."
                 seg = S.segment_photo(self._load(spec), rgb, device=device, should_stop=cancel.is_set)
+                if gen != self._generation:  # re-segmenting or another folder meanwhile
+                    return "cancelled"
                 session.store_probability(index, seg)
             else:
                 prob, fov, t = cached
@@ -361,14 +366,16 @@ class SessionWidget(DockWidget):
     def _request(self, index: int) -> None:
         """Start preparing an image in the background unless it is ready or on its way."""
         if (self.session is None or not 0 <= index < len(self.session) or index in self._ready
-                or index in self._jobs):
+                or (self._generation, index) in self._jobs):
             return
+        gen = self._generation
         worker = _worker(self._prepare, self.session, index, self._spec(),
-                         self.device_combo.currentText() or "auto", self._life.cancel)
+                         self.device_combo.currentText() or "auto", self._life.cancel, gen)
         session = self.session
-        worker.returned.connect(lambda out, i=index, s=session: self._on_prepared(s, i, out))
-        worker.finished.connect(lambda i=index: self._jobs.pop(i, None))
-        self._jobs[index] = worker
+        worker.returned.connect(lambda out, i=index, s=session, g=gen: self._on_prepared(s, i, out, g))
+        key = (gen, index)
+        worker.finished.connect(lambda k=key: self._jobs.pop(k, None))
+        self._jobs[key] = worker
         worker.start()
 
     @property
@@ -376,10 +383,10 @@ class SessionWidget(DockWidget):
         return bool(self._jobs) or self._arrival is not None or self._tool_worker is not None or self._saves > 0 \
             or self._csv_worker is not None or self._ft_worker is not None
 
-    def _on_prepared(self, session, index: int, out) -> None:
-        if not self.alive or session is not self.session:
+    def _on_prepared(self, session, index: int, out, gen: int) -> None:
+        self._jobs.pop((gen, index), None)
+        if not self.alive or session is not self.session or gen != self._generation:
             return
-        self._jobs.pop(index, None)
         if isinstance(out, str):
             if out != "cancelled":
                 show_error(out)
@@ -758,6 +765,7 @@ class SessionWidget(DockWidget):
         """Segment again, with the chosen model, every image not corrected or saved."""
         if self.session is None:
             return 0
+        self._generation += 1
         reset = self.session.reset_unsaved()
         for i in reset:
             self._ready.pop(i, None)
