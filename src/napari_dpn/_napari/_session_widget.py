@@ -464,9 +464,9 @@ class SessionWidget(DockWidget):
             self.shown, self.edits, self._arrival = prep, 0, None
             self.low_spin.setValue(round(max(0.05, prep.seg.threshold / 2), 2))
             e = self.session.entries[prep.index]
-            self._say(f"{e.name}: {e.state}"
+            self._say(f"{e.name} ({e.state})"
                       + (", resumed from its saved annotation" if prep.resumed else "")
-                      + (f", segmented by {e.model}" if e.model else "") + ".")
+                      + (f"; first map by {e.model}" if e.model else "") + ".")
             self._sync()
             for i in list(self._ready):
                 if abs(i - prep.index) > 1:
