@@ -216,6 +216,18 @@ def test_next_uncertain_region_zooms_on_unvisited_regions(qtbot, sw, photos, not
     second = sw.next_uncertain()
     assert second == regions[1]
     assert S.Session.open(photos).entries[0].visited == [[first[0], first[1]], [second[0], second[1]]]
+    # A local threshold inside that region only, one undo step.
+    vessels = sw.layers["vessels"]
+    before = np.asarray(vessels.data).copy()
+    sw.local_spin.setValue(0.01)
+    assert sw.threshold_region()
+    settle(qtbot, sw)
+    y0, x0, y1, x1, _ = second
+    changed = np.asarray(vessels.data) != before
+    assert changed.any() and not changed[:y0].any() and not changed[y1:].any()
+    assert not changed[:, :x0].any() and not changed[:, x1:].any()
+    vessels.undo()
+    assert (np.asarray(vessels.data) == before).all()
 
 
 def test_csv_export(qtbot, sw, photos, tmp_path, notes):
@@ -275,6 +287,10 @@ def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
     assert not vessels.data[12, 14] and vessels.data[70, 40]
     sw.branch_button.click()
     assert sw.mode is None
+    sw.outline_check.setChecked(True)
+    assert vessels.contour == 1
+    sw.outline_check.setChecked(False)
+    assert vessels.contour == 0
 
 
 LARGE = 2900  # 8.4 Mpx, as the Segment widget's latency test

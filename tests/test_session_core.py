@@ -199,3 +199,14 @@ def test_finetune_on_saved_and_reset_the_rest(tmp_path, monkeypatch):
     assert again.reset_unsaved() == [2]
     assert again.entries[2].state == "new" and again.entries[2].model is None
     assert again.cached(2) is None and again.cached(1) is not None
+
+
+def test_threshold_box_changes_only_the_box():
+    prob = np.full((20, 20), 0.4, np.float32)
+    mask = np.zeros((20, 20), bool)
+    mask[0, 0] = True
+    mask[5, 5] = True
+    on, off = S.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.3)
+    assert on[4:10, 4:10].sum() == 35 and not on[0, 0] and on.sum() == 35
+    on, off = S.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.5)
+    assert off[5, 5] and off.sum() == 1 and not on.any()

@@ -532,6 +532,22 @@ def add_vessel(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.ndar
     return np.asarray(mask, bool) | vessel_region(prob, mask, point, low)
 
 
+def threshold_box(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, box,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """A local threshold (a hazy area): inside ``box`` (y0, x0, y1, x1), the pixels to turn on
+    and the pixels to turn off so that vessel = ``prob >= threshold`` inside the FOV there."""
+    prob = np.asarray(prob)
+    mask = np.asarray(mask, bool)
+    y0, x0, y1, x1 = (int(v) for v in box[:4])
+    want = np.zeros(mask.shape, bool)
+    inside = np.zeros(mask.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    if fov is not None:
+        inside &= np.asarray(fov, bool)
+    want[inside] = prob[inside] >= threshold
+    return want & ~mask & inside, mask & ~want & inside
+
+
 def speck_pixels(mask: np.ndarray, n: int) -> np.ndarray:
     """The pixels of the 8-connected components smaller than ``n`` pixels (bool mask)."""
     mask = np.asarray(mask, bool)

@@ -25,6 +25,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -92,6 +93,7 @@ class SessionWidget(DockWidget):
         self._steps: list = []
         self._model_lock = threading.Lock()
         self.mode: str | None = None
+        self.region = None  # the region Next uncertain region shows
         self.edits = 0
         self._fit_zoom = 1.0
         self._start_up()
@@ -182,6 +184,19 @@ class SessionWidget(DockWidget):
         row4.addWidget(self.speck_spin)
         row4.addWidget(self.speck_button)
         tools.addRow("Specks <", row4)
+        self.local_spin = QDoubleSpinBox()
+        self.local_spin.setRange(0.01, 0.99)
+        self.local_spin.setSingleStep(0.05)
+        self.local_spin.setValue(0.5)
+        self.local_spin.setToolTip("A threshold for the region on screen only (a hazy area).")
+        self.local_button = QPushButton("Threshold this region")
+        self.local_button.setToolTip("Inside the region shown by 'Next uncertain region' only: "
+                                     "vessel = probability >= this threshold. Ctrl+Z undoes.")
+        self.local_button.clicked.connect(self.threshold_region)
+        row6 = QHBoxLayout()
+        row6.addWidget(self.local_spin)
+        row6.addWidget(self.local_button)
+        tools.addRow("Local", row6)
         self.uncertain_button = QPushButton("Next uncertain region")
         self.uncertain_button.setToolTip("Zoom onto the most uncertain 64x64 region not yet "
                                          f"visited ({KEYS['uncertain']}).")
@@ -190,6 +205,11 @@ class SessionWidget(DockWidget):
         self.csv_button.setToolTip("Per-image state, model, density, FOV diameter, time, and "
                                    "Se/Sp/Acc/AUC/F1 where a ground truth is known.")
         self.csv_button.clicked.connect(self.export_clicked)
+        self.outline_check = QCheckBox("Outline")
+        self.outline_check.setToolTip("Show the vessels as outlines (contours) instead of filled, "
+                                      "to see the photograph under them.")
+        self.outline_check.toggled.connect(self._on_outline)
+        row4.addWidget(self.outline_check)
         row5 = QHBoxLayout()
         row5.addWidget(self.uncertain_button)
         row5.addWidget(self.csv_button)
@@ -254,6 +274,7 @@ class SessionWidget(DockWidget):
                                     and self.index < len(self.session) - 1)
         for w in (self.branch_button, self.add_button, self.speck_button, self.uncertain_button):
             w.setEnabled(shown)
+        self.local_button.setEnabled(shown and self.region is not None)
         self.csv_button.setEnabled(has)
         self.ft_button.setEnabled(has and self._ft_worker is None)
         self.reseg_button.setEnabled(has and self._ft_worker is None)
@@ -456,12 +477,13 @@ class SessionWidget(DockWidget):
                 layer.events.paint.connect(self._on_paint)
                 layer.mouse_drag_callbacks.append(self._on_click)
                 self.layers["vessels"] = layer
+            layer.contour = 1 if self.outline_check.isChecked() else 0
             self.viewer.layers.selection.active = layer
 
         def finish():
             self.viewer.reset_view()
             self._fit_zoom = float(self.viewer.camera.zoom)
-            self.shown, self.edits, self._arrival = prep, 0, None
+            self.shown, self.edits, self._arrival, self.region = prep, 0, None, None
             self.low_spin.setValue(round(max(0.05, prep.seg.threshold / 2), 2))
             e = self.session.entries[prep.index]
             self._say(f"{e.name} ({e.state})"
@@ -621,6 +643,11 @@ class SessionWidget(DockWidget):
         self.session.mark_corrected(self.shown.index)
         self._refresh_list()
 
+    def _on_outline(self, on: bool) -> None:
+        vessels = self.layers.get("vessels")
+        if vessels is not None:
+            vessels.contour = 1 if on else 0
+
     def set_mode(self, mode: str | None) -> None:
         """'branch', 'add' or None: what a click on the vessels layer does."""
         self.mode = mode
@@ -668,6 +695,32 @@ class SessionWidget(DockWidget):
     def remove_specks(self, *_) -> bool:
         return self.apply_tool("specks", None)
 
+    def threshold_region(self, *_) -> bool:
+        """Re-threshold the region on screen (from Next uncertain region) only: one undo step."""
+        vessels, prep, box = self.layers.get("vessels"), self.shown, self.region
+        if vessels is None or prep is None or box is None or self._tool_worker is not None:
+            return False
+        worker = _worker(S.threshold_box, prep.seg.probability, np.asarray(vessels.data) > 0,
+                         prep.seg.fov, box, float(self.local_spin.value()))
+        edits, t = self.edits, float(self.local_spin.value())
+        worker.returned.connect(lambda out, v=vessels, e=edits: self._apply_pair(v, e, out, t))
+        worker.finished.connect(self._on_tool_finished)
+        self._tool_worker = worker
+        worker.start()
+        return True
+
+    def _apply_pair(self, vessels, edits, out, t) -> None:
+        if not self.alive or vessels is not self.layers.get("vessels") or edits != self.edits:
+            return
+        on, off = out
+        with vessels.block_history():  # one Ctrl+Z undoes both
+            if on.any():
+                vessels.data_setitem(np.nonzero(on), 1)
+            if off.any():
+                vessels.data_setitem(np.nonzero(off), 0)
+        self._say(f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. "
+                  "Ctrl+Z undoes it.")
+
     def _on_tool_finished(self) -> None:
         self._tool_worker = None
 
@@ -703,6 +756,9 @@ class SessionWidget(DockWidget):
         self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
         self.viewer.camera.zoom = self._fit_zoom * max(h, w) / (1.25 * max(y1 - y0, x1 - x0))
         self.session.visit(prep.index, region)
+        self.region = region
+        self.local_spin.setValue(round(float(prep.seg.threshold), 2))
+        self._sync()
         rank = len(seen) + 1
         self._say(f"Uncertain region {rank} of {len(prep.regions)}: rows {y0}-{y1}, columns {x0}-{x1}.")
         return region
