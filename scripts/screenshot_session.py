@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from screenshots import SCREEN, open_viewer, shot, wait  # noqa: F401
 
 

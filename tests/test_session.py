@@ -16,11 +16,11 @@ pytest.importorskip("pytestqt")
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from synthetic_fundus import fundus  # noqa: E402
-from test_session_core import y_tree  # noqa: E402
+from synthetic_fundus import fundus
+from test_session_core import y_tree
 
-from napari_dpn import session as S  # noqa: E402
-from napari_dpn._napari._session_widget import SessionWidget  # noqa: E402
+from napari_dpn import session as S
+from napari_dpn._napari._session_widget import SessionWidget
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 120_000
@@ -298,9 +298,9 @@ LARGE = 2900  # 8.4 Mpx, as the Segment widget's latency test
 
 def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, stall_probe,
                                                            monkeypatch, notes):
-    import napari_dpn.inference as inference
     from PIL import Image
 
+    from napari_dpn import inference
     from napari_dpn.inference import Prediction
 
     def fake_predict(loaded, rgb, **kw):  # the network is not what is measured here

@@ -12,10 +12,10 @@ from skimage.draw import line
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from synthetic_fundus import fundus  # noqa: E402
+from synthetic_fundus import fundus
 
-from napari_dpn import session as S  # noqa: E402
-from napari_dpn.image_io import write_mask  # noqa: E402
+from napari_dpn import session as S
+from napari_dpn.image_io import write_mask
 
 
 def y_tree(size=80, width=1):

@@ -23,13 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _provenance import commit, cpu_model  # noqa: E402
+from _provenance import commit, cpu_model
 
-from napari_dpn import session as S  # noqa: E402
-from napari_dpn.datasets import load_split  # noqa: E402
-from napari_dpn.image_io import atomic_write  # noqa: E402
-from napari_dpn.inference import predict  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
+from napari_dpn import session as S
+from napari_dpn.datasets import load_split
+from napari_dpn.image_io import atomic_write
+from napari_dpn.inference import predict
+from napari_dpn.models import load_model
 
 MODELS = {"drive": "dpn-drive", "stare": "dpn-stare", "chase": "dpn-chase"}
 

@@ -34,7 +34,7 @@ CACHE_DIR = ".napari-dpn-cache"
 STATES = ("new", "segmented", "corrected", "saved")
 _VERSION = 1
 # Files beside the photographs that are annotations of a dataset, not photographs to correct.
-_NOT_PHOTOS = re.compile(r"(_gt|_1stHO|_2ndHO|_manual\d|_mask|\.ah|\.vk|_probability)$", re.I)
+_NOT_PHOTOS = re.compile(r"(_gt|_1stHO|_2ndHO|_manual\d|_mask|\.ah|\.vk|_probability)$", re.IGNORECASE)
 CSV_COLUMNS = ("image", "state", "model", "threshold", "scale", "fov_diameter_px",
                "vessel_density", "seconds", "se", "sp", "acc", "auc", "f1", "ground_truth")
 _EIGHT = np.ones((3, 3), bool)
@@ -173,7 +173,7 @@ class Session:
 
     # -- creation and persistence
     @classmethod
-    def open(cls, folder: str | Path, annotations: str | Path | None = None) -> "Session":
+    def open(cls, folder: str | Path, annotations: str | Path | None = None) -> Session:
         """The session of ``folder`` (annotations beside the photographs unless given): resumed
         from its session file, new photographs added, vanished ones dropped."""
         folder = Path(folder).expanduser().resolve()
@@ -263,10 +263,9 @@ class Session:
 
         cache = self.cache_path(index)
         cache.parent.mkdir(exist_ok=True)
-        with atomic_write(cache) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, probability=seg.probability.astype(np.float16),
-                                    fov=seg.fov, threshold=seg.threshold)
+        with atomic_write(cache) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, probability=seg.probability.astype(np.float16),
+                                fov=seg.fov, threshold=seg.threshold)
         return cache
 
     def note_segmentation(self, index: int, seg: Segmented) -> None:

@@ -528,7 +528,7 @@ class SessionWidget(DockWidget):
         self._sync()
         return True
 
-    def next(self, *_) -> bool:  # noqa: A003
+    def next(self, *_) -> bool:
         return self.index is not None and self.go(self.index + 1)
 
     def previous(self, *_) -> bool:
@@ -599,11 +599,11 @@ class SessionWidget(DockWidget):
             pass
         return False
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         self._watch_window()
 
-    def event(self, ev) -> bool:  # noqa: D102 - Qt API
+    def event(self, ev) -> bool:
         if ev.type() == QEvent.ParentChange and self.parent() is not None:
             QTimer.singleShot(0, self._watch_window)
         return super().event(ev)
@@ -621,7 +621,7 @@ class SessionWidget(DockWidget):
             window.installEventFilter(self)
             self._filtered = weakref.ref(window)  # a strong one would keep the window alive
 
-    def eventFilter(self, obj, ev) -> bool:  # noqa: N802 - Qt API
+    def eventFilter(self, obj, ev) -> bool:
         if ev.type() == QEvent.Close and obj is self._filtered():
             self.save_now()  # closing napari keeps the corrections of the image on screen
         return False
