@@ -325,3 +325,14 @@ def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, 
     print("max event-loop stall on Next (s):", gaps)
     assert min(gaps) < BUDGET_S, gaps
     assert S.Session.open(folder).entries[1].state == "saved"
+
+
+def test_closing_the_dock_saves_and_unbinds_the_keys(qtbot, sw, photos, notes):
+    open_and_wait(qtbot, sw, photos)
+    sw.layers["vessels"].data_setitem((np.array([4]), np.array([4])), 1)
+    settle(qtbot, sw)
+    sw.viewer.window.remove_dock_widget(sw)
+    qtbot.wait(50)
+    assert not sw.alive
+    assert not {"Shift+N", "Shift+P", "Shift+U"} & {str(k) for k in sw.viewer.keymap}
+    assert S.Session.open(photos).saved_mask(0)[4, 4]
