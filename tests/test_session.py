@@ -282,11 +282,33 @@ def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
     vessels.data = tree.astype(np.uint8)
     sw.branch_button.click()
     world = vessels.data_to_world((15, 17))
-    sw._on_click(vessels, SimpleNamespace(type="mouse_press", position=tuple(world)))
+    with pytest.raises(StopIteration):  # napari drives the callback as a generator
+        next(sw._on_click(vessels, SimpleNamespace(type="mouse_press", position=tuple(world))))
     settle(qtbot, sw)
     assert not vessels.data[12, 14] and vessels.data[70, 40]
     sw.branch_button.click()
     assert sw.mode is None
+    # A drag in 'Add vessel here' traces along the ridge of the probability map.
+    vessels.undo()
+    prob = np.full((SIZE, SIZE), 0.05, np.float32)
+    prob[88, 10:60] = 0.6
+    sw.shown.seg.probability = prob
+    sw.add_button.click()
+    assert not vessels.mouse_pan
+    event = SimpleNamespace(type="mouse_press", position=tuple(vessels.data_to_world((88, 12))))
+    drag = sw._on_click(vessels, event)
+    next(drag)
+    event.type, event.position = "mouse_move", tuple(vessels.data_to_world((88, 30)))
+    next(drag)
+    event.type, event.position = "mouse_release", tuple(vessels.data_to_world((88, 55)))
+    with pytest.raises(StopIteration):
+        next(drag)
+    settle(qtbot, sw)
+    assert (vessels.data[88, 12:56] == 1).all()
+    vessels.undo()
+    assert not vessels.data[88, 30]
+    sw.add_button.click()
+    assert vessels.mouse_pan
     sw.outline_check.setChecked(True)
     assert vessels.contour == 1
     sw.outline_check.setChecked(False)

@@ -210,3 +210,12 @@ def test_threshold_box_changes_only_the_box():
     assert on[4:10, 4:10].sum() == 35 and not on[0, 0] and on.sum() == 35
     on, off = S.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.5)
     assert off[5, 5] and off.sum() == 1 and not on.any()
+
+
+def test_trace_follows_the_ridge_between_two_points():
+    prob = np.full((60, 60), 0.05, np.float32)
+    prob[10, 10:50] = 0.6   # an L-shaped faint vessel
+    prob[10:50, 49] = 0.6
+    path = S.trace_pixels(prob, np.zeros((60, 60), bool), (10, 12), (45, 49))
+    assert path[10, 12:49].all() and path[11:45, 49].all()
+    assert path.sum() < 90, "along the ridge, not a straight cut"

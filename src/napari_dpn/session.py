@@ -526,6 +526,33 @@ def vessel_region(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.n
     return (labels == labels[r, c]) & ~mask
 
 
+def trace_pixels(prob: np.ndarray, mask: np.ndarray, start, end, width: int = 1) -> np.ndarray:
+    """The pixels a drag from ``start`` to ``end`` adds: the cheapest path along the ridge of
+    the probability map (cost 1 - p), ``width`` pixels wide, minus what is already vessel."""
+    from skimage.graph import route_through_array
+
+    prob = np.asarray(prob, np.float32)
+    h, w = prob.shape
+
+    def clip(p):
+        return (min(max(int(round(p[0])), 0), h - 1), min(max(int(round(p[1])), 0), w - 1))
+
+    start, end = clip(start), clip(end)
+    # Search only the box around both ends (with a margin): a drag is local.
+    m = max(16, abs(start[0] - end[0]) // 2, abs(start[1] - end[1]) // 2)
+    y0, y1 = max(0, min(start[0], end[0]) - m), min(h, max(start[0], end[0]) + m + 1)
+    x0, x1 = max(0, min(start[1], end[1]) - m), min(w, max(start[1], end[1]) + m + 1)
+    cost = 1.0 - np.clip(prob[y0:y1, x0:x1], 0, 1) + 1e-3
+    path, _ = route_through_array(cost, (start[0] - y0, start[1] - x0), (end[0] - y0, end[1] - x0),
+                                  fully_connected=True, geometric=True)
+    out = np.zeros(prob.shape, bool)
+    rr, cc = np.asarray(path).T
+    out[rr + y0, cc + x0] = True
+    if width > 1:
+        out = ndimage.binary_dilation(out, iterations=width // 2)
+    return out & ~np.asarray(mask, bool)
+
+
 def add_vessel(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.ndarray:
     """The mask plus the hysteresis region of the probability map around ``point``."""
     return np.asarray(mask, bool) | vessel_region(prob, mask, point, low)

@@ -161,7 +161,8 @@ class SessionWidget(DockWidget):
         self.add_button = QPushButton("Add vessel here")
         self.add_button.setCheckable(True)
         self.add_button.setToolTip("Click a missed vessel: the connected region of probability "
-                                   ">= 'low' around the click is added. Ctrl+Z undoes.")
+                                   ">= 'low' around the click is added; drag along it: the path "
+                                   "along the ridge of the probability map is added. Ctrl+Z undoes.")
         self.branch_button.toggled.connect(lambda on: self.set_mode("branch" if on else None))
         self.add_button.toggled.connect(lambda on: self.set_mode("add" if on else None))
         row3 = QHBoxLayout()
@@ -656,17 +657,35 @@ class SessionWidget(DockWidget):
             button.setChecked(mode == m)
             button.blockSignals(False)
         vessels = self.layers.get("vessels")
+        if vessels is not None:
+            vessels.mouse_pan = mode != "add"  # in 'add' a drag traces, it does not pan
         if mode is not None and vessels is not None:
             vessels.mode = "pan_zoom"  # the click is the tool's, not the brush's
+            vessels.mouse_pan = mode != "add"
             self.viewer.layers.selection.active = vessels
             self._say("Click a false branch to remove it." if mode == "branch"
-                      else "Click a missed vessel to add it.")
+                      else "Click a missed vessel to add it, or drag along it to trace it.")
 
-    def _on_click(self, layer, event) -> None:
+    def _on_click(self, layer, event):
+        """A press applies the click tool; in 'Add vessel here' a drag traces the vessel along
+        the ridge of the probability map from the press to the release."""
         if self.mode is None or event.type != "mouse_press" or layer is not self.layers.get("vessels"):
             return
+        mode = self.mode
         pos = layer.world_to_data(event.position)
-        self.apply_tool(self.mode, (float(pos[-2]), float(pos[-1])))
+        start = (float(pos[-2]), float(pos[-1]))
+        if mode != "add":
+            self.apply_tool(mode, start)
+            return
+        yield
+        while event.type == "mouse_move":
+            yield
+        pos = layer.world_to_data(event.position)
+        end = (float(pos[-2]), float(pos[-1]))
+        if max(abs(end[0] - start[0]), abs(end[1] - start[1])) < 3:
+            self.apply_tool("add", start)
+        else:
+            self.apply_tool("trace", (start, end))
 
     def apply_tool(self, mode: str, point) -> bool:
         """Run a click tool at ``point`` (row, col) in a worker; the change is one undo step."""
@@ -680,6 +699,9 @@ class SessionWidget(DockWidget):
         elif mode == "add":
             worker = _worker(S.vessel_region, prep.seg.probability, mask, point, self.low_spin.value())
             value, what = 1, "Added a vessel"
+        elif mode == "trace":
+            worker = _worker(S.trace_pixels, prep.seg.probability, mask, point[0], point[1], 2)
+            value, what = 1, "Traced a vessel"
         elif mode == "specks":
             worker = _worker(S.speck_pixels, mask, int(self.speck_spin.value()))
             value, what = 0, f"Removed specks < {int(self.speck_spin.value())} px"
