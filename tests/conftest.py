@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-WIDGET_MODULES = ("napari_dpn._napari._segment_widget", "napari_dpn._napari._finetune_widget")
+WIDGET_MODULES = ("napari_dpn._napari._segment_widget", "napari_dpn._napari._finetune_widget",
+                  "napari_dpn._napari._session_widget")
 
 
 def pytest_configure(config):
