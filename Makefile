@@ -1,6 +1,6 @@
 # napari-dpn: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install, segment the bundled sample fundus photograph
-#   make test   create .venv, install the test tools (and Xvfb when run as root), run the tests
+#   make test   create .venv, install the test tools (and Xvfb when run as root), lint (ruff), run the tests
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \
                 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 libgl1 libegl1 libdbus-1-3 libfontconfig1
 
-.PHONY: venv demo test xvfb clean
+.PHONY: venv demo test lint xvfb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ xvfb:
 		echo "make test needs Xvfb for the napari tests: run 'sudo apt-get install -y $(APT_PACKAGES)' (or make test as root)"; exit 1; \
 	fi
 
-test: venv xvfb
+lint: venv
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+test: venv xvfb lint
 	$(PY) -m pytest -q
 
 clean:

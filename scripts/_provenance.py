@@ -1,4 +1,5 @@
 """What every figure in docs/ records beside it: the hardware and the commit that produced it."""
+
 import platform
 import subprocess
 from pathlib import Path
@@ -18,7 +19,8 @@ def cpu_model() -> str:
 
 def commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
-                              capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True, text=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -5,6 +5,7 @@ Usage: python scripts/bench_inference.py [--device auto] [--repeats 3] [--markdo
 Each size runs in a fresh subprocess so that its peak resident memory (CPU) or peak
 allocated memory (CUDA) is its own.  Prints a table; --markdown prints it for docs/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def _one(arch: str, h: int, w: int, device: str, repeats: int) -> dict:
     if arch == "dpn-release":
         loaded = load_model("dpn-release-drive")
     else:
-        loaded = LoadedModel(build_model("dpn").eval(), ModelCard(name="dpn", architecture="dpn", input=dict(FRESH_INPUT)))
+        loaded = LoadedModel(
+            build_model("dpn").eval(), ModelCard(name="dpn", architecture="dpn", input=dict(FRESH_INPUT))
+        )
     img = (np.random.default_rng(0).random((h, w, 3)) * 255).astype(np.uint8)
     pred = predict(loaded, img, device=dev)  # warm-up (and CUDA/cuDNN autotuning)
     if dev.type == "cuda":
@@ -43,10 +46,21 @@ def _one(arch: str, h: int, w: int, device: str, repeats: int) -> dict:
         if dev.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"arch": arch, "h": h, "w": w, "device": str(dev), "seconds": min(times),
-            "median": sorted(times)[len(times) // 2], "peak_bytes": peak, "tiles": pred.tiles}
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    return {
+        "arch": arch,
+        "h": h,
+        "w": w,
+        "device": str(dev),
+        "seconds": min(times),
+        "median": sorted(times)[len(times) // 2],
+        "peak_bytes": peak,
+        "tiles": pred.tiles,
+    }
 
 
 def main() -> None:
@@ -65,24 +79,46 @@ def main() -> None:
     rows = []
     for label, (h, w) in SIZES.items():
         for arch in ARCHS:
-            out = subprocess.run([sys.executable, __file__, "--device", args.device, "--repeats", str(args.repeats),
-                                  "--one", arch, str(h), str(w)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--device",
+                    args.device,
+                    "--repeats",
+                    str(args.repeats),
+                    "--one",
+                    arch,
+                    str(h),
+                    str(w),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["size"] = label
             rows.append(r)
-            print(f"{label:<20} {arch:<12} {r['seconds']:.3f} s (median {r['median']:.3f})  "
-                  f"peak {r['peak_bytes'] / 2**30:.2f} GiB  tiles {r['tiles']}  [{r['device']}]", file=sys.stderr)
+            print(
+                f"{label:<20} {arch:<12} {r['seconds']:.3f} s (median {r['median']:.3f})  "
+                f"peak {r['peak_bytes'] / 2**30:.2f} GiB  tiles {r['tiles']}  [{r['device']}]",
+                file=sys.stderr,
+            )
     from _provenance import commit, cpu_model
 
     cpu = cpu_model()
     if args.markdown:
-        print(f"device: {rows[0]['device']}; CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-              f"commit {commit()}")
+        print(
+            f"device: {rows[0]['device']}; CPU: {cpu}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+            f"commit {commit()}"
+        )
         print()
         print(f"| image | network | seconds per image (best of {args.repeats}) | peak memory | tiles |")
         print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['size']} | {r['arch']} | {r['seconds']:.2f} | {r['peak_bytes'] / 2**30:.2f} GiB | {r['tiles']} |")
+            print(
+                f"| {r['size']} | {r['arch']} | {r['seconds']:.2f} | {r['peak_bytes'] / 2**30:.2f} GiB | {r['tiles']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Each configuration trains a fresh network on one synthetic fundus image for ``--
 one process, so that a machine shared with other jobs slows them all alike and their ratios stay
 meaningful.  Results for the reference CPU are in docs/training-speed.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _provenance import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -33,8 +35,9 @@ def _image(size: int):
     return fundus(size, seed=0, n_vessels=12)
 
 
-def bench(arch: str, crop: int, steps: int, warmup: int, device: str, channels_last: bool, amp: str,
-          batch_size: int = 1) -> float:
+def bench(
+    arch: str, crop: int, steps: int, warmup: int, device: str, channels_last: bool, amp: str, batch_size: int = 1
+) -> float:
     from napari_dpn.training import StepEvent, TrainConfig, train
 
     stamps = []
@@ -43,13 +46,21 @@ def bench(arch: str, crop: int, steps: int, warmup: int, device: str, channels_l
         if isinstance(event, StepEvent):
             stamps.append(time.perf_counter())
 
-    config = TrainConfig(steps=steps + 1, crop=crop, architecture=arch, device=device, amp=amp,
-                         channels_last=channels_last, batch_size=batch_size, val_every=0,
-                         checkpoint_every=0, name="bench")
+    config = TrainConfig(
+        steps=steps + 1,
+        crop=crop,
+        architecture=arch,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        batch_size=batch_size,
+        val_every=0,
+        checkpoint_every=0,
+        name="bench",
+    )
     with tempfile.TemporaryDirectory() as out:
-        train(config, [_image(crop + 32)], out_dir=out, callback=on_event,
-              should_stop=lambda: len(stamps) >= steps)
-    times = np.diff(stamps)[warmup - 1:]
+        train(config, [_image(crop + 32)], out_dir=out, callback=on_event, should_stop=lambda: len(stamps) >= steps)
+    times = np.diff(stamps)[warmup - 1 :]
     return statistics.median(times)
 
 
@@ -71,8 +82,17 @@ def compare(arch: str, crop: int, steps: int, warmup: int, device: str) -> dict[
     trainers = {}
     with tempfile.TemporaryDirectory() as out:
         for label, cl, amp, _ in VARIANTS:
-            config = TrainConfig(steps=steps, crop=crop, architecture=arch, device=device, amp=amp,
-                                 channels_last=cl, val_every=0, checkpoint_every=0, name="bench")
+            config = TrainConfig(
+                steps=steps,
+                crop=crop,
+                architecture=arch,
+                device=device,
+                amp=amp,
+                channels_last=cl,
+                val_every=0,
+                checkpoint_every=0,
+                name="bench",
+            )
             trainers[label] = _Trainer(config, [_image(crop + 32)], None, None, out, None, None, None, None)
         times = {label: [] for label in trainers}
         for step in range(warmup + steps):
@@ -105,9 +125,11 @@ def main(argv=None) -> int:
 
     dev = select_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
-    print(f"device {dev} ({name}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
-          f"channels_last {not args.no_channels_last}; amp {args.amp}; batch {args.batch_size}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"device {dev} ({name}); torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"channels_last {not args.no_channels_last}; amp {args.amp}; batch {args.batch_size}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     if args.compare:
         for arch in args.arch:
             for crop in args.crop:
@@ -119,8 +141,9 @@ def main(argv=None) -> int:
         return 0
     for arch in args.arch:
         for crop in args.crop:
-            s = bench(arch, crop, args.steps, args.warmup, args.device, not args.no_channels_last, args.amp,
-                      args.batch_size)
+            s = bench(
+                arch, crop, args.steps, args.warmup, args.device, not args.no_channels_last, args.amp, args.batch_size
+            )
             print(f"{arch:<12} crop {crop}: {s:.3f} s/step", flush=True)
     return 0
 

@@ -7,6 +7,7 @@ files are copied as they are.  Every converted file is read back and compared wi
 pixel for pixel.  The datasets' terms still apply to the copy: keep it out of the repository
 (`.devdata/` is git-ignored for this use).
 """
+
 from __future__ import annotations
 
 import shutil

@@ -8,6 +8,7 @@ to 8 training images at that scale (``segmentation.vessel_calibre``), the refere
 calibre estimate for photographs without a circular FOV.  Rewrites the embedded card and the JSON
 beside it; the tensors are untouched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,14 @@ from napari_dpn.models import load_model, rewrite_card
 from napari_dpn.scale import fov_diameter
 from napari_dpn.segmentation import segment, vessel_calibre
 
-TRAINED_ON = {"dpn-release-drive": "drive", "dpn-drive": "drive", "dpn-stare": "stare",
-              "dpn-release-stare-ft": "stare", "dpn-chase": "chase", "dpn-release-chase-ft": "chase"}
+TRAINED_ON = {
+    "dpn-release-drive": "drive",
+    "dpn-drive": "drive",
+    "dpn-stare": "stare",
+    "dpn-release-stare-ft": "stare",
+    "dpn-chase": "chase",
+    "dpn-release-chase-ft": "chase",
+}
 
 
 def main() -> None:
@@ -43,13 +50,14 @@ def main() -> None:
         ppd = float(np.mean(diameters)) / info.field_angle
         card = loaded.card
         card.scale = {
-            "working_ppd": round(ppd, 2), "trained_ppd": round(ppd, 2),
+            "working_ppd": round(ppd, 2),
+            "trained_ppd": round(ppd, 2),
             "source": f"{info.folder} training images at their native size: FOV diameter "
-                      f"{np.mean(diameters):.0f} px (mean of {len(diameters)}) over the camera's "
-                      f"{info.field_angle:g} degrees ({info.field_angle_source})",
+            f"{np.mean(diameters):.0f} px (mean of {len(diameters)}) over the camera's "
+            f"{info.field_angle:g} degrees ({info.field_angle_source})",
             "vessel_calibre_px": round(float(np.mean([c for c in calibres if c])), 3),
             "vessel_calibre_rule": "95th percentile of the skeleton width of the map at the card's threshold, "
-                                   f"mean over {len(calibres)} training images",
+            f"mean over {len(calibres)} training images",
         }
         rewrite_card(loaded.path, card)
         print(f"{name}: {card.scale['working_ppd']} px/deg, calibre {card.scale['vessel_calibre_px']} px")

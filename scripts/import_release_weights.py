@@ -5,6 +5,7 @@ Usage: python scripts/import_release_weights.py [CAFFEMODEL] [--eval-json FILE]
 The measured metrics and the recommended threshold in the card come from
 ``napari-dpn evaluate --dataset drive --json FILE`` (pass that file with --eval-json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ def main() -> None:
         },
         licence="Anti 996 (as stated by the official repository; permissive, keep the attribution)",
         attribution="Song Guo, 'DPN: Detail-Preserving Network with High Resolution Representation for "
-                    "Efficient Segmentation of Retinal Vessels' (official release guomugong/DPN)",
+        "Efficient Segmentation of Retinal Vessels' (official release guomugong/DPN)",
     )
     if args.eval_json:
         res = json.loads(Path(args.eval_json).read_text())
@@ -47,8 +48,10 @@ def main() -> None:
         card.metrics = {
             "dataset": "DRIVE test (20 images, 1st observer, official FOV masks, pooled)",
             "auc": round(pooled["auc"], 4),
-            **{rule: {k: round(v, 4) for k, v in pooled[rule].items() if isinstance(v, float)}
-               for rule in ("train_threshold", "youden", "max_acc")},
+            **{
+                rule: {k: round(v, 4) for k, v in pooled[rule].items() if isinstance(v, float)}
+                for rule in ("train_threshold", "youden", "max_acc")
+            },
         }
     out = import_caffe(args.caffemodel, ROOT / "weights" / "dpn-release-drive.safetensors", card=card)
     print(f"wrote {out}")

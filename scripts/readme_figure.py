@@ -2,6 +2,7 @@
 
 Usage: python scripts/readme_figure.py   (uses the shipped dpn-release-drive model on the CPU)
 """
+
 from pathlib import Path
 
 import numpy as np

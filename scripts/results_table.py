@@ -2,13 +2,16 @@
 
 Usage: python scripts/results_table.py docs/results/*.json
 """
+
 import json
 import sys
 from pathlib import Path
 
-RULES = [("train_threshold", "threshold chosen on training images (max. accuracy)"),
-         ("youden", "ROC point, max Se+Sp-1 (test set)"),
-         ("max_acc", "max. accuracy (test set; the paper's rows)")]
+RULES = [
+    ("train_threshold", "threshold chosen on training images (max. accuracy)"),
+    ("youden", "ROC point, max Se+Sp-1 (test set)"),
+    ("max_acc", "max. accuracy (test set; the paper's rows)"),
+]
 
 
 def rows(path: Path) -> list[str]:
@@ -23,9 +26,13 @@ def rows(path: Path) -> list[str]:
             continue
         if rule == "train_threshold":
             label = "threshold from the " + res.get("train_threshold_source", "training images")
-        out.append(f"| {meta.get('model', path.stem)} | {label}, t={e['threshold']:.3f} | {e['se']:.4f} | {e['sp']:.4f} | "
-                   f"{e['acc']:.4f} | {pooled['auc']:.4f} | {e['f1']:.4f} |")
-    out.append(f"| | per-image AUC mean / min / max | | | | {auc['mean']:.4f} / {auc['min']:.4f} / {auc['max']:.4f} | |")
+        out.append(
+            f"| {meta.get('model', path.stem)} | {label}, t={e['threshold']:.3f} | {e['se']:.4f} | {e['sp']:.4f} | "
+            f"{e['acc']:.4f} | {pooled['auc']:.4f} | {e['f1']:.4f} |"
+        )
+    out.append(
+        f"| | per-image AUC mean / min / max | | | | {auc['mean']:.4f} / {auc['min']:.4f} / {auc['max']:.4f} | |"
+    )
     return out
 
 

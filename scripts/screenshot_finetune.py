@@ -16,6 +16,7 @@ Run headless under Xvfb from the repository root:
 
 Models go to a temporary NAPARI_DPN_MODELS folder, not to the user's models folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,11 +100,18 @@ def results_shot(viewer, w, out: Path, root: Path, steps: int) -> None:
         viewer.add_image((rgb * 255).astype(np.uint8), name=name, rgb=True, visible=False)
         labels_name = _roles.vessels_name(name) if role == "train" else _roles.ground_truth_name(name)
         # The manual annotations of the training images stand in for corrected masks.
-        meta = (_roles.meta("vessels", image=name, corrected=True) if role == "train"
-                else _roles.meta("ground_truth", image=name))
+        meta = (
+            _roles.meta("vessels", image=name, corrected=True)
+            if role == "train"
+            else _roles.meta("ground_truth", image=name)
+        )
         viewer.add_labels(gt.astype(np.uint8), name=labels_name, visible=False, metadata=meta)
-        viewer.add_labels(fov.astype(np.uint8), name=_roles.fov_name(name), visible=False,
-                          metadata=_roles.meta("fov", image=name, source="file"))
+        viewer.add_labels(
+            fov.astype(np.uint8),
+            name=_roles.fov_name(name),
+            visible=False,
+            metadata=_roles.meta("fov", image=name, source="file"),
+        )
     w.select_model("dpn-release-drive")
     w.steps_spin.setValue(steps)
     w.crop_spin.setValue(128)

@@ -7,6 +7,7 @@ fundus sample (CC0: the original, mirrored, and a crop), "Correct a folder" dock
 model 'dpn-release-drive' on the CPU.  Shots: the first image with its uncertainty layer; after
 *Next uncertain region*; after Next (the prefetched second image).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from screenshots import SCREEN, open_viewer, shot, wait  # noqa: F401
 
 
@@ -30,8 +32,11 @@ def main(argv=None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="session-shots-"))
     rgb = data.retina()
     h, w = rgb.shape[:2]
-    for name, img in (("retina-a", rgb), ("retina-b", rgb[:, ::-1]),
-                      ("retina-c", rgb[h // 8: h - h // 8, w // 8: w - w // 8])):
+    for name, img in (
+        ("retina-a", rgb),
+        ("retina-b", rgb[:, ::-1]),
+        ("retina-c", rgb[h // 8 : h - h // 8, w // 8 : w - w // 8]),
+    ):
         Image.fromarray(np.ascontiguousarray(img)).save(folder / f"{name}.png")
     viewer = open_viewer()
     _, sw = viewer.window.add_plugin_dock_widget("napari-dpn", "Correct a folder", tabify=True)

@@ -11,6 +11,7 @@ screenshots.  With ``--drive DRIVE/test`` it also
 segments the first DRIVE test image and saves *only the widget panel* with its metrics (no
 dataset pixels end up in the docs: DRIVE may not be redistributed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,12 @@ def open_viewer():
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/images"))
-    ap.add_argument("--drive", type=Path, default=None,
-                    help="a DRIVE folder (e.g. /work/shared/datasets/DRIVE/test) for the metrics panel")
+    ap.add_argument(
+        "--drive",
+        type=Path,
+        default=None,
+        help="a DRIVE folder (e.g. /work/shared/datasets/DRIVE/test) for the metrics panel",
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 

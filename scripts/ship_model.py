@@ -7,6 +7,7 @@ Usage: python scripts/ship_model.py runs/NAME/NAME.safetensors --eval-json docs/
 The metrics come from ``napari-dpn evaluate --json`` on the model's test split; the card keeps
 how its threshold was chosen (on the training images) and the training record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,10 +36,13 @@ def main() -> None:
         "dataset": f"{meta.get('dataset', '?')} split {meta.get('split', '?')}, {meta.get('n_test', '?')} test images, FOV pixels pooled",
         "auc": round(pooled["auc"], 4),
         "per_image_auc_mean": round(res["per_image_summary"]["auc"]["mean"], 4),
-        **{rule: {k: round(v, 4) for k, v in pooled[rule].items() if isinstance(v, float)}
-           for rule in ("train_threshold", "youden", "max_acc") if pooled.get(rule)},
+        **{
+            rule: {k: round(v, 4) for k, v in pooled[rule].items() if isinstance(v, float)}
+            for rule in ("train_threshold", "youden", "max_acc")
+            if pooled.get(rule)
+        },
         "command": f"napari-dpn evaluate --dataset {meta.get('dataset')} --split {meta.get('split')} "
-                   f"--model {args.name or card.name}",
+        f"--model {args.name or card.name}",
     }
     if not card.licence:  # trained here from scratch: our own weights, under the code's licence
         card.licence = "BSD-3-Clause (napari-dpn's own training)"

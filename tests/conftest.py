@@ -3,6 +3,7 @@
 Nothing here imports Qt or napari at import time: the core tests run with ``-p no:xvfb`` and
 without a display, and collect this file too.
 """
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,11 @@ import sys
 
 import pytest
 
-WIDGET_MODULES = ("napari_dpn._napari._segment_widget", "napari_dpn._napari._finetune_widget",
-                  "napari_dpn._napari._session_widget")
+WIDGET_MODULES = (
+    "napari_dpn._napari._segment_widget",
+    "napari_dpn._napari._finetune_widget",
+    "napari_dpn._napari._session_widget",
+)
 
 
 def pytest_configure(config):
@@ -20,8 +24,7 @@ def pytest_configure(config):
 
 def _no_display() -> bool:
     # Read when a test starts: pytest-xvfb sets DISPLAY only once pytest is configured.
-    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                     or os.environ.get("WAYLAND_DISPLAY"))
+    return sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def pytest_runtest_setup(item):
@@ -36,7 +39,9 @@ def notes(monkeypatch):
     got = {"error": [], "warning": [], "info": []}
     for module in WIDGET_MODULES:
         for kind, messages in got.items():
-            monkeypatch.setattr(f"{module}.show_{kind}", messages.append, raising=False)  # not every widget uses every kind
+            monkeypatch.setattr(
+                f"{module}.show_{kind}", messages.append, raising=False
+            )  # not every widget uses every kind
     return got
 
 
@@ -84,8 +89,7 @@ def stall_probe(qtbot):
         def max_gap(self) -> float:
             return max(self._max, time.perf_counter() - self.last)
 
-        def measure(self, action, until=lambda: True, timeout_ms: int = 120_000,
-                    settle_ms: int = 100) -> float:
+        def measure(self, action, until=lambda: True, timeout_ms: int = 120_000, settle_ms: int = 100) -> float:
             """Max gap while ``action()`` runs (synchronously, as a click handler does) and the
             event loop then works until ``until()`` and ``settle_ms`` more.
 

@@ -1,4 +1,5 @@
 """Where the tests find the repository and the staged datasets (beside the checkout, as in CI)."""
+
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,5 +1,6 @@
 """Tiny synthetic fundus-like images for the training tests: an orange-red disc on black with
 a few dark curvy "vessels"; the label is exactly those curves, the FOV exactly the disc."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -16,6 +16,7 @@ precision.  Variants run interleaved (A, B, C, A, B, C, ...) after ``--warm`` ro
 the ``--rounds`` is reported, because the machine may be shared.  Prints every variant, and the
 ratio of each to the U-Net.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ from _provenance import commit, cpu_model  # noqa: E402
 
 
 def _double(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 class UNet(nn.Module):
@@ -45,9 +52,13 @@ class UNet(nn.Module):
 
     def __init__(self, base: int = 32, levels: int = 4, cin: int = 3, cout: int = 1):
         super().__init__()
-        widths = [base * 2 ** i for i in range(levels + 1)]
-        self.down = nn.ModuleList([_double(cin, widths[0])] + [_double(widths[i], widths[i + 1]) for i in range(levels)])
-        self.up = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels)))
+        widths = [base * 2**i for i in range(levels + 1)]
+        self.down = nn.ModuleList(
+            [_double(cin, widths[0])] + [_double(widths[i], widths[i + 1]) for i in range(levels)]
+        )
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(levels))
+        )
         self.dec = nn.ModuleList(_double(2 * widths[i], widths[i]) for i in reversed(range(levels)))
         self.head = nn.Conv2d(widths[0], cout, 1)
 
@@ -70,6 +81,7 @@ def unet_runner(model: UNet, precision: str):
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             y = model(x)
         return y[0, 0, :h, :w].float().numpy()
+
     return run
 
 
@@ -81,13 +93,16 @@ def add_levers(variants: dict, name: str, loaded, image: np.ndarray, precision: 
 
     model = loaded.model.eval().to(memory_format=torch.channels_last)
     flush_denormals_(model)
-    x = torch.from_numpy(normalise(as_rgb(image), loaded.card.input))[None].contiguous(memory_format=torch.channels_last)
+    x = torch.from_numpy(normalise(as_rgb(image), loaded.card.input))[None].contiguous(
+        memory_format=torch.channels_last
+    )
     bf16 = precision == "bf16"
 
     def torch_forward(fn):
         def run(_):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return fn(x)[0, 0].float().numpy()
+
         return run
 
     variants[f"{name} forward (eager)"] = torch_forward(model)
@@ -110,8 +125,16 @@ def add_levers(variants: dict, name: str, loaded, image: np.ndarray, precision: 
 
         path = Path(tempfile.mkdtemp()) / f"{name}.onnx"
         t0 = time.perf_counter()
-        torch.onnx.export(model, (x.contiguous(),), str(path), dynamo=False, input_names=["x"], output_names=["p"],
-                          dynamic_axes={"x": {2: "h", 3: "w"}, "p": {2: "h", 3: "w"}}, opset_version=17)
+        torch.onnx.export(
+            model,
+            (x.contiguous(),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["p"],
+            dynamic_axes={"x": {2: "h", 3: "w"}, "p": {2: "h", 3: "w"}},
+            opset_version=17,
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -146,8 +169,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warm", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--models", nargs="+", default=["dpn-release-drive", "dpn-drive"])
-    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                    help="both networks (auto: bf16 where the CPU has native bf16, as predict() decides)")
+    ap.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="both networks (auto: bf16 where the CPU has native bf16, as predict() decides)",
+    )
     ap.add_argument("--levers", nargs="*", default=[], help="compile, onnx: DPN's forward pass with each")
     ap.add_argument("--size", nargs=2, type=int, default=[584, 565], metavar=("H", "W"))
     ap.add_argument("--out", default=None)
@@ -182,18 +209,33 @@ def main(argv: list[str] | None = None) -> dict:
     times = interleave(variants, image, args.rounds, args.warm)
     best = {k: min(t[0] for t in v) for k, v in times.items()}
     cpu = {k: min(t[1] for t in v) for k, v in times.items()}
-    print(f"{cpu_model()}, {torch.get_num_threads()} torch thread(s), precision {precision}, "
-          f"load {os.getloadavg()[0]:.1f}, image {args.size[0]}x{args.size[1]}, min of {args.rounds} interleaved rounds")
+    print(
+        f"{cpu_model()}, {torch.get_num_threads()} torch thread(s), precision {precision}, "
+        f"load {os.getloadavg()[0]:.1f}, image {args.size[0]}x{args.size[1]}, min of {args.rounds} interleaved rounds"
+    )
     print(f"{'variant':<34} {'wall s':>8} {'cpu s':>8} {'/ U-Net':>8}")
     for k in variants:
         print(f"{k:<34} {best[k]:8.3f} {cpu[k]:8.3f} {best[k] / best['unet']:8.2f}")
-    report = {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "precision": precision,
-              "unet_parameters": n_unet, "image": args.size, "rounds": args.rounds, "warm": args.warm,
-              "load_after": round(os.getloadavg()[0], 2), "min_wall_s": best, "min_cpu_s": cpu,
-              "ratio_to_unet": {k: round(best[k] / best["unet"], 3) for k in variants},
-              "compile_seconds": compile_seconds,
-              "all": times, "torch": torch.__version__, "python": platform.python_version(), "commit": commit(),
-              "command": " ".join(["python", "scripts/benchmarks/bench_vs_unet.py", *(argv or sys.argv[1:])])}
+    report = {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "precision": precision,
+        "unet_parameters": n_unet,
+        "image": args.size,
+        "rounds": args.rounds,
+        "warm": args.warm,
+        "load_after": round(os.getloadavg()[0], 2),
+        "min_wall_s": best,
+        "min_cpu_s": cpu,
+        "ratio_to_unet": {k: round(best[k] / best["unet"], 3) for k in variants},
+        "compile_seconds": compile_seconds,
+        "all": times,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit(),
+        "command": " ".join(["python", "scripts/benchmarks/bench_vs_unet.py", *(argv or sys.argv[1:])]),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")

@@ -11,6 +11,7 @@ Each mode segments every photograph of FOLDER into a fresh temporary output fold
 finished image ((n - 1) / time), which is what a long cohort approaches.  The load average is
 recorded because the machine may be shared.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
-
 from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
 from napari_dpn.models import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.outputs import images_in  # noqa: E402
@@ -48,11 +48,16 @@ def run_mode(images, mode: str, model: str, device: str, precision: str) -> dict
                 done.append(time.perf_counter() - t0)
         wall = done[-1]
         steady = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else None
-        return {"mode": mode, "images": len(done), "wall_s": round(wall, 2),
-                "images_per_s_wall": round(len(done) / wall, 3),
-                "images_per_s_steady": None if steady is None else round(steady, 3),
-                "first_image_s": round(done[0], 2), "load_before": round(load0, 2),
-                "load_after": round(os.getloadavg()[0], 2)}
+        return {
+            "mode": mode,
+            "images": len(done),
+            "wall_s": round(wall, 2),
+            "images_per_s_wall": round(len(done) / wall, 3),
+            "images_per_s_steady": None if steady is None else round(steady, 3),
+            "first_image_s": round(done[0], 2),
+            "load_before": round(load0, 2),
+            "load_after": round(os.getloadavg()[0], 2),
+        }
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -77,11 +82,20 @@ def main() -> None:
             print(json.dumps(res), flush=True)
     import torch
 
-    report = {"folder": args.folder, "model": args.model, "device": args.device, "precision": args.precision,
-              "runs": runs, "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-              "python": platform.python_version(), "commit": commit(),
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+    report = {
+        "folder": args.folder,
+        "model": args.model,
+        "device": args.device,
+        "precision": args.precision,
+        "runs": runs,
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": commit(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")

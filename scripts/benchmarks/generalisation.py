@@ -8,6 +8,7 @@ AUC and Se/Sp/Acc/F1 at the model card's threshold, FOV pixels pooled (AV-WIDE: 
 Rows already in the output file are kept (the file is updated, so runs can be split up).
 ``--table`` prints the markdown table of docs/results.md from the output file and evaluates nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
-
 from napari_dpn import metrics  # noqa: E402
 from napari_dpn.datasets import load_split  # noqa: E402
 from napari_dpn.evaluation import predict_samples  # noqa: E402
@@ -64,21 +64,34 @@ def main() -> None:
             for mode in args.modes:
                 scale, angle = MODES[mode]
                 t0, scales = time.perf_counter(), []
-                probs, gts, fovs, names = predict_samples(loaded, test, precision="fp32", scale=scale,
-                                                          field_angle=angle, scales=scales)
+                probs, gts, fovs, names = predict_samples(
+                    loaded, test, precision="fp32", scale=scale, field_angle=angle, scales=scales
+                )
                 rep = metrics.evaluate(probs, gts, fovs, names=names, train_threshold=loaded.card.threshold)
                 pooled = rep["pooled"]
-                row = {"model": name, "sha256": loaded.card.sha256, "dataset": ds, "split": TEST_SPLITS[ds],
-                       "mode": mode, "auc": round(pooled["auc"], 4),
-                       "at_card_threshold": {k: round(pooled["train_threshold"][k], 4)
-                                             for k in ("threshold", "se", "sp", "acc", "f1")},
-                       "per_image_auc": {r["name"]: round(r["auc"], 4) for r in rep["per_image"]},
-                       "factors": [round(s.factor, 3) for s in scales],
-                       "methods": sorted({s.method for s in scales}),
-                       "seconds": round(time.perf_counter() - t0, 1), "commit": commit(), "cpu": cpu_model()}
+                row = {
+                    "model": name,
+                    "sha256": loaded.card.sha256,
+                    "dataset": ds,
+                    "split": TEST_SPLITS[ds],
+                    "mode": mode,
+                    "auc": round(pooled["auc"], 4),
+                    "at_card_threshold": {
+                        k: round(pooled["train_threshold"][k], 4) for k in ("threshold", "se", "sp", "acc", "f1")
+                    },
+                    "per_image_auc": {r["name"]: round(r["auc"], 4) for r in rep["per_image"]},
+                    "factors": [round(s.factor, 3) for s in scales],
+                    "methods": sorted({s.method for s in scales}),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "commit": commit(),
+                    "cpu": cpu_model(),
+                }
                 table["rows"][f"{name}|{ds}|{mode}"] = row
-                print(f"{name:22s} {ds:7s} {mode:8s} AUC {row['auc']:.4f}  F1 {row['at_card_threshold']['f1']:.4f}"
-                      f"  factors {min(row['factors']):.2f}-{max(row['factors']):.2f} {row['methods']}", flush=True)
+                print(
+                    f"{name:22s} {ds:7s} {mode:8s} AUC {row['auc']:.4f}  F1 {row['at_card_threshold']['f1']:.4f}"
+                    f"  factors {min(row['factors']):.2f}-{max(row['factors']):.2f} {row['methods']}",
+                    flush=True,
+                )
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_write(out) as tmp:
                     Path(tmp).write_text(json.dumps(table, indent=1) + "\n")

@@ -20,6 +20,7 @@ Measured:
   fresh output folder, model load excluded; the images/s between the first and the last image
   written (steady) and over the whole run (wall, DataLoader start-up included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
-
 from napari_dpn.batch import DEFAULT_BATCH, default_loader_workers, forward_batch  # noqa: E402
 from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
 from napari_dpn.devices import resolve_precision, select_device  # noqa: E402
@@ -112,9 +112,12 @@ def network_rates(model, device, precision, size, batch_sizes, iters) -> list[di
         for _ in range(iters):
             forward_batch(model, xs, device, precision)
         copies = time.perf_counter() - t0
-        row = {"batch": b, "network_images_per_s": round(b * iters / net, 1),
-               "network_ms_per_batch": round(1000 * net / iters, 2),
-               "network_with_copies_images_per_s": round(b * iters / copies, 1)}
+        row = {
+            "batch": b,
+            "network_images_per_s": round(b * iters / net, 1),
+            "network_ms_per_batch": round(1000 * net / iters, 2),
+            "network_with_copies_images_per_s": round(b * iters / copies, 1),
+        }
         if device.type == "cuda":
             row["max_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             torch.cuda.reset_peak_memory_stats(device)
@@ -135,10 +138,15 @@ def disk_rate(args, folder: Path, root: Path, batch: int, settings) -> dict:
             statuses[result.status] = statuses.get(result.status, 0) + 1
     shutil.rmtree(out, ignore_errors=True)
     steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    row = {"batch": batch, "images": len(times), "statuses": statuses, "wall_s": round(times[-1], 2),
-           "disk_images_per_s_wall": round(len(times) / times[-1], 2),
-           "disk_images_per_s_steady": None if steady is None else round(steady, 2),
-           "first_image_s": round(times[0], 2)}
+    row = {
+        "batch": batch,
+        "images": len(times),
+        "statuses": statuses,
+        "wall_s": round(times[-1], 2),
+        "disk_images_per_s_wall": round(len(times) / times[-1], 2),
+        "disk_images_per_s_steady": None if steady is None else round(steady, 2),
+        "first_image_s": round(times[0], 2),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -150,8 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", nargs=2, type=int, default=list(DRIVE_SIZE), metavar=("H", "W"))
     ap.add_argument("--count", type=int, default=500, help="images for the disk-to-disk run")
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 16, 32, 64])
-    ap.add_argument("--disk-batch-sizes", nargs="*", type=int, default=None,
-                    help="batch sizes of the disk-to-disk runs (default: the pipeline's default)")
+    ap.add_argument(
+        "--disk-batch-sizes",
+        nargs="*",
+        type=int,
+        default=None,
+        help="batch sizes of the disk-to-disk runs (default: the pipeline's default)",
+    )
     ap.add_argument("--loader-workers", type=int, default=None)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -167,23 +180,39 @@ def main(argv: list[str] | None = None) -> dict:
     precision = "fp16" if device.type == "cuda" else resolve_precision("auto", device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    report = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-              "precision": precision, "model": loaded.card.name, "image_size": list(args.size)}
+    report = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "precision": precision,
+        "model": loaded.card.name,
+        "image_size": list(args.size),
+    }
     print(json.dumps(report), flush=True)
     report["network"] = network_rates(model, device, precision, tuple(args.size), args.batch_sizes, args.network_iters)
     root = Path(tempfile.mkdtemp(prefix="napari-dpn-gpu-bench-"))
     try:
         folder = input_folder(args, root)
         settings = settings_for(args.model, device=str(device))
-        report["disk"] = [disk_rate(args, folder, root, b, settings)
-                          for b in (args.disk_batch_sizes or [DEFAULT_BATCH if device.type == "cuda" else 2])]
+        report["disk"] = [
+            disk_rate(args, folder, root, b, settings)
+            for b in (args.disk_batch_sizes or [DEFAULT_BATCH if device.type == "cuda" else 2])
+        ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report.update({"count": args.count, "folder": args.folder or "synthetic",
-                   "loader_workers": default_loader_workers() if args.loader_workers is None else args.loader_workers,
-                   "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                   "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit(),
-                   "command": " ".join(["python", "scripts/benchmarks/gpu_throughput.py", *(argv or sys.argv[1:])])})
+    report.update(
+        {
+            "count": args.count,
+            "folder": args.folder or "synthetic",
+            "loader_workers": default_loader_workers() if args.loader_workers is None else args.loader_workers,
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "commit": commit(),
+            "command": " ".join(["python", "scripts/benchmarks/gpu_throughput.py", *(argv or sys.argv[1:])]),
+        }
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")

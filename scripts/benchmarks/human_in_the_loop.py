@@ -10,6 +10,7 @@ images (pooled inside the estimated FOV), and the pixels a grader would have had
     OMP_NUM_THREADS=1 python scripts/benchmarks/human_in_the_loop.py --steps 100 \
         --json docs/results/human_in_the_loop.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _provenance import commit, cpu_model
-
 from napari_dpn import metrics
 from napari_dpn import session as S
 from napari_dpn.datasets import list_samples
@@ -43,10 +43,14 @@ def score(loaded, samples):
         gts.append(gt)
         fovs.append(fov)
         changed += int((((p.probability >= t) & fov) != gt)[fov].sum())
-    return {"model": loaded.card.name, "threshold": t,
-            "auc": float(metrics.auc(probs, gts, fovs)),
-            "pixels_to_change": changed, "pixels_to_change_per_image": changed / len(samples),
-            "seconds_per_image": secs / len(samples)}
+    return {
+        "model": loaded.card.name,
+        "threshold": t,
+        "auc": float(metrics.auc(probs, gts, fovs)),
+        "pixels_to_change": changed,
+        "pixels_to_change_per_image": changed / len(samples),
+        "seconds_per_image": secs / len(samples),
+    }
 
 
 def main(argv=None) -> int:
@@ -60,7 +64,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     samples = list_samples("chase", args.root)
-    corrected, rest = samples[: args.corrected], samples[args.corrected:]
+    corrected, rest = samples[: args.corrected], samples[args.corrected :]
     if args.remaining:
         rest = rest[: args.remaining]
     work = Path(tempfile.mkdtemp(prefix="hitl-"))
@@ -77,17 +81,31 @@ def main(argv=None) -> int:
         before = score(load_model(args.start), rest)
         print("before", before, flush=True)
         t0 = time.perf_counter()
-        result = session.finetune(args.start, steps=args.steps, device="cpu", out_dir=models_dir,
-                                  name=f"{args.start}-chase{args.corrected}-ft")
+        result = session.finetune(
+            args.start,
+            steps=args.steps,
+            device="cpu",
+            out_dir=models_dir,
+            name=f"{args.start}-chase{args.corrected}-ft",
+        )
         ft_seconds = time.perf_counter() - t0
         after = score(load_model(result.model_path), rest)
         print("after", after, flush=True)
-        out = {"meta": {"command": "python scripts/benchmarks/human_in_the_loop.py "
-                        + " ".join(argv or sys.argv[1:]), "commit": commit(), "cpu": cpu_model(),
-                        "start": args.start, "corrected": [s.name for s in corrected],
-                        "remaining": [s.name for s in rest], "steps": result.steps,
-                        "finetune_seconds": ft_seconds},
-               "before": before, "after": after, "session_models": session.models}
+        out = {
+            "meta": {
+                "command": "python scripts/benchmarks/human_in_the_loop.py " + " ".join(argv or sys.argv[1:]),
+                "commit": commit(),
+                "cpu": cpu_model(),
+                "start": args.start,
+                "corrected": [s.name for s in corrected],
+                "remaining": [s.name for s in rest],
+                "steps": result.steps,
+                "finetune_seconds": ft_seconds,
+            },
+            "before": before,
+            "after": after,
+            "session_models": session.models,
+        }
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:

@@ -8,6 +8,7 @@ Images are upscaled bilinearly, ground truth and FOV by pixel repetition.  Each 
 ``segmentation.segment`` exactly as ``napari-dpn segment`` runs it (FOV estimated, scale auto, no
 field angle given); AUC is pooled inside the official FOV masks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
-
 from napari_dpn.cli import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.datasets import load_split  # noqa: E402
 from napari_dpn.image_io import atomic_write  # noqa: E402
@@ -54,12 +54,24 @@ def main() -> None:
                 labels.append(gt[fov])
                 factors.append(seg.scale.factor)
             auc = float(roc_auc_score(np.concatenate(labels), np.concatenate(scores)))
-            row = {"upscale": k, "mode": mode, "auc": round(auc, 4), "factor_min": round(min(factors), 3),
-                   "factor_max": round(max(factors), 3), "seconds_per_image": round((time.perf_counter() - t0) / len(test), 2)}
+            row = {
+                "upscale": k,
+                "mode": mode,
+                "auc": round(auc, 4),
+                "factor_min": round(min(factors), 3),
+                "factor_max": round(max(factors), 3),
+                "seconds_per_image": round((time.perf_counter() - t0) / len(test), 2),
+            }
             rows.append(row)
             print(row, flush=True)
-    result = {"model": args.model, "sha256": loaded.card.sha256, "rows": rows, "commit": commit(), "cpu": cpu_model(),
-              "command": "python scripts/benchmarks/rescale_check.py " + " ".join(sys.argv[1:])}
+    result = {
+        "model": args.model,
+        "sha256": loaded.card.sha256,
+        "rows": rows,
+        "commit": commit(),
+        "cpu": cpu_model(),
+        "command": "python scripts/benchmarks/rescale_check.py " + " ".join(sys.argv[1:]),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:

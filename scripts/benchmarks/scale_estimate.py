@@ -9,6 +9,7 @@ angle; AV-WIDE: its calibre factor) against two estimates: a 45 degree guess on 
 and the vessel calibre of coarse passes (``segmentation.scale_from_calibre``).  Reports the
 median and worst absolute error in percent of the true factor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
-
 from napari_dpn.cli import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.datasets import DATASETS, load_split, sample_factor  # noqa: E402
 from napari_dpn.image_io import atomic_write  # noqa: E402
@@ -52,20 +52,36 @@ def main() -> None:
                     rgb, fov = resample_image(rgb, size), resample_mask(fov, size)
                 guess = from_fov(fov, loaded.card, None).factor if not DATASETS[ds].whole_frame_fov else None
                 cal = scale_from_calibre(loaded, rgb, fov, precision="fp32")[0]
-                row = {"dataset": ds, "image": sample.name, "rescale": k, "true": round(true, 3),
-                       "angle45": None if guess is None else round(guess, 3),
-                       "calibre": round(cal.factor, 3), "calibre_method": cal.method}
+                row = {
+                    "dataset": ds,
+                    "image": sample.name,
+                    "rescale": k,
+                    "true": round(true, 3),
+                    "angle45": None if guess is None else round(guess, 3),
+                    "calibre": round(cal.factor, 3),
+                    "calibre_method": cal.method,
+                }
                 rows.append(row)
                 if guess is not None:
                     errs["angle45"].append(abs(guess / true - 1))
                 errs["calibre"].append(abs(cal.factor / true - 1))
                 print(row, flush=True)
-            summary[f"{ds} x{k:g}"] = {m: {"median_pct": round(100 * float(np.median(e)), 1),
-                                          "max_pct": round(100 * float(np.max(e)), 1)} if e else None
-                                       for m, e in errs.items()}
+            summary[f"{ds} x{k:g}"] = {
+                m: {"median_pct": round(100 * float(np.median(e)), 1), "max_pct": round(100 * float(np.max(e)), 1)}
+                if e
+                else None
+                for m, e in errs.items()
+            }
             print(f"{ds} x{k:g}: {summary[f'{ds} x{k:g}']}", flush=True)
-    result = {"model": args.model, "working_ppd": target, "summary": summary, "rows": rows, "commit": commit(),
-              "cpu": cpu_model(), "command": "python scripts/benchmarks/scale_estimate.py " + " ".join(sys.argv[1:])}
+    result = {
+        "model": args.model,
+        "working_ppd": target,
+        "summary": summary,
+        "rows": rows,
+        "commit": commit(),
+        "cpu": cpu_model(),
+        "command": "python scripts/benchmarks/scale_estimate.py " + " ".join(sys.argv[1:]),
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as tmp:

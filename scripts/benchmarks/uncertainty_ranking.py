@@ -11,6 +11,7 @@ count: the ceiling any uncertainty map could reach at this region size and count
     OMP_NUM_THREADS=1 python scripts/benchmarks/uncertainty_ranking.py \
         --root /work/shared/datasets --json docs/results/uncertainty_ranking.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _provenance import commit, cpu_model
-
 from napari_dpn import session as S
 from napari_dpn.datasets import load_split
 from napari_dpn.image_io import atomic_write
@@ -42,8 +42,11 @@ def score(u, fov, errors, top, size):
     sel &= fov
     area = sel.sum() / fov.sum()
     err = (errors & sel).sum() / max(1, errors.sum())
-    return {"area_share": float(area), "error_share": float(err),
-            "enrichment": float(err / area) if area else float("nan")}
+    return {
+        "area_share": float(area),
+        "error_share": float(err),
+        "enrichment": float(err / area) if area else float("nan"),
+    }
 
 
 def main(argv=None) -> int:
@@ -58,10 +61,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="docs/results/uncertainty_ranking.json")
     args = ap.parse_args(argv)
 
-    out = {"meta": {"command": " ".join(["python", "scripts/benchmarks/uncertainty_ranking.py"] + (argv or sys.argv[1:])),
-                    "commit": commit(), "cpu": cpu_model(), "top": args.top, "size": args.size,
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-           "datasets": {}}
+    out = {
+        "meta": {
+            "command": " ".join(["python", "scripts/benchmarks/uncertainty_ranking.py"] + (argv or sys.argv[1:])),
+            "commit": commit(),
+            "cpu": cpu_model(),
+            "top": args.top,
+            "size": args.size,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "datasets": {},
+    }
     for ds in args.datasets:
         split = load_split(ds, args.root)
         test = split.test[: args.limit] if args.limit else split.test
@@ -75,25 +85,28 @@ def main(argv=None) -> int:
             prob = predict(loaded, rgb, device="cpu").probability
             mask = (prob >= t) & fov
             errors = (mask != gt) & fov
-            row = {"image": sample.name, "seconds": round(time.perf_counter() - t0, 2),
-                   "error_pixels": int(errors.sum()), "fov_pixels": int(fov.sum()),
-                   "distance": score(S.uncertainty(prob, t), fov, errors, args.top, args.size)}
+            row = {
+                "image": sample.name,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "error_pixels": int(errors.sum()),
+                "fov_pixels": int(fov.sum()),
+                "distance": score(S.uncertainty(prob, t), fov, errors, args.top, args.size),
+            }
             # The ceiling: regions ranked by their true error count (what no ranking can beat).
             row["oracle"] = score(errors.astype(np.float32), fov, errors, args.top, args.size)
             if args.tta:
-                row["tta"] = score(S.tta_uncertainty(loaded, rgb, device="cpu"), fov, errors,
-                                   args.top, args.size)
+                row["tta"] = score(S.tta_uncertainty(loaded, rgb, device="cpu"), fov, errors, args.top, args.size)
             rows.append(row)
             print(ds, sample.name, {k: v for k, v in row.items() if k in ("distance", "tta", "oracle")}, flush=True)
         summary = {}
         for kind in ("distance", "tta", "oracle"):
             vals = [r[kind] for r in rows if kind in r]
             if vals:
-                summary[kind] = {k: float(np.mean([v[k] for v in vals]))
-                                 for k in ("area_share", "error_share", "enrichment")}
+                summary[kind] = {
+                    k: float(np.mean([v[k] for v in vals])) for k in ("area_share", "error_share", "enrichment")
+                }
                 summary[kind]["min_enrichment"] = float(min(v["enrichment"] for v in vals))
-        out["datasets"][ds] = {"model": name, "threshold": t, "n_images": len(rows),
-                               "summary": summary, "images": rows}
+        out["datasets"][ds] = {"model": name, "threshold": t, "n_images": len(rows), "summary": summary, "images": rows}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:

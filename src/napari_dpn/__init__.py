@@ -7,6 +7,7 @@ The public API, in the order a script uses it::
 Imported lazily: napari reads this package to find its plugin manifest, and should not pay for
 torch until a function is called.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -18,10 +19,10 @@ except PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 _API = {
-    "load_model": "napari_dpn.models",       # name or path -> LoadedModel (network + card)
-    "segment": "napari_dpn.segmentation",    # photograph -> Segmentation (probability, FOV, scale, mask)
-    "evaluate": "napari_dpn.evaluation",     # model + dataset samples -> the paper's metrics
-    "train": "napari_dpn.training",          # TrainConfig + pairs -> TrainResult (a saved model)
+    "load_model": "napari_dpn.models",  # name or path -> LoadedModel (network + card)
+    "segment": "napari_dpn.segmentation",  # photograph -> Segmentation (probability, FOV, scale, mask)
+    "evaluate": "napari_dpn.evaluation",  # model + dataset samples -> the paper's metrics
+    "train": "napari_dpn.training",  # TrainConfig + pairs -> TrainResult (a saved model)
     "TrainConfig": "napari_dpn.training",
 }
 __all__ = ["__version__", *_API]

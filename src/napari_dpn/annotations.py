@@ -4,6 +4,7 @@ One convention for everything that writes or reads annotations (the segment comm
 napari Save button, ``napari-dpn train --images/--labels``), so corrected masks saved from
 napari are training pairs without renaming anything.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,9 +69,11 @@ def photographs_in(folder: str | os.PathLike) -> list[Path]:
     """The image files of ``folder`` that may be photographs, sorted by name: annotations, masks and
     probability maps (ours and the datasets') are left out, as are hidden files."""
     suffixes = _image_suffixes()
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-                  and not_a_photograph(p) is None)
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes and not_a_photograph(p) is None
+    )
 
 
 def same_stem(paths) -> list[tuple[Path, Path]]:
@@ -91,19 +94,25 @@ def same_stem_message(clashes: list[tuple[Path, Path]]) -> str:
     """One sentence naming the first clash (and how many more there are)."""
     a, b = clashes[0]
     more = f" (and {len(clashes) - 1} more such pair(s))" if len(clashes) > 1 else ""
-    return (f"{a} and {b} would both be saved as {a.stem}{VESSELS_SUFFIX}{more}; "
-            "rename one of them or put them in separate folders")
+    return (
+        f"{a} and {b} would both be saved as {a.stem}{VESSELS_SUFFIX}{more}; "
+        "rename one of them or put them in separate folders"
+    )
 
 
-def output_paths(image_path: str | os.PathLike, folder: str | os.PathLike,
-                 probability_suffix: str = ".png") -> tuple[Path, Path, Path]:
+def output_paths(
+    image_path: str | os.PathLike, folder: str | os.PathLike, probability_suffix: str = ".png"
+) -> tuple[Path, Path, Path]:
     """(probability map, vessels mask, FOV mask) that ``segment`` writes for an image in ``folder``."""
     vessels, fov = annotation_paths(image_path, folder)
     return Path(folder) / f"{Path(image_path).stem}_probability{probability_suffix}", vessels, fov
 
 
-def find_pairs(images_dir: str | os.PathLike, labels_dir: str | os.PathLike | None = None,
-               fovs_dir: str | os.PathLike | None = None) -> list[tuple[Path, Path, Path | None]]:
+def find_pairs(
+    images_dir: str | os.PathLike,
+    labels_dir: str | os.PathLike | None = None,
+    fovs_dir: str | os.PathLike | None = None,
+) -> list[tuple[Path, Path, Path | None]]:
     """(image, vessels mask, FOV mask or None) for every image in ``images_dir`` that has a mask.
 
     ``labels_dir`` defaults to ``images_dir``; ``fovs_dir`` to ``labels_dir``.  Images without a
@@ -147,7 +156,7 @@ class FilePair:
 def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
     """The annotated images of a folder as training pairs (``train --images``, the fine-tune widget);
     InputError with what naming was expected when there are none."""
-    
+
     images = Path(images).expanduser()
     if not images.is_dir():
         raise InputError(f"no such folder: {images}")
@@ -158,8 +167,10 @@ def folder_pairs(images, labels=None, fovs=None) -> list[FilePair]:
     if clashes:
         a, b = clashes[0]
         label = next(lab for img, lab, _ in found if img == a)
-        raise InputError(f"{a.name} and {b.name} in {images} would both be trained with {label.name}; "
-                         "rename one of them (and its annotation)")
+        raise InputError(
+            f"{a.name} and {b.name} in {images} would both be trained with {label.name}; "
+            "rename one of them (and its annotation)"
+        )
     return [FilePair(img.stem, img, lab, fov) for img, lab, fov in found]
 
 
@@ -168,13 +179,17 @@ def _no_pairs_message(images: Path, labels) -> str:
     from .image_io import IMAGE_SUFFIXES
 
     where = Path(labels).expanduser() if labels else images
-    text = (f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
-            f"in {where} (and optionally IMAGE{FOV_SUFFIX})")
+    text = (
+        f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
+        f"in {where} (and optionally IMAGE{FOV_SUFFIX})"
+    )
     layout = detect_layout(images)
     if layout:
         key, root = layout
         return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
     entries = list(images.iterdir())
-    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(p.is_dir() for p in entries):
+    if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(
+        p.is_dir() for p in entries
+    ):
         return text + "; images in sub-folders are not searched, so give the folder that holds them"
     return text

@@ -23,6 +23,7 @@ Speed.  The views are computed once and kept as uint8 (the photographs are 8-bit
 values are rounded, an error below 0.2 %) with bool masks: 4 bytes per pixel per view, so
 20 DRIVE images take about 290 MB.  A step then only slices a crop and maybe mirrors it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from skimage.transform import rotate as _sk_rotate
 # (name, kind, parameter) of the release's 11 training views.
 OFFLINE_VIEWS: tuple[tuple[str, str, int], ...] = (
     ("original", "identity", 0),
-    ("flip_h", "flip", 1),    # left-right (release: img_m1/img_m2)
-    ("flip_v", "flip", 0),    # up-down
+    ("flip_h", "flip", 1),  # left-right (release: img_m1/img_m2)
+    ("flip_v", "flip", 0),  # up-down
     ("rot22", "rotate", 22),
     ("rot45", "rotate", 45),
     ("rot90", "rotate", 90),
@@ -69,8 +70,9 @@ def rotate(image: np.ndarray, label: np.ndarray, fov: np.ndarray, angle: float):
     if angle % 90 == 0:
         k = int(angle // 90) % 4
         return tuple(np.ascontiguousarray(np.rot90(a, k)) for a in (image, label, fov))
-    img = _sk_rotate(np.asarray(image, np.float32), angle, order=1, mode="constant", cval=0,
-                     preserve_range=True).astype(np.float32)
+    img = _sk_rotate(
+        np.asarray(image, np.float32), angle, order=1, mode="constant", cval=0, preserve_range=True
+    ).astype(np.float32)
     masks = np.stack([label, fov], axis=-1).astype(np.float32)
     masks = _sk_rotate(masks, angle, order=1, mode="constant", cval=0, preserve_range=True) >= 0.5
     return img, masks[..., 0], masks[..., 1]
@@ -106,10 +108,13 @@ class View:
 def offline_views(image, label, fov, augment: bool = True, name: str = "") -> list[View]:
     """The 11 offline views of one image (only the original when ``augment`` is False)."""
     views = []
-    for view_name, kind, param in (OFFLINE_VIEWS if augment else OFFLINE_VIEWS[:1]):
+    for view_name, kind, param in OFFLINE_VIEWS if augment else OFFLINE_VIEWS[:1]:
         img, lab, fv = apply_view(kind, param, image, label, fov)
-        views.append(View(to_uint8(img), np.asarray(lab, bool), np.asarray(fv, bool),
-                          f"{name}:{view_name}" if name else view_name))
+        views.append(
+            View(
+                to_uint8(img), np.asarray(lab, bool), np.asarray(fv, bool), f"{name}:{view_name}" if name else view_name
+            )
+        )
     return views
 
 
@@ -120,8 +125,7 @@ def pad_to(view: View, crop: int) -> View:
     if not ph and not pw:
         return view
     pads = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
-    return View(np.pad(view.image, pads + ((0, 0),)), np.pad(view.label, pads),
-                np.pad(view.fov, pads), view.name)
+    return View(np.pad(view.image, pads + ((0, 0),)), np.pad(view.label, pads), np.pad(view.fov, pads), view.name)
 
 
 class PatchSampler:
@@ -171,7 +175,7 @@ class Photometric:
     (brightness, contrast, gamma), optics (Gaussian blur), sensor noise and JPEG re-compression.
     """
 
-    brightness: float = 0.10         # +- added, on 0..1
+    brightness: float = 0.10  # +- added, on 0..1
     contrast: tuple[float, float] = (0.7, 1.4)
     gamma: tuple[float, float] = (0.7, 1.45)
     saturation: tuple[float, float] = (0.6, 1.4)  # only matters for colour input (no CLAHE)
@@ -217,8 +221,14 @@ class RobustSampler:
     photometric jitter above.  Images are visited epoch by epoch in a shuffled order.
     """
 
-    def __init__(self, images: list[View], crop: int, seed: int = 0, scale_range: tuple[float, float] = (0.8, 1.25),
-                 photometric: Photometric | None = Photometric()):
+    def __init__(
+        self,
+        images: list[View],
+        crop: int,
+        seed: int = 0,
+        scale_range: tuple[float, float] = (0.8, 1.25),
+        photometric: Photometric | None = Photometric(),
+    ):
         if not images:
             raise ValueError("no images to sample from")
         self.views = [pad_to(v, crop) for v in images]
@@ -239,7 +249,7 @@ class RobustSampler:
         s = float(np.exp(rng.uniform(*np.log(self.scale_range))))  # >1: zoom in (vessels look wider)
         a = rng.uniform(0, 2 * np.pi)
         # Crop centre anywhere the rotated, scaled crop stays (mostly) inside the image.
-        half = c / (2 * s) * (abs(np.cos(a)) + abs(np.sin(a))) / 2 ** 0.5
+        half = c / (2 * s) * (abs(np.cos(a)) + abs(np.sin(a))) / 2**0.5
         cy = rng.uniform(min(half, h / 2), max(h - half, h / 2))
         cx = rng.uniform(min(half, w / 2), max(w - half, w / 2))
         yy, xx = np.mgrid[0:c, 0:c].astype(np.float32) - (c - 1) / 2
@@ -247,8 +257,9 @@ class RobustSampler:
             xx = -xx
         cos, sin = np.cos(a) / s, np.sin(a) / s
         coords = np.stack([cy + cos * yy - sin * xx, cx + sin * yy + cos * xx])
-        img = np.stack([map_coordinates(view.image[..., k], coords, order=1, mode="constant", cval=0)
-                        for k in range(3)], axis=-1)
+        img = np.stack(
+            [map_coordinates(view.image[..., k], coords, order=1, mode="constant", cval=0) for k in range(3)], axis=-1
+        )
         lab = map_coordinates(view.label.view(np.uint8), coords, order=0, mode="constant", cval=0) > 0
         fov = map_coordinates(view.fov.view(np.uint8), coords, order=0, mode="constant", cval=0) > 0
         if self.photometric is not None:

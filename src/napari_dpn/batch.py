@@ -17,6 +17,7 @@ runs out of GPU memory is retried one image at a time the same way.  Each image'
 what ``segment`` computes, up to the rounding of another batch size.  Runs on the CPU too (that is
 how the tests check it), where it is not faster than one image at a time.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ from .cohort import (
 )
 from .outputs import Job
 
-DEFAULT_BATCH = 8         # DRIVE-sized images per batch on a GPU (the benchmark's sweet spot is larger: see docs)
+DEFAULT_BATCH = 8  # DRIVE-sized images per batch on a GPU (the benchmark's sweet spot is larger: see docs)
 MAX_WRITERS = 8
 
 
@@ -73,17 +74,32 @@ class DecodedImages(torch.utils.data.Dataset):
             grey = bool(is_greyscale(raw))
             rgb = as_rgb(raw)
             fov = estimate_fov(rgb)
-            needs_network = (scale_mod.parse_scale(s.scale) == "auto" and scale_mod.working_ppd(self.card) is not None
-                             and s.field_angle is None and scale_mod.fov_diameter(fov) is None)
+            needs_network = (
+                scale_mod.parse_scale(s.scale) == "auto"
+                and scale_mod.working_ppd(self.card) is not None
+                and s.field_angle is None
+                and scale_mod.fov_diameter(fov) is None
+            )
             if needs_network:  # the calibre estimate runs the network: the per-image path does it
                 return {"index": i, "single": True}
             sc, _ = choose_scale(_CardOnly(self.card), rgb, fov, s.scale, s.field_angle)
-            work = rgb if sc.factor == 1.0 else scale_mod.resample_image(rgb, scale_mod.resampled_shape(rgb.shape, sc.factor))
+            work = (
+                rgb
+                if sc.factor == 1.0
+                else scale_mod.resample_image(rgb, scale_mod.resampled_shape(rgb.shape, sc.factor))
+            )
             x = torch.from_numpy(normalise(work, self.card.input))
         except Exception as exc:  # noqa: BLE001 - becomes this image's manifest row
             return {"index": i, "error": exc, "t0": t0}
-        return {"index": i, "x": x, "fov": fov, "shape": rgb.shape[:2], "scale": sc, "grey": grey,
-                "decode_seconds": time.perf_counter() - t0}
+        return {
+            "index": i,
+            "x": x,
+            "fov": fov,
+            "shape": rgb.shape[:2],
+            "scale": sc,
+            "grey": grey,
+            "decode_seconds": time.perf_counter() - t0,
+        }
 
 
 def _identity(items):
@@ -120,8 +136,18 @@ def forward_batch(model: torch.nn.Module, xs: list[torch.Tensor], device: torch.
     return out.numpy()
 
 
-def _post(job: Job, item: dict, prob: np.ndarray, settings: Settings, threshold: float, device: str,
-          precision: str, net_seconds: float, run_dir: str | None, t0: float) -> Result:
+def _post(
+    job: Job,
+    item: dict,
+    prob: np.ndarray,
+    settings: Settings,
+    threshold: float,
+    device: str,
+    precision: str,
+    net_seconds: float,
+    run_dir: str | None,
+    t0: float,
+) -> Result:
     """Stage 3 for one image: the probability in the photograph's pixels, its outputs and its row."""
     from . import scale as scale_mod
     from .inference import Prediction
@@ -131,16 +157,26 @@ def _post(job: Job, item: dict, prob: np.ndarray, settings: Settings, threshold:
         full = prob
         if tuple(prob.shape) != tuple(item["shape"]):
             full = np.clip(scale_mod.resample_image(prob, tuple(item["shape"])), 0.0, 1.0)
-        seg = Segmentation(probability=np.ascontiguousarray(full, np.float32), fov=np.asarray(item["fov"], bool),
-                           threshold=threshold, scale=item["scale"],
-                           prediction=Prediction(probability=prob, device=device, seconds=net_seconds, precision=precision))
+        seg = Segmentation(
+            probability=np.ascontiguousarray(full, np.float32),
+            fov=np.asarray(item["fov"], bool),
+            threshold=threshold,
+            scale=item["scale"],
+            prediction=Prediction(probability=prob, device=device, seconds=net_seconds, precision=precision),
+        )
     except Exception as exc:  # noqa: BLE001 - this image's row, as in cohort.segment_job
         return failed_result(job, settings, exc, t0)
     return finish_job(job, settings, seg, item["grey"], t0, run_dir, network_seconds=net_seconds)
 
 
-def batch_results(jobs: list[Job], settings: Settings, run_dir: str | None = None, batch_size: int = DEFAULT_BATCH,
-                  loader_workers: int | None = None, writers: int | None = None) -> Iterator[Result]:
+def batch_results(
+    jobs: list[Job],
+    settings: Settings,
+    run_dir: str | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    loader_workers: int | None = None,
+    writers: int | None = None,
+) -> Iterator[Result]:
     """Segment ``jobs`` in batches on ``settings.device``; yield each image's result as it is written.
 
     Raises only for what stops a run (the model, a full or read-only output folder), like
@@ -161,11 +197,18 @@ def batch_results(jobs: list[Job], settings: Settings, run_dir: str | None = Non
     limit = _max_pixels(device)
     n_loaders = default_loader_workers() if loader_workers is None else max(0, int(loader_workers))
     loader = torch.utils.data.DataLoader(
-        DecodedImages(jobs, loaded.card, settings), batch_size=None, shuffle=False, num_workers=n_loaders,
-        collate_fn=_identity, pin_memory=device.type == "cuda", worker_init_fn=_init_loader_worker,
-        prefetch_factor=max(2, 2 * batch_size // max(1, n_loaders)) if n_loaders else None)
-    pool = ThreadPoolExecutor(max_workers=writers or min(MAX_WRITERS, max(2, os.cpu_count() or 1)),
-                              thread_name_prefix="napari-dpn-write")
+        DecodedImages(jobs, loaded.card, settings),
+        batch_size=None,
+        shuffle=False,
+        num_workers=n_loaders,
+        collate_fn=_identity,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_init_loader_worker,
+        prefetch_factor=max(2, 2 * batch_size // max(1, n_loaders)) if n_loaders else None,
+    )
+    pool = ThreadPoolExecutor(
+        max_workers=writers or min(MAX_WRITERS, max(2, os.cpu_count() or 1)), thread_name_prefix="napari-dpn-write"
+    )
     pending: deque[Future] = deque()
     buckets: dict[tuple[int, int], list[dict]] = {}
 
@@ -182,8 +225,21 @@ def batch_results(jobs: list[Job], settings: Settings, run_dir: str | None = Non
         per_image = (time.perf_counter() - t0) / len(items)
         for it, prob in zip(items, probs):
             job = jobs[it["index"]]
-            pending.append(pool.submit(_post, job, it, prob, settings, threshold, str(device), precision,
-                                       per_image, run_dir, t0 - it["decode_seconds"]))
+            pending.append(
+                pool.submit(
+                    _post,
+                    job,
+                    it,
+                    prob,
+                    settings,
+                    threshold,
+                    str(device),
+                    precision,
+                    per_image,
+                    run_dir,
+                    t0 - it["decode_seconds"],
+                )
+            )
 
     def finished(block: bool = False) -> Iterator[Result]:
         while pending and (block or pending[0].done()):

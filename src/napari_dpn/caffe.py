@@ -5,6 +5,7 @@ A caffemodel is a protobuf ``NetParameter``.  We only need a handful of fields
 enough and avoids shipping Caffe's schema; every field we do not know is
 skipped by its wire type, which is what protobuf itself does.
 """
+
 from __future__ import annotations
 
 import struct
@@ -56,16 +57,16 @@ def _fields(buf: memoryview):
         elif wt == 1:
             if pos + 8 > end:
                 raise WeightsError("the file is truncated (64-bit field runs past its end)")
-            val, pos = buf[pos:pos + 8], pos + 8
+            val, pos = buf[pos : pos + 8], pos + 8
         elif wt == 2:
             n, pos = _varint(buf, pos)
             if pos + n > end:
                 raise WeightsError("the file is truncated (a record runs past the end of the file)")
-            val, pos = buf[pos:pos + n], pos + n
+            val, pos = buf[pos : pos + n], pos + n
         elif wt == 5:
             if pos + 4 > end:
                 raise WeightsError("the file is truncated (32-bit field runs past its end)")
-            val, pos = buf[pos:pos + 4], pos + 4
+            val, pos = buf[pos : pos + 4], pos + 4
         else:
             raise WeightsError(f"unsupported protobuf wire type {wt}: this is not a caffemodel")
         if num == 0:
@@ -101,7 +102,9 @@ def _blob(buf: memoryview) -> np.ndarray:
     if not shape and legacy:
         shape = [legacy.get(i, 1) for i in (1, 2, 3, 4)]
     if shape and int(np.prod(shape)) != data.size:
-        raise WeightsError(f"blob holds {data.size} numbers but its shape {tuple(shape)} needs {int(np.prod(shape))}: the file is truncated or corrupt")
+        raise WeightsError(
+            f"blob holds {data.size} numbers but its shape {tuple(shape)} needs {int(np.prod(shape))}: the file is truncated or corrupt"
+        )
     return data.reshape(shape if shape else (data.size,)).astype(np.float32)
 
 

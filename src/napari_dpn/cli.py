@@ -3,6 +3,7 @@
 Every command shares the core used by the napari widgets.  User mistakes end in
 one line ``napari-dpn: error: ...`` and exit status 2, never a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ def cmd_segment(args) -> int:
     from tqdm import tqdm
 
     from .cohort import Cohort, check_options, settings_for
-    from .image_io import ensure_output_folder
     from .devices import select_device
+    from .image_io import ensure_output_folder
     from .outputs import MANIFEST_NAME, images_in
 
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
@@ -47,16 +48,26 @@ def cmd_segment(args) -> int:
     json_path = _json_target(args.json)
     out = ensure_output_folder(args.out, "--out")
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
-    settings = settings_for(args.model, device=device, threshold=threshold, scale=args.scale,
-                            field_angle=args.field_angle, precision=args.precision)
+    settings = settings_for(
+        args.model,
+        device=device,
+        threshold=threshold,
+        scale=args.scale,
+        field_angle=args.field_angle,
+        precision=args.precision,
+    )
     overwrite = getattr(args, "overwrite", False)
     with Cohort(out, settings, suffix, overwrite) as cohort:
         plan = cohort.plan(images)
         skipped = [f"{Path(r['image']).name}: {r['error']}" for r in plan.skipped]
         for line in _some(skipped):
             print(f"napari-dpn: skipped {line}", file=sys.stderr)
-        for line in _some([f"{n}: done with {settings.model_name} and these options in an earlier run ({MANIFEST_NAME})"
-                           for n in plan.done]):
+        for line in _some(
+            [
+                f"{n}: done with {settings.model_name} and these options in an earlier run ({MANIFEST_NAME})"
+                for n in plan.done
+            ]
+        ):
             print(f"napari-dpn: skipped {line}", file=sys.stderr)
 
         def kept() -> str:
@@ -72,8 +83,13 @@ def cmd_segment(args) -> int:
             return 0
         loaded = cohort.load()
         _warn(loaded.warnings)
-        for line in _some([f"{j.name}: done with {j.previous_model} in an earlier run; its unchanged outputs are "
-                           f"replaced with {settings.model_name}'s" for j in plan.rerun]):
+        for line in _some(
+            [
+                f"{j.name}: done with {j.previous_model} in an earlier run; its unchanged outputs are "
+                f"replaced with {settings.model_name}'s"
+                for j in plan.rerun
+            ]
+        ):
             print(f"napari-dpn: {line}", file=sys.stderr)
         threshold = loaded.card.threshold if threshold is None else threshold
         t0, seconds, failed, grey, report, devices = time.perf_counter(), [], [], [], {}, []
@@ -82,8 +98,14 @@ def cmd_segment(args) -> int:
             if not args.quiet:
                 print(f"napari-dpn: {text}", file=sys.stderr)
 
-        results = cohort.run(plan.jobs, workers=workers, scheduler=scheduler, on_cluster=on_cluster,
-                             batch_size=batch_size, loader_workers=loader_workers)
+        results = cohort.run(
+            plan.jobs,
+            workers=workers,
+            scheduler=scheduler,
+            on_cluster=on_cluster,
+            batch_size=batch_size,
+            loader_workers=loader_workers,
+        )
         for result in tqdm(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
             if result.status == "failed":  # one bad file in a folder does not stop the batch
                 failed.append(f"{result.name}: {result.row['error']}")
@@ -104,9 +126,12 @@ def cmd_segment(args) -> int:
     for line in _some(failed):
         print(f"napari-dpn: skipped {line}", file=sys.stderr)
     if grey:
-        print(f"napari-dpn: note: {len(grey)} greyscale photograph(s) ({', '.join(grey[:3])}"
-              f"{', ...' if len(grey) > 3 else ''}); the models were trained on colour fundus photographs, "
-              "so expect lower accuracy on them", file=sys.stderr)
+        print(
+            f"napari-dpn: note: {len(grey)} greyscale photograph(s) ({', '.join(grey[:3])}"
+            f"{', ...' if len(grey) > 3 else ''}); the models were trained on colour fundus photographs, "
+            "so expect lower accuracy on them",
+            file=sys.stderr,
+        )
     if not seconds:
         if failed and not skipped and not plan.done:
             raise InputError("none of the images could be read")
@@ -116,10 +141,11 @@ def cmd_segment(args) -> int:
         _write_json(json_path, {"model": loaded.card.name, "sha256": settings.model_sha256, "images": report})
     total = time.perf_counter() - t0
     where = ", ".join(sorted(set(devices)))
-    print(f"{len(seconds)} image(s) segmented with {loaded.card.name} on {where} in {total:.1f} s "
-          f"({sum(seconds) / len(seconds):.2f} s per image for the network; threshold {threshold:.3f}); "
-          f"outputs in {out}{kept()}; manifest {MANIFEST_NAME}"
-          + (f"; {len(failed)} failed" if failed else ""))
+    print(
+        f"{len(seconds)} image(s) segmented with {loaded.card.name} on {where} in {total:.1f} s "
+        f"({sum(seconds) / len(seconds):.2f} s per image for the network; threshold {threshold:.3f}); "
+        f"outputs in {out}{kept()}; manifest {MANIFEST_NAME}" + (f"; {len(failed)} failed" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -176,8 +202,8 @@ def _dataset_angle_arg(text: str):
 def cmd_evaluate(args) -> int:
     from . import metrics
     from .datasets import load_split
-    from .evaluation import evaluate_model, fov_note
     from .devices import select_device
+    from .evaluation import evaluate_model, fov_note
     from .models import load_model
 
     json_path = _json_target(args.json)
@@ -197,19 +223,37 @@ def cmd_evaluate(args) -> int:
             print(f"  {name}: {sec:.2f} s", file=sys.stderr)
 
     angle = None if args.field_angle == "unknown" else args.field_angle
-    result = evaluate_model(loaded, split.test, train, device=device, on_image=on_image, precision=args.precision,
-                            scale=args.scale, field_angle=angle)
+    result = evaluate_model(
+        loaded,
+        split.test,
+        train,
+        device=device,
+        on_image=on_image,
+        precision=args.precision,
+        scale=args.scale,
+        field_angle=angle,
+    )
     result["meta"] = {
-        "model": loaded.card.name, "dataset": args.dataset, "split": args.split or "default",
-        "n_test": len(split.test), "n_train": len(train), "device": str(device), "precision": args.precision,
-        "scale": str(args.scale), "field_angle": args.field_angle,
-        "seconds_per_image": sum(done) / max(1, len(done)), "wall_seconds": time.perf_counter() - t0,
+        "model": loaded.card.name,
+        "dataset": args.dataset,
+        "split": args.split or "default",
+        "n_test": len(split.test),
+        "n_train": len(train),
+        "device": str(device),
+        "precision": args.precision,
+        "scale": str(args.scale),
+        "field_angle": args.field_angle,
+        "seconds_per_image": sum(done) / max(1, len(done)),
+        "wall_seconds": time.perf_counter() - t0,
         "fov": fov_note(split.test) or "official FOV masks",
         "fov_estimated": [s.name for s in split.test if s.fov_source == "estimated"],
     }
-    print(f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, "
-          f"FOV pixels pooled; scale {args.scale}" + (f", field angle {args.field_angle}" if args.scale != "native" else "")
-          + ")")
+    print(
+        f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, "
+        f"FOV pixels pooled; scale {args.scale}"
+        + (f", field angle {args.field_angle}" if args.scale != "native" else "")
+        + ")"
+    )
     print(metrics.format_table(result))
     s = result["per_image_summary"]["auc"]
     print(f"per-image AUC: mean {s['mean']:.4f}, min {s['min']:.4f}, max {s['max']:.4f}")
@@ -243,9 +287,20 @@ def cmd_demo(args) -> int:
         with atomic_write(sample) as tmp:
             Image.fromarray(data.retina()).save(tmp, format="PNG")
     print(f"sample: {sample} (scikit-image's retina photograph, CC0)")
-    seg = argparse.Namespace(inputs=[str(sample)], out=str(out), model=args.model, device=args.device,
-                             threshold=None, prob_format="png", precision="auto", quiet=False,
-                             overwrite=args.overwrite, scale="auto", field_angle=None, json=None)
+    seg = argparse.Namespace(
+        inputs=[str(sample)],
+        out=str(out),
+        model=args.model,
+        device=args.device,
+        threshold=None,
+        prob_format="png",
+        precision="auto",
+        quiet=False,
+        overwrite=args.overwrite,
+        scale="auto",
+        field_angle=None,
+        json=None,
+    )
     return cmd_segment(seg)
 
 
@@ -269,49 +324,109 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (here: " + ", ".join(available_devices()) + ")")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or mps (here: " + ", ".join(available_devices()) + ")"
+    )
     p.add_argument("--threshold", type=float, default=None, help="vessel threshold (default: the model card's)")
     p.add_argument("--prob-format", choices=("png", "tiff"), default="png", help="16-bit PNG or float32 TIFF")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 on CPUs with AMX or AVX512-BF16 (about 2x faster, AUC within 0.0001), else fp32")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved from napari)")
-    p.add_argument("--scale", type=_scale_arg, default="auto", metavar="auto|native|FACTOR",
-                   help="auto (default): resample each photograph to the model's working scale (pixels per "
-                        "degree of retina) and the map back; native: no resampling; or a factor such as 0.5")
-    p.add_argument("--field-angle", type=_angle_arg, default=None, metavar="DEG",
-                   help="the camera's field of view in degrees (30, 35, 45, 50, 55 ...); default: estimated "
-                        "(45 degrees assumed for a circular FOV, the vessel calibre without one)")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="segment on a local Dask cluster of N processes (one image at a time each); "
-                        f"every run records each image in OUT/{MANIFEST_NAME}, and a re-run skips what is done")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="segment on an existing Dask cluster whose workers see the same files: its address "
-                        "(tcp://host:8786) or its scheduler file (dask scheduler --scheduler-file FILE); see docs/cohort.md")
-    p.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="images per forward pass in one process (default: 8 on a GPU, decoded in parallel "
-                        "and grouped by size; 1 on a CPU, where batches are not faster)")
-    p.add_argument("--loader-workers", type=int, default=None, metavar="N",
-                   help="with --batch-size above 1: processes that read and prepare the images (default: CPUs - 1, at most 16)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 on CPUs with AMX or AVX512-BF16 (about 2x faster, AUC within 0.0001), else fp32",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved from napari)",
+    )
+    p.add_argument(
+        "--scale",
+        type=_scale_arg,
+        default="auto",
+        metavar="auto|native|FACTOR",
+        help="auto (default): resample each photograph to the model's working scale (pixels per "
+        "degree of retina) and the map back; native: no resampling; or a factor such as 0.5",
+    )
+    p.add_argument(
+        "--field-angle",
+        type=_angle_arg,
+        default=None,
+        metavar="DEG",
+        help="the camera's field of view in degrees (30, 35, 45, 50, 55 ...); default: estimated "
+        "(45 degrees assumed for a circular FOV, the vessel calibre without one)",
+    )
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="segment on a local Dask cluster of N processes (one image at a time each); "
+        f"every run records each image in OUT/{MANIFEST_NAME}, and a re-run skips what is done",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="segment on an existing Dask cluster whose workers see the same files: its address "
+        "(tcp://host:8786) or its scheduler file (dask scheduler --scheduler-file FILE); see docs/cohort.md",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per forward pass in one process (default: 8 on a GPU, decoded in parallel "
+        "and grouped by size; 1 on a CPU, where batches are not faster)",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --batch-size above 1: processes that read and prepare the images (default: CPUs - 1, at most 16)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="the paper's metrics inside the FOV on a dataset's test split")
     p.add_argument("--dataset", required=True, help="drive, stare, chase or avwide")
-    p.add_argument("--root", required=True, metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (or the dataset folder)")
+    p.add_argument(
+        "--root", required=True, metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (or the dataset folder)"
+    )
     p.add_argument("--split", default=None, help="drive: default|all; stare: 10/10|loo-K|all; chase: 20/8|14/14|all")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, metavar="FILE")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32",
-                   help="fp32 by default so that reported metrics do not depend on the CPU")
-    p.add_argument("--no-train-threshold", action="store_true", help="skip the training images; rule (a) uses the model card's threshold")
-    p.add_argument("--scale", type=_scale_arg, default="native", metavar="native|auto|FACTOR",
-                   help="native (default): the paper's protocol; auto: scale-aware inference as `segment` does it")
-    p.add_argument("--field-angle", type=_dataset_angle_arg, default="dataset", metavar="dataset|unknown|DEG",
-                   help="with --scale auto: the dataset's known field angle (default), unknown (estimated as "
-                        "for a photograph without metadata) or degrees")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="fp32",
+        help="fp32 by default so that reported metrics do not depend on the CPU",
+    )
+    p.add_argument(
+        "--no-train-threshold",
+        action="store_true",
+        help="skip the training images; rule (a) uses the model card's threshold",
+    )
+    p.add_argument(
+        "--scale",
+        type=_scale_arg,
+        default="native",
+        metavar="native|auto|FACTOR",
+        help="native (default): the paper's protocol; auto: scale-aware inference as `segment` does it",
+    )
+    p.add_argument(
+        "--field-angle",
+        type=_dataset_angle_arg,
+        default="dataset",
+        metavar="dataset|unknown|DEG",
+        help="with --scale auto: the dataset's known field angle (default), unknown (estimated as "
+        "for a photograph without metadata) or degrees",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

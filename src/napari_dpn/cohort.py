@@ -15,6 +15,7 @@ When Dask runs a task again because its worker died, the retry returns the recei
 written twice) or completes the placement the intent describes (nothing is left half placed).
 The next run into the folder does the same for a run that died on this machine (``recover``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,11 +49,11 @@ RUN_PREFIX = ".napari-dpn-run-"
 class Settings:
     """Everything a task needs besides its image, the same for every image of a run (picklable)."""
 
-    model: str                 # the name or path the user gave
-    model_path: str            # resolved on the planning machine
+    model: str  # the name or path the user gave
+    model_path: str  # resolved on the planning machine
     model_sha256: str
     model_name: str
-    device: str = "auto"       # resolved where the task runs
+    device: str = "auto"  # resolved where the task runs
     threshold: float | None = None
     scale: str | float = "auto"
     field_angle: float | None = None
@@ -73,8 +74,13 @@ def settings_for(model: str, **kwargs) -> Settings:
     from .models import file_sha256, read_card, resolve_model_path
 
     path = resolve_model_path(model)
-    return Settings(model=str(model), model_path=str(path), model_sha256=file_sha256(path),
-                    model_name=read_card(path).name, **kwargs)
+    return Settings(
+        model=str(model),
+        model_path=str(path),
+        model_sha256=file_sha256(path),
+        model_name=read_card(path).name,
+        **kwargs,
+    )
 
 
 # ----------------------------------------------------------------------------- one model per process
@@ -95,8 +101,10 @@ def worker_model(settings: Settings):
         path = resolve_model_path(settings.model)
     sha = file_sha256(path)
     if sha != settings.model_sha256:
-        raise WeightsError(f"the model {path} differs from the one this run was planned with "
-                           f"(sha256 {sha[:12]} instead of {settings.model_sha256[:12]}); use the same weights everywhere")
+        raise WeightsError(
+            f"the model {path} differs from the one this run was planned with "
+            f"(sha256 {sha[:12]} instead of {settings.model_sha256[:12]}); use the same weights everywhere"
+        )
     loaded = load_model(path)
     _LOADED.clear()
     _LOADED[key] = loaded
@@ -112,9 +120,9 @@ class Result:
 
     row: dict
     name: str = ""
-    summary: dict | None = None        # Segmentation.summary() (the --json report)
+    summary: dict | None = None  # Segmentation.summary() (the --json report)
     notes: list[str] = field(default_factory=list)
-    describe: str = ""                 # the scale used, in words
+    describe: str = ""  # the scale used, in words
     grey: bool = False
     network_seconds: float | None = None
 
@@ -127,14 +135,23 @@ class Result:
 
 
 def _row(job: Job, settings: Settings, status: str, error: str = "", seconds: float | None = None, **more) -> dict:
-    return {"image": image_key(job.image), "status": status, "error": error,
-            "seconds": None if seconds is None else round(seconds, 3),
-            "model": settings.model_name, "model_sha256": settings.model_sha256, "options": settings.options, **more}
+    return {
+        "image": image_key(job.image),
+        "status": status,
+        "error": error,
+        "seconds": None if seconds is None else round(seconds, 3),
+        "model": settings.model_name,
+        "model_sha256": settings.model_sha256,
+        "options": settings.options,
+        **more,
+    }
 
 
 def _sentence(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return "out of memory while segmenting it; use fewer workers per machine, a smaller --batch-size or --device cpu"
+        return (
+            "out of memory while segmenting it; use fewer workers per machine, a smaller --batch-size or --device cpu"
+        )
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if isinstance(exc, DPNError) else f"segmentation failed ({type(exc).__name__}: {text[:300]})"
 
@@ -167,15 +184,29 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
         raw = read_image(job.image)
         grey = bool(is_greyscale(raw))
         rgb = as_rgb(raw)
-        seg = segment(loaded, rgb, threshold=settings.threshold, scale=settings.scale,
-                      field_angle=settings.field_angle, device=settings.device, precision=settings.precision)
+        seg = segment(
+            loaded,
+            rgb,
+            threshold=settings.threshold,
+            scale=settings.scale,
+            field_angle=settings.field_angle,
+            device=settings.device,
+            precision=settings.precision,
+        )
     except Exception as exc:  # noqa: BLE001 - one bad photograph must not stop a cohort
         return failed_result(job, settings, exc, t0)
     return finish_job(job, settings, seg, grey, t0, run_dir)
 
 
-def finish_job(job: Job, settings: Settings, seg, grey: bool, t0: float, run_dir: str | None = None,
-               network_seconds: float | None = None) -> Result:
+def finish_job(
+    job: Job,
+    settings: Settings,
+    seg,
+    grey: bool,
+    t0: float,
+    run_dir: str | None = None,
+    network_seconds: float | None = None,
+) -> Result:
     """Write one segmented image's outputs and make its row.
 
     With ``run_dir`` (every run of a ``Cohort``) the outputs are staged there, an intent file
@@ -191,27 +222,51 @@ def finish_job(job: Job, settings: Settings, seg, grey: bool, t0: float, run_dir
     def result_for(shas: list[str]) -> Result:
         fov_px = int(seg.fov.sum())
         diameter = seg.scale.fov_diameter or scale_mod.fov_diameter(seg.fov)
-        row = _row(job, settings, "done", "", time.perf_counter() - t0, device=seg.prediction.device,
-                   scale_factor=seg.scale.factor, scale_method=seg.scale.method,
-                   fov_diameter=None if diameter is None else round(float(diameter), 1),
-                   vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
-                   outputs=";".join(Path(p).name for p in job.outputs), output_sha256=";".join(shas))
-        return Result(row, job.name, seg.summary(), [n for n in (seg.prediction.note, seg.scale.note) if n],
-                      seg.scale.describe(), grey, seg.prediction.seconds if network_seconds is None else network_seconds)
+        row = _row(
+            job,
+            settings,
+            "done",
+            "",
+            time.perf_counter() - t0,
+            device=seg.prediction.device,
+            scale_factor=seg.scale.factor,
+            scale_method=seg.scale.method,
+            fov_diameter=None if diameter is None else round(float(diameter), 1),
+            vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
+            outputs=";".join(Path(p).name for p in job.outputs),
+            output_sha256=";".join(shas),
+        )
+        return Result(
+            row,
+            job.name,
+            seg.summary(),
+            [n for n in (seg.prediction.note, seg.scale.note) if n],
+            seg.scale.describe(),
+            grey,
+            seg.prediction.seconds if network_seconds is None else network_seconds,
+        )
 
     if not run_dir:
         try:
-            shas = write_outputs(job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite,
-                                 replaceable=job.replaceable)
+            shas = write_outputs(
+                job.outputs, seg.probability, mask, seg.fov, overwrite=job.overwrite, replaceable=job.replaceable
+            )
         except OutputExistsError as exc:  # appeared while the run went on (e.g. saved from napari)
             return _skipped(job.name, exc, _row(job, settings, "skipped"))
         return result_for(shas)
     staged = stage_outputs(job.outputs, seg.probability, mask, seg.fov, staging=run_dir)
     try:
         result = result_for(staged.shas)
-        _write_json(_intent(run_dir, job), {"job": dataclasses.asdict(job), "result": result.to_dict(),
-                                            "stage": str(staged.folder), "files": [str(f) for f in staged.files],
-                                            "shas": staged.shas})
+        _write_json(
+            _intent(run_dir, job),
+            {
+                "job": dataclasses.asdict(job),
+                "result": result.to_dict(),
+                "stage": str(staged.folder),
+                "files": [str(f) for f in staged.files],
+                "shas": staged.shas,
+            },
+        )
         return _place_and_confirm(job, staged, result, run_dir)
     finally:
         remove_folder(staged.folder)
@@ -265,8 +320,13 @@ def _read_receipt(path: Path) -> Result:
 
 
 def _job_from(data: dict) -> Job:
-    return Job(**{**data, "outputs": tuple(data["outputs"]),
-                  "replaceable": tuple(tuple(pair) for pair in data.get("replaceable") or ())})
+    return Job(
+        **{
+            **data,
+            "outputs": tuple(data["outputs"]),
+            "replaceable": tuple(tuple(pair) for pair in data.get("replaceable") or ()),
+        }
+    )
 
 
 def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None = None) -> Result | None:
@@ -345,8 +405,10 @@ def _import_distributed():
     try:
         import distributed
     except ImportError:
-        raise InputError("--workers and --scheduler need Dask's distributed scheduler; "
-                         "install it with: pip install 'dask[distributed]'") from None
+        raise InputError(
+            "--workers and --scheduler need Dask's distributed scheduler; "
+            "install it with: pip install 'dask[distributed]'"
+        ) from None
     return distributed
 
 
@@ -376,8 +438,15 @@ def dashboard_link(client, local: bool = True) -> str | None:
         return None
 
 
-def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: int | None, scheduler: str | None,
-                  retries: int, on_cluster: Callable[[str], None] | None) -> Iterator[Result]:
+def _dask_results(
+    jobs: list[Job],
+    settings: Settings,
+    run_dir: Path,
+    workers: int | None,
+    scheduler: str | None,
+    retries: int,
+    on_cluster: Callable[[str], None] | None,
+) -> Iterator[Result]:
     import logging
 
     distributed = _import_distributed()
@@ -385,34 +454,62 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
     try:
         if scheduler:
             try:  # an address (tcp://host:8786), or the JSON file `dask scheduler --scheduler-file` writes
-                client = (distributed.Client(scheduler_file=scheduler, timeout="30s") if Path(scheduler).is_file()
-                          else distributed.Client(scheduler, timeout="30s"))
+                client = (
+                    distributed.Client(scheduler_file=scheduler, timeout="30s")
+                    if Path(scheduler).is_file()
+                    else distributed.Client(scheduler, timeout="30s")
+                )
             except (OSError, TimeoutError, ValueError) as exc:
-                raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())})") from None
+                raise InputError(
+                    f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())})"
+                ) from None
             problems = {addr: why for addr, why in client.run(_worker_check, str(run_dir.parent)).items() if why}
             if problems:
                 addr, why = next(iter(problems.items()))
-                raise InputError(f"the Dask worker {addr} cannot write to {run_dir.parent} ({why}); "
-                                 "the workers must see the same files as this machine")
+                raise InputError(
+                    f"the Dask worker {addr} cannot write to {run_dir.parent} ({why}); "
+                    "the workers must see the same files as this machine"
+                )
         else:
             import dask
 
             # Dask's defaults cost a segmentation worker half its speed (measured, docs/cohort.md): a fixed
             # MALLOC_TRIM_THRESHOLD_ stops glibc from keeping the large activation buffers (every forward
             # pass page-faults them in again), and the statistical profiler takes the GIL every 10 ms.
-            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-                                  "distributed.worker.profile.enabled": False}):
-                cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                   dashboard_address=":0", silence_logs=logging.ERROR)
+            with dask.config.set(
+                {
+                    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+                    "distributed.worker.profile.enabled": False,
+                }
+            ):
+                cluster = distributed.LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.ERROR,
+                )
             client = distributed.Client(cluster)
         if on_cluster:
             n = len(client.scheduler_info().get("workers", {}))
             link = dashboard_link(client, local=scheduler is None)
-            on_cluster(f"Dask {'cluster at ' + scheduler if scheduler else 'local cluster'} with {n} worker(s); "
-                       + (f"dashboard: {link}" if link else "no dashboard here (pip install 'bokeh>=3.1' for one)"))
-        tag = run_dir.name[len(RUN_PREFIX):]
-        futures = {client.submit(segment_job, job, settings, str(run_dir), key=f"napari-dpn-segment-{tag}-{job.index}",
-                                 retries=retries, pure=False): job for job in jobs}
+            on_cluster(
+                f"Dask {'cluster at ' + scheduler if scheduler else 'local cluster'} with {n} worker(s); "
+                + (f"dashboard: {link}" if link else "no dashboard here (pip install 'bokeh>=3.1' for one)")
+            )
+        tag = run_dir.name[len(RUN_PREFIX) :]
+        futures = {
+            client.submit(
+                segment_job,
+                job,
+                settings,
+                str(run_dir),
+                key=f"napari-dpn-segment-{tag}-{job.index}",
+                retries=retries,
+                pure=False,
+            ): job
+            for job in jobs
+        }
         try:
             for fut in distributed.as_completed(futures):
                 job = futures[fut]
@@ -420,8 +517,16 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
                     exc = fut.exception()
                     if not isinstance(exc, distributed.KilledWorker):
                         raise exc
-                    yield Result(_row(job, settings, "failed", "the worker segmenting it died each time it tried "
-                                      "(out of memory, or a crash in an image decoder)"), job.name)
+                    yield Result(
+                        _row(
+                            job,
+                            settings,
+                            "failed",
+                            "the worker segmenting it died each time it tried "
+                            "(out of memory, or a crash in an image decoder)",
+                        ),
+                        job.name,
+                    )
                 else:
                     yield fut.result()
                 fut.release()
@@ -434,8 +539,12 @@ def _dask_results(jobs: list[Job], settings: Settings, run_dir: Path, workers: i
             cluster.close()
 
 
-def check_options(workers: int | None = None, scheduler: str | None = None, batch_size: int | None = None,
-                  loader_workers: int | None = None) -> None:
+def check_options(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    batch_size: int | None = None,
+    loader_workers: int | None = None,
+) -> None:
     """InputError (one sentence) for a combination of run options that cannot work."""
     for flag, value in (("--workers", workers), ("--batch-size", batch_size)):
         if value is not None and value < 1:
@@ -445,8 +554,10 @@ def check_options(workers: int | None = None, scheduler: str | None = None, batc
     if workers is not None and scheduler:
         raise InputError("give --workers (a cluster on this machine) or --scheduler (an existing one), not both")
     if (workers is not None or scheduler) and (batch_size or 1) > 1:
-        raise InputError("--batch-size is for one process (a GPU); with --workers or --scheduler each "
-                         "worker segments one image at a time")
+        raise InputError(
+            "--batch-size is for one process (a GPU); with --workers or --scheduler each "
+            "worker segments one image at a time"
+        )
 
 
 def local_threads(workers: int) -> int:
@@ -493,7 +604,9 @@ class Cohort:
                 self.manifest.record(result.row)
                 self.recovered.append(result)
         s = self.settings
-        plan = plan_outputs(images, self.out, self.prob_suffix, self.overwrite, self.manifest, s.model_sha256, s.options)
+        plan = plan_outputs(
+            images, self.out, self.prob_suffix, self.overwrite, self.manifest, s.model_sha256, s.options
+        )
         for row in plan.skipped:
             self.manifest.record({**row, "model": s.model_name, "model_sha256": s.model_sha256, "options": s.options})
         return plan
@@ -502,9 +615,16 @@ class Cohort:
         """The model in this process (checks the weights before any worker starts; its warnings)."""
         return worker_model(self.settings)
 
-    def run(self, jobs: list[Job], workers: int | None = None, scheduler: str | None = None, retries: int = 1,
-            on_cluster: Callable[[str], None] | None = None, batch_size: int | None = None,
-            loader_workers: int | None = None) -> Iterator[Result]:
+    def run(
+        self,
+        jobs: list[Job],
+        workers: int | None = None,
+        scheduler: str | None = None,
+        retries: int = 1,
+        on_cluster: Callable[[str], None] | None = None,
+        batch_size: int | None = None,
+        loader_workers: int | None = None,
+    ) -> Iterator[Result]:
         """Segment ``jobs`` and yield each result as it finishes, recorded in the manifest.
 
         No ``workers`` and no ``scheduler``: in this process; in batches of ``batch_size`` images

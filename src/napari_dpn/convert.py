@@ -1,4 +1,5 @@
 """Import the official release's Caffe weights into our ``dpn-release`` network."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +17,18 @@ def caffe_name_map() -> dict[str, tuple[str, str]]:
     m = {"conv0": "front"}
     for n in range(1, 9):
         b = f"blocks.{n - 1}"
-        m.update({
-            f"bl{n}_b1_conv": f"{b}.b1", f"bl{n}_b2_conv": f"{b}.b2", f"bl{n}_b3_conv": f"{b}.b3",
-            f"bl{n}_b23_output": f"{b}.b23", f"bl{n}_output": f"{b}.out", f"bl{n}_res_output": f"{b}.res",
-            f"bl{n}_b3_up2": f"{b}.b3_up", f"bl{n}_b23_output_up2": f"{b}.b23_up",
-        })
+        m.update(
+            {
+                f"bl{n}_b1_conv": f"{b}.b1",
+                f"bl{n}_b2_conv": f"{b}.b2",
+                f"bl{n}_b3_conv": f"{b}.b3",
+                f"bl{n}_b23_output": f"{b}.b23",
+                f"bl{n}_output": f"{b}.out",
+                f"bl{n}_res_output": f"{b}.res",
+                f"bl{n}_b3_up2": f"{b}.b3_up",
+                f"bl{n}_b23_output_up2": f"{b}.b23_up",
+            }
+        )
     for k in range(1, 5):
         m[f"score-dsn{k}"] = f"heads.heads.{k - 1}"
     return {name: (f"{key}.weight", f"{key}.bias") for name, key in m.items()}
@@ -37,14 +45,20 @@ def state_dict_from_caffe(path: str | Path) -> dict[str, torch.Tensor]:
         if layer is None:
             raise WeightsError(f"{Path(path).name}: layer '{cname}' is missing; this is not a DPN release model")
         if len(layer.blobs) != 2:
-            raise WeightsError(f"{Path(path).name}: layer '{cname}' has {len(layer.blobs)} blobs, expected 2 (weights, bias)")
+            raise WeightsError(
+                f"{Path(path).name}: layer '{cname}' has {len(layer.blobs)} blobs, expected 2 (weights, bias)"
+            )
         for key, blob in zip((wkey, bkey), layer.blobs):
             want = tuple(expected[key].shape)
             if tuple(blob.shape) != want:
-                raise WeightsError(f"{Path(path).name}: layer '{cname}' has a blob of shape {tuple(blob.shape)}, expected {want}")
+                raise WeightsError(
+                    f"{Path(path).name}: layer '{cname}' has a blob of shape {tuple(blob.shape)}, expected {want}"
+                )
             out[key] = torch.from_numpy(np.ascontiguousarray(blob, dtype=np.float32))
     if layers:
-        raise WeightsError(f"{Path(path).name}: unexpected layer '{next(iter(layers))}' with weights; this is not a DPN release model")
+        raise WeightsError(
+            f"{Path(path).name}: unexpected layer '{next(iter(layers))}' with weights; this is not a DPN release model"
+        )
     return out
 
 
@@ -68,10 +82,20 @@ def import_caffe(src: str | Path, dst: str | Path, card=None, overwrite: bool = 
     model = DPNRelease()
     model.load_state_dict(state_dict_from_caffe(src))
     if card is None:
-        card = ModelCard(name=Path(dst).stem, architecture="dpn-release", input=dict(RELEASE_INPUT),
-                         description=f"Imported from {Path(src).name}")
+        card = ModelCard(
+            name=Path(dst).stem,
+            architecture="dpn-release",
+            input=dict(RELEASE_INPUT),
+            description=f"Imported from {Path(src).name}",
+        )
     return save_model(model, card, dst, overwrite=overwrite)
 
 
 # What the release's test script feeds the network: BGR, 0..255, no mean subtracted.
-RELEASE_INPUT = {"channel_order": "BGR", "scale": 255.0, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "clahe": False}
+RELEASE_INPUT = {
+    "channel_order": "BGR",
+    "scale": 255.0,
+    "mean": [0.0, 0.0, 0.0],
+    "std": [1.0, 1.0, 1.0],
+    "clahe": False,
+}

@@ -14,12 +14,13 @@ the remaining B test; e.g. STARE "10/10", CHASE "20/8", "14/14"), ``"loo-K"`` (l
 image K, 1-based in sorted order or its name, is the test image), ``"all"`` (every image in
 ``test``, none in ``train``: for cross-dataset testing; use :attr:`Split.all` to train on them).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -33,10 +34,10 @@ class DatasetInfo:
     """What the paper used per dataset; the training code reads crop/clahe/iterations."""
 
     name: str
-    folder: str            # folder name under the datasets root
-    crop_size: int         # random training crop (section 4.3)
-    clahe: bool            # CLAHE on the green channel before the network (section 4.2)
-    iterations: int        # training iterations in the paper (section 4.3)
+    folder: str  # folder name under the datasets root
+    crop_size: int  # random training crop (section 4.3)
+    clahe: bool  # CLAHE on the green channel before the network (section 4.2)
+    iterations: int  # training iterations in the paper (section 4.3)
     default_split: str
     splits: tuple[str, ...]  # the paper's splits (others of the same forms also work)
     n_images: int
@@ -54,22 +55,72 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "drive": DatasetInfo("drive", "DRIVE", 512, False, 100_000, "default", ("default", "all"), 40,
-                         45.0, "Staal et al., IEEE TMI 2004: Canon CR5 non-mydriatic 3CCD camera, 45 degree FOV"),
-    "stare": DatasetInfo("stare", "STARE", 512, True, 30_000, "10/10",
-                         ("10/10", "loo-K", "all"), 20,
-                         35.0, "Hoover et al., IEEE TMI 2000: TopCon TRV-50 fundus camera at 35 degree field of view"),
-    "chase": DatasetInfo("chase", "CHASE_DB1", 736, False, 100_000, "20/8",
-                         ("20/8", "14/14", "all"), 28,
-                         30.0, "Owen et al., IOVS 2009 / Fraz et al., IEEE TBME 2012: Nidek NM-200-D, 30 degree FOV"),
-    "avwide": DatasetInfo("avwide", "AV-WIDE", 512, False, 30_000, "20/10", ("20/10", "all"), 30,
-                          None, "Estrada et al., IEEE TMI 2015: Optos-type ultra-widefield SLO, about 200 degrees "
-                                "(internal angle); no circular FOV", calibre_factor=1.26, whole_frame_fov=True),
+    "drive": DatasetInfo(
+        "drive",
+        "DRIVE",
+        512,
+        False,
+        100_000,
+        "default",
+        ("default", "all"),
+        40,
+        45.0,
+        "Staal et al., IEEE TMI 2004: Canon CR5 non-mydriatic 3CCD camera, 45 degree FOV",
+    ),
+    "stare": DatasetInfo(
+        "stare",
+        "STARE",
+        512,
+        True,
+        30_000,
+        "10/10",
+        ("10/10", "loo-K", "all"),
+        20,
+        35.0,
+        "Hoover et al., IEEE TMI 2000: TopCon TRV-50 fundus camera at 35 degree field of view",
+    ),
+    "chase": DatasetInfo(
+        "chase",
+        "CHASE_DB1",
+        736,
+        False,
+        100_000,
+        "20/8",
+        ("20/8", "14/14", "all"),
+        28,
+        30.0,
+        "Owen et al., IOVS 2009 / Fraz et al., IEEE TBME 2012: Nidek NM-200-D, 30 degree FOV",
+    ),
+    "avwide": DatasetInfo(
+        "avwide",
+        "AV-WIDE",
+        512,
+        False,
+        30_000,
+        "20/10",
+        ("20/10", "all"),
+        30,
+        None,
+        "Estrada et al., IEEE TMI 2015: Optos-type ultra-widefield SLO, about 200 degrees "
+        "(internal angle); no circular FOV",
+        calibre_factor=1.26,
+        whole_frame_fov=True,
+    ),
 }
-_ALIASES = {"chase_db1": "chase", "chasedb1": "chase", "chase-db1": "chase", "av-wide": "avwide",
-            "av_wide": "avwide", "wide": "avwide"}
-_FOLDER_NAMES = {"drive": ("DRIVE",), "stare": ("STARE",),
-                 "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE"), "avwide": ("AV-WIDE", "AV_WIDE", "AVWIDE")}
+_ALIASES = {
+    "chase_db1": "chase",
+    "chasedb1": "chase",
+    "chase-db1": "chase",
+    "av-wide": "avwide",
+    "av_wide": "avwide",
+    "wide": "avwide",
+}
+_FOLDER_NAMES = {
+    "drive": ("DRIVE",),
+    "stare": ("STARE",),
+    "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE"),
+    "avwide": ("AV-WIDE", "AV_WIDE", "AVWIDE"),
+}
 
 
 @dataclass(frozen=True)
@@ -101,8 +152,9 @@ class Sample:
             fov = estimate_fov(rgb)
         for what, arr in (("ground truth", gt), ("FOV mask", fov)):
             if arr.shape != rgb.shape[:2]:
-                raise InputError(f"{self.name}: the {what} is {arr.shape[::-1]} but the image is "
-                                 f"{rgb.shape[1::-1]} (W x H).")
+                raise InputError(
+                    f"{self.name}: the {what} is {arr.shape[::-1]} but the image is {rgb.shape[1::-1]} (W x H)."
+                )
         return rgb, gt, fov
 
 
@@ -184,8 +236,7 @@ def _images(folder: Path, pattern: str) -> list[Path]:
     regex = re.compile(pattern, re.IGNORECASE)
     if not folder.is_dir():
         raise InputError(f"Missing folder {folder}.")
-    found = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in IMAGE_SUFFIXES and regex.fullmatch(p.stem))
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and regex.fullmatch(p.stem))
     if not found:
         raise InputError(f"No images found in {folder}.")
     return found
@@ -251,8 +302,7 @@ def _stare(root: Path, required: bool = True) -> list[Sample]:
     samples = []
     for img in _images(root / "images", r"im\d+"):
         label = _label(root / "labels-ah", f"{img.stem}.ah", f"STARE label for {img.name}", required)
-        samples.append(Sample(img.stem, img, label, _find(root / "mask", f"{img.stem}_mask"),
-                              "stare"))
+        samples.append(Sample(img.stem, img, label, _find(root / "mask", f"{img.stem}_mask"), "stare"))
     return samples
 
 
@@ -302,8 +352,7 @@ def _loo_index(token: str, samples: list[Sample]) -> int:
         return names.index(token.lower())
     if token.isdigit() and 1 <= int(token) <= len(samples):
         return int(token) - 1
-    raise InputError(f"Leave-one-out image '{token}' is neither 1..{len(samples)} nor an image "
-                     "name of the dataset.")
+    raise InputError(f"Leave-one-out image '{token}' is neither 1..{len(samples)} nor an image name of the dataset.")
 
 
 def load_split(dataset: str, root: str | Path, split: str | None = None) -> Split:
@@ -321,20 +370,23 @@ def load_split(dataset: str, root: str | Path, split: str | None = None) -> Spli
         return Split(train=[], test=samples)
     if split.startswith("loo-"):
         k = _loo_index(split[4:], samples)
-        return Split(train=samples[:k] + samples[k + 1:], test=[samples[k]])
+        return Split(train=samples[:k] + samples[k + 1 :], test=[samples[k]])
     match = re.fullmatch(r"(\d+)/(\d+)", split)
     if match:
         n_train, n_test = int(match[1]), int(match[2])
         if n_train + n_test != len(samples):
-            raise InputError(f"Split {split} needs {n_train + n_test} {DATASETS[key].folder} "
-                             f"images but {folder} has {len(samples)}.")
+            raise InputError(
+                f"Split {split} needs {n_train + n_test} {DATASETS[key].folder} images but {folder} has {len(samples)}."
+            )
         return Split(train=samples[:n_train], test=samples[n_train:])
-    raise InputError(f"Unknown split '{split}' for {DATASETS[key].folder}; use one of "
-                     f"{', '.join(DATASETS[key].splits)} (or A/B, loo-K, all).")
+    raise InputError(
+        f"Unknown split '{split}' for {DATASETS[key].folder}; use one of "
+        f"{', '.join(DATASETS[key].splits)} (or A/B, loo-K, all)."
+    )
 
 
 def leave_one_out(dataset: str, root: str | Path) -> Iterator[tuple[str, Split]]:
     """Yield (test image name, Split) for every leave-one-out fold (STARE: 20 folds)."""
     samples = list_samples(dataset, root)
     for k, sample in enumerate(samples):
-        yield sample.name, Split(train=samples[:k] + samples[k + 1:], test=[sample])
+        yield sample.name, Split(train=samples[:k] + samples[k + 1 :], test=[sample])

@@ -1,4 +1,5 @@
 """Which device a run uses (CUDA, Apple MPS, CPU) and at which precision: shared by inference and training."""
+
 from __future__ import annotations
 
 import re
@@ -38,8 +39,10 @@ def select_device(name: str | torch.device = "auto") -> torch.device:
     if index is not None:
         count = torch.cuda.device_count() if base == "cuda" else 1
         if int(index) >= count:
-            raise InputError(f"there is no device '{text}' here; {base} has index{'es' if count > 1 else ''} "
-                             f"0{f'..{count - 1}' if count > 1 else ''}")
+            raise InputError(
+                f"there is no device '{text}' here; {base} has index{'es' if count > 1 else ''} "
+                f"0{f'..{count - 1}' if count > 1 else ''}"
+            )
     return torch.device(text)
 
 

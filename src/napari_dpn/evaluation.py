@@ -1,4 +1,5 @@
 """Run a model over dataset samples and score it with the paper's protocol."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -23,23 +24,39 @@ def fov_note(samples: Sequence) -> str | None:
     if not estimated:
         return None
     datasets = {getattr(s, "dataset", "") for s in samples}
-    why = ("CHASE_DB1 has no official FOV masks" if datasets == {"chase"}
-           else "no FOV mask file was found for them")
-    which = (f"all {len(samples)} images" if len(estimated) == len(samples)
-             else f"{len(estimated)} of {len(samples)} images ({', '.join(estimated[:3])}{', ...' if len(estimated) > 3 else ''})")
+    why = "CHASE_DB1 has no official FOV masks" if datasets == {"chase"} else "no FOV mask file was found for them"
+    which = (
+        f"all {len(samples)} images"
+        if len(estimated) == len(samples)
+        else f"{len(estimated)} of {len(samples)} images ({', '.join(estimated[:3])}{', ...' if len(estimated) > 3 else ''})"
+    )
     return f"the FOV was estimated from the image for {which}: {why}, so the metrics are not the official ones"
 
 
-def predict_samples(loaded: LoadedModel, samples: Sequence, device: str = "auto",
-                    on_image: Callable[[str, float], None] | None = None, precision: str = "fp32",
-                    scale="native", field_angle="dataset", scales: list | None = None):
+def predict_samples(
+    loaded: LoadedModel,
+    samples: Sequence,
+    device: str = "auto",
+    on_image: Callable[[str, float], None] | None = None,
+    precision: str = "fp32",
+    scale="native",
+    field_angle="dataset",
+    scales: list | None = None,
+):
     """(probabilities, ground truths, FOVs, names) for dataset samples; each sample's ``Scale``
     is appended to ``scales`` when given."""
     probs, gts, fovs, names = [], [], [], []
     for sample in samples:
         rgb, gt, fov = sample.load()
-        seg = segment(loaded, rgb, fov=fov, scale=scale, field_angle=_field_angle(sample, field_angle),
-                      device=device, precision=precision)
+        seg = segment(
+            loaded,
+            rgb,
+            fov=fov,
+            scale=scale,
+            field_angle=_field_angle(sample, field_angle),
+            device=device,
+            precision=precision,
+        )
         probs.append(seg.probability)
         gts.append(gt)
         fovs.append(fov)
@@ -51,9 +68,16 @@ def predict_samples(loaded: LoadedModel, samples: Sequence, device: str = "auto"
     return probs, gts, fovs, names
 
 
-def evaluate_model(loaded: LoadedModel, test: Sequence, train: Sequence = (), device: str = "auto",
-                   on_image: Callable[[str, float], None] | None = None, precision: str = "fp32",
-                   scale="native", field_angle="dataset") -> dict:
+def evaluate_model(
+    loaded: LoadedModel,
+    test: Sequence,
+    train: Sequence = (),
+    device: str = "auto",
+    on_image: Callable[[str, float], None] | None = None,
+    precision: str = "fp32",
+    scale="native",
+    field_angle="dataset",
+) -> dict:
     """The paper's metrics on ``test`` (fp32 by default, so that reported numbers do not depend
     on whether the CPU has bf16 units).
 
@@ -75,6 +99,9 @@ def evaluate_model(loaded: LoadedModel, test: Sequence, train: Sequence = (), de
     probs, gts, fovs, names = predict_samples(loaded, test, device, on_image, precision, scale, field_angle, scales)
     result = metrics.evaluate(probs, gts, fovs, names=names, train_threshold=train_threshold)
     result["train_threshold_source"] = threshold_source
-    result["scale"] = {"mode": str(scale), "field_angle": field_angle,
-                       "per_image": {n: s.to_dict() for n, s in zip(names, scales)}}
+    result["scale"] = {
+        "mode": str(scale),
+        "field_angle": field_angle,
+        "per_image": {n: s.to_dict() for n, s in zip(names, scales)},
+    }
     return result

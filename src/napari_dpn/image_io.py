@@ -4,6 +4,7 @@ Every reader turns decoder failures into an :class:`~napari_dpn.errors.InputErro
 sentence, so the CLI and the widgets can show it without a traceback.  Images enter the core as
 RGB float32 in 0..1 (:func:`as_rgb`); masks as bool (H, W) (:func:`read_mask`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import errno
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import tifffile
@@ -36,8 +37,7 @@ def _check_file(path: Path) -> None:
         raise InputError(f"File {path} is empty (0 bytes).")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(
-            f"Unsupported image format '{path.suffix or path.name}' for {path}; "
-            f"use one of {', '.join(IMAGE_SUFFIXES)}."
+            f"Unsupported image format '{path.suffix or path.name}' for {path}; use one of {', '.join(IMAGE_SUFFIXES)}."
         )
 
 
@@ -53,8 +53,7 @@ def _pillow_to_array(img: Image.Image) -> np.ndarray:
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
         img = img.convert("RGB")
     arr = np.asarray(img)
-    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 2 and arr.size and arr.min() >= 0 \
-            and arr.max() <= 65535:
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 2 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # 16-bit greyscale PNGs may decode as 32-bit mode "I"
     return arr
 
@@ -80,8 +79,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         missing = missing_codec(exc)
         if missing:
             raise InputError(f"Cannot read {path}: {missing}.") from exc
-        raise InputError(f"Cannot read {path}: the file is corrupt or not a valid image "
-                         f"({type(exc).__name__}).") from exc
+        raise InputError(
+            f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__})."
+        ) from exc
     return np.asarray(arr)
 
 
@@ -96,12 +96,16 @@ def missing_codec(exc: BaseException) -> str | None:
     if "imagecodecs" in text:
         match = re.search(r"COMPRESSION\.(\w+)|PREDICTOR\.(\w+)", text)
         what = f"its {(match[1] or match[2]).upper()} compression" if match else "its compression"
-        return (f"decoding {what} needs the 'imagecodecs' package, which is not installed "
-                "(pip install imagecodecs); the file itself is fine")
+        return (
+            f"decoding {what} needs the 'imagecodecs' package, which is not installed "
+            "(pip install imagecodecs); the file itself is fine"
+        )
     match = re.search(r"decoder (\w+) not available", text)
     if match:
-        return (f"this Pillow was built without the {match[1]} decoder; "
-                "reinstall Pillow from its wheels (pip install --force-reinstall pillow)")
+        return (
+            f"this Pillow was built without the {match[1]} decoder; "
+            "reinstall Pillow from its wheels (pip install --force-reinstall pillow)"
+        )
     return None
 
 
@@ -144,14 +148,14 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:
         return arr
     if arr.ndim != 3:
-        raise InputError(f"Expected a 2-D image (H, W) or (H, W, 3), got {arr.ndim} dimensions "
-                         f"{arr.shape}.")
+        raise InputError(f"Expected a 2-D image (H, W) or (H, W, 3), got {arr.ndim} dimensions {arr.shape}.")
     if arr.shape[-1] in (1, 3, 4):
         return arr
     if arr.shape[0] in (1, 3, 4):
         return np.moveaxis(arr, 0, -1)
-    raise InputError(f"Shape {arr.shape} looks like a stack of {arr.shape[0]} images; "
-                     "give one 2-D colour or greyscale image.")
+    raise InputError(
+        f"Shape {arr.shape} looks like a stack of {arr.shape[0]} images; give one 2-D colour or greyscale image."
+    )
 
 
 def as_rgb(array: np.ndarray) -> np.ndarray:

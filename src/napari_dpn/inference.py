@@ -6,6 +6,7 @@ into tiles whose margin is wider than the network's receptive field and whose
 origins sit on multiples of 4 (the coarsest pooling stride), so the stitched map
 equals the one-pass map.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,9 +66,15 @@ def _tile_starts(size: int, core: int) -> list[int]:
     return list(range(0, size, core)) if size > core else [0]
 
 
-def predict_array(model: torch.nn.Module, x: np.ndarray, device: torch.device, max_pixels: int,
-                  progress: Callable[[float], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None, precision: str = "fp32") -> tuple[np.ndarray, int]:
+def predict_array(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    device: torch.device,
+    max_pixels: int,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    precision: str = "fp32",
+) -> tuple[np.ndarray, int]:
     """Probability map of a normalised (3, H, W) array, tiled when H*W exceeds ``max_pixels``."""
     _, h, w = x.shape
     if h * w <= max_pixels:
@@ -90,16 +97,22 @@ def predict_array(model: torch.nn.Module, x: np.ndarray, device: torch.device, m
             cy1, cx1 = min(h, y0 + core + m), min(w, x0 + core + m)
             tile = _forward(model, np.ascontiguousarray(x[:, cy0:cy1, cx0:cx1]), device, precision)
             y1, x1 = min(h, y0 + core), min(w, x0 + core)
-            out[y0:y1, x0:x1] = tile[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
+            out[y0:y1, x0:x1] = tile[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
             done += 1
             if progress:
                 progress(done / n)
     return out, n
 
 
-def predict(loaded: LoadedModel, image: np.ndarray, device: str | torch.device = "auto",
-            max_pixels: int | None = None, progress: Callable[[float], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, precision: str = "auto") -> Prediction:
+def predict(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    device: str | torch.device = "auto",
+    max_pixels: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    precision: str = "auto",
+) -> Prediction:
     """Vessel probability for one image (any layout ``image_io.as_rgb`` accepts).
 
     ``precision`` applies to the CPU: 'auto' runs bf16 where the CPU has native bf16
@@ -132,6 +145,12 @@ def predict(loaded: LoadedModel, image: np.ndarray, device: str | torch.device =
             prec = resolve_precision(precision, dev)
             prob, n = predict_array(model, x, dev, CPU_MAX_PIXELS, progress, should_stop, prec)
             note = "the GPU ran out of memory; fell back to the CPU"
-    return Prediction(probability=prob, device=str(dev), seconds=time.perf_counter() - t0,
-                      tiled=n > 1, tiles=n, note=note,
-                      precision="fp16" if dev.type == "cuda" else prec)
+    return Prediction(
+        probability=prob,
+        device=str(dev),
+        seconds=time.perf_counter() - t0,
+        tiled=n > 1,
+        tiles=n,
+        note=note,
+        precision="fp16" if dev.type == "cuda" else prec,
+    )

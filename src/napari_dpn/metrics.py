@@ -15,10 +15,11 @@ every grid threshold; only pixel pairs closer than 1e-4 become ties (counted hal
 scikit-learn does for ties), which moves the AUC by far less than its reported precision.
 Se/Sp/Acc/F1 at a chosen threshold are counted exactly on the raw probabilities.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -49,8 +50,9 @@ def _fov_pixels(prob, gt, fov, name: str = "image") -> tuple[np.ndarray, np.ndar
         raise InputError(f"{name}: expected a 2-D probability map, got shape {prob.shape}.")
     fov = np.ones(prob.shape, bool) if fov is None else np.asarray(fov)
     if gt.shape != prob.shape or fov.shape != prob.shape:
-        raise InputError(f"{name}: probability {prob.shape}, ground truth {gt.shape} and FOV "
-                         f"{fov.shape} shapes must match.")
+        raise InputError(
+            f"{name}: probability {prob.shape}, ground truth {gt.shape} and FOV {fov.shape} shapes must match."
+        )
     gt = _binary(gt, "ground truth", name)
     fov = _binary(fov, "FOV mask", name)
     p = prob[fov].astype(np.float32, copy=False)
@@ -70,8 +72,10 @@ def _as_lists(probs, gts, fovs, names=None):
     if not probs:
         raise InputError("No images to evaluate.")
     if not len(probs) == len(gts) == len(fovs):
-        raise InputError(f"Got {len(probs)} probability maps, {len(gts)} ground truths and "
-                         f"{len(fovs)} FOV masks; the numbers must match.")
+        raise InputError(
+            f"Got {len(probs)} probability maps, {len(gts)} ground truths and "
+            f"{len(fovs)} FOV masks; the numbers must match."
+        )
     names = [f"image {i + 1}" for i in range(len(probs))] if names is None else list(names)
     if len(names) != len(probs):
         raise InputError(f"Got {len(names)} names for {len(probs)} images.")
@@ -86,9 +90,17 @@ def _ratio(num: float, den: float) -> float:
 def _from_counts(tp: int, fp: int, tn: int, fn: int) -> dict:
     se, sp = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     precision = _ratio(tp, tp + fp)
-    return dict(tp=int(tp), fp=int(fp), tn=int(tn), fn=int(fn), se=se, sp=sp,
-                acc=_ratio(tp + tn, tp + fp + tn + fn), precision=precision,
-                f1=_ratio(2 * precision * se, precision + se))
+    return dict(
+        tp=int(tp),
+        fp=int(fp),
+        tn=int(tn),
+        fn=int(fn),
+        se=se,
+        sp=sp,
+        acc=_ratio(tp + tn, tp + fp + tn + fn),
+        precision=precision,
+        f1=_ratio(2 * precision * se, precision + se),
+    )
 
 
 def _counts(p: np.ndarray, g: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
@@ -116,8 +128,7 @@ def confusion_metrics(pred, gt, fov=None, threshold: float | None = None) -> dic
 def _histogram(p: np.ndarray, g: np.ndarray, bins: int) -> np.ndarray:
     """(2, bins + 1) counts of vessel / background FOV pixels per probability bin."""
     idx = np.floor(p.astype(np.float64) * bins).astype(np.intp)
-    return np.stack([np.bincount(idx[g], minlength=bins + 1),
-                     np.bincount(idx[~g], minlength=bins + 1)])
+    return np.stack([np.bincount(idx[g], minlength=bins + 1), np.bincount(idx[~g], minlength=bins + 1)])
 
 
 def _pooled_histogram(probs, gts, fovs, bins: int = N_BINS) -> np.ndarray:
@@ -167,8 +178,7 @@ def _best_threshold(hist: np.ndarray, bins: int, rule: str) -> float:
         score = (tpr * pos + (1 - fpr) * neg) / (pos + neg)
     elif rule == "f1":
         tp, fp = tpr * pos, fpr * neg
-        score = np.divide(2 * tp, 2 * tp + fp + (pos - tp), out=np.zeros_like(tp),
-                          where=(2 * tp + fp + pos - tp) > 0)
+        score = np.divide(2 * tp, 2 * tp + fp + (pos - tp), out=np.zeros_like(tp), where=(2 * tp + fp + pos - tp) > 0)
     else:
         raise InputError(f"Unknown threshold rule '{rule}'; use youden, max_acc or f1.")
     return float(thr[int(np.argmax(score))])
@@ -226,8 +236,7 @@ def _stats(values: list[float], full: bool = True) -> dict:
     if vals.size == 0:
         out = dict(mean=math.nan, min=math.nan, max=math.nan, std=math.nan)
     else:
-        out = dict(mean=float(vals.mean()), min=float(vals.min()), max=float(vals.max()),
-                   std=float(vals.std()))
+        out = dict(mean=float(vals.mean()), min=float(vals.min()), max=float(vals.max()), std=float(vals.std()))
     return out if full else {k: out[k] for k in ("mean", "min")}
 
 
@@ -236,8 +245,9 @@ def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, points: int = ROC_POINTS) 
     return {"fpr": fpr[idx].tolist(), "tpr": tpr[idx].tolist()}
 
 
-def evaluate(probs: Sequence[np.ndarray], gts, fovs, names=None,
-             train_threshold: float | None = None, bins: int = N_BINS) -> dict:
+def evaluate(
+    probs: Sequence[np.ndarray], gts, fovs, names=None, train_threshold: float | None = None, bins: int = N_BINS
+) -> dict:
     """Evaluate probability maps against ground truth inside the FOV, the paper's way.
 
     Rules: "youden" (pooled ROC optimum, the paper's choice), "max_acc" (best accuracy) — both
@@ -256,8 +266,10 @@ def evaluate(probs: Sequence[np.ndarray], gts, fovs, names=None,
     hists = [_histogram(*_fov_pixels(p, g, f, n), bins) for p, g, f, n in zip(probs, gts, fovs, names)]
     pooled_hist = np.sum(hists, axis=0)
     if not _has_both_classes(pooled_hist):
-        raise InputError("The FOV pixels of all images hold only one class (all vessel or all "
-                         "background), so AUC and thresholds are undefined.")
+        raise InputError(
+            "The FOV pixels of all images hold only one class (all vessel or all "
+            "background), so AUC and thresholds are undefined."
+        )
     pooled_thr = {rule: _best_threshold(pooled_hist, bins, rule) for rule in ("youden", "max_acc")}
     fpr, tpr, _ = _roc_from_hist(pooled_hist, bins)
 
@@ -273,8 +285,7 @@ def evaluate(probs: Sequence[np.ndarray], gts, fovs, names=None,
                 entry[rule] = None
             else:
                 thr = _best_threshold(hist, bins, rule)
-                entry[rule] = _rule_entry(_counts(p, g, thr), thr,
-                                          "test" if rule == "max_acc" else None)
+                entry[rule] = _rule_entry(_counts(p, g, thr), thr, "test" if rule == "max_acc" else None)
         entry["train_threshold"] = None
         if train_threshold is not None:
             counts = _counts(p, g, train_threshold)
@@ -287,26 +298,29 @@ def evaluate(probs: Sequence[np.ndarray], gts, fovs, names=None,
         "n_pixels": int(pooled_hist.sum()),
         "youden": _rule_entry(pooled_counts["youden"], pooled_thr["youden"]),
         "max_acc": _rule_entry(pooled_counts["max_acc"], pooled_thr["max_acc"], "test"),
-        "train_threshold": None if train_threshold is None else
-        _rule_entry(pooled_counts["train_threshold"], train_threshold, "train"),
+        "train_threshold": None
+        if train_threshold is None
+        else _rule_entry(pooled_counts["train_threshold"], train_threshold, "train"),
     }
-    return {"pooled": pooled, "per_image": per_image,
-            "per_image_summary": _summary(per_image), "roc": _downsample_roc(fpr, tpr)}
+    return {
+        "pooled": pooled,
+        "per_image": per_image,
+        "per_image_summary": _summary(per_image),
+        "roc": _downsample_roc(fpr, tpr),
+    }
 
 
 def _summary(per_image: list[dict]) -> dict:
     """Mean/min/max/std over images of AUC and of each rule's Se, Sp, Acc, F1."""
     skipped = [e["name"] for e in per_image if math.isnan(e["auc"])]
-    summary = {"n_images": len(per_image), "n_skipped": len(skipped),
-               "auc": _stats([e["auc"] for e in per_image])}
+    summary = {"n_images": len(per_image), "n_skipped": len(skipped), "auc": _stats([e["auc"] for e in per_image])}
     for rule in RULES:
         entries = [e[rule] for e in per_image if e[rule] is not None]
         if not entries:
             continue
         for key in ("se", "sp", "acc", "f1"):
             summary[f"{key}_{rule}"] = _stats([x[key] for x in entries])
-    summary["note"] = (None if not skipped else
-                       f"AUC undefined (one class in the FOV), left out: {', '.join(skipped)}")
+    summary["note"] = None if not skipped else f"AUC undefined (one class in the FOV), left out: {', '.join(skipped)}"
     return summary
 
 
@@ -323,8 +337,9 @@ def table_row(result: dict, rule: str = "youden") -> str:
     if entry is None:
         raise InputError(f"The result has no '{rule}' threshold.")
     label = f"{rule} (t={entry['threshold']:.4f})"
-    return (f"{label:<28}{entry['se']:>8.4f}{entry['sp']:>8.4f}{entry['acc']:>8.4f}"
-            f"{pooled['auc']:>8.4f}{entry['f1']:>8.4f}")
+    return (
+        f"{label:<28}{entry['se']:>8.4f}{entry['sp']:>8.4f}{entry['acc']:>8.4f}{pooled['auc']:>8.4f}{entry['f1']:>8.4f}"
+    )
 
 
 def format_table(result: dict) -> str:

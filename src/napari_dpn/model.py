@@ -8,6 +8,7 @@ Both keep full resolution between blocks; each block looks at three scales
 mode a model returns the logits of its four heads (three auxiliary, then the
 main one); in evaluation mode it returns the main head's probability map.
 """
+
 from __future__ import annotations
 
 import torch
@@ -149,13 +150,13 @@ class _CaffeUp2(nn.Module):
             return self.up_sum(x, like).expand(-1, self.weight.shape[1], -1, -1)
         h, w = like.shape[-2:]
         up = F.conv_transpose2d(x, self.weight, self.bias, stride=2)
-        return up[..., 1:1 + h, 1:1 + w]
+        return up[..., 1 : 1 + h, 1 : 1 + w]
 
     def up_sum(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """The one distinct output channel of a uniform deconvolution, (N, 1, h, w)."""
         h, w = like.shape[-2:]
         up = F.conv_transpose2d(x.sum(1, keepdim=True), self.weight[:1, :1].to(x.dtype), stride=2)
-        return up[..., 1:1 + h, 1:1 + w]
+        return up[..., 1 : 1 + h, 1 : 1 + w]
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._uniform = None  # re-check the fast path for the loaded kernels

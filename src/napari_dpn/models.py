@@ -11,6 +11,7 @@ that differs from it (new weights copied over old ones, a crash between the two 
 edit) or whose recorded sha256 is not the file's is reported in ``LoadedModel.warnings`` and
 ignored.  Weights files without an embedded card (older ones) use the ``.json``, with a note.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ def _is_number(value) -> bool:
 
 def _check_card_fields(card: ModelCard) -> None:
     """WeightsError naming the first field of the card that has the wrong type or value."""
+
     def bad(field_name: str, rule: str, value) -> WeightsError:
         return WeightsError(f"the model card's '{field_name}' must be {rule}, got {value!r}")
 
@@ -75,8 +77,12 @@ def _check_card_fields(card: ModelCard) -> None:
         raise bad("input.scale", "a number above 0", inp.get("scale"))
     for key, positive in (("mean", False), ("std", True)):
         v = inp.get(key)
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_number(x) for x in v)
-                and (not positive or all(x > 0 for x in v))):
+        if not (
+            isinstance(v, (list, tuple))
+            and len(v) == 3
+            and all(_is_number(x) for x in v)
+            and (not positive or all(x > 0 for x in v))
+        ):
             raise bad(f"input.{key}", "a list of 3 numbers" + (" above 0" if positive else ""), v)
     if not isinstance(inp.get("clahe"), bool):
         raise bad("input.clahe", "true or false", inp.get("clahe"))
@@ -208,8 +214,9 @@ def validate_model_name(name, shipped_ok: bool = False) -> str:
         raise InputError(f"Give the model's name without a file suffix ('{Path(text).stem}', not '{text}').")
     if not NAME_RE.match(text) or len(text) > MAX_NAME_LENGTH:
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise InputError(f"Give the new model a name of {NAME_RULE}, at most {MAX_NAME_LENGTH} characters "
-                         f"(not '{shown}').")
+        raise InputError(
+            f"Give the new model a name of {NAME_RULE}, at most {MAX_NAME_LENGTH} characters (not '{shown}')."
+        )
     if not shipped_ok and text.lower() in shipped_model_names():
         raise InputError(f"'{text}' is a shipped model; choose another name for the fine-tuned one.")
     return text
@@ -328,34 +335,45 @@ def inspect_card(weights_path: str | os.PathLike, check_sha256: bool = True) -> 
             raise header_problem
         if side is None:
             if side_problem:
-                raise WeightsError(f"{weights_path.name} has no embedded model card and {beside.name} "
-                                   f"cannot be used ({side_problem})")
+                raise WeightsError(
+                    f"{weights_path.name} has no embedded model card and {beside.name} cannot be used ({side_problem})"
+                )
             raise WeightsError(f"{weights_path.name} has no model card (neither {beside.name} nor embedded)")
         card = side
         if header_problem is not None:
             warnings.append(f"{header_problem}, so {beside.name} describes it")
         else:
-            warnings.append(f"{weights_path.name} has no model card inside it (an older file), so {beside.name} "
-                            "is used; saving the model again embeds one")
+            warnings.append(
+                f"{weights_path.name} has no model card inside it (an older file), so {beside.name} "
+                "is used; saving the model again embeds one"
+            )
     else:
         card = _parse_card(embedded, f"inside {weights_path.name}")
         if side_problem:
-            warnings.append(f"{beside.name} is not a usable model card ({side_problem}), so the card inside "
-                            f"{weights_path.name} is used")
+            warnings.append(
+                f"{beside.name} is not a usable model card ({side_problem}), so the card inside "
+                f"{weights_path.name} is used"
+            )
         elif side is not None:
             diff = _card_differences(card, side)
             if diff:
-                warnings.append(f"{beside.name} differs from the card inside {weights_path.name} "
-                                f"({', '.join(diff[:4])}{'...' if len(diff) > 4 else ''}), so the card inside "
-                                "the weights is used")
+                warnings.append(
+                    f"{beside.name} differs from the card inside {weights_path.name} "
+                    f"({', '.join(diff[:4])}{'...' if len(diff) > 4 else ''}), so the card inside "
+                    "the weights is used"
+                )
     if check_sha256 and side_sha and header_problem is None:
         actual = file_sha256(weights_path)
         card.sha256 = actual
         if actual != side_sha:
-            truth = ("the card inside the weights is used" if embedded is not None
-                     else "its card may not describe these weights")
-            warnings.append(f"{weights_path.name} is not the file {beside.name} was written for "
-                            f"(its sha256 differs), so {truth}")
+            truth = (
+                "the card inside the weights is used"
+                if embedded is not None
+                else "its card may not describe these weights"
+            )
+            warnings.append(
+                f"{weights_path.name} is not the file {beside.name} was written for (its sha256 differs), so {truth}"
+            )
     return card, warnings
 
 

@@ -4,6 +4,7 @@ manifest (one CSV row per image) that makes a re-run skip what is done.
 
 Shared by the serial run and the Dask workers (``cohort.py``); the CLI only prints.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,9 +23,23 @@ from pathlib import Path
 from .errors import InputError, OutputError, OutputExistsError
 
 MANIFEST_NAME = "napari-dpn-manifest.csv"
-MANIFEST_FIELDS = ("image", "status", "error", "seconds", "device", "scale_factor", "scale_method",
-                   "fov_diameter", "vessel_density", "model", "model_sha256", "options", "outputs", "output_sha256",
-                   "finished")
+MANIFEST_FIELDS = (
+    "image",
+    "status",
+    "error",
+    "seconds",
+    "device",
+    "scale_factor",
+    "scale_method",
+    "fov_diameter",
+    "vessel_density",
+    "model",
+    "model_sha256",
+    "options",
+    "outputs",
+    "output_sha256",
+    "finished",
+)
 STATUSES = ("done", "failed", "skipped")
 _SEP = ";"  # between the names (and the sha256s) of an image's outputs
 
@@ -48,12 +63,17 @@ def images_in(paths: list[str]) -> tuple[list[Path], list[str]]:
         p = Path(text).expanduser()
         if p.is_dir():
             photos = photographs_in(p)
-            left = [q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
-                    and not q.name.startswith(".") and q not in photos]
+            left = [
+                q
+                for q in p.iterdir()
+                if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".") and q not in photos
+            ]
             found += photos
             if left:
-                notes.append(f"left out {len(left)} file(s) in {p} that are annotations, masks or probability "
-                             f"maps, not photographs (e.g. {sorted(left)[0].name})")
+                notes.append(
+                    f"left out {len(left)} file(s) in {p} that are annotations, masks or probability "
+                    f"maps, not photographs (e.g. {sorted(left)[0].name})"
+                )
         elif p.is_file():
             why = not_a_photograph(p)
             if why:
@@ -63,9 +83,17 @@ def images_in(paths: list[str]) -> tuple[list[Path], list[str]]:
         else:
             raise InputError(f"no such file or folder: {p}")
     if not found:
-        raise InputError("no photographs found in " + ", ".join(paths)
-                         + (f"; {notes[0]}" if len(notes) == 1 else
-                            " (only annotations, masks or probability maps)" if notes else ""))
+        raise InputError(
+            "no photographs found in "
+            + ", ".join(paths)
+            + (
+                f"; {notes[0]}"
+                if len(notes) == 1
+                else " (only annotations, masks or probability maps)"
+                if notes
+                else ""
+            )
+        )
     return found, notes
 
 
@@ -110,8 +138,8 @@ class Job:
 class Plan:
     jobs: list[Job] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # manifest rows: outputs in the way
-    done: list[str] = field(default_factory=list)       # image names done earlier with this model
-    rerun: list[Job] = field(default_factory=list)      # jobs that replace another model's outputs
+    done: list[str] = field(default_factory=list)  # image names done earlier with this model
+    rerun: list[Job] = field(default_factory=list)  # jobs that replace another model's outputs
 
 
 def _existing(paths) -> list[Path]:
@@ -133,8 +161,15 @@ def _ours_unchanged(row: dict, outputs: tuple[Path, Path, Path]) -> dict[str, st
     return found
 
 
-def plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: bool,
-                 manifest: Manifest | None = None, model_sha256: str = "", options: str = "") -> Plan:
+def plan_outputs(
+    images: list[Path],
+    out: Path,
+    prob_suffix: str,
+    overwrite: bool,
+    manifest: Manifest | None = None,
+    model_sha256: str = "",
+    options: str = "",
+) -> Plan:
     """What to do with each image.
 
     Refuses two images whose outputs would share a name.  An image none of whose outputs exists is
@@ -169,8 +204,13 @@ def plan_outputs(images: list[Path], out: Path, prob_suffix: str, overwrite: boo
                 before = row.get("model") or "another model"
                 if same_model:
                     before += f" and other options ({row.get('options') or 'unknown'})"
-                job = Job(index=job.index, image=job.image, outputs=job.outputs, replaceable=tuple(mine.items()),
-                          previous_model=before)
+                job = Job(
+                    index=job.index,
+                    image=job.image,
+                    outputs=job.outputs,
+                    replaceable=tuple(mine.items()),
+                    previous_model=before,
+                )
                 plan.jobs.append(job)
                 plan.rerun.append(job)
                 continue
@@ -285,8 +325,9 @@ def place_outputs(staged: Staged, outputs, overwrite: bool = False, replaceable=
         raise
 
 
-def write_outputs(outputs, prob, vessels, fov, overwrite: bool = False, replaceable=(),
-                  staging: str | os.PathLike | None = None) -> list[str]:
+def write_outputs(
+    outputs, prob, vessels, fov, overwrite: bool = False, replaceable=(), staging: str | os.PathLike | None = None
+) -> list[str]:
     """Write one image's (probability, vessels, FOV), all or none, and return their sha256s.
 
     All three are first written completely into a private staging folder (``stage_outputs``), then

@@ -1,4 +1,5 @@
 """Turn an RGB image into exactly the input a model was trained on (its card's ``input`` block)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -20,6 +20,7 @@ probability map back to the original pixels.  The image's ppd comes from, in ord
 Anything implausible (no FOV, a factor outside ``MIN_FACTOR..MAX_FACTOR``) falls back to the native
 scale with one sentence in ``Scale.note``; it never raises.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -42,13 +43,13 @@ SCALE_MODES = ("auto", "native")
 class Scale:
     """How an image was (or will be) resampled for the network, and why."""
 
-    factor: float                      # working pixels per original pixel (1.0 = native)
-    method: str                        # native | factor | field-angle | default-angle | calibre | fallback
-    ppd: float | None = None           # estimated pixels per degree of the original image
+    factor: float  # working pixels per original pixel (1.0 = native)
+    method: str  # native | factor | field-angle | default-angle | calibre | fallback
+    ppd: float | None = None  # estimated pixels per degree of the original image
     fov_diameter: float | None = None  # pixels, in the original image
-    field_angle: float | None = None   # degrees, given or assumed
-    working_ppd: float | None = None   # the model's
-    note: str | None = None            # why a fallback happened, in one sentence
+    field_angle: float | None = None  # degrees, given or assumed
+    working_ppd: float | None = None  # the model's
+    note: str | None = None  # why a fallback happened, in one sentence
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""
@@ -94,8 +95,10 @@ def check_field_angle(angle: float | None) -> float | None:
         return None
     angle = float(angle)
     if not MIN_FIELD_ANGLE <= angle <= MAX_FIELD_ANGLE:
-        raise ValueError(f"a field angle of {angle:g} degrees is not plausible; fundus cameras have "
-                         f"{MIN_FIELD_ANGLE:g}-{MAX_FIELD_ANGLE:g} (most 30-55)")
+        raise ValueError(
+            f"a field angle of {angle:g} degrees is not plausible; fundus cameras have "
+            f"{MIN_FIELD_ANGLE:g}-{MAX_FIELD_ANGLE:g} (most 30-55)"
+        )
     return angle
 
 
@@ -128,16 +131,25 @@ def from_fov(fov: np.ndarray, card, field_angle: float | None) -> Scale:
     if diameter is None:
         return fallback("no circular field of view was found")
     angle = field_angle if field_angle is not None else DEFAULT_FIELD_ANGLE
-    return from_ppd(diameter / angle, target, "field-angle" if field_angle is not None else "default-angle",
-                    fov_diameter=diameter, field_angle=angle)
+    return from_ppd(
+        diameter / angle,
+        target,
+        "field-angle" if field_angle is not None else "default-angle",
+        fov_diameter=diameter,
+        field_angle=angle,
+    )
 
 
 def from_ppd(ppd: float, target: float, method: str, **extra) -> Scale:
     """The scale that brings an image of ``ppd`` to the model's ``target`` ppd, checked for plausibility."""
     factor = target / ppd
     if not MIN_FACTOR <= factor <= MAX_FACTOR:
-        return fallback(f"the estimated scale (x{factor:.3g}) is outside the plausible "
-                        f"{MIN_FACTOR}-{MAX_FACTOR}", ppd=ppd, working_ppd=target, **extra)
+        return fallback(
+            f"the estimated scale (x{factor:.3g}) is outside the plausible {MIN_FACTOR}-{MAX_FACTOR}",
+            ppd=ppd,
+            working_ppd=target,
+            **extra,
+        )
     if abs(factor - 1.0) < NEGLIGIBLE:
         factor = 1.0
     return Scale(factor=factor, method=method, ppd=ppd, working_ppd=target, **extra)

@@ -5,6 +5,7 @@ photograph -> FOV -> scale -> resample -> network -> probability (original pixel
 ``segment`` never raises for a scale problem: an implausible estimate falls back to the native
 scale and says so in ``Segmentation.scale.note``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -35,10 +36,10 @@ class Segmentation:
     """Probability and FOV in the photograph's own pixels, with the scale the network saw."""
 
     probability: np.ndarray  # float32 (H, W) in 0..1
-    fov: np.ndarray          # bool (H, W)
-    threshold: float         # the model card's, unless the caller gave one
+    fov: np.ndarray  # bool (H, W)
+    threshold: float  # the model card's, unless the caller gave one
     scale: Scale
-    prediction: Prediction   # device, seconds, precision, tiling and fallback notes of the pass
+    prediction: Prediction  # device, seconds, precision, tiling and fallback notes of the pass
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         """Vessels: probability >= threshold, inside the FOV only (outside is no retina)."""
@@ -48,9 +49,16 @@ class Segmentation:
     def summary(self) -> dict:
         """What a report or a manifest records about this run."""
         p = self.prediction
-        return {"scale": self.scale.to_dict(), "device": p.device, "precision": p.precision,
-                "seconds": round(p.seconds, 3), "tiles": p.tiles, "note": p.note,
-                "threshold": self.threshold, "fov_diameter": self.scale.fov_diameter}
+        return {
+            "scale": self.scale.to_dict(),
+            "device": p.device,
+            "precision": p.precision,
+            "seconds": round(p.seconds, 3),
+            "tiles": p.tiles,
+            "note": p.note,
+            "threshold": self.threshold,
+            "fov_diameter": self.scale.fov_diameter,
+        }
 
 
 def vessel_calibre(mask: np.ndarray, fov: np.ndarray | None = None) -> float | None:
@@ -76,8 +84,9 @@ def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
 
 
-def scale_from_calibre(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, device="auto",
-                       precision: str = "auto") -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
+def scale_from_calibre(
+    loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, device="auto", precision: str = "auto"
+) -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
     """Estimate the scale without metadata: coarse passes until the thickest vessels of the
     network's own map are as wide as on its training images at its working scale.
 
@@ -87,7 +96,9 @@ def scale_from_calibre(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, de
     ref = (loaded.card.scale or {}).get("vessel_calibre_px")
     target = scale_mod.working_ppd(loaded.card)
     if not isinstance(ref, (int, float)) or target is None:
-        return scale_mod.fallback(f"the model card of {loaded.card.name} records no vessel calibre to compare with"), None
+        return scale_mod.fallback(
+            f"the model card of {loaded.card.name} records no vessel calibre to compare with"
+        ), None
     factor = min(1.0, COARSE_SIDE / max(rgb.shape[:2]))
     for _ in range(4):
         size = scale_mod.resampled_shape(rgb.shape, factor)
@@ -105,9 +116,15 @@ def scale_from_calibre(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, de
     return scale_mod.from_ppd(target / factor, target, "calibre", fov_diameter=scale_mod.fov_diameter(fov)), None
 
 
-def choose_scale(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, scale: str | float = "auto",
-                 field_angle: float | None = None, device="auto",
-                 precision: str = "auto") -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
+def choose_scale(
+    loaded: LoadedModel,
+    rgb: np.ndarray,
+    fov: np.ndarray,
+    scale: str | float = "auto",
+    field_angle: float | None = None,
+    device="auto",
+    precision: str = "auto",
+) -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
     """The ``Scale`` for this photograph (see ``scale.py`` for the order of the rules), and the
     probability already computed at it, if the estimate needed one."""
     mode = scale_mod.parse_scale(scale)
@@ -123,11 +140,20 @@ def choose_scale(loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, scale: s
     return scale_mod.from_fov(fov, loaded.card, angle), None
 
 
-def segment(loaded: LoadedModel, image: np.ndarray, *, fov: np.ndarray | None = None,
-            threshold: float | None = None, scale: str | float = "auto", field_angle: float | None = None,
-            device="auto", precision: str = "auto", max_pixels: int | None = None,
-            progress: Callable[[float], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> Segmentation:
+def segment(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    *,
+    fov: np.ndarray | None = None,
+    threshold: float | None = None,
+    scale: str | float = "auto",
+    field_angle: float | None = None,
+    device="auto",
+    precision: str = "auto",
+    max_pixels: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Segmentation:
     """Segment one photograph (any layout ``image_io.as_rgb`` accepts) at the model's working scale.
 
     ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
@@ -137,8 +163,17 @@ def segment(loaded: LoadedModel, image: np.ndarray, *, fov: np.ndarray | None = 
     rgb = as_rgb(image)
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
-    prob, pred = done or _run(loaded, rgb, sc.factor, device=device, precision=precision, max_pixels=max_pixels,
-                              progress=progress, should_stop=should_stop)
+    prob, pred = done or _run(
+        loaded,
+        rgb,
+        sc.factor,
+        device=device,
+        precision=precision,
+        max_pixels=max_pixels,
+        progress=progress,
+        should_stop=should_stop,
+    )
     t = float(loaded.card.threshold if threshold is None else threshold)
-    return Segmentation(probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc,
-                        prediction=pred)
+    return Segmentation(
+        probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc, prediction=pred
+    )

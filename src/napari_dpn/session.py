@@ -10,6 +10,7 @@ Qt-free (the *Correct a folder* dock widget and the tests call the same function
   :func:`remove_specks`.
 - :func:`uncertainty` and :func:`rank_regions`: the regions a grader should look at first.
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,22 @@ STATES = ("new", "segmented", "corrected", "saved")
 _VERSION = 1
 # Files beside the photographs that are annotations of a dataset, not photographs to correct.
 _NOT_PHOTOS = re.compile(r"(_gt|_1stHO|_2ndHO|_manual\d|_mask|\.ah|\.vk|_probability)$", re.IGNORECASE)
-CSV_COLUMNS = ("image", "state", "model", "threshold", "scale", "fov_diameter_px",
-               "vessel_density", "seconds", "se", "sp", "acc", "auc", "f1", "ground_truth")
+CSV_COLUMNS = (
+    "image",
+    "state",
+    "model",
+    "threshold",
+    "scale",
+    "fov_diameter_px",
+    "vessel_density",
+    "seconds",
+    "se",
+    "sp",
+    "acc",
+    "auc",
+    "f1",
+    "ground_truth",
+)
 _EIGHT = np.ones((3, 3), bool)
 
 
@@ -56,9 +71,15 @@ def list_photographs(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"No such folder: {folder}.")
     suffixes = tuple(s.lower() for s in IMAGE_SUFFIXES)
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-                  and not is_annotation(p) and not _NOT_PHOTOS.search(p.stem))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in suffixes
+        and not is_annotation(p)
+        and not _NOT_PHOTOS.search(p.stem)
+    )
 
 
 def ground_truth_path(image: str | Path) -> Path | None:
@@ -67,8 +88,11 @@ def ground_truth_path(image: str | Path) -> Path | None:
     image = Path(image)
     folder, stem = image.parent, image.stem
     candidates = [folder / f"{stem}_gt{s}" for s in (".png", ".gif", ".tif", ".tiff", ".bmp")]
-    candidates += [folder / f"{stem}_1stHO.png", folder / f"{stem}.ah.ppm",
-                   folder.parent / "labels-ah" / f"{stem}.ah.ppm"]
+    candidates += [
+        folder / f"{stem}_1stHO.png",
+        folder / f"{stem}.ah.ppm",
+        folder.parent / "labels-ah" / f"{stem}.ah.ppm",
+    ]
     m = re.match(r"^(\d+)_(test|training)$", stem)
     if m:
         candidates.append(folder.parent / "1st_manual" / f"{m.group(1)}_manual1.gif")
@@ -106,27 +130,36 @@ class Segmented:
     """What the session keeps of one segmentation (``segmentation.Segmentation`` plus who made it)."""
 
     probability: np.ndarray  # float32 (H, W), the photograph's own pixels
-    fov: np.ndarray          # bool (H, W)
+    fov: np.ndarray  # bool (H, W)
     threshold: float
     model: str
     seconds: float
-    scale: float = 1.0       # the factor the photograph was resampled by for the network
+    scale: float = 1.0  # the factor the photograph was resampled by for the network
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else threshold
         return (self.probability >= t) & self.fov
 
 
-def segment_photo(loaded, rgb: np.ndarray, device="auto", precision: str = "auto",
-                  fov: np.ndarray | None = None, should_stop=None, field_angle: float | None = None) -> Segmented:
+def segment_photo(
+    loaded,
+    rgb: np.ndarray,
+    device="auto",
+    precision: str = "auto",
+    fov: np.ndarray | None = None,
+    should_stop=None,
+    field_angle: float | None = None,
+) -> Segmented:
     """``segmentation.segment`` at the model's scale, as the Segment widget and the CLI run it."""
     from .segmentation import segment
 
     t0 = time.perf_counter()
-    seg = segment(loaded, rgb, fov=fov, field_angle=field_angle, device=device, precision=precision,
-                  should_stop=should_stop)
-    return Segmented(seg.probability, seg.fov, seg.threshold, loaded.card.name, time.perf_counter() - t0,
-                     seg.scale.factor)
+    seg = segment(
+        loaded, rgb, fov=fov, field_angle=field_angle, device=device, precision=precision, should_stop=should_stop
+    )
+    return Segmented(
+        seg.probability, seg.fov, seg.threshold, loaded.card.name, time.perf_counter() - t0, seg.scale.factor
+    )
 
 
 def fov_diameter(fov: np.ndarray) -> float:
@@ -148,25 +181,26 @@ def vessel_density(mask: np.ndarray, fov: np.ndarray) -> float:
 
 @dataclass
 class Entry:
-    name: str                       # file name inside the folder
+    name: str  # file name inside the folder
     state: str = "new"
-    model: str | None = None        # the model that produced the first map
+    model: str | None = None  # the model that produced the first map
     threshold: float | None = None
     scale: float | None = None
     fov_diameter: float | None = None
     density: float | None = None
-    seconds: float | None = None    # the network's time for the first map
+    seconds: float | None = None  # the network's time for the first map
     segmented_at: str | None = None
     saved_at: str | None = None
-    digest: str | None = None       # sha256 of the vessels file this session wrote or resumed
+    digest: str | None = None  # sha256 of the vessels file this session wrote or resumed
     visited: list = field(default_factory=list)  # uncertain regions already shown [y0, x0]
 
 
 class Session:
     """A folder of photographs being corrected; ``Session.open(folder)`` creates or resumes one."""
 
-    def __init__(self, folder: Path, annotations: Path, entries: list[Entry], current: int = 0,
-                 models: list | None = None):
+    def __init__(
+        self, folder: Path, annotations: Path, entries: list[Entry], current: int = 0, models: list | None = None
+    ):
         self.folder, self.annotations = folder, annotations
         self.entries, self.current = entries, current
         self.models = list(models or [])  # fine-tuned versions: name, path, base, images, at
@@ -189,13 +223,11 @@ class Session:
             try:
                 data = json.loads(path.read_text())
                 known = set(Entry.__dataclass_fields__)
-                old = {e["name"]: Entry(**{k: v for k, v in e.items() if k in known})
-                       for e in data.get("images", [])}
+                old = {e["name"]: Entry(**{k: v for k, v in e.items() if k in known}) for e in data.get("images", [])}
                 current_name = data.get("current")
                 models = list(data.get("models", []))
             except (ValueError, TypeError, KeyError) as exc:
-                raise InputError(f"The session file {path} is damaged ({exc}); move it away to "
-                                 "start afresh.") from None
+                raise InputError(f"The session file {path} is damaged ({exc}); move it away to start afresh.") from None
         entries = []
         for p in photos:
             e = old.get(p.name) or Entry(p.name)
@@ -204,8 +236,7 @@ class Session:
                 e.state, e.digest, e.saved_at = "saved", _digest(vessels), _now()
             entries.append(e)
         names = [e.name for e in entries]
-        session = cls(folder, annotations, entries,
-                      names.index(current_name) if current_name in names else 0, models)
+        session = cls(folder, annotations, entries, names.index(current_name) if current_name in names else 0, models)
         session.write()
         return session
 
@@ -218,10 +249,14 @@ class Session:
         from .image_io import atomic_write
 
         with self._lock:
-            data = {"version": _VERSION, "folder": str(self.folder),
-                    "annotations": str(self.annotations),
-                    "current": self.entries[self.current].name,
-                    "images": [asdict(e) for e in self.entries], "models": self.models}
+            data = {
+                "version": _VERSION,
+                "folder": str(self.folder),
+                "annotations": str(self.annotations),
+                "current": self.entries[self.current].name,
+                "images": [asdict(e) for e in self.entries],
+                "models": self.models,
+            }
             with atomic_write(self.path) as tmp:
                 Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
         return self.path
@@ -265,8 +300,9 @@ class Session:
         cache = self.cache_path(index)
         cache.parent.mkdir(exist_ok=True)
         with atomic_write(cache) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probability=seg.probability.astype(np.float16),
-                                fov=seg.fov, threshold=seg.threshold)
+            np.savez_compressed(
+                fh, probability=seg.probability.astype(np.float16), fov=seg.fov, threshold=seg.threshold
+            )
         return cache
 
     def note_segmentation(self, index: int, seg: Segmented) -> None:
@@ -306,8 +342,7 @@ class Session:
             return None
         return None if _digest(path) == self.entries[index].digest else path
 
-    def save(self, index: int, mask: np.ndarray, fov: np.ndarray | None = None,
-             overwrite: bool = False) -> Path:
+    def save(self, index: int, mask: np.ndarray, fov: np.ndarray | None = None, overwrite: bool = False) -> Path:
         """Write the corrected vessels (and FOV) of an image atomically; refuse (SessionConflict)
         to replace a vessels file the session did not write unless ``overwrite``."""
         from .image_io import write_mask
@@ -318,11 +353,11 @@ class Session:
     def _save(self, index, mask, fov, overwrite, write_mask) -> Path:
         path = self.conflict(index)
         if path is not None and not overwrite:
-            raise SessionConflict(f"{path.name} was not written by this session; "
-                                  "confirm to replace it.")
+            raise SessionConflict(f"{path.name} was not written by this session; confirm to replace it.")
         vessels = write_mask(self.vessels_path(index), np.asarray(mask, bool), on_value=255)
-        if fov is not None and (not self.fov_path(index).is_file() or overwrite
-                                or self.entries[index].digest is not None):
+        if fov is not None and (
+            not self.fov_path(index).is_file() or overwrite or self.entries[index].digest is not None
+        ):
             write_mask(self.fov_path(index), np.asarray(fov, bool), on_value=255)
         e = self.entries[index]
         e.state, e.saved_at, e.digest = "saved", _now(), _digest(vessels)
@@ -353,8 +388,16 @@ class Session:
             pairs.append((rgb, read_mask(self.vessels_path(i)), fov))
         return pairs
 
-    def finetune(self, init, steps: int = 200, name: str | None = None, device: str = "auto",
-                 out_dir=None, should_stop=None, callback=None):
+    def finetune(
+        self,
+        init,
+        steps: int = 200,
+        name: str | None = None,
+        device: str = "auto",
+        out_dir=None,
+        should_stop=None,
+        callback=None,
+    ):
         """Fine-tune ``init`` (a model name or path) on the saved annotations; the new model is
         saved with its card in the user models folder (or ``out_dir``) and recorded with the
         images it saw.  Returns the engine's ``TrainResult``."""
@@ -367,18 +410,40 @@ class Session:
         seen = [e.name for e in self.entries if e.state == "saved"]
         side = min(min(p[0].shape[:2]) for p in pairs)
         name = name or f"{self.folder.name}-ft{len(self.models) + 1}"
-        config = TrainConfig(steps=int(steps), crop=min(512, side // 16 * 16), lr=1e-4,
-                             threshold_rule="max_acc",  # the fewest pixels for the grader to change
-                             device=device, name=name, val_every=0,
-                             checkpoint_every=max(1, int(steps)))
+        config = TrainConfig(
+            steps=int(steps),
+            crop=min(512, side // 16 * 16),
+            lr=1e-4,
+            threshold_rule="max_acc",  # the fewest pixels for the grader to change
+            device=device,
+            name=name,
+            val_every=0,
+            checkpoint_every=max(1, int(steps)),
+        )
         out = Path(out_dir) if out_dir else user_models_dir()
         out.mkdir(parents=True, exist_ok=True)
-        result = train(config, pairs, None, init=init, out_dir=out, callback=callback,
-                       should_stop=should_stop, description=f"fine-tuning '{name}' on {len(pairs)} image(s)")
+        result = train(
+            config,
+            pairs,
+            None,
+            init=init,
+            out_dir=out,
+            callback=callback,
+            should_stop=should_stop,
+            description=f"fine-tuning '{name}' on {len(pairs)} image(s)",
+        )
         if result.model_path is not None:
             with self._lock:
-                self.models.append({"name": name, "path": str(result.model_path), "base": str(init),
-                                    "images": seen, "steps": result.steps, "at": _now()})
+                self.models.append(
+                    {
+                        "name": name,
+                        "path": str(result.model_path),
+                        "base": str(init),
+                        "images": seen,
+                        "steps": result.steps,
+                        "at": _now(),
+                    }
+                )
                 self.write()
         return result
 
@@ -409,10 +474,16 @@ class Session:
         rows = []
         for i, e in enumerate(self.entries):
             row = {k: "" for k in CSV_COLUMNS}
-            row.update(image=e.name, state=e.state, model=e.model or "",
-                       threshold=_fmt(e.threshold), scale=_fmt(e.scale),
-                       fov_diameter_px=_fmt(e.fov_diameter), vessel_density=_fmt(e.density),
-                       seconds=_fmt(e.seconds))
+            row.update(
+                image=e.name,
+                state=e.state,
+                model=e.model or "",
+                threshold=_fmt(e.threshold),
+                scale=_fmt(e.scale),
+                fov_diameter_px=_fmt(e.fov_diameter),
+                vessel_density=_fmt(e.density),
+                seconds=_fmt(e.seconds),
+            )
             gt_path = ground_truth_path(self.image_path(i))
             cached = self.cached(i)
             mask = self.saved_mask(i) if e.state == "saved" else None
@@ -421,12 +492,20 @@ class Session:
             if gt_path is not None and mask is not None:
                 try:
                     gt = read_mask(gt_path)
-                    fov = read_mask(self.fov_path(i)) if self.fov_path(i).is_file() else (
-                        cached[1] if cached is not None else None)
+                    fov = (
+                        read_mask(self.fov_path(i))
+                        if self.fov_path(i).is_file()
+                        else (cached[1] if cached is not None else None)
+                    )
                     if gt.shape == mask.shape:
                         m = metrics.confusion_metrics(mask, gt, fov)
-                        row.update(se=_fmt(m["se"]), sp=_fmt(m["sp"]), acc=_fmt(m["acc"]),
-                                   f1=_fmt(m["f1"]), ground_truth=gt_path.name)
+                        row.update(
+                            se=_fmt(m["se"]),
+                            sp=_fmt(m["sp"]),
+                            acc=_fmt(m["acc"]),
+                            f1=_fmt(m["f1"]),
+                            ground_truth=gt_path.name,
+                        )
                         if cached is not None:
                             row["auc"] = _fmt(metrics.auc(cached[0], gt, fov))
                 except DPNError:
@@ -544,8 +623,9 @@ def trace_pixels(prob: np.ndarray, mask: np.ndarray, start, end, width: int = 1)
     y0, y1 = max(0, min(start[0], end[0]) - m), min(h, max(start[0], end[0]) + m + 1)
     x0, x1 = max(0, min(start[1], end[1]) - m), min(w, max(start[1], end[1]) + m + 1)
     cost = 1.0 - np.clip(prob[y0:y1, x0:x1], 0, 1) + 1e-3
-    path, _ = route_through_array(cost, (start[0] - y0, start[1] - x0), (end[0] - y0, end[1] - x0),
-                                  fully_connected=True, geometric=True)
+    path, _ = route_through_array(
+        cost, (start[0] - y0, start[1] - x0), (end[0] - y0, end[1] - x0), fully_connected=True, geometric=True
+    )
     out = np.zeros(prob.shape, bool)
     rr, cc = np.asarray(path).T
     out[rr + y0, cc + x0] = True
@@ -559,8 +639,9 @@ def add_vessel(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.ndar
     return np.asarray(mask, bool) | vessel_region(prob, mask, point, low)
 
 
-def threshold_box(prob: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, box,
-                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def threshold_box(
+    prob: np.ndarray, mask: np.ndarray, fov: np.ndarray | None, box, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A local threshold (a hazy area): inside ``box`` (y0, x0, y1, x1), the pixels to turn on
     and the pixels to turn off so that vessel = ``prob >= threshold`` inside the FOV there."""
     prob = np.asarray(prob)
@@ -604,8 +685,7 @@ def uncertainty(prob: np.ndarray, threshold: float = 0.5, sigma: float = 2.0) ->
     return ndimage.gaussian_filter(u, sigma) if sigma > 0 else u
 
 
-def tta_uncertainty(loaded, rgb: np.ndarray, device="cpu", precision: str = "auto",
-                    sigma: float = 2.0) -> np.ndarray:
+def tta_uncertainty(loaded, rgb: np.ndarray, device="cpu", precision: str = "auto", sigma: float = 2.0) -> np.ndarray:
     """Disagreement of flip test-time augmentation: the standard deviation of the probability
     over the original and three flips (x2 so it spans 0..1), smoothed."""
     from .image_io import as_rgb

@@ -1,4 +1,5 @@
 """Numbers as people read them, shared by the command line and the widgets."""
+
 from __future__ import annotations
 
 import math

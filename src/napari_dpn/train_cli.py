@@ -10,6 +10,7 @@ A model is never replaced without ``--overwrite``: an existing ``NAME.safetensor
 earlier run's ``NAME.ckpt.pt``) in the output folder stops the command before step 1; default names
 carry the date and time to the second and are made unique in the output folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,19 +27,29 @@ from .text import duration
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand to the main parser's subparsers."""
-    p = subparsers.add_parser("train", help="train or fine-tune DPN on a dataset or on your annotated images",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "train",
+        help="train or fine-tune DPN on a dataset or on your annotated images",
+        description=__doc__.split("\n\n")[0],
+    )
     src = p.add_argument_group("training data (one of --dataset or --images)")
-    src.add_argument("--dataset", help="drive, stare, chase or avwide (the paper's splits); several joined by "
-                                       "commas train one model on all of them (with --working-ppd)")
+    src.add_argument(
+        "--dataset",
+        help="drive, stare, chase or avwide (the paper's splits); several joined by "
+        "commas train one model on all of them (with --working-ppd)",
+    )
     src.add_argument("--root", metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (with --dataset)")
     src.add_argument("--split", default=None, help="drive: default; stare: 10/10|loo-K; chase: 20/8|14/14")
     src.add_argument("--images", metavar="DIR", help="folder of your images")
     src.add_argument("--labels", metavar="DIR", help="folder of IMAGE_vessels.png masks (default: --images)")
     src.add_argument("--fovs", metavar="DIR", help="folder of IMAGE_fov.png masks (default: --labels)")
     val = p.add_argument_group("validation")
-    val.add_argument("--val", choices=("test", "train", "none"), default=None,
-                     help="with --dataset: validate on the split's test images (default) or training images")
+    val.add_argument(
+        "--val",
+        choices=("test", "train", "none"),
+        default=None,
+        help="with --dataset: validate on the split's test images (default) or training images",
+    )
     val.add_argument("--val-images", metavar="DIR", help="with --images: a folder of annotated validation images")
     val.add_argument("--val-labels", metavar="DIR")
     val.add_argument("--val-fovs", metavar="DIR")
@@ -47,42 +58,83 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--init", metavar="MODEL", help="fine-tune this model (name or path); default: a fresh network")
     run.add_argument("--arch", choices=("dpn", "dpn-release"), default="dpn", help="architecture of a fresh network")
     run.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (give the same data again)")
-    run.add_argument("--steps", type=int, default=None,
-                     help="optimisation steps (default: the paper's 100k/30k/100k with --dataset, else 2000)")
-    run.add_argument("--crop", type=int, default=None, help="random crop size (default 512; 736 for CHASE-sized images)")
+    run.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimisation steps (default: the paper's 100k/30k/100k with --dataset, else 2000)",
+    )
+    run.add_argument(
+        "--crop", type=int, default=None, help="random crop size (default 512; 736 for CHASE-sized images)"
+    )
     run.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
     run.add_argument("--weight-decay", type=float, default=None, help="L2 on conv weights (default 5e-4)")
     run.add_argument("--batch-size", type=int, default=None, help="crops per step (default 1, as the paper)")
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--no-aux", action="store_true", help="train the main head only (the paper's Table 5 ablation)")
     run.add_argument("--no-augment", action="store_true", help="no offline flips/rotations and no random mirror")
-    run.add_argument("--clahe", action=argparse.BooleanOptionalAction, default=None,
-                     help="CLAHE on green (default: the dataset's paper setting, or the base model's)")
+    run.add_argument(
+        "--clahe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CLAHE on green (default: the dataset's paper setting, or the base model's)",
+    )
     run.add_argument("--whole-crop", action="store_true", help="count every crop pixel in the loss, not only the FOV")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 500")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    run.add_argument("--threshold-rule", choices=("youden", "max_acc"), default=None,
-                     help="how the saved card's threshold is chosen, on the validation images if any, else the "
-                          "training images (default youden, the ROC-optimal point)")
-    run.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
-                     help="stop training after this many seconds and save the model at the step reached "
-                          "(its card records the steps actually run)")
-    run.add_argument("--working-ppd", type=float, default=None, metavar="PX_PER_DEG",
-                     help="resample every training image to this many pixels per degree of retina (DRIVE is "
-                          "12.0); recorded in the card, so inference resamples photographs to it")
-    run.add_argument("--augment-mode", choices=("paper", "robust"), default=None,
-                     help="paper: the 11 offline views + mirror (default); robust: any rotation, scale jitter, "
-                          "brightness/contrast/gamma/blur/noise/JPEG per crop")
-    run.add_argument("--name", help="name of the saved model: letters, digits, '.', '_', '-', '+' "
-                                    "(default: BASE-DATA-DATE-TIME, unique in the output folder)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace a model (and checkpoint) of the same name in the output folder")
-    run.add_argument("--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)")
+    run.add_argument(
+        "--threshold-rule",
+        choices=("youden", "max_acc"),
+        default=None,
+        help="how the saved card's threshold is chosen, on the validation images if any, else the "
+        "training images (default youden, the ROC-optimal point)",
+    )
+    run.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop training after this many seconds and save the model at the step reached "
+        "(its card records the steps actually run)",
+    )
+    run.add_argument(
+        "--working-ppd",
+        type=float,
+        default=None,
+        metavar="PX_PER_DEG",
+        help="resample every training image to this many pixels per degree of retina (DRIVE is "
+        "12.0); recorded in the card, so inference resamples photographs to it",
+    )
+    run.add_argument(
+        "--augment-mode",
+        choices=("paper", "robust"),
+        default=None,
+        help="paper: the 11 offline views + mirror (default); robust: any rotation, scale jitter, "
+        "brightness/contrast/gamma/blur/noise/JPEG per crop",
+    )
+    run.add_argument(
+        "--name",
+        help="name of the saved model: letters, digits, '.', '_', '-', '+' "
+        "(default: BASE-DATA-DATE-TIME, unique in the output folder)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a model (and checkpoint) of the same name in the output folder",
+    )
+    run.add_argument(
+        "--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--log-every", type=int, default=0, metavar="N",
-                     help="also print a line with the loss and the time per step every N steps (for log files)")
+    run.add_argument(
+        "--log-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also print a line with the loss and the time per step every N steps (for log files)",
+    )
     p.set_defaults(func=cmd_train)
     return p
 
@@ -108,8 +160,10 @@ def _data(args):
                 raise InputError(f"the split {args.split!r} of {DATASETS[key].folder} has no training images")
             val += {"test": split.test, "train": split.train, "none": []}[args.val or "test"]
             train += split.train
-            parts.append(f"{DATASETS[key].folder} split {args.split or DATASETS[key].default_split} "
-                         f"({len(split.train)} training images)")
+            parts.append(
+                f"{DATASETS[key].folder} split {args.split or DATASETS[key].default_split} "
+                f"({len(split.train)} training images)"
+            )
         if args.working_ppd:
             train = [ScaledSample(s, args.working_ppd) for s in train]
             val = [ScaledSample(s, args.working_ppd) for s in val]
@@ -136,18 +190,31 @@ def _config(args, key):
     pick = lambda value, default: default if value is None else value  # noqa: E731
     name = args.name or base.name  # None: a default name is reserved in cmd_train
     if args.resume and args.name and base.name and args.name != base.name:
-        raise InputError(f"the checkpoint belongs to the run '{base.name}', and a resumed run keeps its name; "
-                         f"leave out --name or give --name {base.name}")
+        raise InputError(
+            f"the checkpoint belongs to the run '{base.name}', and a resumed run keeps its name; "
+            f"leave out --name or give --name {base.name}"
+        )
     return TrainConfig(
-        steps=pick(args.steps, base.steps), crop=pick(args.crop, base.crop), lr=pick(args.lr, base.lr),
-        weight_decay=pick(args.weight_decay, base.weight_decay), batch_size=pick(args.batch_size, base.batch_size),
-        seed=pick(args.seed, base.seed), augment=base.augment and not args.no_augment,
-        clahe=pick(args.clahe, base.clahe), fov_only=base.fov_only and not args.whole_crop,
+        steps=pick(args.steps, base.steps),
+        crop=pick(args.crop, base.crop),
+        lr=pick(args.lr, base.lr),
+        weight_decay=pick(args.weight_decay, base.weight_decay),
+        batch_size=pick(args.batch_size, base.batch_size),
+        seed=pick(args.seed, base.seed),
+        augment=base.augment and not args.no_augment,
+        clahe=pick(args.clahe, base.clahe),
+        fov_only=base.fov_only and not args.whole_crop,
         checkpoint_every=pick(args.checkpoint_every, base.checkpoint_every),
-        val_every=pick(args.val_every, base.val_every), device=args.device, amp=args.amp,
-        aux_heads=base.aux_heads and not args.no_aux, architecture=args.arch if not args.resume else base.architecture,
-        threads=args.threads, name=name, threshold_rule=pick(args.threshold_rule, base.threshold_rule),
-        time_limit=args.time_limit, augment_mode=pick(args.augment_mode, base.augment_mode),
+        val_every=pick(args.val_every, base.val_every),
+        device=args.device,
+        amp=args.amp,
+        aux_heads=base.aux_heads and not args.no_aux,
+        architecture=args.arch if not args.resume else base.architecture,
+        threads=args.threads,
+        name=name,
+        threshold_rule=pick(args.threshold_rule, base.threshold_rule),
+        time_limit=args.time_limit,
+        augment_mode=pick(args.augment_mode, base.augment_mode),
         working_ppd=pick(args.working_ppd, base.working_ppd),
     )
 
@@ -159,8 +226,10 @@ def _dataset_keys() -> tuple[str, ...]:
 
 
 def _format_metrics(m: dict) -> str:
-    return (f"AUC {m['auc']:.4f}  Se {m['se']:.4f}  Sp {m['sp']:.4f}  Acc {m['acc']:.4f}  F1 {m['f1']:.4f}"
-            f"  (Youden threshold {m['threshold']:.3f})")
+    return (
+        f"AUC {m['auc']:.4f}  Se {m['se']:.4f}  Sp {m['sp']:.4f}  Acc {m['acc']:.4f}  F1 {m['f1']:.4f}"
+        f"  (Youden threshold {m['threshold']:.3f})"
+    )
 
 
 class _Progress:
@@ -181,15 +250,26 @@ class _Progress:
 
         if isinstance(event, t.StepEvent):
             if self.bar is None:
-                self.bar = self.tqdm(total=event.total, initial=event.step - 1, desc="training", unit="step",
-                                     disable=self.quiet, dynamic_ncols=True, file=sys.stderr)
+                self.bar = self.tqdm(
+                    total=event.total,
+                    initial=event.step - 1,
+                    desc="training",
+                    unit="step",
+                    disable=self.quiet,
+                    dynamic_ncols=True,
+                    file=sys.stderr,
+                )
             self.bar.n = event.step
-            self.bar.set_postfix_str(f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, "
-                                     f"ETA {duration(event.eta_seconds)}", refresh=False)
+            self.bar.set_postfix_str(
+                f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, ETA {duration(event.eta_seconds)}",
+                refresh=False,
+            )
             self.bar.refresh()
             if self.log_every and event.step % self.log_every == 0:
-                self.write(f"step {event.step}/{event.total}: loss {event.loss:.4f}, "
-                           f"{event.seconds_per_step * 1000:.1f} ms/step")
+                self.write(
+                    f"step {event.step}/{event.total}: loss {event.loss:.4f}, "
+                    f"{event.seconds_per_step * 1000:.1f} ms/step"
+                )
         elif isinstance(event, t.ValidationEvent):
             self.write(f"step {event.step}: {_format_metrics(event.metrics)}")
         elif isinstance(event, t.CheckpointEvent):
@@ -279,11 +359,15 @@ def _claim_name(out: Path, name: str, args) -> tuple[Path, bool]:
     if not overwrite:
         existing = [p for p in (weights, card) if p.exists()]
         if existing and not resuming_here:
-            raise OutputExistsError(f"a model named '{name}' already exists in {out} ({existing[0].name}); "
-                                    "choose another --name, or pass --overwrite to replace it")
+            raise OutputExistsError(
+                f"a model named '{name}' already exists in {out} ({existing[0].name}); "
+                "choose another --name, or pass --overwrite to replace it"
+            )
         if ckpt.exists() and not resuming_here:
-            raise OutputExistsError(f"{ckpt} holds an earlier run named '{name}'; continue it with --resume "
-                                    f"{ckpt}, choose another --name, or pass --overwrite to start again")
+            raise OutputExistsError(
+                f"{ckpt} holds an earlier run named '{name}'; continue it with --resume "
+                f"{ckpt}, choose another --name, or pass --overwrite to start again"
+            )
         overwrite = resuming_here and bool(existing)
     lock = _lock_path(out, name)
     if not _take_lock(lock):
@@ -307,8 +391,11 @@ def cmd_train(args) -> int:
     train_pairs, val_pairs, desc, key = _data(args)
     config = _config(args, key)
     config.check()
-    out = Path(args.out).expanduser() if args.out else (
-        Path(args.resume).expanduser().parent if args.resume else user_models_dir())
+    out = (
+        Path(args.out).expanduser()
+        if args.out
+        else (Path(args.resume).expanduser().parent if args.resume else user_models_dir())
+    )
     in_registry = out.absolute() == user_models_dir().expanduser().absolute()
     if config.name:
         # A shipped name in the user models folder would be shadowed by the shipped model.
@@ -328,11 +415,22 @@ def cmd_train(args) -> int:
 def _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train) -> int:
     start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
     progress = _Progress(config.steps, args.quiet, args.log_every)
-    progress.write(f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
-                   f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}")
+    progress.write(
+        f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
+        f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}"
+    )
     try:
-        result = train(config, train_pairs, val_pairs or None, init=args.init, out_dir=out, resume=args.resume,
-                       callback=progress, description=desc, overwrite=overwrite)
+        result = train(
+            config,
+            train_pairs,
+            val_pairs or None,
+            init=args.init,
+            out_dir=out,
+            resume=args.resume,
+            callback=progress,
+            description=desc,
+            overwrite=overwrite,
+        )
     except KeyboardInterrupt:
         progress.close()
         if progress.last_ckpt:
@@ -346,6 +444,8 @@ def _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkp
         print(f"validation before: {_format_metrics(result.metrics_before)}")
     if result.metrics_after:
         print(f"validation after:  {_format_metrics(result.metrics_after)}")
-    print(f"saved {result.card.name} ({result.steps} steps, threshold {result.threshold:.3f}) to {result.model_path}; "
-          f"checkpoint {result.checkpoint}")
+    print(
+        f"saved {result.card.name} ({result.steps} steps, threshold {result.threshold:.3f}) to {result.model_path}; "
+        f"checkpoint {result.checkpoint}"
+    )
     return 0

@@ -26,8 +26,7 @@ def test_find_pairs_same_folder(tmp_path):
     _touch(tmp_path / "b_vessels.png")
     _touch(tmp_path / "notes.txt")
     pairs = find_pairs(tmp_path)
-    assert pairs == [(a, tmp_path / "a_vessels.png", tmp_path / "a_fov.png"),
-                     (b, tmp_path / "b_vessels.png", None)]
+    assert pairs == [(a, tmp_path / "a_vessels.png", tmp_path / "a_fov.png"), (b, tmp_path / "b_vessels.png", None)]
     assert is_annotation(tmp_path / "a_vessels.png") and not is_annotation(a)
 
 

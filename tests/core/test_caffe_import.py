@@ -1,4 +1,5 @@
 """The caffemodel reader and importer, on caffemodels written here with a minimal protobuf encoder."""
+
 import struct
 
 import numpy as np
@@ -77,12 +78,17 @@ def test_truncated_file_is_a_clear_error(tmp_path, release_state):
         state_dict_from_caffe(src)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"skip": "bl3_b23_output"}, "'bl3_b23_output' is missing"),  # a missing layer is named
-    ({"reshape": "bl2_output"},  # the first mismatching blob is named, with both shapes
-     r"'bl2_output' has a blob of shape \(8, 24, 3, 3\), expected \(16, 24, 3, 3\)"),
-    ({"extra": "fc9"}, "unexpected layer 'fc9'"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"skip": "bl3_b23_output"}, "'bl3_b23_output' is missing"),  # a missing layer is named
+        (
+            {"reshape": "bl2_output"},  # the first mismatching blob is named, with both shapes
+            r"'bl2_output' has a blob of shape \(8, 24, 3, 3\), expected \(16, 24, 3, 3\)",
+        ),
+        ({"extra": "fc9"}, "unexpected layer 'fc9'"),
+    ],
+)
 def test_layer_mismatches_are_named(tmp_path, release_state, change, message):
     src = tmp_path / "m.caffemodel"
     src.write_bytes(_caffemodel(release_state, **change))
@@ -90,7 +96,7 @@ def test_layer_mismatches_are_named(tmp_path, release_state, change, message):
         state_dict_from_caffe(src)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00\x01\x02", "not a model at all".encode()])
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\x02", b"not a model at all"])
 def test_garbage_and_empty_files(tmp_path, content):
     src = tmp_path / "bad.caffemodel"
     src.write_bytes(content)
@@ -99,7 +105,9 @@ def test_garbage_and_empty_files(tmp_path, content):
 
 
 def test_floats_in_non_packed_form_are_read(tmp_path):
-    blob = _field(7, _varint(1 << 3) + _varint(2)) + b"".join(_varint(5 << 3 | 5) + struct.pack("<f", v) for v in (1.5, -2.0))
+    blob = _field(7, _varint(1 << 3) + _varint(2)) + b"".join(
+        _varint(5 << 3 | 5) + struct.pack("<f", v) for v in (1.5, -2.0)
+    )
     raw = _field(100, _field(1, b"x") + _field(2, b"Scale") + _field(7, blob))
     src = tmp_path / "f.caffemodel"
     src.write_bytes(raw)

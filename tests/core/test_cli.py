@@ -1,4 +1,5 @@
 """The command line: outputs on disk, the evaluation table and JSON, and one-line errors."""
+
 import json
 
 import numpy as np
@@ -41,8 +42,24 @@ def test_segment_folder_writes_probability_vessels_and_fov(photos, tmp_path, cap
 def test_segment_threshold_and_tiff_probability(photos, tmp_path):
     out = tmp_path / "out"
     img = photos / "eye0.png"
-    assert main(["segment", str(img), "--out", str(out), "--device", "cpu", "--threshold", "0.99",
-                 "--prob-format", "tiff", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(img),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--threshold",
+                "0.99",
+                "--prob-format",
+                "tiff",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     prob = read_image(out / "eye0_probability.tif")
     assert prob.dtype == np.float32
     vessels = read_mask(out / "eye0_vessels.png")
@@ -50,15 +67,18 @@ def test_segment_threshold_and_tiff_probability(photos, tmp_path):
     np.testing.assert_array_equal(vessels, (prob >= 0.99) & fov)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["segment", "/no/such/file.png", "--out", "x"], "no such file or folder"),
-    (["segment", "{img}", "--out", "{out}", "--model", "nope"], "no model named 'nope'"),
-    (["segment", "{img}", "--out", "{out}", "--threshold", "1.5"], "--threshold must lie between 0 and 1"),
-    (["segment", "{img}", "--out", "{out}", "--device", "cuda"], "not available"),
-    (["evaluate", "--dataset", "drive", "--root", "/no/such/root"], "/no/such/root does not exist"),
-    (["evaluate", "--dataset", "hrf", "--root", "{out}"], "Unknown dataset"),
-    (["import-caffe", "{img}", "{out}/x.safetensors"], "caffemodel"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["segment", "/no/such/file.png", "--out", "x"], "no such file or folder"),
+        (["segment", "{img}", "--out", "{out}", "--model", "nope"], "no model named 'nope'"),
+        (["segment", "{img}", "--out", "{out}", "--threshold", "1.5"], "--threshold must lie between 0 and 1"),
+        (["segment", "{img}", "--out", "{out}", "--device", "cuda"], "not available"),
+        (["evaluate", "--dataset", "drive", "--root", "/no/such/root"], "/no/such/root does not exist"),
+        (["evaluate", "--dataset", "hrf", "--root", "{out}"], "Unknown dataset"),
+        (["import-caffe", "{img}", "{out}/x.safetensors"], "caffemodel"),
+    ],
+)
 def test_errors_are_one_line_and_exit_2(argv, message, photos, tmp_path, capsys):
     import torch
 
@@ -95,8 +115,23 @@ def _fake_drive(root, n=2, size=96):
 def test_evaluate_prints_the_table_and_writes_json(tmp_path, capsys):
     _fake_drive(tmp_path)
     out = tmp_path / "r.json"
-    assert main(["evaluate", "--dataset", "drive", "--root", str(tmp_path), "--device", "cpu",
-                 "--json", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--dataset",
+                "drive",
+                "--root",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     for rule in ("youden", "max_acc", "train_threshold"):
         assert rule in text

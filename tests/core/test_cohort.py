@@ -3,6 +3,7 @@
 Small synthetic photographs on the CPU; each Dask test starts its own 2-worker cluster (a few
 seconds each, most of it importing torch in the workers).
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from paths import REPO
-from synthetic_fundus import fundus
 
 from napari_dpn.cli import main
 from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
@@ -26,6 +25,8 @@ from napari_dpn.outputs import (
     images_in,
     read_manifest,
 )
+from paths import REPO
+from synthetic_fundus import fundus
 
 SIZE = 96
 KINDS = ("probability", "vessels", "fov")
@@ -155,8 +156,12 @@ def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos
     out = tmp_path / "out"
     out.mkdir()
     images, _ = images_in([str(photos)])
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                  silence_logs=logging.CRITICAL) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         client.register_plugin(KillOnce(str(marks)), name="kill-once")
         settings = settings_for("dpn-release-drive", device="cpu", precision="fp32", torch_threads=1)
         with Cohort(out, settings) as cohort:
@@ -164,8 +169,20 @@ def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos
             results = list(cohort.run(plan.jobs, scheduler=cluster.scheduler_address))
         # The command line on the same cluster: only the new photograph is segmented there.
         save_photo(photos / "eye6.png", 6)
-        rc = main(["segment", str(photos), "--out", str(out), "--scheduler", cluster.scheduler_address,
-                   "--device", "cpu", "--precision", "fp32"])
+        rc = main(
+            [
+                "segment",
+                str(photos),
+                "--out",
+                str(out),
+                "--scheduler",
+                cluster.scheduler_address,
+                "--device",
+                "cpu",
+                "--precision",
+                "fp32",
+            ]
+        )
         assert rc == 0
     captured = capsys.readouterr()
     assert "napari-dpn: Dask cluster at tcp://" in captured.err and "worker(s)" in captured.err
@@ -216,7 +233,9 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
     assert outputs_of(out, ["eye0", "eye1"]) == after and (out / MANIFEST_NAME).read_bytes() == manifest
 
     # Another threshold changes the vessel mask: eye0 is segmented again, as for another model.
-    rc, stdout, err = run(["segment", *two, "--out", out, "--model", "dpn-drive", "--threshold", "0.3", *SEGMENT], capsys)
+    rc, stdout, err = run(
+        ["segment", *two, "--out", out, "--model", "dpn-drive", "--threshold", "0.3", *SEGMENT], capsys
+    )
     assert rc == 0 and "1 image(s) segmented with dpn-drive" in stdout
     assert "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=-)" in err
     assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=-"
@@ -262,10 +281,13 @@ def test_a_foreign_file_named_like_the_manifest_is_one_sentence(photos, tmp_path
     assert rc == 2 and "is not a napari-dpn manifest" in err and (out / MANIFEST_NAME).read_text().startswith("patient")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--workers", "0"], "--workers must be 1 or more"),
-    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workers", "0"], "--workers must be 1 or more"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "not both"),
+    ],
+)
 def test_bad_cluster_options_are_one_line(photos, tmp_path, capsys, argv, message):
     rc, _, err = run(["segment", photos, "--out", tmp_path / "out", *argv, *SEGMENT], capsys)
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
@@ -322,12 +344,33 @@ def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
     import json
 
     root = REPO
-    spec = importlib.util.spec_from_file_location("gpu_throughput", root / "scripts" / "benchmarks" / "gpu_throughput.py")
+    spec = importlib.util.spec_from_file_location(
+        "gpu_throughput", root / "scripts" / "benchmarks" / "gpu_throughput.py"
+    )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     target = tmp_path / "bench.json"
-    report = bench.main(["--synthetic", "--size", "96", "96", "--count", "3", "--batch-sizes", "1", "2",
-                         "--network-iters", "1", "--device", "cpu", "--loader-workers", "0", "--out", str(target)])
+    report = bench.main(
+        [
+            "--synthetic",
+            "--size",
+            "96",
+            "96",
+            "--count",
+            "3",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--network-iters",
+            "1",
+            "--device",
+            "cpu",
+            "--loader-workers",
+            "0",
+            "--out",
+            str(target),
+        ]
+    )
     assert json.loads(target.read_text())["device"] == "cpu"
     assert [r["batch"] for r in report["network"]] == [1, 2]
     assert all(r["network_images_per_s"] > 0 and r["network_with_copies_images_per_s"] > 0 for r in report["network"])
@@ -335,7 +378,9 @@ def test_gpu_throughput_benchmark_runs_on_the_cpu(tmp_path):
 
 
 def test_batch_size_with_a_cluster_is_one_line(photos, tmp_path, capsys):
-    rc, _, err = run(["segment", photos, "--out", tmp_path / "out", "--workers", "2", "--batch-size", "4", *SEGMENT], capsys)
+    rc, _, err = run(
+        ["segment", photos, "--out", tmp_path / "out", "--workers", "2", "--batch-size", "4", *SEGMENT], capsys
+    )
     assert rc == 2 and "--batch-size is for one process" in err and not (tmp_path / "out").exists()
 
 
@@ -371,10 +416,18 @@ def died_while_placing(photos, tmp_path):
     import napari_dpn
 
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(napari_dpn.__file__).parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", DIE_WHILE_PLACING, str(photos / "eye0.png"), str(out)],
-                          check=False, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(napari_dpn.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", DIE_WHILE_PLACING, str(photos / "eye0.png"), str(out)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["eye0_probability.png"]
     run_dirs = list(out.glob(f"{RUN_PREFIX}*"))

@@ -1,4 +1,5 @@
 """datasets: loaders and the paper's splits, on tiny fake copies of the release layouts."""
+
 import numpy as np
 import pytest
 import tifffile
@@ -7,8 +8,28 @@ from PIL import Image
 from napari_dpn.datasets import DATASETS, leave_one_out, list_samples, load_split
 from napari_dpn.errors import InputError
 
-STARE_IDS = ["0001", "0002", "0003", "0004", "0005", "0044", "0077", "0081", "0082", "0139",
-             "0162", "0163", "0235", "0236", "0239", "0240", "0255", "0291", "0319", "0324"]
+STARE_IDS = [
+    "0001",
+    "0002",
+    "0003",
+    "0004",
+    "0005",
+    "0044",
+    "0077",
+    "0081",
+    "0082",
+    "0139",
+    "0162",
+    "0163",
+    "0235",
+    "0236",
+    "0239",
+    "0240",
+    "0255",
+    "0291",
+    "0319",
+    "0324",
+]
 CHASE_IDS = [f"{n:02d}{side}" for n in range(1, 15) for side in "LR"]
 H, W = 24, 20
 
@@ -108,8 +129,7 @@ def test_chase_splits_and_estimated_fov(root):
 def test_metadata():
     assert DATASETS["drive"].crop_size == 512 and DATASETS["chase"].crop_size == 736
     assert DATASETS["stare"].clahe and not DATASETS["drive"].clahe
-    assert [DATASETS[k].iterations for k in ("drive", "stare", "chase")] == [
-        100_000, 30_000, 100_000]
+    assert [DATASETS[k].iterations for k in ("drive", "stare", "chase")] == [100_000, 30_000, 100_000]
 
 
 def test_missing_stare_masks_are_estimated(root):
@@ -119,10 +139,13 @@ def test_missing_stare_masks_are_estimated(root):
     assert sample.fov_path is None and sample.load()[2].any()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("drive", "nowhere"), "does not exist"),
-    (("hrf", "."), "Unknown dataset"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("drive", "nowhere"), "does not exist"),
+        (("hrf", "."), "Unknown dataset"),
+    ],
+)
 def test_bad_names_and_roots(tmp_path, args, message):
     dataset, sub = args
     with pytest.raises(InputError, match=message):
@@ -156,5 +179,4 @@ def test_mismatched_label_size(root):
 
 
 def test_list_samples_order(root):
-    assert names(list_samples("drive", root)) == ["21_training", "22_training", "01_test",
-                                                  "02_test"]
+    assert names(list_samples("drive", root)) == ["21_training", "22_training", "01_test", "02_test"]

@@ -1,4 +1,5 @@
 """fov.estimate_fov on synthetic fundus-like images."""
+
 import numpy as np
 import pytest
 

@@ -1,12 +1,12 @@
 """image_io: every format users have, clear errors, atomic writes."""
+
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from napari_dpn.errors import InputError
-from napari_dpn.image_io import (as_rgb, atomic_write, read_image, read_mask, write_mask,
-                                 write_probability)
+from napari_dpn.image_io import as_rgb, atomic_write, read_image, read_mask, write_mask, write_probability
 
 RNG = np.random.default_rng(0)
 RGB8 = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)
@@ -74,11 +74,14 @@ def test_mask_stack_rejected(tmp_path):
         read_mask(tmp_path / "stack.tif")
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "not found"),
-    (lambda p: p.write_bytes(b""), "empty"),
-    (lambda p: p.write_bytes(b"this is not a png at all"), "corrupt"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "not found"),
+        (lambda p: p.write_bytes(b""), "empty"),
+        (lambda p: p.write_bytes(b"this is not a png at all"), "corrupt"),
+    ],
+)
 def test_read_errors(tmp_path, setup, message):
     path = tmp_path / "x.png"
     setup(path)
@@ -125,16 +128,19 @@ def test_as_rgb_shapes():
     np.testing.assert_array_equal(as_rgb(np.moveaxis(RGB8, -1, 0)), as_rgb(RGB8))
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((5, 12, 10), np.uint8), "stack"),
-    (np.zeros((2, 12, 10, 3), np.uint8), "dimensions"),
-    (np.zeros((0, 10, 3), np.uint8), "empty"),
-    (np.zeros((7, 40, 3), np.uint8), "at least 8"),
-    (np.full((9, 9), np.nan, np.float32), "NaN"),
-    (np.full((9, 9), np.inf, np.float32), "NaN or infinite"),
-    (np.full((9, 9), -0.5, np.float32), "0..1"),
-    (np.full((9, 9), 300.0), "0..1"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((5, 12, 10), np.uint8), "stack"),
+        (np.zeros((2, 12, 10, 3), np.uint8), "dimensions"),
+        (np.zeros((0, 10, 3), np.uint8), "empty"),
+        (np.zeros((7, 40, 3), np.uint8), "at least 8"),
+        (np.full((9, 9), np.nan, np.float32), "NaN"),
+        (np.full((9, 9), np.inf, np.float32), "NaN or infinite"),
+        (np.full((9, 9), -0.5, np.float32), "0..1"),
+        (np.full((9, 9), 300.0), "0..1"),
+    ],
+)
 def test_as_rgb_rejects(array, message):
     with pytest.raises(InputError, match=message):
         as_rgb(array)

@@ -1,4 +1,5 @@
 """Whole-image and tiled prediction, devices, and the inputs users really have."""
+
 import numpy as np
 import pytest
 import torch
@@ -72,12 +73,15 @@ def test_progress_and_cancel_between_tiles():
         predict(loaded, img, device="cpu", max_pixels=(2 * TILE_MARGIN + 64) ** 2, should_stop=lambda: True)
 
 
-@pytest.mark.parametrize("make", [
-    lambda r: (r * 255).astype(np.uint8),
-    lambda r: (r * 65535).astype(np.uint16),
-    lambda r: np.dstack([(r * 255).astype(np.uint8), np.full(r.shape[:2], 255, np.uint8)]),
-    lambda r: r,
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: (r * 255).astype(np.uint8),
+        lambda r: (r * 65535).astype(np.uint16),
+        lambda r: np.dstack([(r * 255).astype(np.uint8), np.full(r.shape[:2], 255, np.uint8)]),
+        lambda r: r,
+    ],
+)
 def test_input_layouts_give_the_same_map(make):
     loaded = _loaded("dpn")
     rgb = _fundus()
@@ -91,11 +95,14 @@ def test_greyscale_is_accepted():
     assert out.probability.shape == (96, 88) and out.probability.dtype == np.float32
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (np.zeros((5, 64, 64, 3), np.uint8), "3-D|stack|dimension"),
-    (np.zeros((4, 4, 3), np.uint8), "at least 8"),
-    (np.zeros((0, 0, 3), np.uint8), "empty"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (np.zeros((5, 64, 64, 3), np.uint8), "3-D|stack|dimension"),
+        (np.zeros((4, 4, 3), np.uint8), "at least 8"),
+        (np.zeros((0, 0, 3), np.uint8), "empty"),
+    ],
+)
 def test_bad_inputs_get_one_clear_sentence(bad, msg):
     with pytest.raises(InputError, match=msg):
         predict(_loaded("dpn"), bad, device="cpu")

@@ -1,4 +1,5 @@
 """metrics: hand-computed cases for the paper's protocol (only FOV pixels count)."""
+
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from napari_dpn import metrics
 from napari_dpn.errors import InputError
+
 
 def as_image(values):
     """1-D test values as a (1, N) image."""
@@ -36,13 +38,16 @@ def test_confusion_with_threshold_and_zero_division():
     assert m["sp"] == pytest.approx(1 / 3)
 
 
-@pytest.mark.parametrize("probs, expected", [
-    ([0.9, 0.8, 0.3, 0.1], 1.0),   # perfect separation
-    ([0.1, 0.3, 0.8, 0.9], 0.0),   # inverted
-    ([0.5, 0.5, 0.5, 0.5], 0.5),   # all tied
-    ([0.9, 0.4, 0.6, 0.2], 0.75),  # pairs: 0.9>0.6, 0.9>0.2, 0.4<0.6, 0.4>0.2 -> 3/4
-    ([0.5, 0.9, 0.5, 0.1], 0.875),  # one tie counts half -> 3.5/4
-])
+@pytest.mark.parametrize(
+    "probs, expected",
+    [
+        ([0.9, 0.8, 0.3, 0.1], 1.0),  # perfect separation
+        ([0.1, 0.3, 0.8, 0.9], 0.0),  # inverted
+        ([0.5, 0.5, 0.5, 0.5], 0.5),  # all tied
+        ([0.9, 0.4, 0.6, 0.2], 0.75),  # pairs: 0.9>0.6, 0.9>0.2, 0.4<0.6, 0.4>0.2 -> 3/4
+        ([0.5, 0.9, 0.5, 0.1], 0.875),  # one tie counts half -> 3.5/4
+    ],
+)
 def test_auc_by_hand(probs, expected):
     gt = as_image([1, 1, 0, 0]).astype(bool)
     assert metrics.auc(as_image(probs), gt, None) == pytest.approx(expected)
@@ -64,8 +69,9 @@ def test_auc_pools_images_and_matches_sklearn():
     probs = [np.clip(0.3 * g + rng.random(g.shape) * 0.8, 0, 1).astype(np.float32) for g in gts]
     fovs = [np.ones(g.shape, bool) for g in gts]
     fovs[0][:10] = False
-    exact = roc_auc_score(np.concatenate([g[f] for g, f in zip(gts, fovs)]),
-                          np.concatenate([p[f] for p, f in zip(probs, fovs)]))
+    exact = roc_auc_score(
+        np.concatenate([g[f] for g, f in zip(gts, fovs)]), np.concatenate([p[f] for p, f in zip(probs, fovs)])
+    )
     assert metrics.auc(probs, gts, fovs) == pytest.approx(exact, abs=1e-4)
     fpr, tpr, thr = metrics.roc(probs, gts, fovs)
     assert fpr[0] == 0 and tpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
@@ -86,8 +92,7 @@ def test_youden_and_max_accuracy_thresholds_by_hand():
     assert metrics.max_accuracy_threshold(PROB, GT, None) == pytest.approx(0.9, abs=2e-4)
     # F1 is 2/3 at both 0.9 and 0.4; ties go to the higher threshold
     assert metrics.best_f1_threshold(PROB, GT, None) == pytest.approx(0.9, abs=2e-4)
-    assert metrics.choose_train_threshold(PROB, GT, None, rule="max_acc") == pytest.approx(
-        0.9, abs=2e-4)
+    assert metrics.choose_train_threshold(PROB, GT, None, rule="max_acc") == pytest.approx(0.9, abs=2e-4)
     with pytest.raises(InputError, match="rule"):
         metrics.choose_train_threshold(PROB, GT, None, rule="median")
 
@@ -95,8 +100,7 @@ def test_youden_and_max_accuracy_thresholds_by_hand():
 def test_evaluate_structure_and_values():
     other_prob = as_image([0.8, 0.7, 0.2, 0.1]).astype(np.float32)
     other_gt = as_image([1, 1, 0, 0]).astype(bool)
-    res = metrics.evaluate([PROB, other_prob], [GT, other_gt], [None, None],
-                           names=["a", "b"], train_threshold=0.5)
+    res = metrics.evaluate([PROB, other_prob], [GT, other_gt], [None, None], names=["a", "b"], train_threshold=0.5)
     assert set(res) == {"pooled", "per_image", "per_image_summary", "roc"}
     pooled = res["pooled"]
     assert set(pooled) == {"auc", "n_pixels", "youden", "max_acc", "train_threshold"}
@@ -143,14 +147,17 @@ def test_large_roc_is_downsampled():
     assert res["roc"]["fpr"][0] == 0 and res["roc"]["tpr"][-1] == 1
 
 
-@pytest.mark.parametrize("prob, gt, fov, message", [
-    (np.zeros((2, 3)), np.zeros((2, 4), bool), None, "shapes must match"),
-    (np.zeros((2, 3)), np.full((2, 3), 2), None, "binary"),
-    (np.zeros((2, 3)), np.zeros((2, 3), bool), np.zeros((2, 3), bool), "FOV mask is empty"),
-    (np.full((2, 3), np.nan), np.zeros((2, 3), bool), None, "finite"),
-    (np.full((2, 3), 1.5), np.zeros((2, 3), bool), None, "0..1"),
-    (np.zeros((2, 3)), np.zeros((2, 3), bool), None, "only one class"),
-])
+@pytest.mark.parametrize(
+    "prob, gt, fov, message",
+    [
+        (np.zeros((2, 3)), np.zeros((2, 4), bool), None, "shapes must match"),
+        (np.zeros((2, 3)), np.full((2, 3), 2), None, "binary"),
+        (np.zeros((2, 3)), np.zeros((2, 3), bool), np.zeros((2, 3), bool), "FOV mask is empty"),
+        (np.full((2, 3), np.nan), np.zeros((2, 3), bool), None, "finite"),
+        (np.full((2, 3), 1.5), np.zeros((2, 3), bool), None, "0..1"),
+        (np.zeros((2, 3)), np.zeros((2, 3), bool), None, "only one class"),
+    ],
+)
 def test_evaluate_rejects_bad_input(prob, gt, fov, message):
     with pytest.raises(InputError, match=message):
         metrics.evaluate([prob], [gt], [fov])

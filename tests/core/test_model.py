@@ -1,4 +1,5 @@
 """The two networks: sizes, parameter counts, heads, and the release net against a NumPy reference."""
+
 import numpy as np
 import pytest
 import torch
@@ -82,7 +83,7 @@ def _pool(x, k, s):
     out = np.empty((c, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            out[:, i, j] = x[:, i * s:min(i * s + k, h), j * s:min(j * s + k, w)].max(axis=(1, 2))
+            out[:, i, j] = x[:, i * s : min(i * s + k, h), j * s : min(j * s + k, w)].max(axis=(1, 2))
     return out
 
 
@@ -92,9 +93,9 @@ def _deconv_crop(x, w, b, like):
     out = np.zeros((w.shape[1], 2 * h + 2, 2 * wd + 2))
     for i in range(h):
         for j in range(wd):
-            out[:, 2 * i:2 * i + 4, 2 * j:2 * j + 4] += np.einsum("c,cokl->okl", x[:, i, j], w)
+            out[:, 2 * i : 2 * i + 4, 2 * j : 2 * j + 4] += np.einsum("c,cokl->okl", x[:, i, j], w)
     out += b[:, None, None]
-    return out[:, 1:1 + like.shape[1], 1:1 + like.shape[2]]
+    return out[:, 1 : 1 + like.shape[1], 1 : 1 + like.shape[2]]
 
 
 def _release_reference(sd, x):

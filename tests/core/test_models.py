@@ -1,4 +1,5 @@
 """Model cards, the registry, and loading of shipped, user and broken weights files."""
+
 import json
 
 import numpy as np
@@ -7,7 +8,15 @@ import torch
 
 from napari_dpn.errors import WeightsError
 from napari_dpn.model import build_model
-from napari_dpn.models import ModelCard, list_models, load_model, read_card, resolve_model_path, save_model, user_models_dir
+from napari_dpn.models import (
+    ModelCard,
+    list_models,
+    load_model,
+    read_card,
+    resolve_model_path,
+    save_model,
+    user_models_dir,
+)
 from napari_dpn.preprocess import normalise
 
 

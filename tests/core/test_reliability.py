@@ -4,6 +4,7 @@ silently wrong).  Every case checks the one-sentence message and that no user fi
 The GUI cases are in test_reliability_gui.py.  What these tests hold the code to is written down
 in docs/promises.md.
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,11 +27,9 @@ from napari_dpn.image_io import read_image, read_mask
 from napari_dpn.model import build_model
 from napari_dpn.models import ModelCard, load_model, read_card, save_model
 from napari_dpn.outputs import MANIFEST_NAME as MANIFEST
-from synthetic_fundus import fundus
-
 from paths import DATASETS  # noqa: E402
 from paths import REPO as ROOT  # noqa: E402
-
+from synthetic_fundus import fundus
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -47,8 +46,11 @@ def _isolated(tmp_path, monkeypatch):
 
 def snapshot(root: Path) -> dict:
     """Every file under ``root``: relative path -> (sha256, mtime_ns)."""
-    return {p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(Path(root).rglob("*"))
+        if p.is_file()
+    }
 
 
 def unchanged(before: dict, root: Path, new_allowed=()) -> None:
@@ -72,7 +74,7 @@ def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("napari-dpn: error: ")]
     assert len(lines) == 1, err
     assert err.strip().splitlines()[-1] == lines[0]
-    text = lines[0][len("napari-dpn: error: "):]
+    text = lines[0][len("napari-dpn: error: ") :]
     assert 10 < len(text) < 500 and "\n" not in text
     return text
 
@@ -146,6 +148,7 @@ def read_only(monkeypatch):
 @pytest.fixture
 def disk_full(monkeypatch):
     """Every image and weights write fails as on a full disk (ENOSPC)."""
+
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -157,6 +160,7 @@ def disk_full(monkeypatch):
 
 
 # ============================================================================= 1. segment never overwrites
+
 
 def test_segment_keeps_a_correction_saved_from_napari(photos, capsys):
     """`segment FOLDER --out FOLDER` after the napari Save button wrote eye0_vessels.png."""
@@ -180,8 +184,11 @@ def test_segment_skips_an_image_if_any_of_its_outputs_exists(photos, tmp_path, c
     rc, out, err = run(["segment", photos, "--out", out_dir, *SEGMENT], capsys)
     assert rc == 0 and "1 image(s) segmented" in out and "1 skipped" in out
     assert f"skipped eye0.png: {existing} already exists" in err
-    unchanged(before, tmp_path, new_allowed={f"out/eye1_{k}.png" for k in ("probability", "vessels", "fov")}
-              | {f"out/{MANIFEST}"})
+    unchanged(
+        before,
+        tmp_path,
+        new_allowed={f"out/eye1_{k}.png" for k in ("probability", "vessels", "fov")} | {f"out/{MANIFEST}"},
+    )
 
 
 def test_segment_twice_changes_nothing_the_second_time(photos, tmp_path, capsys):
@@ -225,9 +232,18 @@ def test_segment_does_not_replace_an_output_that_appears_during_the_run(photos, 
 # ============================================================================= annotations are not photographs
 
 ANNOTATION_NAMES = [
-    "eye0_vessels.png", "eye0_fov.png", "eye0_probability.png", "eye0_probability.tif",
-    "21_manual1.gif", "01_manual2.gif", "21_training_mask.gif", "Image_01L_1stHO.png",
-    "Image_01L_2ndHO.png", "im0001.ah.ppm", "im0001.vk.ppm", "im0001_mask.pgm",
+    "eye0_vessels.png",
+    "eye0_fov.png",
+    "eye0_probability.png",
+    "eye0_probability.tif",
+    "21_manual1.gif",
+    "01_manual2.gif",
+    "21_training_mask.gif",
+    "Image_01L_1stHO.png",
+    "Image_01L_2ndHO.png",
+    "im0001.ah.ppm",
+    "im0001.vk.ppm",
+    "im0001_mask.pgm",
 ]
 
 
@@ -241,13 +257,18 @@ def test_annotation_and_dataset_label_files_are_never_segmented(tmp_path, capsys
 
         tifffile.imwrite(label, fundus(64)[1].astype(np.float32))
     else:
-        Image.fromarray(fundus(64)[1].astype(np.uint8) * 255).save(label, format="PPM" if name.endswith(".ppm") else None)
+        Image.fromarray(fundus(64)[1].astype(np.uint8) * 255).save(
+            label, format="PPM" if name.endswith(".ppm") else None
+        )
     before = snapshot(tmp_path)
     rc, out, err = run(["segment", folder, "--out", tmp_path / "out", *SEGMENT], capsys)
     assert rc == 0 and "1 image(s) segmented" in out
     assert "left out 1 file(s)" in err and name in err
-    unchanged(before, tmp_path, new_allowed={f"out/photo_{k}.png" for k in ("probability", "vessels", "fov")}
-              | {f"out/{MANIFEST}"})
+    unchanged(
+        before,
+        tmp_path,
+        new_allowed={f"out/photo_{k}.png" for k in ("probability", "vessels", "fov")} | {f"out/{MANIFEST}"},
+    )
 
 
 def test_an_annotation_named_on_the_command_line_is_left_out(photos, capsys):
@@ -272,8 +293,10 @@ def test_find_pairs_does_not_take_dataset_labels_for_images(tmp_path):
 
 # ============================================================================= 2. same stem, two images
 
-@pytest.mark.parametrize("names", [("eye.png", "eye.jpg"), ("eye.png", "eye.tif"), ("Eye.png", "eye.jpeg"),
-                                   ("a/eye.png", "b/eye.png")])
+
+@pytest.mark.parametrize(
+    "names", [("eye.png", "eye.jpg"), ("eye.png", "eye.tif"), ("Eye.png", "eye.jpeg"), ("a/eye.png", "b/eye.png")]
+)
 def test_two_images_with_one_stem_are_refused_naming_both(tmp_path, capsys, names):
     folder = tmp_path / "in"
     for i, name in enumerate(names):
@@ -307,6 +330,7 @@ def test_training_folder_with_one_stem_twice_is_refused(tmp_path, capsys):
 
 # ============================================================================= 3. every dataset format reads
 
+
 def test_imagecodecs_is_a_dependency():
     """DRIVE's TIFFs are LZW-compressed: tifffile needs imagecodecs to decode them."""
     try:
@@ -332,14 +356,15 @@ def _lzw_tiff(tmp_path) -> Path:
 def test_a_missing_codec_is_named_not_called_corrupt(tmp_path):
     """Without imagecodecs (blocked in a fresh interpreter) the message says what to install."""
     path = _lzw_tiff(tmp_path)
-    code = ("import sys; sys.modules['imagecodecs'] = None\n"
-            "from napari_dpn.image_io import read_image\n"
-            "from napari_dpn.errors import InputError\n"
-            "try:\n    read_image(sys.argv[1])\n"
-            "except InputError as exc:\n    print(exc)\nelse:\n    print('READ')\n")
+    code = (
+        "import sys; sys.modules['imagecodecs'] = None\n"
+        "from napari_dpn.image_io import read_image\n"
+        "from napari_dpn.errors import InputError\n"
+        "try:\n    read_image(sys.argv[1])\n"
+        "except InputError as exc:\n    print(exc)\nelse:\n    print('READ')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(napari_dpn.__file__).parents[1])}
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
-                         timeout=120)
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, timeout=120)
     text = res.stdout.strip()
     assert res.returncode == 0 and "\n" not in text, res.stderr
     assert "imagecodecs" in text and "LZW" in text and "pip install imagecodecs" in text
@@ -396,6 +421,7 @@ def test_every_format_in_the_datasets_reads(folder, pattern, kind, shape):
 
 # ============================================================================= 4. the embedded card is the truth
 
+
 def _saved(tmp_path, name="m", **card) -> Path:
     torch.manual_seed(0)
     return save_model(build_model("dpn"), ModelCard(name=name, architecture="dpn", **card), tmp_path / name)
@@ -425,8 +451,12 @@ def one_sentence_text(text: str) -> str:
 def test_weights_copied_over_old_ones_use_their_own_card(tmp_path):
     """New weights over old ones (or a crash between the two writes): the old .json must not rule."""
     old = _saved(tmp_path / "a", name="m", threshold=0.3)
-    new = _saved(tmp_path / "b", name="m", threshold=0.7,
-                 input={"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False})
+    new = _saved(
+        tmp_path / "b",
+        name="m",
+        threshold=0.7,
+        input={"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False},
+    )
     old.write_bytes(new.read_bytes())
     loaded = load_model(old)
     assert loaded.card.threshold == pytest.approx(0.7) and loaded.card.input["channel_order"] == "BGR"
@@ -446,7 +476,9 @@ def test_an_old_weights_file_without_an_embedded_card_loads_with_a_note(tmp_path
 
     path = tmp_path / "old.safetensors"
     save_file({k: v.contiguous() for k, v in build_model("dpn").state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps(ModelCard(name="old", architecture="dpn", threshold=0.45).to_dict()))
+    path.with_suffix(".json").write_text(
+        json.dumps(ModelCard(name="old", architecture="dpn", threshold=0.45).to_dict())
+    )
     loaded = load_model(path)
     assert loaded.card.threshold == pytest.approx(0.45)
     assert len(loaded.warnings) == 1 and "no model card inside it" in one_sentence_text(loaded.warnings[0])
@@ -464,6 +496,7 @@ def test_segment_prints_a_card_mismatch_as_one_warning_line(photos, tmp_path, ca
 
 
 # ============================================================================= 8a. card fields are checked
+
 
 def _weights_with_card(path: Path, **changes) -> Path:
     from safetensors.torch import save_file
@@ -515,6 +548,7 @@ def test_a_bad_card_is_one_line_in_the_cli(photos, tmp_path, capsys):
 
 # ============================================================================= 5. implausible annotations
 
+
 def _annotation(case: str):
     rgb, label, fov = fundus(64)
     if case == "all vessel":
@@ -540,8 +574,14 @@ def _annotation(case: str):
     return rgb, label, fov
 
 
-ANNOTATION_CASES = ["all vessel", "all vessel but five pixels", "inverted", "tiny FOV", "one vessel pixel",
-                    "all vessel outside a small FOV"]
+ANNOTATION_CASES = [
+    "all vessel",
+    "all vessel but five pixels",
+    "inverted",
+    "tiny FOV",
+    "one vessel pixel",
+    "all vessel outside a small FOV",
+]
 
 
 @pytest.mark.parametrize("case", ANNOTATION_CASES)
@@ -567,14 +607,30 @@ def test_train_refuses_an_all_vessel_annotation_and_saves_nothing(tmp_path, caps
     save_mask(folder / "eye_vessels.png", fov)  # every FOV pixel painted
     save_mask(folder / "eye_fov.png", fov)
     before = snapshot(tmp_path)
-    rc, _, err = run(["train", "--images", folder, "--out", tmp_path / "models", "--steps", "1", "--crop", "32",
-                      "--device", "cpu", "--quiet"], capsys)
+    rc, _, err = run(
+        [
+            "train",
+            "--images",
+            folder,
+            "--out",
+            tmp_path / "models",
+            "--steps",
+            "1",
+            "--crop",
+            "32",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 2 and "eye: the annotation marks" in error_line(err)
     unchanged(before, tmp_path, new_allowed=set())
     assert not list((tmp_path / "models").glob("*.safetensors"))
 
 
 # ============================================================================= 6. models are never silently replaced
+
 
 @pytest.fixture
 def pairs(tmp_path) -> Path:
@@ -662,12 +718,25 @@ def test_train_refuses_a_shipped_name_in_the_user_models_folder(pairs, tmp_path,
     unchanged(before, tmp_path)
 
 
-BAD_NAMES = ["../evil", "sub/evil", "/tmp/evil", ".hidden", "with space", "evil.safetensors", "..", "a\\b",
-             "x" * 101, ""]
+BAD_NAMES = [
+    "../evil",
+    "sub/evil",
+    "/tmp/evil",
+    ".hidden",
+    "with space",
+    "evil.safetensors",
+    "..",
+    "a\\b",
+    "x" * 101,
+    "",
+]
 
 
-@pytest.mark.parametrize("name", BAD_NAMES, ids=["dotdot", "slash", "absolute", "hidden", "space", "suffix",
-                                                 "dotdot-only", "backslash", "long", "empty"])
+@pytest.mark.parametrize(
+    "name",
+    BAD_NAMES,
+    ids=["dotdot", "slash", "absolute", "hidden", "space", "suffix", "dotdot-only", "backslash", "long", "empty"],
+)
 def test_train_name_must_be_a_plain_name(pairs, tmp_path, capsys, name):
     before = snapshot(tmp_path)
     rc, _, err = run(["train", "--images", pairs, "--out", tmp_path / "models", "--name", name, *TRAIN], capsys)
@@ -676,8 +745,17 @@ def test_train_name_must_be_a_plain_name(pairs, tmp_path, capsys, name):
     assert not list(tmp_path.rglob("*.safetensors"))
 
 
-@pytest.mark.parametrize("name, ok", [("my-camera", True), ("v1.2+ft_3", True), ("dpn-release-drive", False),
-                                      ("DPN-Drive", False), ("a b", False), ("-x", False)])
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("my-camera", True),
+        ("v1.2+ft_3", True),
+        ("dpn-release-drive", False),
+        ("DPN-Drive", False),
+        ("a b", False),
+        ("-x", False),
+    ],
+)
 def test_validate_model_name_is_the_widget_rule(name, ok):
     from napari_dpn.models import validate_model_name
 
@@ -705,7 +783,7 @@ def test_import_caffe_never_replaces_existing_files(tmp_path, capsys, existing):
     src = _caffemodel(tmp_path)
     dst = tmp_path / "w"
     dst.mkdir()
-    (dst / existing).write_text("{\"an\": \"unrelated card\"}")
+    (dst / existing).write_text('{"an": "unrelated card"}')
     before = snapshot(tmp_path)
     rc, _, err = run(["import-caffe", src, dst / "out.safetensors"], capsys)
     assert rc == 2
@@ -722,6 +800,7 @@ def test_import_caffe_overwrite_replaces(tmp_path, capsys):
 
 
 # ============================================================================= 7. file-system errors: one sentence
+
 
 def test_segment_out_that_is_a_file(photos, tmp_path, capsys):
     target = tmp_path / "results"
@@ -790,8 +869,9 @@ def test_evaluate_unwritable_json_fails_before_evaluating(fake_drive, tmp_path, 
     else:
         target = read_only(tmp_path / "ro") / "r.json"
     before = snapshot(tmp_path)
-    rc, out, err = run(["evaluate", "--dataset", "drive", "--root", fake_drive, "--device", "cpu", "--json", target,
-                        "--quiet"], capsys)
+    rc, out, err = run(
+        ["evaluate", "--dataset", "drive", "--root", fake_drive, "--device", "cpu", "--json", target, "--quiet"], capsys
+    )
     assert rc == 2 and out == ""
     assert any(k in error_line(err) for k in ("is a folder", "is a file", "permission denied"))
     unchanged(before, tmp_path)
@@ -844,6 +924,7 @@ def test_a_stray_os_error_is_still_one_line(photos, tmp_path, capsys, monkeypatc
 
 # ============================================================================= 8b. rough edges
 
+
 @pytest.mark.parametrize("device", ["cpu:abc", "gpu", "cuda:x", "cpu:7", "cpu:-1"])
 def test_bad_devices_are_one_line(photos, tmp_path, capsys, device):
     before = snapshot(tmp_path)
@@ -852,10 +933,21 @@ def test_bad_devices_are_one_line(photos, tmp_path, capsys, device):
     unchanged(before, tmp_path)
 
 
-@pytest.mark.parametrize("flag, value", [("--threads", "-1"), ("--threads", "0"), ("--weight-decay", "-1"),
-                                         ("--checkpoint-every", "-5"), ("--val-every", "-1"), ("--log-every", "-1"),
-                                         ("--lr", "nan"), ("--lr", "inf"), ("--seed", "-1"),
-                                         ("--crop", "100000")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--threads", "-1"),
+        ("--threads", "0"),
+        ("--weight-decay", "-1"),
+        ("--checkpoint-every", "-5"),
+        ("--val-every", "-1"),
+        ("--log-every", "-1"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--seed", "-1"),
+        ("--crop", "100000"),
+    ],
+)
 def test_bad_training_numbers_are_one_line(pairs, tmp_path, capsys, flag, value):
     before = snapshot(tmp_path)
     rc, _, err = run(["train", "--images", pairs, "--out", tmp_path / "models", *TRAIN_BASE, flag, value], capsys)
@@ -899,8 +991,24 @@ def _fake_flat(root: Path, dataset: str) -> Path:
 def test_evaluate_says_when_the_fov_was_estimated(tmp_path, capsys, dataset):
     root = _fake_flat(tmp_path / "data", dataset)
     before = snapshot(root)
-    rc, out, _ = run(["evaluate", "--dataset", dataset, "--root", root, "--split", "all", "--device", "cpu",
-                      "--no-train-threshold", "--json", tmp_path / "r.json", "--quiet"], capsys)
+    rc, out, _ = run(
+        [
+            "evaluate",
+            "--dataset",
+            dataset,
+            "--root",
+            root,
+            "--split",
+            "all",
+            "--device",
+            "cpu",
+            "--no-train-threshold",
+            "--json",
+            tmp_path / "r.json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0
     line = next(line for line in out.splitlines() if line.startswith("FOV:"))
     assert "estimated" in line and "all 2 images" in line
@@ -910,8 +1018,22 @@ def test_evaluate_says_when_the_fov_was_estimated(tmp_path, capsys, dataset):
 
 
 def test_evaluate_with_official_masks_says_nothing_about_estimates(fake_drive, tmp_path, capsys):
-    rc, out, _ = run(["evaluate", "--dataset", "drive", "--root", fake_drive, "--device", "cpu",
-                      "--no-train-threshold", "--json", tmp_path / "r.json", "--quiet"], capsys)
+    rc, out, _ = run(
+        [
+            "evaluate",
+            "--dataset",
+            "drive",
+            "--root",
+            fake_drive,
+            "--device",
+            "cpu",
+            "--no-train-threshold",
+            "--json",
+            tmp_path / "r.json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert rc == 0 and "FOV:" not in out
     assert json.loads((tmp_path / "r.json").read_text())["meta"]["fov"] == "official FOV masks"
 
@@ -931,8 +1053,9 @@ def _release_layout(root: Path, dataset: str) -> Path:
     return root / ("CHASE_DB1" if dataset == "chase" else "STARE")
 
 
-@pytest.mark.parametrize("dataset, key", [("drive", "drive"), ("drive-training", "drive"), ("chase", "chase"),
-                                          ("stare", "stare")])
+@pytest.mark.parametrize(
+    "dataset, key", [("drive", "drive"), ("drive-training", "drive"), ("chase", "chase"), ("stare", "stare")]
+)
 def test_train_on_a_raw_dataset_folder_suggests_dataset(tmp_path, capsys, dataset, key):
     folder = _release_layout(tmp_path / "data", dataset)
     before = snapshot(tmp_path)
@@ -951,6 +1074,7 @@ def test_train_on_a_folder_of_sub_folders_says_so(tmp_path, capsys):
 
 
 # ============================================================================= the promises page
+
 
 def test_the_promises_page_exists_and_names_the_refusals():
     text = (ROOT / "docs" / "promises.md").read_text()

@@ -1,6 +1,6 @@
 """Scale-aware inference: pixels per degree, resampling, the one segmentation pipeline, fallbacks."""
+
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +11,9 @@ from napari_dpn import scale
 from napari_dpn.cli import main
 from napari_dpn.models import load_model
 from napari_dpn.segmentation import segment, vessel_calibre
+from paths import DATASETS  # noqa: E402
 from synthetic_fundus import fundus
 
-from paths import DATASETS  # noqa: E402
 needs_drive = pytest.mark.skipif(not (DATASETS / "DRIVE").is_dir(), reason="datasets not staged")
 
 
@@ -91,7 +91,7 @@ def test_resample_image_keeps_range_and_shape():
 def test_vessel_calibre_measures_the_thickest_vessels():
     mask = np.zeros((400, 400), bool)
     for i, width in enumerate([3, 3, 5, 9]):  # a few thin vessels and one thick one
-        mask[50 + 90 * i: 50 + 90 * i + width, 20:380] = True
+        mask[50 + 90 * i : 50 + 90 * i + width, 20:380] = True
     assert vessel_calibre(mask) == pytest.approx(9, abs=1.5)
     assert vessel_calibre(np.zeros((100, 100), bool)) is None  # nothing to measure
 
@@ -117,8 +117,9 @@ def test_segment_gives_a_map_of_the_original_size_at_any_factor(drive_model):
 
 def test_segment_without_fov_or_calibre_falls_back_with_a_note(drive_model):
     card = drive_model.card
-    loaded = type(drive_model)(model=drive_model.model, card=type(card)(**{**card.to_dict(), "scale": {
-        "working_ppd": 12.0}}))
+    loaded = type(drive_model)(
+        model=drive_model.model, card=type(card)(**{**card.to_dict(), "scale": {"working_ppd": 12.0}})
+    )
     rgb = np.full((64, 64, 3), 0.5, np.float32)  # no dark border, no vessels
     seg = segment(loaded, rgb, device="cpu")
     assert seg.scale.factor == 1.0 and seg.scale.method == "fallback" and seg.scale.note
@@ -152,16 +153,36 @@ def test_cli_segment_reports_the_scale(tmp_path, capsys):
     photos.mkdir()
     Image.fromarray((fundus(96, seed=1)[0] * 255).astype(np.uint8)).save(photos / "eye.png")
     report = tmp_path / "report.json"
-    assert main(["segment", str(photos), "--out", str(tmp_path / "out"), "--device", "cpu", "--scale", "0.8",
-                 "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(photos),
+                "--out",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--scale",
+                "0.8",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert "resampled x0.8 (given)" in capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["images"]["eye.png"]["scale"]["factor"] == 0.8
 
 
-@pytest.mark.parametrize("args, message", [(["--scale", "huge"], "scale must be auto, native or a factor"),
-                                           (["--field-angle", "500"], "not plausible"),
-                                           (["--field-angle", "wide"], "must be degrees")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--scale", "huge"], "scale must be auto, native or a factor"),
+        (["--field-angle", "500"], "not plausible"),
+        (["--field-angle", "wide"], "must be degrees"),
+    ],
+)
 def test_cli_refuses_bad_scale_arguments(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         main(["segment", str(tmp_path), "--out", str(tmp_path / "out"), *args])

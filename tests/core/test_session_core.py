@@ -1,4 +1,5 @@
 """The folder session and the vessel tools of napari_dpn.session (Qt-free, issue 12)."""
+
 from __future__ import annotations
 
 import csv
@@ -8,22 +9,20 @@ import numpy as np
 import pytest
 from skimage.draw import line
 
-
-
-from synthetic_fundus import fundus
-
 from napari_dpn import session as S
 from napari_dpn.image_io import write_mask
+from synthetic_fundus import fundus
 
 
 def y_tree(size=80, width=1):
     """A Y: a trunk from the bottom to a fork at (40, 40), two arms up-left and up-right."""
     m = np.zeros((size, size), bool)
-    for (r0, c0, r1, c1) in ((75, 40, 40, 40), (40, 40, 8, 10), (40, 40, 8, 70)):
+    for r0, c0, r1, c1 in ((75, 40, 40, 40), (40, 40, 8, 10), (40, 40, 8, 70)):
         rr, cc = line(r0, c0, r1, c1)
         m[rr, cc] = True
     if width > 1:
         from scipy import ndimage
+
         m = ndimage.binary_dilation(m, iterations=width // 2)
     return m
 
@@ -53,7 +52,7 @@ def test_remove_branch_clicked_beside_the_vessel_and_a_lone_segment():
 def test_add_vessel_adds_the_connected_region_above_low():
     prob = np.zeros((40, 40), np.float32)
     prob[20, 5:35] = 0.35  # a faint vessel
-    prob[5, 5:35] = 0.35   # another, not touching
+    prob[5, 5:35] = 0.35  # another, not touching
     mask = np.zeros((40, 40), bool)
     out = S.add_vessel(prob, mask, (21, 12), low=0.3)  # 1 px off the ridge
     assert out[20, 5:35].all() and not out[5].any()
@@ -72,7 +71,7 @@ def test_remove_specks_keeps_large_components():
 def test_uncertainty_and_ranking_find_the_hazy_region():
     prob = np.zeros((256, 256), np.float32)
     prob[130:190, 70:120] = 0.5  # the model hesitates here
-    prob[10:20, 10:200] = 1.0    # and is sure here
+    prob[10:20, 10:200] = 1.0  # and is sure here
     u = S.uncertainty(prob, 0.5)
     assert u.max() <= 1 and u.min() >= 0
     fov = np.ones_like(prob, bool)
@@ -167,8 +166,9 @@ def test_damaged_session_file_is_one_sentence(tmp_path):
     with pytest.raises(S.InputError, match="damaged"):
         S.Session.open(tmp_path)
     with pytest.raises(S.InputError, match="No photographs"):
-        S.Session.open(tmp_path / "notes_missing_dir_is_not_a_folder") if False else \
-            S.Session.open((tmp_path / "empty").mkdir() or tmp_path / "empty")
+        S.Session.open(tmp_path / "notes_missing_dir_is_not_a_folder") if False else S.Session.open(
+            (tmp_path / "empty").mkdir() or tmp_path / "empty"
+        )
 
 
 def test_finetune_on_saved_and_reset_the_rest(tmp_path, monkeypatch):
@@ -180,8 +180,9 @@ def test_finetune_on_saved_and_reset_the_rest(tmp_path, monkeypatch):
     models = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(models))
     torch.manual_seed(0)
-    save_model(build_model("dpn"), ModelCard(name="tiny", architecture="dpn", threshold=0.5),
-               models / "tiny.safetensors")
+    save_model(
+        build_model("dpn"), ModelCard(name="tiny", architecture="dpn", threshold=0.5), models / "tiny.safetensors"
+    )
     make_folder(tmp_path)
     s = S.Session.open(tmp_path)
     with pytest.raises(S.InputError, match="No saved annotation"):
@@ -212,7 +213,7 @@ def test_threshold_box_changes_only_the_box():
 
 def test_trace_follows_the_ridge_between_two_points():
     prob = np.full((60, 60), 0.05, np.float32)
-    prob[10, 10:50] = 0.6   # an L-shaped faint vessel
+    prob[10, 10:50] = 0.6  # an L-shaped faint vessel
     prob[10:50, 49] = 0.6
     path = S.trace_pixels(prob, np.zeros((60, 60), bool), (10, 12), (45, 49))
     assert path[10, 12:49].all() and path[11:45, 49].all()

@@ -5,11 +5,21 @@ import pytest
 import torch
 
 from napari_dpn import training
-from napari_dpn.training import trainer
 from napari_dpn.errors import TrainingError
 from napari_dpn.model import build_model
-from napari_dpn.training import (CancelledEvent, MessageEvent, StepEvent, TrainConfig, balanced_bce,
-                                 class_balance_beta, dpn_loss, load_checkpoint, param_groups, train)
+from napari_dpn.training import (
+    CancelledEvent,
+    MessageEvent,
+    StepEvent,
+    TrainConfig,
+    balanced_bce,
+    class_balance_beta,
+    dpn_loss,
+    load_checkpoint,
+    param_groups,
+    train,
+    trainer,
+)
 from synthetic_fundus import fundus
 
 
@@ -36,11 +46,11 @@ def cfg(**kw):
 
 def test_beta_is_computed_from_the_label():
     label = torch.zeros(2, 1, 4, 4)
-    label[0, 0, 0, :3] = 1        # 3 of 16 vessel
-    label[1, 0, :2, :] = 1        # 8 of 16
+    label[0, 0, 0, :3] = 1  # 3 of 16 vessel
+    label[1, 0, :2, :] = 1  # 8 of 16
     np.testing.assert_allclose(class_balance_beta(label).numpy(), [13 / 16, 8 / 16])
     mask = torch.zeros_like(label)
-    mask[:, :, 0, :] = 1          # only the first row counts: 3 of 4, 4 of 4 vessel
+    mask[:, :, 0, :] = 1  # only the first row counts: 3 of 4, 4 of 4 vessel
     np.testing.assert_allclose(class_balance_beta(label, mask).numpy(), [1 / 4, 0 / 4])
 
 
@@ -84,10 +94,13 @@ def test_param_groups_decay_conv_weights_only():
     assert {g["lr"] for g in plain} == {1e-3}
 
 
-@pytest.mark.parametrize("convention", [
-    {"channel_order": "RGB", "scale": 1.0, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.1], "clahe": False},
-    {"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False},
-])
+@pytest.mark.parametrize(
+    "convention",
+    [
+        {"channel_order": "RGB", "scale": 1.0, "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.1], "clahe": False},
+        {"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False},
+    ],
+)
 def test_training_input_equals_inference_input(convention):
     from napari_dpn.preprocess import normalise
 
@@ -199,15 +212,21 @@ def test_exploding_learning_rate_is_caught(tmp_path):
 def test_main_head_only_and_fine_tune_keep_the_base_input_convention(tmp_path):
     from napari_dpn.models import LoadedModel, ModelCard, load_model
 
-    base = LoadedModel(build_model("dpn-release").eval(),
-                       ModelCard(name="base", architecture="dpn-release",
-                                 input={"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0],
-                                        "std": [1, 1, 1], "clahe": False}))
+    base = LoadedModel(
+        build_model("dpn-release").eval(),
+        ModelCard(
+            name="base",
+            architecture="dpn-release",
+            input={"channel_order": "BGR", "scale": 255.0, "mean": [0, 0, 0], "std": [1, 1, 1], "clahe": False},
+        ),
+    )
     before = {k: v.clone() for k, v in base.model.state_dict().items()}
     events = []
     result = train(cfg(steps=3, aux_heads=False), TRAIN, init=base, out_dir=tmp_path, callback=events.append)
     head_losses = [e.head_losses for e in events if isinstance(e, StepEvent)]
-    assert all(e.loss == pytest.approx(h["main"]) for e, h in zip([e for e in events if isinstance(e, StepEvent)], head_losses))
+    assert all(
+        e.loss == pytest.approx(h["main"]) for e, h in zip([e for e in events if isinstance(e, StepEvent)], head_losses)
+    )
     card = load_model(result.model_path).card
     assert card.architecture == "dpn-release" and card.base_model == "base"
     assert card.input["channel_order"] == "BGR" and card.input["scale"] == 255.0
@@ -259,13 +278,45 @@ def test_train_command_on_a_folder(tmp_path, capsys):
         imsave(lab, label.astype(np.uint8) * 255, check_contrast=False)
         imsave(fv, fov.astype(np.uint8) * 255, check_contrast=False)
     out = tmp_path / "out"
-    rc = main(["train", "--images", str(tmp_path / "data"), "--steps", "3", "--crop", "32", "--out", str(out),
-               "--device", "cpu", "--name", "mine", "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "data"),
+            "--steps",
+            "3",
+            "--crop",
+            "32",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--name",
+            "mine",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert (out / "mine.safetensors").is_file() and (out / "mine.json").is_file()
     assert "saved mine" in capsys.readouterr().out
-    rc = main(["train", "--images", str(tmp_path / "data"), "--resume", str(out / "mine.ckpt.pt"), "--steps", "5",
-               "--device", "cpu", "--quiet", "--log-every", "2", "--time-limit", "600"])
+    rc = main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "data"),
+            "--resume",
+            str(out / "mine.ckpt.pt"),
+            "--steps",
+            "5",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--log-every",
+            "2",
+            "--time-limit",
+            "600",
+        ]
+    )
     assert rc == 0 and load_checkpoint(out / "mine.ckpt.pt")["step"] == 5
     err = capsys.readouterr().err
     assert "step 4/5: loss " in err and "ms/step" in err and "step 5/5" not in err

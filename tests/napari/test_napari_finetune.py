@@ -3,10 +3,8 @@
 Trainings are tiny (96 px synthetic fundus, crop 48, a few steps from the shipped model) so the
 whole file runs in about a minute on two CPU cores.
 """
-from __future__ import annotations
 
-import os
-import sys
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -15,12 +13,11 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from synthetic_fundus import fundus  # noqa: E402
-
 from napari_dpn._napari import _finetune_widget as fw  # noqa: E402
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
+from synthetic_fundus import fundus  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -54,21 +51,29 @@ def add_pair(viewer, name="eye", seed=0, fov=True, label=None):
     rgb, vessels, disc = fundus(SIZE, seed=seed)
     image = viewer.add_image((rgb * 255).astype(np.uint8), name=name, rgb=True)
     lab = vessels if label is None else label
-    viewer.add_labels(np.asarray(lab, np.uint8), name=_roles.vessels_name(name),
-                      metadata=_roles.meta("vessels", image=name, corrected=True))
+    viewer.add_labels(
+        np.asarray(lab, np.uint8),
+        name=_roles.vessels_name(name),
+        metadata=_roles.meta("vessels", image=name, corrected=True),
+    )
     if fov:
-        viewer.add_labels(disc.astype(np.uint8), name=_roles.fov_name(name),
-                          metadata=_roles.meta("fov", image=name, source="estimated"))
+        viewer.add_labels(
+            disc.astype(np.uint8),
+            name=_roles.fov_name(name),
+            metadata=_roles.meta("fov", image=name, source="estimated"),
+        )
     return image
 
 
 def add_validation(viewer, name="val", seed=3):
     rgb, vessels, disc = fundus(SIZE, seed=seed)
     viewer.add_image((rgb * 255).astype(np.uint8), name=name, rgb=True)
-    viewer.add_labels(vessels.astype(np.uint8), name=_roles.ground_truth_name(name),
-                      metadata=_roles.meta("ground_truth", image=name))
-    viewer.add_labels(disc.astype(np.uint8), name=_roles.fov_name(name),
-                      metadata=_roles.meta("fov", image=name, source="file"))
+    viewer.add_labels(
+        vessels.astype(np.uint8), name=_roles.ground_truth_name(name), metadata=_roles.meta("ground_truth", image=name)
+    )
+    viewer.add_labels(
+        disc.astype(np.uint8), name=_roles.fov_name(name), metadata=_roles.meta("fov", image=name, source="file")
+    )
 
 
 def start(w):
@@ -91,8 +96,7 @@ def test_pairs_are_found_in_the_viewer_and_in_a_folder(widget, tmp_path):
     add_pair(viewer, "eye")
     add_pair(viewer, "other", seed=1, fov=False)
     add_validation(viewer)
-    names = [(img.name, v.name, f.name if f is not None else None)
-             for img, v, f in widget.train_candidates()]
+    names = [(img.name, v.name, f.name if f is not None else None) for img, v, f in widget.train_candidates()]
     assert names == [("eye", "eye vessels", "eye FOV"), ("other", "other vessels", None)]
     assert [(i.name, g.name) for i, g, _ in widget.val_candidates()] == [("val", "val ground truth")]
     assert widget.train_list.count() == 2 and widget.val_list.count() == 1
@@ -244,10 +248,13 @@ def test_empty_folder_shows_a_message(widget, notes, tmp_path):
     assert "no annotated images" in notes["error"][-1]
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("size", "must be the same size"),
-    ("empty", "empty annotation"),
-])
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("size", "must be the same size"),
+        ("empty", "empty annotation"),
+    ],
+)
 def test_bad_pairs_show_the_engine_message_not_a_traceback(qtbot, widget, notes, problem, expected):
     if problem == "size":
         add_pair(widget.viewer, "eye", label=np.zeros((SIZE - 16, SIZE), np.uint8) + 1)

@@ -1,4 +1,5 @@
 """Manifest, readers, writer and sample data of the napari plugin."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,6 @@ from PIL import Image as PILImage  # noqa: E402
 
 from napari_dpn._napari import _reader, _writer  # noqa: E402
 from napari_dpn._napari._sample_data import retina_sample  # noqa: E402
-
 from paths import DATASETS  # noqa: E402
 
 needs_display = pytest.mark.needs_display  # skipped without a display, see conftest.py
@@ -119,14 +119,17 @@ def test_colour_gif_is_an_image(tmp_path):
 
 
 @pytest.mark.skipif(not (DATASETS / "DRIVE").is_dir(), reason="datasets not staged")
-@pytest.mark.parametrize("rel, kind", [
-    ("STARE/images/im0001.ppm", "image"),
-    ("STARE/labels-ah/im0001.ah.ppm", "labels"),
-    ("STARE/mask/im0001_mask.pgm", "labels"),
-    ("DRIVE/test/1st_manual/01_manual1.gif", "labels"),
-    ("DRIVE/test/2nd_manual/01_manual2.gif", "labels"),
-    ("DRIVE/test/mask/01_test_mask.gif", "labels"),
-])
+@pytest.mark.parametrize(
+    "rel, kind",
+    [
+        ("STARE/images/im0001.ppm", "image"),
+        ("STARE/labels-ah/im0001.ah.ppm", "labels"),
+        ("STARE/mask/im0001_mask.pgm", "labels"),
+        ("DRIVE/test/1st_manual/01_manual1.gif", "labels"),
+        ("DRIVE/test/2nd_manual/01_manual2.gif", "labels"),
+        ("DRIVE/test/mask/01_test_mask.gif", "labels"),
+    ],
+)
 def test_real_dataset_files(rel, kind):
     p = DATASETS / rel
     [(data, kwargs, got)] = _reader.get_reader(str(p))(str(p))
@@ -146,7 +149,8 @@ def make_drive(root: Path, n=2):
             PILImage.fromarray(rgb_image(seed=i)).save(root / split / "images" / f"{i:02d}_{split}.tif")
             PILImage.fromarray(mask_image()).save(root / split / "1st_manual" / f"{i:02d}_manual1.gif")
             PILImage.fromarray(np.full((40, 48), 255, np.uint8)).save(
-                root / split / "mask" / f"{i:02d}_{split}_mask.gif")
+                root / split / "mask" / f"{i:02d}_{split}_mask.gif"
+            )
 
 
 def make_stare(root: Path):
@@ -169,8 +173,7 @@ def make_chase(root: Path):
 @pytest.fixture
 def infos(monkeypatch):
     got = []
-    monkeypatch.setattr(_reader, "_notify_folder",
-                        lambda *a: got.append(_reader.folder_message(*a)))
+    monkeypatch.setattr(_reader, "_notify_folder", lambda *a: got.append(_reader.folder_message(*a)))
     return got
 
 
@@ -180,16 +183,23 @@ def test_drive_folder_opens_first_image_with_truth_and_fov(tmp_path, infos, sub)
     folder = tmp_path / "DRIVE" / sub
     layers = _reader.get_folder_reader(str(folder))(str(folder))
     assert [(kw["name"], kind) for _, kw, kind in layers] == [
-        ("01_test", "image"), ("01_test ground truth", "labels"), ("01_test FOV", "labels")]
+        ("01_test", "image"),
+        ("01_test ground truth", "labels"),
+        ("01_test FOV", "labels"),
+    ]
     image, gt, fov = layers
     assert image[1]["rgb"] and image[1]["metadata"]["napari_dpn"]["path"].endswith("01_test.tif")
     np.testing.assert_array_equal(gt[0], mask_image() > 0)
     assert fov[1]["visible"] is False and fov[0].all()
     assert gt[1]["metadata"]["napari_dpn"] == {
-        "role": "ground_truth", "image": "01_test",
-        "path": str(tmp_path / "DRIVE/test/1st_manual/01_manual1.gif")}
-    assert infos == [f"DRIVE folder: opened 01_test with its ground truth and FOV mask, the "
-                     f"first of its 2 images; the others are in {tmp_path / 'DRIVE/test/images'}."]
+        "role": "ground_truth",
+        "image": "01_test",
+        "path": str(tmp_path / "DRIVE/test/1st_manual/01_manual1.gif"),
+    }
+    assert infos == [
+        f"DRIVE folder: opened 01_test with its ground truth and FOV mask, the "
+        f"first of its 2 images; the others are in {tmp_path / 'DRIVE/test/images'}."
+    ]
 
 
 def test_stare_folder(tmp_path, infos):
@@ -227,8 +237,7 @@ def test_other_folders_are_not_claimed(tmp_path):
 
 
 @needs_display
-def test_open_folder_in_viewer_and_segment_widget_finds_truth(make_napari_viewer, tmp_path,
-                                                               monkeypatch):
+def test_open_folder_in_viewer_and_segment_widget_finds_truth(make_napari_viewer, tmp_path, monkeypatch):
     from napari_dpn._napari._segment_widget import SegmentWidget
 
     shown = []
@@ -258,12 +267,15 @@ def test_open_gif_in_viewer(make_napari_viewer, tmp_path):
 # ----------------------------------------------------------------------------- writer
 
 
-@pytest.mark.parametrize("name, writer, on", [
-    ("m.png", _writer.write_mask_255, 255),
-    ("m.tif", _writer.write_mask_255, 255),
-    ("m.png", _writer.write_mask_01, 1),
-    ("m.tiff", _writer.write_mask_01, 1),
-])
+@pytest.mark.parametrize(
+    "name, writer, on",
+    [
+        ("m.png", _writer.write_mask_255, 255),
+        ("m.tif", _writer.write_mask_255, 255),
+        ("m.png", _writer.write_mask_01, 1),
+        ("m.tiff", _writer.write_mask_01, 1),
+    ],
+)
 def test_writer_binary_masks(tmp_path, name, writer, on):
     from napari_dpn.image_io import read_image
 

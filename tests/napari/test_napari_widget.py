@@ -1,4 +1,5 @@
 """The "Segment vessels" widget in a real napari viewer (pytest-qt; Xvfb via pytest-xvfb)."""
+
 from __future__ import annotations
 
 import time
@@ -50,8 +51,7 @@ def tiny_model(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
     torch.manual_seed(0)
-    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.",
-                     threshold=0.5)
+    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.", threshold=0.5)
     save_model(build_model("dpn"), card, folder / "tiny-test.safetensors")
     return folder / "tiny-test.safetensors"
 
@@ -130,8 +130,7 @@ def test_viewer_stays_responsive_and_progress_reported(qtbot, widget, monkeypatc
         return real(loaded, rgb, device=device, progress=progress, should_stop=should_stop)
 
     monkeypatch.setattr(inference, "predict", slow_predict)
-    monkeypatch.setattr(widget, "_on_progress", lambda f, orig=widget._on_progress:
-                        (seen.append(f), orig(f)))
+    monkeypatch.setattr(widget, "_on_progress", lambda f, orig=widget._on_progress: (seen.append(f), orig(f)))
     widget._bridge.progress.disconnect()
     widget._bridge.progress.connect(widget._on_progress)
     add_eye(widget.viewer)
@@ -297,8 +296,9 @@ def test_ground_truth_metrics_errors_layer_and_youden(qtbot, widget):
     viewer = widget.viewer
     _, truth = fundus_like()
     add_eye(viewer)
-    gt = viewer.add_labels(truth.astype(np.uint8), name="eye ground truth",
-                           metadata=_roles.meta("ground_truth", image="eye"))
+    gt = viewer.add_labels(
+        truth.astype(np.uint8), name="eye ground truth", metadata=_roles.meta("ground_truth", image="eye")
+    )
     assert widget.current_ground_truth() is gt  # picked automatically for "eye"
     segment(qtbot, widget)
     text = widget.metrics_label.text()
@@ -341,8 +341,7 @@ def test_youden_without_ground_truth_warns(qtbot, widget, notes):
 # ----------------------------------------------------------------------------- saving
 
 
-def test_save_next_to_the_image_and_refuse_silent_overwrite(qtbot, widget, tmp_path,
-                                                            monkeypatch, notes):
+def test_save_next_to_the_image_and_refuse_silent_overwrite(qtbot, widget, tmp_path, monkeypatch, notes):
     from PIL import Image as PILImage
 
     from napari_dpn.image_io import read_mask
@@ -358,8 +357,7 @@ def test_save_next_to_the_image_and_refuse_silent_overwrite(qtbot, widget, tmp_p
     paths = widget.save_annotation()
     assert paths == (tmp_path / "eye_vessels.png", tmp_path / "eye_fov.png")
     np.testing.assert_array_equal(read_mask(paths[0]), np.asarray(vessels.data) > 0)
-    np.testing.assert_array_equal(read_mask(paths[1]),
-                                  np.asarray(layer(widget.viewer, "eye FOV").data) > 0)
+    np.testing.assert_array_equal(read_mask(paths[1]), np.asarray(layer(widget.viewer, "eye FOV").data) > 0)
     assert set(np.unique(np.asarray(PILImage.open(paths[0])))) <= {0, 255}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
@@ -383,8 +381,7 @@ def test_save_image_without_file_asks_for_a_folder(qtbot, widget, tmp_path, monk
     assert widget.save_annotation() is None
     assert not list(tmp_path.glob("*.png"))
     monkeypatch.setattr(widget, "_ask_folder", lambda *a: tmp_path)
-    assert widget.save_annotation() == (tmp_path / "sample_vessels.png",
-                                        tmp_path / "sample_fov.png")
+    assert widget.save_annotation() == (tmp_path / "sample_vessels.png", tmp_path / "sample_fov.png")
     # a chosen folder wins over asking
     other = tmp_path / "out"
     other.mkdir()
@@ -403,8 +400,11 @@ def test_save_warns_when_target_is_ground_truth(qtbot, widget, tmp_path, monkeyp
     gt_file = tmp_path / "eye_vessels.png"
     PILImage.fromarray((truth * 255).astype(np.uint8)).save(gt_file)
     widget.viewer.add_image(rgb, name="eye", rgb=True, metadata=_roles.meta("image", path=str(eye)))
-    widget.viewer.add_labels(truth.astype(np.uint8), name="eye ground truth",
-                             metadata=_roles.meta("ground_truth", image="eye", path=str(gt_file)))
+    widget.viewer.add_labels(
+        truth.astype(np.uint8),
+        name="eye ground truth",
+        metadata=_roles.meta("ground_truth", image="eye", path=str(gt_file)),
+    )
     segment(qtbot, widget)
     asked = []
     monkeypatch.setattr(widget, "_confirm", lambda *a, **k: asked.append(a) or False)

@@ -5,10 +5,9 @@ while the network runs, switching images under a ground truth, closing the viewe
 the middle of a run, saved annotations opened again, the event loop's latency budget, and a
 layout that fits a 1366x768 laptop screen.  The CLI and core cases are in test_reliability.py.
 """
+
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +19,6 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from synthetic_fundus import fundus  # noqa: E402
-
 from napari.layers import Image, Labels  # noqa: E402
 from qtpy.QtCore import Qt  # noqa: E402
 
@@ -29,6 +26,7 @@ from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
 from paths import REPO  # noqa: E402
+from synthetic_fundus import fundus  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -51,8 +49,7 @@ def models_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
     for seed, name in ((0, "tiny-test"), (1, "tiny-other")):
         torch.manual_seed(seed)
-        card = ModelCard(name=name, architecture="dpn", description="Random weights for tests.",
-                         threshold=0.5)
+        card = ModelCard(name=name, architecture="dpn", description="Random weights for tests.", threshold=0.5)
         save_model(build_model("dpn"), card, folder / f"{name}.safetensors")
     return folder
 
@@ -98,8 +95,11 @@ def add_eye(viewer, name="eye", seed=0, **kwargs):
 
 
 def add_truth(viewer, name, truth, **meta):
-    return viewer.add_labels(truth.astype(np.uint8), name=_roles.ground_truth_name(name),
-                             metadata=_roles.meta("ground_truth", image=name, **meta))
+    return viewer.add_labels(
+        truth.astype(np.uint8),
+        name=_roles.ground_truth_name(name),
+        metadata=_roles.meta("ground_truth", image=name, **meta),
+    )
 
 
 def segment(qtbot, w, **kwargs):
@@ -285,8 +285,9 @@ def test_segmenting_a_validation_image_keeps_it_in_validation(qtbot, both):
     viewer = seg.viewer
     _, truth, disc = add_eye(viewer, "val", seed=3)
     add_truth(viewer, "val", truth)
-    viewer.add_labels(disc.astype(np.uint8), name=_roles.fov_name("val"),
-                      metadata=_roles.meta("fov", image="val", source="file"))
+    viewer.add_labels(
+        disc.astype(np.uint8), name=_roles.fov_name("val"), metadata=_roles.meta("fov", image="val", source="file")
+    )
     assert ft.val_list.item(0).checkState() == Qt.Checked
     segment(qtbot, seg)
     assert ft.train_candidates() == []
@@ -304,7 +305,8 @@ def test_segmenting_a_validation_image_keeps_it_in_validation(qtbot, both):
 
 
 def test_closing_the_viewer_during_finetuning_stops_it_and_keeps_the_checkpoint(
-        qtbot, make_napari_viewer, models_dir, notes):
+    qtbot, make_napari_viewer, models_dir, notes
+):
     from napari_dpn.training import load_checkpoint
 
     viewer = make_napari_viewer()
@@ -312,10 +314,12 @@ def test_closing_the_viewer_during_finetuning_stops_it_and_keeps_the_checkpoint(
     viewer.window.add_dock_widget(w, name="Fine-tune DPN")
     rgb, vessels, disc = fundus(SIZE, seed=0)
     viewer.add_image((rgb * 255).astype(np.uint8), name="eye", rgb=True)
-    viewer.add_labels(vessels.astype(np.uint8), name="eye vessels",
-                      metadata=_roles.meta("vessels", image="eye", corrected=True))
-    viewer.add_labels(disc.astype(np.uint8), name="eye FOV",
-                      metadata=_roles.meta("fov", image="eye", source="estimated"))
+    viewer.add_labels(
+        vessels.astype(np.uint8), name="eye vessels", metadata=_roles.meta("vessels", image="eye", corrected=True)
+    )
+    viewer.add_labels(
+        disc.astype(np.uint8), name="eye FOV", metadata=_roles.meta("fov", image="eye", source="estimated")
+    )
     w.steps_spin.setValue(100_000)
     worker = w.run()
     assert worker is not None, w.last_error
@@ -339,8 +343,9 @@ def test_closing_the_finetune_dock_cancels_the_run(qtbot, make_napari_viewer, mo
     dock = viewer.window.add_dock_widget(w, name="Fine-tune DPN")
     rgb, vessels, disc = fundus(SIZE, seed=1)
     viewer.add_image((rgb * 255).astype(np.uint8), name="eye", rgb=True)
-    viewer.add_labels(vessels.astype(np.uint8), name="eye vessels",
-                      metadata=_roles.meta("vessels", image="eye", corrected=True))
+    viewer.add_labels(
+        vessels.astype(np.uint8), name="eye vessels", metadata=_roles.meta("vessels", image="eye", corrected=True)
+    )
     w.steps_spin.setValue(100_000)
     worker = w.run()
     qtbot.waitUntil(lambda: w.loss_plot.n_steps >= 1, timeout=TIMEOUT_MS)
@@ -354,7 +359,8 @@ def test_closing_the_finetune_dock_cancels_the_run(qtbot, make_napari_viewer, mo
 
 
 def test_closing_the_viewer_during_segmentation_stops_the_worker(
-        qtbot, make_napari_viewer, models_dir, monkeypatch, notes):
+    qtbot, make_napari_viewer, models_dir, monkeypatch, notes
+):
     import napari_dpn.inference as inference
 
     stopped = threading.Event()
@@ -565,8 +571,7 @@ def test_undoing_every_edit_unlocks_the_threshold(qtbot, seg):
     assert not seg.current_result().edited and "unlocked" in seg.edit_status.text()
     assert seg.reapply_button.isHidden()
     vessels.redo()  # and redoing locks again
-    qtbot.waitUntil(lambda: not seg.slider.isEnabled() or seg.current_result().edited,
-                    timeout=5_000)
+    qtbot.waitUntil(lambda: not seg.slider.isEnabled() or seg.current_result().edited, timeout=5_000)
 
 
 def test_remove_specks_erases_small_pieces_only_in_one_undo_step(qtbot, seg, monkeypatch):
@@ -574,10 +579,10 @@ def test_remove_specks_erases_small_pieces_only_in_one_undo_step(qtbot, seg, mon
     from napari_dpn.inference import Prediction
 
     prob = np.full((SIZE, SIZE), 0.1, np.float32)
-    prob[48, 20:80] = 0.9          # a vessel, 60 px
-    prob[20:80, 50] = 0.9          # crossing it: one tree
+    prob[48, 20:80] = 0.9  # a vessel, 60 px
+    prob[20:80, 50] = 0.9  # crossing it: one tree
     for y, x in ((30, 30), (70, 75), (25, 70)):
-        prob[y:y + 2, x:x + 2] = 0.9  # three 4-px specks
+        prob[y : y + 2, x : x + 2] = 0.9  # three 4-px specks
     monkeypatch.setattr(inference, "predict", lambda *a, **k: Prediction(prob.copy(), "cpu", 0.0))
     add_eye(seg.viewer)
     segment(qtbot, seg)
@@ -627,10 +632,10 @@ def test_large_image_never_blocks_the_viewer(qtbot, seg, stall_probe, monkeypatc
         seg.set_image(image)
         qtbot.wait(50)
         gaps["click"].append(stall_probe.measure(seg.run_button.click, settle_ms=20))
-        gaps["result"].append(stall_probe.measure(lambda: None,
-                                                  until=lambda: not seg.is_running))
-        gaps["ground truth"].append(stall_probe.measure(lambda g=gt: seg.set_ground_truth(g),
-                                                        until=lambda: seg.metrics is not None))
+        gaps["result"].append(stall_probe.measure(lambda: None, until=lambda: not seg.is_running))
+        gaps["ground truth"].append(
+            stall_probe.measure(lambda g=gt: seg.set_ground_truth(g), until=lambda: seg.metrics is not None)
+        )
         assert seg.metrics is not None and 0.0 <= seg.metrics["auc"] <= 1.0
         if all(min(v) < BUDGET_S for v in gaps.values()):
             break

@@ -1,6 +1,7 @@
 """*Correct a folder* in a real viewer (issue 12): next/previous, autosave, prefetch, close and
 resume, the tools with undo, Next uncertain region, CSV export, and the 200 ms latency budget.
 Runs under Xvfb through pytest-xvfb, over a folder of 3 small synthetic photographs."""
+
 from __future__ import annotations
 
 import csv
@@ -13,12 +14,11 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-
-from synthetic_fundus import fundus
 from test_session_core import y_tree
 
 from napari_dpn import session as S
 from napari_dpn._napari._session_widget import SessionWidget
+from synthetic_fundus import fundus
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 120_000
@@ -36,8 +36,7 @@ def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
     torch.manual_seed(0)
-    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.",
-                     threshold=0.5)
+    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.", threshold=0.5)
     save_model(build_model("dpn"), card, folder / "tiny-test.safetensors")
     return folder
 
@@ -91,15 +90,15 @@ def session_layers(viewer):
 
 def test_next_previous_autosave_prefetch_and_no_stall(qtbot, sw, photos, stall_probe, notes):
     open_and_wait(qtbot, sw, photos)
-    assert sw.list.count() == 3 and "eye0_gt" not in "".join(
-        sw.list.item(i).text() for i in range(3))
+    assert sw.list.count() == 3 and "eye0_gt" not in "".join(sw.list.item(i).text() for i in range(3))
     assert session_layers(sw.viewer) == ["eye0", "eye0 uncertainty", "eye0 vessels"]
     assert 1 in sw._ready, "the next image was segmented in the background"
     vessels = sw.layers["vessels"]
     vessels.data_setitem((np.array([5]), np.array([5])), 1)  # a correction
     assert sw.session.entries[0].state == "corrected"
-    gap = stall_probe.measure(sw.next_button.click, until=lambda: sw.shown is not None
-                              and sw.shown.index == 1 and not sw.busy)
+    gap = stall_probe.measure(
+        sw.next_button.click, until=lambda: sw.shown is not None and sw.shown.index == 1 and not sw.busy
+    )
     assert gap < BUDGET_S, f"the event loop stalled {gap * 1000:.0f} ms on Next"
     settle(qtbot, sw)
     assert session_layers(sw.viewer) == ["eye1", "eye1 uncertainty", "eye1 vessels"], "no pile-up"
@@ -316,8 +315,7 @@ def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
 LARGE = 2900  # 8.4 Mpx, as the Segment widget's latency test
 
 
-def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, stall_probe,
-                                                           monkeypatch, notes):
+def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, stall_probe, monkeypatch, notes):
     from PIL import Image
 
     from napari_dpn import inference
@@ -325,8 +323,7 @@ def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, 
 
     def fake_predict(loaded, rgb, **kw):  # the network is not what is measured here
         g = np.asarray(rgb)[..., 1]
-        return Prediction(probability=np.clip(1 - g, 0, 1).astype(np.float32), device="cpu",
-                          seconds=0.0)
+        return Prediction(probability=np.clip(1 - g, 0, 1).astype(np.float32), device="cpu", seconds=0.0)
 
     monkeypatch.setattr(inference, "predict", fake_predict)
     folder = tmp_path / "large"
@@ -334,14 +331,20 @@ def test_next_on_large_photographs_never_blocks_the_viewer(qtbot, sw, tmp_path, 
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (LARGE, LARGE, 3), dtype=np.uint8)).save(
-            folder / f"big{i}.png", compress_level=1)
+            folder / f"big{i}.png", compress_level=1
+        )
     open_and_wait(qtbot, sw, folder)
     gaps = []
     for _ in range(2):
         sw.layers["vessels"].data_setitem((np.array([5]), np.array([5])), 1)
         target = sw.index + 1
-        gaps.append(stall_probe.measure(sw.next_button.click, until=lambda t=target: sw.shown is not None
-                                        and sw.shown.index == t and not sw.busy, settle_ms=50))
+        gaps.append(
+            stall_probe.measure(
+                sw.next_button.click,
+                until=lambda t=target: sw.shown is not None and sw.shown.index == t and not sw.busy,
+                settle_ms=50,
+            )
+        )
     print("max event-loop stall on Next (s):", gaps)
     assert min(gaps) < BUDGET_S, gaps
     assert S.Session.open(folder).entries[1].state == "saved"

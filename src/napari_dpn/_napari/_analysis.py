@@ -3,6 +3,7 @@
 Pixels inside the FOV only; vessel = ``prob >= threshold``.  Any metric that cannot be computed
 (empty FOV, no vessel in the ground truth) comes back as NaN / None instead of raising.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ NAN_METRICS = {"se": math.nan, "sp": math.nan, "acc": math.nan, "f1": math.nan}
 def confusion(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -> dict:
     """Se, Sp, Acc, F1 (and the counts) of a boolean prediction inside ``fov``."""
     try:
-        return metrics.confusion_metrics(np.asarray(pred, bool), np.asarray(gt, bool),
-                                         None if fov is None else np.asarray(fov, bool))
+        return metrics.confusion_metrics(
+            np.asarray(pred, bool), np.asarray(gt, bool), None if fov is None else np.asarray(fov, bool)
+        )
     except DPNError:
         return dict(NAN_METRICS)
 
@@ -27,8 +29,7 @@ def confusion(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -> dict:
 def auc(prob: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -> float:
     """Area under the ROC curve of the probability map inside the FOV (NaN if undefined)."""
     try:
-        return float(metrics.auc(prob, np.asarray(gt, bool),
-                                 None if fov is None else np.asarray(fov, bool)))
+        return float(metrics.auc(prob, np.asarray(gt, bool), None if fov is None else np.asarray(fov, bool)))
     except DPNError:
         return math.nan
 
@@ -40,8 +41,7 @@ def youden_threshold(prob: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -
     if inside.size == 0 or inside.all() or not inside.any():
         return None
     try:
-        t = float(metrics.youden_threshold(prob, gt, None if fov is None
-                                           else np.asarray(fov, bool)))
+        t = float(metrics.youden_threshold(prob, gt, None if fov is None else np.asarray(fov, bool)))
     except DPNError:
         return None
     return t if math.isfinite(t) else None
@@ -59,8 +59,7 @@ def error_labels(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None) -> np
     return out
 
 
-def compare(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None, prob: np.ndarray | None,
-            roc: bool) -> dict:
+def compare(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None, prob: np.ndarray | None, roc: bool) -> dict:
     """Everything the comparison panel shows, in one call a worker thread can make.
 
     ``metrics``: Se/Sp/Acc/F1 of the boolean ``pred``; ``errors``: the error labels; with ``roc``

@@ -11,6 +11,7 @@ viewer window closes or the application quits; the widget also cancels when its 
 and when it is destroyed.  The job stops at its next check (the training engine then writes its
 checkpoint and saves no model), and the widget's slots do nothing once the widget is gone.
 """
+
 from __future__ import annotations
 
 import functools
@@ -244,13 +245,13 @@ class DockWidget(QWidget):
         self.refresh_layers()
 
     def _image_layers(self) -> list:
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Image) and _roles.role_of(lyr) not in ("probability",)]
+        return [
+            lyr for lyr in self.viewer.layers if isinstance(lyr, Image) and _roles.role_of(lyr) not in ("probability",)
+        ]
 
     def _gt_candidates(self) -> list:
         skip = ("probability", "vessels", "errors", "fov")
-        return [lyr for lyr in self.viewer.layers
-                if isinstance(lyr, Labels) and _roles.role_of(lyr) not in skip]
+        return [lyr for lyr in self.viewer.layers if isinstance(lyr, Labels) and _roles.role_of(lyr) not in skip]
 
     # ------------------------------------------------------------------ models and devices
 
@@ -316,8 +317,9 @@ class DockWidget(QWidget):
 
         cancel = threading.Event()
         self._life.cancel = cancel
-        worker = create_worker(_Job(func, description, *args, cancel.is_set),
-                               _worker_class=CancellableWorker, _start_thread=False)
+        worker = create_worker(
+            _Job(func, description, *args, cancel.is_set), _worker_class=CancellableWorker, _start_thread=False
+        )
         worker.cancel_event = cancel
         worker.returned.connect(returned)
         worker.finished.connect(finished)

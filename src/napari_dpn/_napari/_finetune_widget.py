@@ -19,6 +19,7 @@ is gone, and the checkpoint is the last good state.
 
 Errors never raise into napari: they are shown with ``show_error`` and in the status line.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,11 +71,12 @@ DEFAULT_CROP = 256
 DEFAULT_LR = "1e-4"
 CHECKPOINT_EVERY = 100
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-METRIC_ROWS = (("se", "Se"), ("sp", "Sp"), ("acc", "Acc"), ("auc", "AUC"), ("f1", "F1"),
-               ("threshold", "Threshold"))
+METRIC_ROWS = (("se", "Se"), ("sp", "Sp"), ("acc", "Acc"), ("auc", "AUC"), ("f1", "F1"), ("threshold", "Threshold"))
 ROW_HEIGHT = 24
-NO_PAIRS_MESSAGE = ("No training pairs: segment an image with 'Segment vessels' and correct its "
-                    "'<image> vessels' layer, or choose a folder of saved annotations.")
+NO_PAIRS_MESSAGE = (
+    "No training pairs: segment an image with 'Segment vessels' and correct its "
+    "'<image> vessels' layer, or choose a folder of saved annotations."
+)
 
 
 # --------------------------------------------------------------------------- data
@@ -104,8 +106,8 @@ class LayerPair:
 class _Outcome:
     """What the background job hands back (it never raises)."""
 
-    result: object = None          # training.TrainResult
-    after: dict | None = None      # validation metrics of the final (or cancelled) weights
+    result: object = None  # training.TrainResult
+    after: dict | None = None  # validation metrics of the final (or cancelled) weights
     error: str | None = None
 
 
@@ -182,7 +184,7 @@ class FinetuneWidget(DockWidget):
         self._bridge.event.connect(self._on_event)
         self._train_folder: Path | None = None
         self._val_folder: Path | None = None
-        self._manual_val: list[tuple] = []   # (image layer, ground-truth layer) added by hand
+        self._manual_val: list[tuple] = []  # (image layer, ground-truth layer) added by hand
         self._checked: dict[tuple, bool] = {}  # (list, id(image layer)) -> user's check state
         self._name_edited = False
         self._unfold_after_run: list | None = None
@@ -213,21 +215,25 @@ class FinetuneWidget(DockWidget):
         self.train_section = box = Section("Training data (corrected annotations)")
         v = QVBoxLayout(box.body)
         v.setContentsMargins(4, 0, 0, 0)
-        self.train_list = _pair_list("Image layers whose '<image> vessels' layer you corrected "
-                                     "(edited, saved, or opened from a saved annotation). Ticked "
-                                     "ones are trained on.")
+        self.train_list = _pair_list(
+            "Image layers whose '<image> vessels' layer you corrected "
+            "(edited, saved, or opened from a saved annotation). Ticked "
+            "ones are trained on."
+        )
         v.addWidget(self.train_list)
         self.train_folder_label, self.train_folder_button, self.train_folder_clear = _folder_row(
-            v, "A folder of images with <image>_vessels.png (and <image>_fov.png) saved by "
-               "'Segment vessels'.")
+            v, "A folder of images with <image>_vessels.png (and <image>_fov.png) saved by 'Segment vessels'."
+        )
         lay.addWidget(box)
 
         # Validation data.
         self.val_section = box = Section("Validation (ground truth, optional)")
         v = QVBoxLayout(box.body)
         v.setContentsMargins(4, 0, 0, 0)
-        self.val_list = _pair_list("Image layers with a ground-truth labels layer. Metrics before "
-                                   "and after and the recommended threshold are computed on them.")
+        self.val_list = _pair_list(
+            "Image layers with a ground-truth labels layer. Metrics before "
+            "and after and the recommended threshold are computed on them."
+        )
         v.addWidget(self.val_list)
         row = QHBoxLayout()
         self.val_image_combo = QComboBox()
@@ -244,7 +250,8 @@ class FinetuneWidget(DockWidget):
         row.addWidget(self.val_add_button)
         v.addLayout(row)
         self.val_folder_label, self.val_folder_button, self.val_folder_clear = _folder_row(
-            v, "A folder of images with <image>_vessels.png ground truth (and <image>_fov.png).")
+            v, "A folder of images with <image>_vessels.png ground truth (and <image>_fov.png)."
+        )
         lay.addWidget(box)
 
         # Settings: folded, one summary line (the defaults suit a first fine-tune).
@@ -256,27 +263,30 @@ class FinetuneWidget(DockWidget):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(DEFAULT_STEPS)
-        self.steps_spin.setToolTip("Optimisation steps (one random crop each). A few hundred "
-                                   "adapt the shipped model to your images.")
+        self.steps_spin.setToolTip(
+            "Optimisation steps (one random crop each). A few hundred adapt the shipped model to your images."
+        )
         self.crop_spin = QSpinBox()
         self.crop_spin.setRange(16, 4096)
         self.crop_spin.setSingleStep(32)
         self.crop_spin.setValue(DEFAULT_CROP)
-        self.crop_spin.setToolTip("Side of the random training crop in pixels (the paper used "
-                                  "512); smaller is faster per step. Images smaller than the "
-                                  "crop are padded.")
+        self.crop_spin.setToolTip(
+            "Side of the random training crop in pixels (the paper used "
+            "512); smaller is faster per step. Images smaller than the "
+            "crop are padded."
+        )
         row = QHBoxLayout()
         row.addWidget(self.steps_spin, 1)
         row.addWidget(QLabel("Crop"))
         row.addWidget(self.crop_spin, 1)
         form.addRow("Steps", row)
         self.lr_edit = QLineEdit(DEFAULT_LR)
-        self.lr_edit.setToolTip("Adam learning rate. 1e-4 fine-tunes gently; the paper trained "
-                                "from scratch with 1e-3.")
+        self.lr_edit.setToolTip("Adam learning rate. 1e-4 fine-tunes gently; the paper trained from scratch with 1e-3.")
         self.augment_check = QCheckBox("Augment")
         self.augment_check.setChecked(True)
-        self.augment_check.setToolTip("The paper's 11 offline views (rotations, flips) and random "
-                                      "mirroring of the crops.")
+        self.augment_check.setToolTip(
+            "The paper's 11 offline views (rotations, flips) and random mirroring of the crops."
+        )
         row = QHBoxLayout()
         row.addWidget(self.lr_edit, 1)
         row.addWidget(self.augment_check)
@@ -284,8 +294,9 @@ class FinetuneWidget(DockWidget):
         self.device_combo = DeviceCombo("Where training runs; 'auto' picks a GPU when present.")
         form.addRow("Device", self.device_combo)
         self.name_edit = QLineEdit()
-        self.name_edit.setToolTip("Name of the new model in the user models folder (letters, "
-                                  "digits, '.', '_', '-', '+').")
+        self.name_edit.setToolTip(
+            "Name of the new model in the user models folder (letters, digits, '.', '_', '-', '+')."
+        )
         form.addRow("Save as", self.name_edit)
         self.folder_info = one_line_label(note=True)
         form.addRow("", self.folder_info)
@@ -339,25 +350,26 @@ class FinetuneWidget(DockWidget):
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
-        self.table.setToolTip("Inside the FOV, pooled over the validation images, at each "
-                              "model's ROC-optimal (Youden) threshold; AUC is threshold-free. "
-                              "Threshold: that Youden threshold.")
-        self.table.setFixedHeight(ROW_HEIGHT + 2 + ROW_HEIGHT * len(METRIC_ROWS)
-                                  + 2 * self.table.frameWidth() + 2)
+        self.table.setToolTip(
+            "Inside the FOV, pooled over the validation images, at each "
+            "model's ROC-optimal (Youden) threshold; AUC is threshold-free. "
+            "Threshold: that Youden threshold."
+        )
+        self.table.setFixedHeight(ROW_HEIGHT + 2 + ROW_HEIGHT * len(METRIC_ROWS) + 2 * self.table.frameWidth() + 2)
         v.addWidget(self.table)
         self.result_label = wrapped_label("No run yet.", selectable=True)
         v.addWidget(self.result_label)
         self.save_button = QPushButton("Save model from checkpoint")
-        self.save_button.setToolTip("After a cancel: save the weights of the last checkpoint as "
-                                    "a model (with its card and threshold).")
+        self.save_button.setToolTip(
+            "After a cancel: save the weights of the last checkpoint as a model (with its card and threshold)."
+        )
         self.save_button.setVisible(False)
         v.addWidget(self.save_button)
         lay.addWidget(box)
         lay.addStretch(1)
         # Never narrower than the body: a horizontal scroll bar (or clipped buttons) would hide
         # half of a row on a laptop screen.
-        self.scroll.setMinimumWidth(body.minimumSizeHint().width()
-                                    + scroll.verticalScrollBar().sizeHint().width())
+        self.scroll.setMinimumWidth(body.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width())
 
         for w in (self.steps_spin, self.crop_spin):
             w.valueChanged.connect(self._update_settings_summary)
@@ -381,10 +393,13 @@ class FinetuneWidget(DockWidget):
 
     def _update_settings_summary(self, *_) -> None:
         card = self.current_card() if hasattr(self, "model_picker") else None
-        parts = [card.name if card is not None else "no base model",
-                 f"{self.steps_spin.value()} steps", f"crop {self.crop_spin.value()}",
-                 f"lr {self.lr_edit.text().strip() or '?'}",
-                 self.device_combo.currentText() or "auto"]
+        parts = [
+            card.name if card is not None else "no base model",
+            f"{self.steps_spin.value()} steps",
+            f"crop {self.crop_spin.value()}",
+            f"lr {self.lr_edit.text().strip() or '?'}",
+            self.device_combo.currentText() or "auto",
+        ]
         if not self.augment_check.isChecked():
             parts.append("no augment")
         name = self.name_edit.text().strip()
@@ -392,8 +407,7 @@ class FinetuneWidget(DockWidget):
 
     def _show_results(self) -> None:
         self.results_section.set_expanded(True)
-        QTimer.singleShot(0, lambda: self.alive and self.scroll.ensureWidgetVisible(
-            self.results_section))
+        QTimer.singleShot(0, lambda: self.alive and self.scroll.ensureWidgetVisible(self.results_section))
 
     # ------------------------------------------------------------------ viewer -> lists
 
@@ -483,8 +497,7 @@ class FinetuneWidget(DockWidget):
         n_val = sum(1 for e in self._checked_entries(self.val_list))
         self.train_section.set_summary(f"{n_train} ticked")
         self.val_section.set_summary(f"{n_val} ticked")
-        for combo, layers in ((self.val_image_combo, self._image_layers()),
-                              (self.val_gt_combo, self._gt_candidates())):
+        for combo, layers in ((self.val_image_combo, self._image_layers()), (self.val_gt_combo, self._gt_candidates())):
             keep = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
@@ -517,8 +530,7 @@ class FinetuneWidget(DockWidget):
         image = image if image is not None else self.val_image_combo.currentData()
         gt = ground_truth if ground_truth is not None else self.val_gt_combo.currentData()
         if image is None or gt is None:
-            self._error("Choose an image layer and its ground-truth labels layer to add a "
-                        "validation pair.")
+            self._error("Choose an image layer and its ground-truth labels layer to add a validation pair.")
             return False
         self._manual_val.append((image, gt))
         self._checked[("val", id(image), id(gt))] = True
@@ -634,22 +646,29 @@ class FinetuneWidget(DockWidget):
         except ValueError:
             lr = float("nan")
         if not (math.isfinite(lr) and lr > 0):
-            raise InputError(f"The learning rate must be a positive number such as 1e-4, "
-                             f"not '{text}'.")
+            raise InputError(f"The learning rate must be a positive number such as 1e-4, not '{text}'.")
         name = self.name_edit.text().strip()
         if not NAME_RE.match(name):
-            raise InputError("Give the new model a name of letters, digits, '.', '_', '-' or '+' "
-                             "(no spaces or slashes).")
+            raise InputError(
+                "Give the new model a name of letters, digits, '.', '_', '-' or '+' (no spaces or slashes)."
+            )
         shipped = shipped_models_dir()
-        if any(c.name == name and Path(c.extra.get("path", "")).parent == shipped
-               for c in list_models()) or (shipped / f"{name}.safetensors").exists():
-            raise InputError(f"'{name}' is a shipped model; choose another name for the "
-                             "fine-tuned one.")
+        if (
+            any(c.name == name and Path(c.extra.get("path", "")).parent == shipped for c in list_models())
+            or (shipped / f"{name}.safetensors").exists()
+        ):
+            raise InputError(f"'{name}' is a shipped model; choose another name for the fine-tuned one.")
         steps = int(self.steps_spin.value())
-        return TrainConfig(steps=steps, crop=int(self.crop_spin.value()), lr=lr,
-                           augment=self.augment_check.isChecked(),
-                           device=self.device_combo.currentText() or "auto",
-                           checkpoint_every=CHECKPOINT_EVERY, val_every=0, name=name)
+        return TrainConfig(
+            steps=steps,
+            crop=int(self.crop_spin.value()),
+            lr=lr,
+            augment=self.augment_check.isChecked(),
+            device=self.device_combo.currentText() or "auto",
+            checkpoint_every=CHECKPOINT_EVERY,
+            val_every=0,
+            name=name,
+        )
 
     # ------------------------------------------------------------------ running
 
@@ -672,17 +691,19 @@ class FinetuneWidget(DockWidget):
         out_dir = user_models_dir()
         target = out_dir / f"{config.name}.safetensors"
         if target.exists() and not self._confirm(
-                "Replace model?", f"A model named '{config.name}' already exists in {out_dir}. "
-                "Replace it when this run finishes?", ok="Replace"):
+            "Replace model?",
+            f"A model named '{config.name}' already exists in {out_dir}. Replace it when this run finishes?",
+            ok="Replace",
+        ):
             self.status.setText("Not started: choose another name.")
             return None
         if no_fov:
-            show_info(f"No FOV mask for {', '.join(no_fov)}: the field of view will be "
-                      "estimated from the image.")
+            show_info(f"No FOV mask for {', '.join(no_fov)}: the field of view will be estimated from the image.")
         names = ", ".join(p.name for p in train[:5]) + ("…" if len(train) > 5 else "")
         description = f"{len(train)} corrected image(s) ({names})"
-        self.run_info = _Run(config=config, train_pairs=train, val_pairs=val, init=data[1],
-                             out_dir=out_dir, description=description)
+        self.run_info = _Run(
+            config=config, train_pairs=train, val_pairs=val, init=data[1], out_dir=out_dir, description=description
+        )
         self._start(config, resume=None)
         return self._worker
 
@@ -690,9 +711,18 @@ class FinetuneWidget(DockWidget):
         run = self.run_info
         self.last_error = None
         worker = self._start_worker(
-            self._job, f"fine-tuning '{config.name}'", config, run.train_pairs, run.val_pairs,
-            run.init, run.out_dir, resume, run.description,
-            returned=self._on_returned, finished=self._on_finished)
+            self._job,
+            f"fine-tuning '{config.name}'",
+            config,
+            run.train_pairs,
+            run.val_pairs,
+            run.init,
+            run.out_dir,
+            resume,
+            run.description,
+            returned=self._on_returned,
+            finished=self._on_finished,
+        )
         self._set_running(True)
         if resume is None:
             self.loss_plot.clear()
@@ -706,7 +736,8 @@ class FinetuneWidget(DockWidget):
             f"{'Saving' if resume else 'Fine-tuning'} '{config.name}' from {Path(str(run.init)).stem} on "
             f"{len(run.train_pairs)} image(s)"
             + (f", validating on {len(run.val_pairs)}" if run.val_pairs else ", no validation images")
-            + f" ({config.device})…")
+            + f" ({config.device})…"
+        )
         worker.start()
 
     def cancel(self, *_) -> None:
@@ -721,8 +752,7 @@ class FinetuneWidget(DockWidget):
         self.cancel_button.setEnabled(running)
         # While it runs the pair lists are locked: fold them so the loss plot fits the screen.
         if running and self._unfold_after_run is None:
-            self._unfold_after_run = [sec for sec in (self.train_section, self.val_section)
-                                      if sec.is_expanded()]
+            self._unfold_after_run = [sec for sec in (self.train_section, self.val_section) if sec.is_expanded()]
             for sec in self._unfold_after_run:
                 sec.set_expanded(False)
             self.run_section.set_expanded(True)
@@ -730,22 +760,42 @@ class FinetuneWidget(DockWidget):
             for sec in self._unfold_after_run:
                 sec.set_expanded(True)
             self._unfold_after_run = None
-        for w in (self.model_combo, self.refresh_button, self.steps_spin, self.crop_spin,
-                  self.lr_edit, self.augment_check, self.device_combo, self.name_edit,
-                  self.train_list, self.val_list, self.train_folder_button,
-                  self.train_folder_clear, self.val_folder_button, self.val_folder_clear,
-                  self.val_add_button, self.save_button):
+        for w in (
+            self.model_combo,
+            self.refresh_button,
+            self.steps_spin,
+            self.crop_spin,
+            self.lr_edit,
+            self.augment_check,
+            self.device_combo,
+            self.name_edit,
+            self.train_list,
+            self.val_list,
+            self.train_folder_button,
+            self.train_folder_clear,
+            self.val_folder_button,
+            self.val_folder_clear,
+            self.val_add_button,
+            self.save_button,
+        ):
             w.setEnabled(not running)
 
-    def _job(self, config, train_pairs, val_pairs, init, out_dir, resume, description,
-             should_stop) -> _Outcome:
+    def _job(self, config, train_pairs, val_pairs, init, out_dir, resume, description, should_stop) -> _Outcome:
         """Background work: train (or finish from a checkpoint).  Never raises."""
         from napari_dpn.training import train
 
         try:
-            result = train(config, train_pairs, val_pairs or None, init=init, out_dir=out_dir,
-                           resume=resume, callback=self._bridge.event.emit,
-                           should_stop=should_stop, description=description)
+            result = train(
+                config,
+                train_pairs,
+                val_pairs or None,
+                init=init,
+                out_dir=out_dir,
+                resume=resume,
+                callback=self._bridge.event.emit,
+                should_stop=should_stop,
+                description=description,
+            )
             after = result.metrics_after
             if result.cancelled and val_pairs and self.alive:
                 after = self._evaluate(result, val_pairs, config.device)
@@ -753,13 +803,11 @@ class FinetuneWidget(DockWidget):
         except DPNError as exc:
             return _Outcome(error=str(exc))
         except MemoryError:
-            return _Outcome(error=f"Out of memory on {config.device}: choose a smaller crop or "
-                                  "'cpu' as device.")
+            return _Outcome(error=f"Out of memory on {config.device}: choose a smaller crop or 'cpu' as device.")
         except Exception as exc:  # noqa: BLE001 - shown as a notification, never a traceback
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             if "out of memory" in text.lower():
-                return _Outcome(error=f"Out of memory on {config.device}: choose a smaller crop "
-                                      "or 'cpu' as device.")
+                return _Outcome(error=f"Out of memory on {config.device}: choose a smaller crop or 'cpu' as device.")
             return _Outcome(error=f"Fine-tuning failed ({type(exc).__name__}: {text}).")
 
     @staticmethod
@@ -775,8 +823,9 @@ class FinetuneWidget(DockWidget):
             card = ModelCard(name="checkpoint", architecture=ck["architecture"], input=dict(ck["input"]))
             loaded = LoadedModel(model=result.model, card=card)
             probs = [predict(loaded, p.rgb, device=device).probability for p in pairs]
-            report = metrics.evaluate(probs, [p.label for p in pairs], [p.fov for p in pairs],
-                                      names=[p.name for p in pairs])
+            report = metrics.evaluate(
+                probs, [p.label for p in pairs], [p.fov for p in pairs], names=[p.name for p in pairs]
+            )
             return training.summarise_metrics(report)
         except DPNError:
             return None
@@ -796,9 +845,11 @@ class FinetuneWidget(DockWidget):
             if self.progress.maximum() != event.total:
                 self.progress.setRange(0, event.total)
             self.progress.setValue(event.step)
-            self.progress.setFormat(f"step {event.step}/{event.total} · "
-                                    f"{event.seconds_per_step:.2f} s/step · ETA "
-                                    f"{duration(event.eta_seconds)}")
+            self.progress.setFormat(
+                f"step {event.step}/{event.total} · "
+                f"{event.seconds_per_step:.2f} s/step · ETA "
+                f"{duration(event.eta_seconds)}"
+            )
             self.loss_plot.add(event.step, event.loss, event.head_losses)
         elif isinstance(event, t.ValidationEvent):
             m = event.metrics
@@ -841,14 +892,13 @@ class FinetuneWidget(DockWidget):
         self._show_results()
         if res.cancelled:
             self.progress.setFormat(f"cancelled at step {res.steps}/{run.config.steps}")
-            text = (f"Cancelled at step {res.steps}; the checkpoint is kept: {res.checkpoint}. "
-                    "No model was saved.")
+            text = f"Cancelled at step {res.steps}; the checkpoint is kept: {res.checkpoint}. No model was saved."
             if run.after:
-                text += (f" These weights' ROC-optimal threshold on the validation images: "
-                         f"{run.after['threshold']:.3f}.")
+                text += f" These weights' ROC-optimal threshold on the validation images: {run.after['threshold']:.3f}."
             self.result_label.setText(text)
-            self.status.setText(f"Cancelled at step {res.steps}. 'Save model from checkpoint' "
-                                "keeps these weights as a model.")
+            self.status.setText(
+                f"Cancelled at step {res.steps}. 'Save model from checkpoint' keeps these weights as a model."
+            )
             self.save_button.setText(f"Save model from checkpoint (step {res.steps})")
             self.save_button.setVisible(True)
             show_info(f"Fine-tuning cancelled at step {res.steps}; checkpoint {res.checkpoint.name} kept.")
@@ -862,7 +912,8 @@ class FinetuneWidget(DockWidget):
         rule = getattr(card, "threshold_rule", "") or "ROC-optimal"
         self.result_label.setText(
             f"Recommended threshold {res.threshold:.3f} ({rule}); stored in the model card.\n"
-            f"Saved '{card.name}' to {res.model_path} — pick it in 'Segment vessels'.")
+            f"Saved '{card.name}' to {res.model_path} — pick it in 'Segment vessels'."
+        )
         self.status.setText(f"Done: '{card.name}' saved after {res.steps} steps.")
         show_info(f"Fine-tuned model '{card.name}' saved (threshold {res.threshold:.3f}).")
         self._announce_model(card.name)
@@ -904,8 +955,10 @@ class FinetuneWidget(DockWidget):
                 item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
                 self.table.setItem(r, c, item)
         if before is None and after is None:
-            self.table.setToolTip("No validation images: add an image with a ground-truth "
-                                  "labels layer, or a folder, to compare before and after.")
+            self.table.setToolTip(
+                "No validation images: add an image with a ground-truth "
+                "labels layer, or a folder, to compare before and after."
+            )
 
     def table_values(self) -> dict[str, tuple]:
         """{metric: (before, after)} as shown (floats, or None for '–'), for tests and scripts."""

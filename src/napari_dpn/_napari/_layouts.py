@@ -4,6 +4,7 @@ The file naming is ``napari_dpn.datasets``'s (one place for it); this module add
 folder reader needs: a folder is recognised at several levels, e.g. ``DRIVE``, ``DRIVE/test`` or
 ``DRIVE/test/images``, and an image whose annotation is missing still opens (without it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,15 +16,18 @@ from napari_dpn.errors import InputError
 
 @dataclass
 class DatasetFolder:
-    dataset: str          # "DRIVE", "STARE" or "CHASE_DB1"
-    root: Path            # the folder that holds the images
+    dataset: str  # "DRIVE", "STARE" or "CHASE_DB1"
+    root: Path  # the folder that holds the images
     entries: list[Sample]
 
 
 # (key, shown name, sub-folders that must be there): a DRIVE split or STARE folder is
 # recognised by its annotation folder; CHASE_DB1 (flat) by at least one annotated image.
-_LAYOUTS = (("drive", "DRIVE", ("images", "1st_manual")), ("stare", "STARE", ("images", "labels-ah")),
-            ("chase", "CHASE_DB1", ()))
+_LAYOUTS = (
+    ("drive", "DRIVE", ("images", "1st_manual")),
+    ("stare", "STARE", ("images", "labels-ah")),
+    ("chase", "CHASE_DB1", ()),
+)
 
 
 def _detect(folder: Path, key: str, name: str, needs: tuple[str, ...]) -> DatasetFolder | None:

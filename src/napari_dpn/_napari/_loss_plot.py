@@ -8,6 +8,7 @@ milliseconds, so :meth:`LossPlot.add` only stores the values and redraws at most
 Lines: the total loss (sum of the four heads, raw values faint, running mean solid) and the
 running mean of each head (aux1, aux2, aux3 and main).
 """
+
 from __future__ import annotations
 
 import time
@@ -49,8 +50,9 @@ def _theme_colours(theme_name: str | None) -> tuple[str, str, str]:
 class LossPlot(QWidget):
     """Total and per-head training loss against the step, redrawn with throttling."""
 
-    def __init__(self, parent=None, theme: str | None = None, every_steps: int = 5,
-                 min_interval: float = 0.5, window: int = 20):
+    def __init__(
+        self, parent=None, theme: str | None = None, every_steps: int = 5, min_interval: float = 0.5, window: int = 20
+    ):
         super().__init__(parent)
         self.every_steps = every_steps
         self.min_interval = min_interval
@@ -77,17 +79,22 @@ class LossPlot(QWidget):
         ax.grid(True, color=grid, linewidth=0.5)
         ax.set_xlabel("step", color=text, fontsize=8)
         ax.set_ylabel("loss", color=text, fontsize=8)
-        self._raw_line, = ax.plot([], [], color=TOTAL_COLOUR, alpha=0.25, linewidth=0.8)
-        self._total_line, = ax.plot([], [], color=TOTAL_COLOUR, linewidth=1.6, label="total")
-        self._head_lines = {h: ax.plot([], [], color=HEAD_COLOURS[h], linewidth=1.0, label=h)[0]
-                            for h in HEADS}
-        legend = ax.legend(loc="upper right", fontsize=7, ncol=5, frameon=False,
-                           handlelength=1.2, columnspacing=0.8)
+        (self._raw_line,) = ax.plot([], [], color=TOTAL_COLOUR, alpha=0.25, linewidth=0.8)
+        (self._total_line,) = ax.plot([], [], color=TOTAL_COLOUR, linewidth=1.6, label="total")
+        self._head_lines = {h: ax.plot([], [], color=HEAD_COLOURS[h], linewidth=1.0, label=h)[0] for h in HEADS}
+        legend = ax.legend(loc="upper right", fontsize=7, ncol=5, frameon=False, handlelength=1.2, columnspacing=0.8)
         for t in legend.get_texts():
             t.set_color(text)
-        self._message = ax.text(0.5, 0.5, "The loss appears here during training.",
-                                transform=ax.transAxes, ha="center", va="center",
-                                color=grid if grid != bg else text, fontsize=8)
+        self._message = ax.text(
+            0.5,
+            0.5,
+            "The loss appears here during training.",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color=grid if grid != bg else text,
+            fontsize=8,
+        )
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.addWidget(self.canvas)

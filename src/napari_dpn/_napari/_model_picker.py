@@ -5,6 +5,7 @@ fine-tuned appears in both at once), so the list, its default, Browse… and the
 here once.  Errors are not shown here: ``ModelPicker.error`` hands them to the widget, which
 shows them in its own status line.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,8 +58,9 @@ class ModelPicker(QWidget):
     changed = Signal(object)
     error = Signal(str)
 
-    def __init__(self, tooltip: str = "", refresh_tip: str = "Re-read the model list.",
-                 summary: bool = False, parent=None):
+    def __init__(
+        self, tooltip: str = "", refresh_tip: str = "Re-read the model list.", summary: bool = False, parent=None
+    ):
         super().__init__(parent)
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
@@ -90,8 +92,11 @@ class ModelPicker(QWidget):
 
         combo = self.combo
         keep = combo.currentData()
-        files = [combo.itemData(i) for i in range(combo.count())
-                 if isinstance(combo.itemData(i), tuple) and combo.itemData(i)[0] == "file"]
+        files = [
+            combo.itemData(i)
+            for i in range(combo.count())
+            if isinstance(combo.itemData(i), tuple) and combo.itemData(i)[0] == "file"
+        ]
         combo.blockSignals(True)
         combo.clear()
         try:
@@ -104,10 +109,8 @@ class ModelPicker(QWidget):
         for data in files:
             self._add_item(_file_label(data[2], data[1]), data)
         combo.addItem("Browse…", BROWSE)
-        combo.setItemData(combo.count() - 1, "Any .safetensors weights file with a model card.",
-                          Qt.ToolTipRole)
-        idx = next((i for i in range(combo.count())
-                    if keep is not None and combo.itemData(i) == keep), -1)
+        combo.setItemData(combo.count() - 1, "Any .safetensors weights file with a model card.", Qt.ToolTipRole)
+        idx = next((i for i in range(combo.count()) if keep is not None and combo.itemData(i) == keep), -1)
         combo.setCurrentIndex(idx if idx >= 0 else max(0, combo.findText(DEFAULT_MODEL)))
         combo.blockSignals(False)
         self._on_index_changed()
@@ -141,8 +144,9 @@ class ModelPicker(QWidget):
 
     def _on_index_changed(self, *_) -> None:
         if self.combo.currentData() == BROWSE:
-            path, _ = QFileDialog.getOpenFileName(self, "Choose a DPN weights file", "",
-                                                  "DPN weights (*.safetensors);;All files (*)")
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Choose a DPN weights file", "", "DPN weights (*.safetensors);;All files (*)"
+            )
             if path:
                 self.add_model_file(path)
             else:
@@ -190,7 +194,6 @@ class DeviceCombo(QComboBox):
         self.addItems(devices)
         if keep in devices:
             self.setCurrentText(keep)
-
 
 
 def _disconnect(slot) -> None:

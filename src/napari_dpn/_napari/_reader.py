@@ -13,6 +13,7 @@
   ``"<name> FOV"`` (hidden; only DRIVE and STARE ship masks).  A notification says how many
   images the folder holds and where they are.
 """
+
 from __future__ import annotations
 
 import re
@@ -142,8 +143,11 @@ def _two_valued(arr: np.ndarray) -> np.ndarray | None:
         return None
     if len(values) == 2:
         return (arr > (float(values[0]) + float(values[1])) / 2).astype(np.uint8)
-    top = 1.0 if arr.dtype == bool or (arr.dtype.kind == "f" and values[0] <= 1) else (
-        65535 if arr.dtype == np.uint16 else 255)
+    top = (
+        1.0
+        if arr.dtype == bool or (arr.dtype.kind == "f" and values[0] <= 1)
+        else (65535 if arr.dtype == np.uint16 else 255)
+    )
     return (arr > top / 2).astype(np.uint8)
 
 
@@ -158,17 +162,24 @@ def file_layer(p: Path):
         named = annotation_of(p)
         if named is not None:
             role, image, observer = named
-            meta = _roles.meta(role, image=image, path=str(p), source="file",
-                               corrected=True if role == "vessels" else None,
-                               observer=observer if observer != 1 else None)
-            kwargs = {"name": annotation_layer_name(role, image, observer), "metadata": meta,
-                      "opacity": 0.3 if role == "fov" else 0.8 if role == "vessels" else 0.5}
+            meta = _roles.meta(
+                role,
+                image=image,
+                path=str(p),
+                source="file",
+                corrected=True if role == "vessels" else None,
+                observer=observer if observer != 1 else None,
+            )
+            kwargs = {
+                "name": annotation_layer_name(role, image, observer),
+                "metadata": meta,
+                "opacity": 0.3 if role == "fov" else 0.8 if role == "vessels" else 0.5,
+            }
             if role == "fov":
                 kwargs["visible"] = False
             return labels, kwargs, "labels"
         role = "fov" if "mask" in p.stem.lower() else "mask"
-        kwargs = {"name": p.stem, "opacity": 0.5, "metadata": _roles.meta(role, path=str(p),
-                                                                          source="file")}
+        kwargs = {"name": p.stem, "opacity": 0.5, "metadata": _roles.meta(role, path=str(p), source="file")}
         return labels, kwargs, "labels"
     kwargs = {"name": p.stem, "metadata": _roles.meta("image", path=str(p))}
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -199,21 +210,47 @@ def read_folder(path, index: int = 0):
     entry = found.entries[index]
     name = entry.name
     rgb = np.asarray(read_image(entry.image_path))
-    layers = [(rgb, {"name": name, "rgb": rgb.ndim == 3 and rgb.shape[-1] in (3, 4),
-                     "metadata": _roles.meta("image", path=str(entry.image_path),
-                                             dataset=found.dataset)}, "image")]
+    layers = [
+        (
+            rgb,
+            {
+                "name": name,
+                "rgb": rgb.ndim == 3 and rgb.shape[-1] in (3, 4),
+                "metadata": _roles.meta("image", path=str(entry.image_path), dataset=found.dataset),
+            },
+            "image",
+        )
+    ]
     if entry.label_path is not None:
         gt = read_mask(entry.label_path).astype(np.uint8)
-        layers.append((gt, {"name": _roles.ground_truth_name(name), "opacity": 0.5,
-                            "metadata": _roles.meta("ground_truth", image=name,
-                                                    path=str(entry.label_path))}, "labels"))
+        layers.append(
+            (
+                gt,
+                {
+                    "name": _roles.ground_truth_name(name),
+                    "opacity": 0.5,
+                    "metadata": _roles.meta("ground_truth", image=name, path=str(entry.label_path)),
+                },
+                "labels",
+            )
+        )
     if entry.fov_path is not None:
         fov = read_mask(entry.fov_path).astype(np.uint8)
-        layers.append((fov, {"name": _roles.fov_name(name), "opacity": 0.3, "visible": False,
-                             "metadata": _roles.meta("fov", image=name, source="file",
-                                                     path=str(entry.fov_path))}, "labels"))
-    extras = [what for what, have in (("ground truth", entry.label_path),
-                                      ("FOV mask", entry.fov_path)) if have is not None]
+        layers.append(
+            (
+                fov,
+                {
+                    "name": _roles.fov_name(name),
+                    "opacity": 0.3,
+                    "visible": False,
+                    "metadata": _roles.meta("fov", image=name, source="file", path=str(entry.fov_path)),
+                },
+                "labels",
+            )
+        )
+    extras = [
+        what for what, have in (("ground truth", entry.label_path), ("FOV mask", entry.fov_path)) if have is not None
+    ]
     _notify_folder(found.dataset, name, len(found.entries), found.root, extras)
     return layers
 
@@ -221,8 +258,7 @@ def read_folder(path, index: int = 0):
 def folder_message(dataset: str, name: str, n: int, root: Path, extras: list[str]) -> str:
     with_ = f" with its {' and '.join(extras)}" if extras else ""
     if n > 1:
-        return (f"{dataset} folder: opened {name}{with_}, the first of its {n} images; "
-                f"the others are in {root}.")
+        return f"{dataset} folder: opened {name}{with_}, the first of its {n} images; the others are in {root}."
     return f"{dataset} folder: opened {name}{with_}."
 
 

@@ -10,6 +10,7 @@ Every layer napari-dpn creates carries ``metadata["napari_dpn"] = {"role": ..., 
   A ``"vessels"`` layer carries ``"corrected": True`` once the user edited it, saved it, or it was
   opened from a saved annotation file; only such layers are training pairs for "Fine-tune DPN".
 """
+
 from __future__ import annotations
 
 KEY = "napari_dpn"

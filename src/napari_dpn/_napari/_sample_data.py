@@ -1,4 +1,5 @@
 """Sample data: the CC0 fundus photograph bundled with scikit-image (``skimage.data.retina``)."""
+
 from __future__ import annotations
 
 from . import _roles

@@ -34,6 +34,7 @@ worker threads, and a new result is put into the viewer one layer per event-loop
 
 Errors never raise into napari: they are shown with ``show_error`` and in the status line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,7 @@ EDIT_CHECK_MS = 300
 # Between two steps of putting a result into the viewer: a real timer, not a zero-time one (a
 # chain of those runs back to back without letting the event loop paint or take input).
 STEP_MS = 10
-NO_IMAGE_MESSAGE = ("Open a fundus photograph first (File > Open, or File > Open Sample > "
-                    "DPN retinal vessels).")
+NO_IMAGE_MESSAGE = "Open a fundus photograph first (File > Open, or File > Open Sample > DPN retinal vessels)."
 
 
 # --------------------------------------------------------------------------- state
@@ -98,11 +98,11 @@ class _Outcome:
     prediction: object = None
     prob: np.ndarray | None = None
     fov: np.ndarray | None = None
-    mask: np.ndarray | None = None       # bool: prob >= threshold inside the FOV
+    mask: np.ndarray | None = None  # bool: prob >= threshold inside the FOV
     threshold: float = 0.5
     card: object = None
     model_label: str = ""
-    scale: object = None                 # scale.Scale: what the photograph was resampled by, and why
+    scale: object = None  # scale.Scale: what the photograph was resampled by, and why
     error: str | None = None
     cancelled: bool = False
 
@@ -113,7 +113,7 @@ class _Result:
 
     image: Image
     name: str
-    prob: np.ndarray | None           # None: a resumed annotation not segmented yet
+    prob: np.ndarray | None  # None: a resumed annotation not segmented yet
     fov: np.ndarray | None
     threshold: float
     card: object = None
@@ -121,14 +121,14 @@ class _Result:
     device: str = ""
     seconds: float = 0.0
     note: str | None = None
-    scale: str = ""                   # the scale the network saw, in words (scale.Scale.describe)
+    scale: str = ""  # the scale the network saw, in words (scale.Scale.describe)
     layers: dict = field(default_factory=dict)  # "probability", "vessels", "fov", "errors"
     edited: bool = False
-    edits: int = 0                    # paint events on the vessels layer, ever
-    resumed: str | None = None        # the annotation file it was resumed from
+    edits: int = 0  # paint events on the vessels layer, ever
+    resumed: str | None = None  # the annotation file it was resumed from
     roc_cache: dict = field(default_factory=dict)  # id(gt layer) -> (auc, youden)
     metrics: dict | None = None
-    _mask: tuple | None = None        # (prob, threshold, mask) of the last vessel_mask()
+    _mask: tuple | None = None  # (prob, threshold, mask) of the last vessel_mask()
 
     def vessel_mask(self) -> np.ndarray | None:
         """What the threshold gives: probability >= threshold inside the FOV (cached).
@@ -191,8 +191,7 @@ def looks_like_annotation(layer) -> bool:
     if _roles.role_of(layer) in ("ground_truth", "fov", "mask", "vessels", "errors"):
         return True
     source = getattr(getattr(layer, "source", None), "path", None)
-    return annotation_of(layer.name) is not None or (
-        source is not None and annotation_of(Path(source)) is not None)
+    return annotation_of(layer.name) is not None or (source is not None and annotation_of(Path(source)) is not None)
 
 
 # --------------------------------------------------------------------------- widget
@@ -207,16 +206,16 @@ class SegmentWidget(DockWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self._results: dict[int, _Result] = {}
-        self._models: dict[tuple, object] = {}    # (path, mtime) -> LoadedModel, worker-side
+        self._models: dict[tuple, object] = {}  # (path, mtime) -> LoadedModel, worker-side
         self._bridge = _Bridge()
         self._bridge.progress.connect(self._on_progress)
         self._save_folder: Path | None = None
         self._syncing = False
         self._putting = False
-        self._gt_choice: dict[int, object] = {}   # id(image) -> ground truth chosen for it (or None)
+        self._gt_choice: dict[int, object] = {}  # id(image) -> ground truth chosen for it (or None)
         self._run_serial = 0
         self._run_started = 0.0
-        self._arrival: deque | None = None         # steps still to put a new result in the viewer
+        self._arrival: deque | None = None  # steps still to put a new result in the viewer
         self._cmp_serial = 0
         self._cmp_worker = None
         self._cmp_pending: _Request | None = None
@@ -246,7 +245,8 @@ class SegmentWidget(DockWidget):
         form.addRow("Image", self.image_combo)
 
         self.model_picker = ModelPicker(
-            refresh_tip="Re-read the model list (picks up newly fine-tuned models).", summary=True)
+            refresh_tip="Re-read the model list (picks up newly fine-tuned models).", summary=True
+        )
         self.model_info = self.model_picker.summary
         form.addRow("Model", self.model_picker)
         form.addRow("", self.model_info)
@@ -254,9 +254,11 @@ class SegmentWidget(DockWidget):
         row = QHBoxLayout()
         self.device_combo = DeviceCombo("Where the network runs; 'auto' picks a GPU when present.")
         self.clahe_check = QCheckBox("CLAHE")
-        self.clahe_check.setToolTip("Contrast equalisation of the green channel before the "
-                                    "network; preset from the model card (the model was trained "
-                                    "with it or without it).")
+        self.clahe_check.setToolTip(
+            "Contrast equalisation of the green channel before the "
+            "network; preset from the model card (the model was trained "
+            "with it or without it)."
+        )
         row.addWidget(self.device_combo, 1)
         row.addWidget(self.clahe_check)
         form.addRow("Device", row)
@@ -270,7 +272,8 @@ class SegmentWidget(DockWidget):
             "The camera's field of view. The photograph is resampled to the scale the model was "
             "trained at (pixels per degree of retina = FOV diameter / this angle) and the map back "
             "to its own pixels. Unknown: 45° is assumed for a round field of view; without one "
-            "(ultra-widefield) the scale comes from the width of the main vessels.")
+            "(ultra-widefield) the scale comes from the width of the main vessels."
+        )
         form.addRow("Field of view", self.field_combo)
 
         row = QHBoxLayout()
@@ -298,12 +301,12 @@ class SegmentWidget(DockWidget):
         self.slider.setDecimals(3)
         self.slider.setSingleStep(0.01)
         self.slider.setValue(0.5)
-        self.slider.setToolTip("Vessel = probability >= threshold, inside the FOV. Starts at the "
-                               "model card's recommended value.")
+        self.slider.setToolTip(
+            "Vessel = probability >= threshold, inside the FOV. Starts at the model card's recommended value."
+        )
         row.addWidget(self.slider, 1)
         self.youden_button = QPushButton("ROC-optimal")
-        self.youden_button.setToolTip("Set the threshold that maximises Se + Sp - 1 (Youden) "
-                                      "against the ground truth.")
+        self.youden_button.setToolTip("Set the threshold that maximises Se + Sp - 1 (Youden) against the ground truth.")
         row.addWidget(self.youden_button)
         lay.addLayout(row)
         row = QHBoxLayout()
@@ -312,20 +315,22 @@ class SegmentWidget(DockWidget):
         self.speck_spin.setValue(SPECK_PIXELS)
         self.speck_spin.setPrefix("< ")
         self.speck_spin.setSuffix(" px")
-        self.speck_spin.setToolTip("Vessel pieces smaller than this many pixels (8-connected) "
-                                   "count as specks.")
+        self.speck_spin.setToolTip("Vessel pieces smaller than this many pixels (8-connected) count as specks.")
         self.speck_button = QPushButton("Remove specks")
-        self.speck_button.setToolTip("Erase every isolated vessel piece smaller than the size on "
-                                     "the left, in one undoable step (Ctrl+Z). Unlike the fill "
-                                     "tool, it never touches a connected vessel tree.")
+        self.speck_button.setToolTip(
+            "Erase every isolated vessel piece smaller than the size on "
+            "the left, in one undoable step (Ctrl+Z). Unlike the fill "
+            "tool, it never touches a connected vessel tree."
+        )
         row.addWidget(self.speck_button, 1)
         row.addWidget(self.speck_spin)
         lay.addLayout(row)
         self.edit_status = wrapped_label()
         lay.addWidget(self.edit_status)
         self.reapply_button = QPushButton("Re-apply threshold…")
-        self.reapply_button.setToolTip("Replace the corrected vessels by probability >= threshold "
-                                       "(discards your corrections after asking).")
+        self.reapply_button.setToolTip(
+            "Replace the corrected vessels by probability >= threshold (discards your corrections after asking)."
+        )
         lay.addWidget(self.reapply_button)
         outer.addWidget(box)
 
@@ -333,8 +338,9 @@ class SegmentWidget(DockWidget):
         form = QFormLayout(box.body)
         form.setContentsMargins(4, 2, 0, 2)
         self.gt_combo = QComboBox()
-        self.gt_combo.setToolTip("A manual annotation (labels layer) of the same image. It "
-                                 "follows the image: each image keeps its own.")
+        self.gt_combo.setToolTip(
+            "A manual annotation (labels layer) of the same image. It follows the image: each image keeps its own."
+        )
         self.gt_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.gt_combo.setMinimumContentsLength(8)
         form.addRow("Ground truth", self.gt_combo)
@@ -427,8 +433,11 @@ class SegmentWidget(DockWidget):
         elif any(id(lyr) not in old_candidates for lyr in candidates):
             self._autoselect_gt()  # a new annotation layer appeared (e.g. a dataset folder)
         if any(id(img) not in self._adopt_seen for img in images) or any(
-                _roles.role_of(lyr) == "vessels" and _roles.info_of(lyr).get("source") == "file"
-                and id(lyr) not in self._adopt_seen for lyr in self.viewer.layers):
+            _roles.role_of(lyr) == "vessels"
+            and _roles.info_of(lyr).get("source") == "file"
+            and id(lyr) not in self._adopt_seen
+            for lyr in self.viewer.layers
+        ):
             self._schedule_adoption()
 
     def current_image(self):
@@ -444,8 +453,7 @@ class SegmentWidget(DockWidget):
         return lyr if lyr is not None and lyr in self.viewer.layers else None
 
     def set_image(self, layer) -> None:
-        idx = next(i for i in range(self.image_combo.count())
-                   if self.image_combo.itemData(i) is layer)
+        idx = next(i for i in range(self.image_combo.count()) if self.image_combo.itemData(i) is layer)
         self.image_combo.setCurrentIndex(idx)
 
     def set_ground_truth(self, layer) -> None:
@@ -465,8 +473,7 @@ class SegmentWidget(DockWidget):
                 return chosen
         for lyr in candidates:
             info = _roles.info_of(lyr)
-            if info.get("role") == "ground_truth" and info.get("image") == image.name \
-                    and not info.get("observer"):
+            if info.get("role") == "ground_truth" and info.get("image") == image.name and not info.get("observer"):
                 return lyr
         for lyr in candidates:
             if lyr.name == _roles.ground_truth_name(image.name):
@@ -474,8 +481,7 @@ class SegmentWidget(DockWidget):
         return None
 
     def _select_gt(self, layer) -> None:
-        idx = next((i for i in range(self.gt_combo.count())
-                    if self.gt_combo.itemData(i) is layer), 0)
+        idx = next((i for i in range(self.gt_combo.count()) if self.gt_combo.itemData(i) is layer), 0)
         self.gt_combo.blockSignals(True)
         self.gt_combo.setCurrentIndex(idx)
         self.gt_combo.blockSignals(False)
@@ -532,20 +538,26 @@ class SegmentWidget(DockWidget):
         if layer is None:
             raise InputError(NO_IMAGE_MESSAGE)
         if isinstance(layer, Labels):
-            raise InputError(f"'{layer.name}' is a labels layer (a mask); choose the fundus "
-                             "photograph, an image layer, to segment.")
+            raise InputError(
+                f"'{layer.name}' is a labels layer (a mask); choose the fundus photograph, an image layer, to segment."
+            )
         if not isinstance(layer, Image):
-            raise InputError(f"'{layer.name}' is a {type(layer).__name__.lower()} layer; "
-                             "choose an image layer to segment.")
+            raise InputError(
+                f"'{layer.name}' is a {type(layer).__name__.lower()} layer; choose an image layer to segment."
+            )
         data = layer.data[0] if layer.multiscale else layer.data
         data = np.asarray(data)
         if data.ndim - (1 if layer.rgb else 0) != 2:
-            raise InputError(f"'{layer.name}' is a {data.ndim}-D stack {tuple(data.shape)}; "
-                             "DPN segments one 2-D photograph at a time.")
+            raise InputError(
+                f"'{layer.name}' is a {data.ndim}-D stack {tuple(data.shape)}; "
+                "DPN segments one 2-D photograph at a time."
+            )
         if looks_like_annotation(layer):
-            raise InputError(f"'{layer.name}' is an annotation (a mask), not a photograph; open "
-                             "it with the 'DPN retinal vessels' reader to get a labels layer, "
-                             "and choose the photograph to segment.")
+            raise InputError(
+                f"'{layer.name}' is an annotation (a mask), not a photograph; open "
+                "it with the 'DPN retinal vessels' reader to get a labels layer, "
+                "and choose the photograph to segment."
+            )
         return data
 
     @classmethod
@@ -579,17 +591,27 @@ class SegmentWidget(DockWidget):
         card = self.current_card()
         model = self.model_combo.currentData()
         if card is None or not isinstance(model, tuple):
-            self._error("No model chosen: install the shipped weights or use Browse… to pick "
-                        "a weights file.")
+            self._error("No model chosen: install the shipped weights or use Browse… to pick a weights file.")
             return None
         fov_layer = self._loaded_fov_layer(layer)
         fov = np.asarray(fov_layer.data) > 0 if fov_layer is not None else None
         device = self.device_combo.currentText() or "auto"
         self._run_serial += 1
         worker = self._start_worker(
-            self._job, f"segmenting '{layer.name}' with {card.name}",
-            self._run_serial, layer, fov_layer, model[1], device, self.clahe_check.isChecked(),
-            self.field_combo.currentData(), data, fov, returned=self._on_returned, finished=self._on_finished)
+            self._job,
+            f"segmenting '{layer.name}' with {card.name}",
+            self._run_serial,
+            layer,
+            fov_layer,
+            model[1],
+            device,
+            self.clahe_check.isChecked(),
+            self.field_combo.currentData(),
+            data,
+            fov,
+            returned=self._on_returned,
+            finished=self._on_finished,
+        )
         self._run_started = time.monotonic()
         self._set_running(True)
         self.status.setText(f"Segmenting '{layer.name}' with {card.name} on {device}…")
@@ -609,8 +631,14 @@ class SegmentWidget(DockWidget):
         self.progress.setRange(0, 0)
         self.progress.setValue(0)
         self.progress.setFormat("%p%")
-        for w in (self.model_combo, self.device_combo, self.clahe_check, self.field_combo, self.image_combo,
-                  self.refresh_button):
+        for w in (
+            self.model_combo,
+            self.device_combo,
+            self.clahe_check,
+            self.field_combo,
+            self.image_combo,
+            self.refresh_button,
+        ):
             w.setEnabled(not running)
 
     def _on_progress(self, fraction: float) -> None:
@@ -653,30 +681,44 @@ class SegmentWidget(DockWidget):
                 loaded = dataclasses.replace(loaded, card=card)
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
-            seg = segment(loaded, rgb, fov=fov, scale="native" if field == "native" else "auto",
-                          field_angle=field if isinstance(field, float) else None, device=device,
-                          progress=self._bridge.progress.emit, should_stop=should_stop)
+            seg = segment(
+                loaded,
+                rgb,
+                fov=fov,
+                scale="native" if field == "native" else "auto",
+                field_angle=field if isinstance(field, float) else None,
+                device=device,
+                progress=self._bridge.progress.emit,
+                should_stop=should_stop,
+            )
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
-            return dataclasses.replace(out, prediction=seg.prediction, prob=seg.probability, fov=seg.fov,
-                                       mask=seg.mask(), threshold=seg.threshold, card=card,
-                                       model_label=card.name, scale=seg.scale)
+            return dataclasses.replace(
+                out,
+                prediction=seg.prediction,
+                prob=seg.probability,
+                fov=seg.fov,
+                mask=seg.mask(),
+                threshold=seg.threshold,
+                card=card,
+                model_label=card.name,
+                scale=seg.scale,
+            )
         except DPNError as exc:
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
             return dataclasses.replace(out, error=str(exc))
         except MemoryError:
-            return dataclasses.replace(out, error=f"Out of memory on {device}: choose 'cpu' as "
-                                                  "device or a smaller image.")
+            return dataclasses.replace(
+                out, error=f"Out of memory on {device}: choose 'cpu' as device or a smaller image."
+            )
         except Exception as exc:  # noqa: BLE001 - shown as a notification, never a traceback
             if should_stop():
                 return dataclasses.replace(out, cancelled=True)
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             if "out of memory" in text.lower():
-                return dataclasses.replace(out, error=f"Out of memory on {device}: choose 'cpu' "
-                                                      "as device.")
-            return dataclasses.replace(out, error=f"Segmentation failed ({type(exc).__name__}: "
-                                                  f"{text}).")
+                return dataclasses.replace(out, error=f"Out of memory on {device}: choose 'cpu' as device.")
+            return dataclasses.replace(out, error=f"Segmentation failed ({type(exc).__name__}: {text}).")
 
     def _on_finished(self) -> None:
         if not self.alive:
@@ -710,16 +752,21 @@ class SegmentWidget(DockWidget):
             if res.fov is None or res.layer(self.viewer, "fov") is None:
                 res.fov = out.fov
         else:
-            res = _Result(image=layer, name=layer.name, prob=out.prob, fov=out.fov,
-                          threshold=out.threshold, layers=dict(old.layers) if old else {})
+            res = _Result(
+                image=layer,
+                name=layer.name,
+                prob=out.prob,
+                fov=out.fov,
+                threshold=out.threshold,
+                layers=dict(old.layers) if old else {},
+            )
             self._results[id(layer)] = res
         res.model_label, res.device = out.model_label, str(pred.device)
         res.seconds, res.note = float(pred.seconds), getattr(pred, "note", None) or getattr(out.scale, "note", None)
         res.scale = out.scale.describe() if out.scale is not None else ""
         res.roc_cache = {}
         res._mask = (res.prob, res.threshold, out.mask) if res.fov is out.fov else None
-        steps = [lambda: self._put_probability(res),
-                 lambda: self._put_fov(res, fov_layer)]
+        steps = [lambda: self._put_probability(res), lambda: self._put_fov(res, fov_layer)]
         if not keep:
             steps.append(lambda: self._put_vessels(res, res.vessel_mask().astype(np.uint8)))
         steps.append(lambda: self._arrived(res, keep))
@@ -755,9 +802,11 @@ class SegmentWidget(DockWidget):
             self._syncing = False
         self._show_run_info(res)
         if kept:
-            message = (f"Your corrections in '{_roles.vessels_name(res.name)}' were kept; the new "
-                       f"result is in '{_roles.probability_name(res.name)}'. 'Re-apply "
-                       "threshold…' replaces the corrections by it.")
+            message = (
+                f"Your corrections in '{_roles.vessels_name(res.name)}' were kept; the new "
+                f"result is in '{_roles.probability_name(res.name)}'. 'Re-apply "
+                "threshold…' replaces the corrections by it."
+            )
             self.status.setText(self.status.text() + " " + message)
             show_info(message)
         if res.note:
@@ -767,9 +816,12 @@ class SegmentWidget(DockWidget):
 
     def _show_run_info(self, res: _Result) -> None:
         if res.prob is None:
-            self.status.setText(f"'{res.name}': resumed from {Path(res.resumed).name}; "
-                                "'Segment vessels' adds a probability map without touching it."
-                                if res.resumed else f"'{res.name}': not segmented yet.")
+            self.status.setText(
+                f"'{res.name}': resumed from {Path(res.resumed).name}; "
+                "'Segment vessels' adds a probability map without touching it."
+                if res.resumed
+                else f"'{res.name}': not segmented yet."
+            )
             return
         text = f"'{res.name}': {res.model_label}, {res.seconds:.2f} s on {res.device}."
         if res.scale:
@@ -784,10 +836,13 @@ class SegmentWidget(DockWidget):
         """A FOV mask opened from a file for this image (dataset folder), if any."""
         for lyr in self.viewer.layers:
             info = _roles.info_of(lyr)
-            if (isinstance(lyr, Labels) and info.get("role") == "fov"
-                    and info.get("source") == "file"
-                    and (info.get("image") == image.name or lyr.name == _roles.fov_name(image.name))
-                    and tuple(lyr.data.shape) == tuple(self._image_shape(image))):
+            if (
+                isinstance(lyr, Labels)
+                and info.get("role") == "fov"
+                and info.get("source") == "file"
+                and (info.get("image") == image.name or lyr.name == _roles.fov_name(image.name))
+                and tuple(lyr.data.shape) == tuple(self._image_shape(image))
+            ):
                 return lyr
         return None
 
@@ -811,31 +866,59 @@ class SegmentWidget(DockWidget):
             add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
             self._putting = True  # our own output: nothing to re-list
             try:
-                lyr = add(data, name=name, translate=tuple(res.image.translate[-2:]),
-                          scale=tuple(res.image.scale[-2:]), **kwargs)
+                lyr = add(
+                    data,
+                    name=name,
+                    translate=tuple(res.image.translate[-2:]),
+                    scale=tuple(res.image.scale[-2:]),
+                    **kwargs,
+                )
             finally:
                 self._putting = False
         res.layers[kind] = lyr
         return lyr
 
     def _put_probability(self, res: _Result) -> None:
-        self._put(res, "probability", _roles.probability_name(res.name), res.prob, "image",
-                  colormap="magma", contrast_limits=(0.0, 1.0), opacity=0.7, blending="additive")
+        self._put(
+            res,
+            "probability",
+            _roles.probability_name(res.name),
+            res.prob,
+            "image",
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            opacity=0.7,
+            blending="additive",
+        )
 
     def _put_fov(self, res: _Result, fov_layer) -> None:
         if fov_layer is not None:
             res.layers["fov"] = fov_layer
         elif res.fov is not None and not (res.edited and res.layer(self.viewer, "fov") is not None):
-            self._put(res, "fov", _roles.fov_name(res.name), res.fov.astype(np.uint8), "labels",
-                      visible=False, opacity=0.3,
-                      metadata=_roles.meta("fov", image=res.name, source="estimated"))
+            self._put(
+                res,
+                "fov",
+                _roles.fov_name(res.name),
+                res.fov.astype(np.uint8),
+                "labels",
+                visible=False,
+                opacity=0.3,
+                metadata=_roles.meta("fov", image=res.name, source="estimated"),
+            )
 
     def _put_vessels(self, res: _Result, mask: np.ndarray) -> None:
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None:
             self._unwatch_vessels(vessels)
-        vessels = self._put(res, "vessels", _roles.vessels_name(res.name), mask, "labels",
-                            opacity=0.8, colormap=_label_colormap({1: VESSEL_COLOUR}))
+        vessels = self._put(
+            res,
+            "vessels",
+            _roles.vessels_name(res.name),
+            mask,
+            "labels",
+            opacity=0.8,
+            colormap=_label_colormap({1: VESSEL_COLOUR}),
+        )
         _roles.set_info(vessels, corrected=None, saved=None)
         res.edited = False
         self._watch_vessels(vessels)
@@ -856,8 +939,7 @@ class SegmentWidget(DockWidget):
         layer.events.set_data.connect(self._on_vessels_data)
 
     def _unwatch_vessels(self, layer) -> None:
-        for emitter, slot in ((layer.events.paint, self._on_paint),
-                              (layer.events.set_data, self._on_vessels_data)):
+        for emitter, slot in ((layer.events.paint, self._on_paint), (layer.events.set_data, self._on_vessels_data)):
             try:
                 emitter.disconnect(slot)
             except (TypeError, ValueError, RuntimeError):
@@ -910,8 +992,9 @@ class SegmentWidget(DockWidget):
             res.edited = not same
             if same:
                 res.resumed = None
-            _roles.set_info(vessels, corrected=None if same else True,
-                            saved=None if same else _roles.info_of(vessels).get("saved"))
+            _roles.set_info(
+                vessels, corrected=None if same else True, saved=None if same else _roles.info_of(vessels).get("saved")
+            )
             if res is self.current_result():
                 self._sync_controls()
                 self._update_comparison()
@@ -962,11 +1045,12 @@ class SegmentWidget(DockWidget):
         if res.edited:
             changed = self._edited_pixels(res)
             if not self._confirm(
-                    "Discard corrections?",
-                    f"Re-applying the threshold {self.threshold:.3f} replaces "
-                    f"'{_roles.vessels_name(res.name)}' and discards your corrections "
-                    f"({changed:,} pixels differ from the thresholded result).",
-                    ok="Discard corrections"):
+                "Discard corrections?",
+                f"Re-applying the threshold {self.threshold:.3f} replaces "
+                f"'{_roles.vessels_name(res.name)}' and discards your corrections "
+                f"({changed:,} pixels differ from the thresholded result).",
+                ok="Discard corrections",
+            ):
                 return False
         res.edited = False
         res.resumed = None
@@ -1015,8 +1099,7 @@ class SegmentWidget(DockWidget):
             self._apply_specks(res, vessels, edits, size, _analysis.speck_pixels(mask, size))
             return True
         worker = _light_worker(_analysis.speck_pixels, mask, size)
-        worker.returned.connect(lambda out, r=res, v=vessels, e=edits, s=size:
-                                self._apply_specks(r, v, e, s, out))
+        worker.returned.connect(lambda out, r=res, v=vessels, e=edits, s=size: self._apply_specks(r, v, e, s, out))
         worker.finished.connect(self._on_speck_finished)
         self._speck_worker = worker
         self.speck_button.setEnabled(False)
@@ -1042,8 +1125,9 @@ class SegmentWidget(DockWidget):
             return
         with vessels.block_history():  # one Ctrl+Z undoes it all; emits one paint event
             vessels.data_setitem(indices, 0)
-        self.edit_status.setText(f"Removed {n} speck(s) ({indices[0].size:,} px) smaller than "
-                                 f"{size} px. Ctrl+Z undoes it.")
+        self.edit_status.setText(
+            f"Removed {n} speck(s) ({indices[0].size:,} px) smaller than {size} px. Ctrl+Z undoes it."
+        )
 
     def _sync_controls(self) -> None:
         res = self.current_result()
@@ -1051,26 +1135,24 @@ class SegmentWidget(DockWidget):
         has_prob = has and res.prob is not None
         edited = has and res.edited
         self.slider.setEnabled(has_prob and not edited)
-        self.youden_button.setEnabled(has_prob and not edited
-                                      and self.current_ground_truth() is not None)
+        self.youden_button.setEnabled(has_prob and not edited and self.current_ground_truth() is not None)
         self.reapply_button.setVisible(edited and has_prob)
         self.speck_button.setEnabled(has and self._speck_worker is None)
         self.save_button.setEnabled(has)
-        self.edit_status.setStyleSheet("color: #f0a000; font-weight: bold;" if edited
-                                       else "color: gray;")
+        self.edit_status.setStyleSheet("color: #f0a000; font-weight: bold;" if edited else "color: gray;")
         if edited and not has_prob:
-            self.edit_status.setText("Your saved annotation — 'Segment vessels' adds a "
-                                     "probability map without changing it.")
-        elif edited:
             self.edit_status.setText(
-                "Edited — threshold locked; 'Re-apply threshold' discards edits.")
+                "Your saved annotation — 'Segment vessels' adds a probability map without changing it."
+            )
+        elif edited:
+            self.edit_status.setText("Edited — threshold locked; 'Re-apply threshold' discards edits.")
         elif has:
             self.edit_status.setText("Paint or erase on the vessels layer to correct it.")
         else:
             self.edit_status.setText("")
         self.threshold_section.set_summary(
-            "" if not has_prob else f"{res.threshold:.3f}, edited" if edited
-            else f"{res.threshold:.3f}")
+            "" if not has_prob else f"{res.threshold:.3f}, edited" if edited else f"{res.threshold:.3f}"
+        )
 
     # ------------------------------------------------------------------ ground truth
 
@@ -1108,8 +1190,11 @@ class SegmentWidget(DockWidget):
         gt_layer = self.current_ground_truth()
         self.compare_section.set_summary(gt_layer.name if gt_layer is not None else NO_GT)
         if res is None:
-            self.metrics_label.setText("Segment the image to compare it with a ground truth."
-                                       if gt_layer is not None else "No ground truth chosen.")
+            self.metrics_label.setText(
+                "Segment the image to compare it with a ground truth."
+                if gt_layer is not None
+                else "No ground truth chosen."
+            )
             return
         if gt_layer is None:
             self.metrics_label.setText("No ground truth chosen.")
@@ -1119,15 +1204,17 @@ class SegmentWidget(DockWidget):
         if gt is None:
             self.metrics_label.setText(
                 f"'{gt_layer.name}' has shape {tuple(np.shape(gt_layer.data))}, the image "
-                f"{tuple(self._image_shape(res.image))}: choose the annotation of this image.")
+                f"{tuple(self._image_shape(res.image))}: choose the annotation of this image."
+            )
             self._remove_errors(res)
             return
         vessels = res.layer(self.viewer, "vessels")
         pred = np.asarray(vessels.data) > 0 if vessels is not None else res.vessel_mask()
         if pred is None:
             return
-        req = _Request(self._cmp_serial, res, gt_layer, pred, gt,
-                       roc=res.prob is not None and id(gt_layer) not in res.roc_cache)
+        req = _Request(
+            self._cmp_serial, res, gt_layer, pred, gt, roc=res.prob is not None and id(gt_layer) not in res.roc_cache
+        )
         if pred.size <= INLINE_PIXELS:
             self._apply_comparison(req, self._compare(req))
             return
@@ -1172,23 +1259,39 @@ class SegmentWidget(DockWidget):
         res = req.res
         if "auc" in out:
             res.roc_cache[id(req.gt_layer)] = (out["auc"], out.get("youden"))
-        if req.serial != self._cmp_serial or res is not self.current_result() \
-                or req.gt_layer is not self.current_ground_truth():
+        if (
+            req.serial != self._cmp_serial
+            or res is not self.current_result()
+            or req.gt_layer is not self.current_ground_truth()
+        ):
             return  # a newer request is on its way
         m = dict(out["metrics"])
         auc, _ = res.roc_cache.get(id(req.gt_layer), (math.nan, None))
         m["auc"] = auc
         res.metrics = m
         auc_text = f"{auc:.4f}" if math.isfinite(auc) else "–"
-        what = ("your annotation" if res.prob is None else "corrected mask" if res.edited
-                else f"threshold {res.threshold:.3f}")
+        what = (
+            "your annotation"
+            if res.prob is None
+            else "corrected mask"
+            if res.edited
+            else f"threshold {res.threshold:.3f}"
+        )
         self.metrics_label.setText(
             f"'{res.name}' vs '{req.gt_layer.name}', inside the FOV ({what}):\n"
             f"Se {m['se']:.4f}   Sp {m['sp']:.4f}   Acc {m['acc']:.4f}\n"
             f"AUC {auc_text}   F1 {m['f1']:.4f}\n"
-            "errors layer: magenta = false positive, green = false negative")
-        self._put(res, "errors", _roles.errors_name(res.name), out["errors"], "labels",
-                  opacity=0.9, colormap=_label_colormap({1: FP_COLOUR, 2: FN_COLOUR}))
+            "errors layer: magenta = false positive, green = false negative"
+        )
+        self._put(
+            res,
+            "errors",
+            _roles.errors_name(res.name),
+            out["errors"],
+            "labels",
+            opacity=0.9,
+            colormap=_label_colormap({1: FP_COLOUR, 2: FN_COLOUR}),
+        )
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None and self.viewer.layers.selection.active is not vessels:
             self.viewer.layers.selection.active = vessels
@@ -1230,9 +1333,14 @@ class SegmentWidget(DockWidget):
         shape = tuple(self._image_shape(image))
         for lyr in self.viewer.layers:
             info = _roles.info_of(lyr)
-            if (isinstance(lyr, Labels) and tuple(np.shape(lyr.data)) == shape
-                    and ((info.get("role") == role and info.get("image") == image.name)
-                         or (lyr.name == name and info.get("role") in (role, None)))):
+            if (
+                isinstance(lyr, Labels)
+                and tuple(np.shape(lyr.data)) == shape
+                and (
+                    (info.get("role") == role and info.get("image") == image.name)
+                    or (lyr.name == name and info.get("role") in (role, None))
+                )
+            ):
                 return lyr
         return None
 
@@ -1266,37 +1374,49 @@ class SegmentWidget(DockWidget):
                 return False
             mask = read_mask(found[0])
             if mask.shape != shape:
-                raise InputError(f"{found[0].name} is {mask.shape[1]}x{mask.shape[0]}, the image "
-                                 f"{shape[1]}x{shape[0]}")
+                raise InputError(f"{found[0].name} is {mask.shape[1]}x{mask.shape[0]}, the image {shape[1]}x{shape[0]}")
             source = str(found[0])
             vessels = self.viewer.add_labels(
-                mask.astype(np.uint8), name=_roles.vessels_name(image.name), opacity=0.8,
+                mask.astype(np.uint8),
+                name=_roles.vessels_name(image.name),
+                opacity=0.8,
                 colormap=_label_colormap({1: VESSEL_COLOUR}),
-                metadata=_roles.meta("vessels", image=image.name, path=source, source="file",
-                                     corrected=True))
+                metadata=_roles.meta("vessels", image=image.name, path=source, source="file", corrected=True),
+            )
             vessels.translate = image.translate[-2:]
             vessels.scale = image.scale[-2:]
             if fov_layer is None and found[1].is_file():
                 fov = read_mask(found[1])
                 if fov.shape == shape:
                     fov_layer = self.viewer.add_labels(
-                        fov.astype(np.uint8), name=_roles.fov_name(image.name), opacity=0.3,
-                        visible=False, metadata=_roles.meta("fov", image=image.name,
-                                                            path=str(found[1]), source="file"))
+                        fov.astype(np.uint8),
+                        name=_roles.fov_name(image.name),
+                        opacity=0.3,
+                        visible=False,
+                        metadata=_roles.meta("fov", image=image.name, path=str(found[1]), source="file"),
+                    )
                     fov_layer.translate = image.translate[-2:]
                     fov_layer.scale = image.scale[-2:]
         _roles.set_info(vessels, role="vessels", image=image.name, corrected=True)
         fov = np.asarray(fov_layer.data) > 0 if fov_layer is not None else None
-        res = _Result(image=image, name=image.name, prob=None, fov=fov, threshold=self.threshold,
-                      layers={"vessels": vessels, **({"fov": fov_layer} if fov_layer else {})},
-                      edited=True, resumed=source or vessels.name)
+        res = _Result(
+            image=image,
+            name=image.name,
+            prob=None,
+            fov=fov,
+            threshold=self.threshold,
+            layers={"vessels": vessels, **({"fov": fov_layer} if fov_layer else {})},
+            edited=True,
+            resumed=source or vessels.name,
+        )
         self._results[id(image)] = res
         self._watch_vessels(vessels)
         vessels.selected_label = 1
         vessels.brush_size = BRUSH_SIZE
         where = f" from {Path(source).name}" if source else ""
-        show_info(f"Resumed your annotation of '{image.name}'{where}: '{vessels.name}' holds it, "
-                  "ready to correct and save.")
+        show_info(
+            f"Resumed your annotation of '{image.name}'{where}: '{vessels.name}' holds it, ready to correct and save."
+        )
         if image is self.current_image():
             self._show_run_info(res)
         return True
@@ -1310,8 +1430,7 @@ class SegmentWidget(DockWidget):
 
     def set_save_folder(self, folder) -> None:
         self._save_folder = Path(folder) if folder else None
-        self.folder_label.setText(f"Folder: {self._save_folder}" if self._save_folder
-                                  else "Folder: next to the image")
+        self.folder_label.setText(f"Folder: {self._save_folder}" if self._save_folder else "Folder: next to the image")
 
     @staticmethod
     def image_path(layer) -> Path | None:
@@ -1354,9 +1473,11 @@ class SegmentWidget(DockWidget):
         if existing:
             protected = self._ground_truth_paths() & {p.resolve() for p in existing}
             warn = " One of them is a ground-truth annotation." if protected else ""
-            if not self._confirm("Overwrite?",
-                                 f"{', '.join(p.name for p in existing)} already exist in "
-                                 f"{existing[0].parent}.{warn} Overwrite?", ok="Overwrite"):
+            if not self._confirm(
+                "Overwrite?",
+                f"{', '.join(p.name for p in existing)} already exist in {existing[0].parent}.{warn} Overwrite?",
+                ok="Overwrite",
+            ):
                 self.save_status.setText("Not saved: the existing files were kept.")
                 return None
         try:
@@ -1368,12 +1489,13 @@ class SegmentWidget(DockWidget):
             return None
         _roles.set_info(vessels, corrected=True, saved=str(vessels_path))
         if fov is None:
-            self.save_status.setText(f"Saved {vessels_path.name} in {vessels_path.parent} (no FOV "
-                                     "mask to save: segment the image to estimate one).")
+            self.save_status.setText(
+                f"Saved {vessels_path.name} in {vessels_path.parent} (no FOV "
+                "mask to save: segment the image to estimate one)."
+            )
             show_info(f"Saved {vessels_path}.")
             return vessels_path, None
-        self.save_status.setText(f"Saved {vessels_path.name} and {fov_path.name} in "
-                                 f"{vessels_path.parent}.")
+        self.save_status.setText(f"Saved {vessels_path.name} and {fov_path.name} in {vessels_path.parent}.")
         show_info(f"Saved {vessels_path} and {fov_path.name}.")
         return vessels_path, fov_path
 
@@ -1384,9 +1506,10 @@ class SegmentWidget(DockWidget):
         for lyr in self.viewer.layers:
             info = _roles.info_of(lyr)
             path = info.get("path")
-            if path and (info.get("role") == "ground_truth" or (
-                    info.get("role") in ("fov", "mask")
-                    and not str(path).lower().endswith("_fov.png"))):
+            if path and (
+                info.get("role") == "ground_truth"
+                or (info.get("role") in ("fov", "mask") and not str(path).lower().endswith("_fov.png"))
+            ):
                 paths.add(Path(path).resolve())
         return paths
 

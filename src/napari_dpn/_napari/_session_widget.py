@@ -14,6 +14,7 @@
 
 All heavy work (reading, the network, the tools, saving, the CSV) runs in worker threads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,8 +61,8 @@ class Prepared:
     mask: np.ndarray
     uncertainty: np.ndarray
     regions: list
-    fresh: bool          # the network ran now (not read from the session's cache)
-    resumed: bool        # the mask came from the saved annotation
+    fresh: bool  # the network ran now (not read from the session's cache)
+    resumed: bool  # the mask came from the saved annotation
 
 
 def _worker(func, *args):
@@ -116,8 +117,9 @@ class SessionWidget(DockWidget):
         form.addRow("Photos", row)
         self.notes_edit = QLineEdit()
         self.notes_edit.setPlaceholderText("beside the photographs")
-        self.notes_edit.setToolTip("Where the <image>_vessels.png annotations and the session "
-                                   "file go (default: beside the photographs).")
+        self.notes_edit.setToolTip(
+            "Where the <image>_vessels.png annotations and the session file go (default: beside the photographs)."
+        )
         browse2 = QToolButton()
         browse2.setText("…")
         browse2.clicked.connect(lambda: self._browse(self.notes_edit, "Folder for annotations"))
@@ -156,13 +158,17 @@ class SessionWidget(DockWidget):
         tools = QFormLayout()
         self.branch_button = QPushButton("Remove this branch")
         self.branch_button.setCheckable(True)
-        self.branch_button.setToolTip("Click a false branch: it is cut at the nearest junctions "
-                                      "of the skeleton and removed (not the whole tree). Ctrl+Z undoes.")
+        self.branch_button.setToolTip(
+            "Click a false branch: it is cut at the nearest junctions "
+            "of the skeleton and removed (not the whole tree). Ctrl+Z undoes."
+        )
         self.add_button = QPushButton("Add vessel here")
         self.add_button.setCheckable(True)
-        self.add_button.setToolTip("Click a missed vessel: the connected region of probability "
-                                   ">= 'low' around the click is added; drag along it: the path "
-                                   "along the ridge of the probability map is added. Ctrl+Z undoes.")
+        self.add_button.setToolTip(
+            "Click a missed vessel: the connected region of probability "
+            ">= 'low' around the click is added; drag along it: the path "
+            "along the ridge of the probability map is added. Ctrl+Z undoes."
+        )
         self.branch_button.toggled.connect(lambda on: self.set_mode("branch" if on else None))
         self.add_button.toggled.connect(lambda on: self.set_mode("add" if on else None))
         row3 = QHBoxLayout()
@@ -191,24 +197,29 @@ class SessionWidget(DockWidget):
         self.local_spin.setValue(0.5)
         self.local_spin.setToolTip("A threshold for the region on screen only (a hazy area).")
         self.local_button = QPushButton("Threshold this region")
-        self.local_button.setToolTip("Inside the region shown by 'Next uncertain region' only: "
-                                     "vessel = probability >= this threshold. Ctrl+Z undoes.")
+        self.local_button.setToolTip(
+            "Inside the region shown by 'Next uncertain region' only: "
+            "vessel = probability >= this threshold. Ctrl+Z undoes."
+        )
         self.local_button.clicked.connect(self.threshold_region)
         row6 = QHBoxLayout()
         row6.addWidget(self.local_spin)
         row6.addWidget(self.local_button)
         tools.addRow("Local", row6)
         self.uncertain_button = QPushButton("Next uncertain region")
-        self.uncertain_button.setToolTip("Zoom onto the most uncertain 64x64 region not yet "
-                                         f"visited ({KEYS['uncertain']}).")
+        self.uncertain_button.setToolTip(
+            f"Zoom onto the most uncertain 64x64 region not yet visited ({KEYS['uncertain']})."
+        )
         self.uncertain_button.clicked.connect(self.next_uncertain)
         self.csv_button = QPushButton("Export CSV…")
-        self.csv_button.setToolTip("Per-image state, model, density, FOV diameter, time, and "
-                                   "Se/Sp/Acc/AUC/F1 where a ground truth is known.")
+        self.csv_button.setToolTip(
+            "Per-image state, model, density, FOV diameter, time, and Se/Sp/Acc/AUC/F1 where a ground truth is known."
+        )
         self.csv_button.clicked.connect(self.export_clicked)
         self.outline_check = QCheckBox("Outline")
-        self.outline_check.setToolTip("Show the vessels as outlines (contours) instead of filled, "
-                                      "to see the photograph under them.")
+        self.outline_check.setToolTip(
+            "Show the vessels as outlines (contours) instead of filled, to see the photograph under them."
+        )
         self.outline_check.toggled.connect(self._on_outline)
         row4.addWidget(self.outline_check)
         row5 = QHBoxLayout()
@@ -223,12 +234,13 @@ class SessionWidget(DockWidget):
         self.ft_steps.setValue(200)
         self.ft_steps.setToolTip("Fine-tuning steps.")
         self.ft_button = QPushButton("Fine-tune on saved")
-        self.ft_button.setToolTip("Fine-tune the chosen model on the images saved so far, in the "
-                                  "background; the new model is saved with its card and selected.")
+        self.ft_button.setToolTip(
+            "Fine-tune the chosen model on the images saved so far, in the "
+            "background; the new model is saved with its card and selected."
+        )
         self.ft_button.clicked.connect(self.finetune)
         self.reseg_button = QPushButton("Re-segment the rest")
-        self.reseg_button.setToolTip("Segment the images nobody corrected or saved again, with "
-                                     "the chosen model.")
+        self.reseg_button.setToolTip("Segment the images nobody corrected or saved again, with the chosen model.")
         self.reseg_button.clicked.connect(self.resegment_rest)
         loop.addWidget(self.ft_steps)
         loop.addWidget(self.ft_button)
@@ -245,9 +257,11 @@ class SessionWidget(DockWidget):
             edit.setText(str(folder))
 
     def _bind_keys(self) -> None:
-        for key, func in ((KEYS["next"], lambda v: self.next()),
-                          (KEYS["previous"], lambda v: self.previous()),
-                          (KEYS["uncertain"], lambda v: self.next_uncertain())):
+        for key, func in (
+            (KEYS["next"], lambda v: self.next()),
+            (KEYS["previous"], lambda v: self.previous()),
+            (KEYS["uncertain"], lambda v: self.next_uncertain()),
+        ):
             self.viewer.bind_key(key, func, overwrite=True)
 
     def _unbind_keys(self) -> None:
@@ -271,8 +285,7 @@ class SessionWidget(DockWidget):
         has = self.session is not None
         shown = self.shown is not None and "vessels" in self.layers
         self.prev_button.setEnabled(has and bool(self.index))
-        self.next_button.setEnabled(has and self.index is not None
-                                    and self.index < len(self.session) - 1)
+        self.next_button.setEnabled(has and self.index is not None and self.index < len(self.session) - 1)
         for w in (self.branch_button, self.add_button, self.speck_button, self.uncertain_button):
             w.setEnabled(shown)
         self.local_button.setEnabled(shown and self.region is not None)
@@ -326,8 +339,10 @@ class SessionWidget(DockWidget):
             self.notes_edit.setText(str(session.annotations))
         self._refresh_list()
         resumed = any(e.state != "new" for e in session.entries)
-        self._say(("Resumed" if resumed else "Started") + f" the session of {session.folder.name}: "
-                  f"{len(session)} photograph(s), {session.done} done.")
+        self._say(
+            ("Resumed" if resumed else "Started") + f" the session of {session.folder.name}: "
+            f"{len(session)} photograph(s), {session.done} done."
+        )
         self.go(session.current)
         return True
 
@@ -345,8 +360,7 @@ class SessionWidget(DockWidget):
                 self._models[key] = load_model(path, device="cpu")
             return self._models[key]
 
-    def _prepare(self, session: S.Session, index: int, spec, device, cancel,
-                 gen: int = 0) -> Prepared | str:
+    def _prepare(self, session: S.Session, index: int, spec, device, cancel, gen: int = 0) -> Prepared | str:
         """Worker: read the photograph, segment it (or read the cached map), the uncertainty."""
         try:
             from napari_dpn.image_io import as_rgb, read_image
@@ -387,12 +401,23 @@ class SessionWidget(DockWidget):
 
     def _request(self, index: int) -> None:
         """Start preparing an image in the background unless it is ready or on its way."""
-        if (self.session is None or not 0 <= index < len(self.session) or index in self._ready
-                or (self._generation, index) in self._jobs):
+        if (
+            self.session is None
+            or not 0 <= index < len(self.session)
+            or index in self._ready
+            or (self._generation, index) in self._jobs
+        ):
             return
         gen = self._generation
-        worker = _worker(self._prepare, self.session, index, self._spec(),
-                         self.device_combo.currentText() or "auto", self._life.cancel, gen)
+        worker = _worker(
+            self._prepare,
+            self.session,
+            index,
+            self._spec(),
+            self.device_combo.currentText() or "auto",
+            self._life.cancel,
+            gen,
+        )
         session = self.session
         worker.returned.connect(lambda out, i=index, s=session, g=gen: self._on_prepared(s, i, out, g))
         key = (gen, index)
@@ -402,8 +427,14 @@ class SessionWidget(DockWidget):
 
     @property
     def busy(self) -> bool:
-        return bool(self._jobs) or self._arrival is not None or self._tool_worker is not None or self._saves > 0 \
-            or self._csv_worker is not None or self._ft_worker is not None
+        return (
+            bool(self._jobs)
+            or self._arrival is not None
+            or self._tool_worker is not None
+            or self._saves > 0
+            or self._csv_worker is not None
+            or self._ft_worker is not None
+        )
 
     def _on_prepared(self, session, index: int, out, gen: int) -> None:
         self._jobs.pop((gen, index), None)
@@ -439,8 +470,9 @@ class SessionWidget(DockWidget):
         self._arrival = prep
         name = self.session.image_path(prep.index).stem
         meta = {META: True, "image": name}
-        have = all(k in self.layers and self.layers[k] in self.viewer.layers
-                   for k in ("image", "uncertainty", "vessels"))
+        have = all(
+            k in self.layers and self.layers[k] in self.viewer.layers for k in ("image", "uncertainty", "vessels")
+        )
 
         def image():
             if have:
@@ -449,8 +481,7 @@ class SessionWidget(DockWidget):
                 layer.name, layer.metadata = name, dict(meta)
             else:
                 self._clear_layers()
-                self.layers["image"] = self.viewer.add_image(prep.display, name=name, rgb=True,
-                                                             metadata=dict(meta))
+                self.layers["image"] = self.viewer.add_image(prep.display, name=name, rgb=True, metadata=dict(meta))
 
         def uncertainty():
             if have:
@@ -459,8 +490,14 @@ class SessionWidget(DockWidget):
                 layer.name, layer.metadata = f"{name} uncertainty", dict(meta)
             else:
                 self.layers["uncertainty"] = self.viewer.add_image(
-                    prep.uncertainty, name=f"{name} uncertainty", colormap="inferno", opacity=0.35,
-                    blending="additive", contrast_limits=(0, 1), metadata=dict(meta))
+                    prep.uncertainty,
+                    name=f"{name} uncertainty",
+                    colormap="inferno",
+                    opacity=0.35,
+                    blending="additive",
+                    contrast_limits=(0, 1),
+                    metadata=dict(meta),
+                )
 
         def vessels():
             data = prep.mask.astype(np.uint8)
@@ -473,8 +510,7 @@ class SessionWidget(DockWidget):
                 layer.name, layer.metadata = f"{name} vessels", dict(meta)
                 layer.events.paint.connect(self._on_paint)
             else:
-                layer = self.viewer.add_labels(data, name=f"{name} vessels", opacity=0.6,
-                                               metadata=dict(meta))
+                layer = self.viewer.add_labels(data, name=f"{name} vessels", opacity=0.6, metadata=dict(meta))
                 layer.events.paint.connect(self._on_paint)
                 layer.mouse_drag_callbacks.append(self._on_click)
                 self.layers["vessels"] = layer
@@ -487,9 +523,12 @@ class SessionWidget(DockWidget):
             self.shown, self.edits, self._arrival, self.region = prep, 0, None, None
             self.low_spin.setValue(round(max(0.05, prep.seg.threshold / 2), 2))
             e = self.session.entries[prep.index]
-            self._say(f"{e.name} ({e.state})"
-                      + (", resumed from its saved annotation" if prep.resumed else "")
-                      + (f"; first map by {e.model}" if e.model else "") + ".")
+            self._say(
+                f"{e.name} ({e.state})"
+                + (", resumed from its saved annotation" if prep.resumed else "")
+                + (f"; first map by {e.model}" if e.model else "")
+                + "."
+            )
             self._sync()
             for i in list(self._ready):
                 if abs(i - prep.index) > 1:
@@ -550,8 +589,11 @@ class SessionWidget(DockWidget):
         conflict = session.conflict(index)
         if conflict is not None:
             if not ask or not self._confirm(
-                    "Replace annotation?", f"{conflict.name} in {conflict.parent} was not written "
-                    "by this session. Replace it with your corrections?", ok="Replace"):
+                "Replace annotation?",
+                f"{conflict.name} in {conflict.parent} was not written "
+                "by this session. Replace it with your corrections?",
+                ok="Replace",
+            ):
                 self._say(f"{entry.name} was not saved: {conflict.name} was kept as it is.")
                 return False
         mask = np.asarray(vessels.data) > 0
@@ -592,8 +634,7 @@ class SessionWidget(DockWidget):
         try:
             vessels = vessels if vessels is not None else self.layers["vessels"]
             if self.session.conflict(self.shown.index) is None:
-                self.session.save(self.shown.index, np.asarray(vessels.data) > 0,
-                                  self.shown.seg.fov)
+                self.session.save(self.shown.index, np.asarray(vessels.data) > 0, self.shown.seg.fov)
                 self.edits = 0
                 return True
         except (DPNError, OSError, KeyError):
@@ -663,8 +704,11 @@ class SessionWidget(DockWidget):
             vessels.mode = "pan_zoom"  # the click is the tool's, not the brush's
             vessels.mouse_pan = mode != "add"
             self.viewer.layers.selection.active = vessels
-            self._say("Click a false branch to remove it." if mode == "branch"
-                      else "Click a missed vessel to add it, or drag along it to trace it.")
+            self._say(
+                "Click a false branch to remove it."
+                if mode == "branch"
+                else "Click a missed vessel to add it, or drag along it to trace it."
+            )
 
     def _on_click(self, layer, event):
         """A press applies the click tool; in 'Add vessel here' a drag traces the vessel along
@@ -722,8 +766,14 @@ class SessionWidget(DockWidget):
         vessels, prep, box = self.layers.get("vessels"), self.shown, self.region
         if vessels is None or prep is None or box is None or self._tool_worker is not None:
             return False
-        worker = _worker(S.threshold_box, prep.seg.probability, np.asarray(vessels.data) > 0,
-                         prep.seg.fov, box, float(self.local_spin.value()))
+        worker = _worker(
+            S.threshold_box,
+            prep.seg.probability,
+            np.asarray(vessels.data) > 0,
+            prep.seg.fov,
+            box,
+            float(self.local_spin.value()),
+        )
         edits, t = self.edits, float(self.local_spin.value())
         worker.returned.connect(lambda out, v=vessels, e=edits: self._apply_pair(v, e, out, t))
         worker.finished.connect(self._on_tool_finished)
@@ -740,8 +790,7 @@ class SessionWidget(DockWidget):
                 vessels.data_setitem(np.nonzero(on), 1)
             if off.any():
                 vessels.data_setitem(np.nonzero(off), 0)
-        self._say(f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. "
-                  "Ctrl+Z undoes it.")
+        self._say(f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. Ctrl+Z undoes it.")
 
     def _on_tool_finished(self) -> None:
         self._tool_worker = None
@@ -836,8 +885,10 @@ class SessionWidget(DockWidget):
             self.select_model(out.card.name)
         except ValueError:
             self.add_model_file(out.model_path)
-        self._say(f"Saved the model '{out.card.name}' ({out.steps} steps); 'Re-segment the rest' "
-                  "applies it to the images nobody corrected.")
+        self._say(
+            f"Saved the model '{out.card.name}' ({out.steps} steps); 'Re-segment the rest' "
+            "applies it to the images nobody corrected."
+        )
 
     def resegment_rest(self, *_) -> int:
         """Segment again, with the chosen model, every image not corrected or saved."""
@@ -853,8 +904,9 @@ class SessionWidget(DockWidget):
             self._request(self.index)
         elif self.index is not None:
             self._request(self.index + 1)
-        self._say(f"Re-segmenting {len(reset)} image(s) with "
-                  f"{self.model_picker.combo.currentText()} as they are visited.")
+        self._say(
+            f"Re-segmenting {len(reset)} image(s) with {self.model_picker.combo.currentText()} as they are visited."
+        )
         return len(reset)
 
     # ------------------------------------------------------------------ export

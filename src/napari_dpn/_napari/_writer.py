@@ -3,6 +3,7 @@
 Any non-zero label counts as "vessel".  A labels layer with more than one non-zero label
 (e.g. the "errors" layer) is refused: a binary mask would lose what the labels mean.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,12 +23,13 @@ def _write(path: str, data, on_value: int) -> list[str]:
         p = p.with_name(p.name + ".png")
     arr = np.asarray(data)
     if arr.ndim != 2:
-        raise InputError(f"Only a 2-D labels layer can be saved as a mask, this one has shape "
-                         f"{arr.shape}.")
+        raise InputError(f"Only a 2-D labels layer can be saved as a mask, this one has shape {arr.shape}.")
     labels = np.unique(arr)
     if len(labels[labels != 0]) > 1:
-        raise InputError(f"This labels layer uses {len(labels[labels != 0])} labels; a vessel "
-                         "mask can hold only one (vessel / background).")
+        raise InputError(
+            f"This labels layer uses {len(labels[labels != 0])} labels; a vessel "
+            "mask can hold only one (vessel / background)."
+        )
     write_mask(p, arr != 0, on_value=on_value)
     return [str(p)]
 

@@ -30,22 +30,45 @@ What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what w
   scaler) and nothing on CPU/MPS: on the reference CPU bf16 autocast made a dpn step 4-5x
   slower (docs/training-speed.md).
 """
+
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from .config import MAX_CROP, RUN_CONTROL, TrainConfig
 from .data import Pair, check_annotation, network_input, prepare_pairs
 from .events import (
-                     CancelledEvent,
-                     CheckpointEvent,
-                     DoneEvent,
-                     MessageEvent,
-                     StepEvent,
-                     TrainResult,
-                     ValidationEvent,
+    CancelledEvent,
+    CheckpointEvent,
+    DoneEvent,
+    MessageEvent,
+    StepEvent,
+    TrainResult,
+    ValidationEvent,
 )
 from .loss import HEAD_NAMES, balanced_bce, class_balance_beta, dpn_loss, param_groups
 from .trainer import FLUSH_EVERY, summarise_metrics, train
 
-__all__ = ["CHECKPOINT_FORMAT", "FLUSH_EVERY", "HEAD_NAMES", "MAX_CROP", "RUN_CONTROL", "CancelledEvent",
-           "CheckpointEvent", "DoneEvent", "MessageEvent", "Pair", "StepEvent", "TrainConfig", "TrainResult",
-           "ValidationEvent", "balanced_bce", "check_annotation", "class_balance_beta", "dpn_loss", "load_checkpoint",
-           "network_input", "param_groups", "prepare_pairs", "summarise_metrics", "train"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FLUSH_EVERY",
+    "HEAD_NAMES",
+    "MAX_CROP",
+    "RUN_CONTROL",
+    "CancelledEvent",
+    "CheckpointEvent",
+    "DoneEvent",
+    "MessageEvent",
+    "Pair",
+    "StepEvent",
+    "TrainConfig",
+    "TrainResult",
+    "ValidationEvent",
+    "balanced_bce",
+    "check_annotation",
+    "class_balance_beta",
+    "dpn_loss",
+    "load_checkpoint",
+    "network_input",
+    "param_groups",
+    "prepare_pairs",
+    "summarise_metrics",
+    "train",
+]

@@ -1,4 +1,5 @@
 """Checkpoints (atomic, resumable) and the in-memory copy of the last good weights."""
+
 from __future__ import annotations
 
 from pathlib import Path

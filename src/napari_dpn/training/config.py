@@ -1,4 +1,5 @@
 """Settings of one training run (the paper's defaults) and which of them a resumed run may change."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,17 @@ from ..errors import TrainingError
 from ..model import ARCHITECTURES, MIN_SIDE
 
 # Fields of TrainConfig that may change when a run is resumed; the others define the run.
-RUN_CONTROL = ("steps", "checkpoint_every", "val_every", "device", "amp", "channels_last", "threads", "threshold_rule",
-               "time_limit")
+RUN_CONTROL = (
+    "steps",
+    "checkpoint_every",
+    "val_every",
+    "device",
+    "amp",
+    "channels_last",
+    "threads",
+    "threshold_rule",
+    "time_limit",
+)
 MAX_CROP = 4096  # larger crops only pad the views with zeros, at crop^2 bytes per view
 
 
@@ -18,27 +28,27 @@ class TrainConfig:
     """Settings of one training run; defaults are the paper's (DRIVE: 100k steps, crop 512)."""
 
     steps: int = 2000
-    crop: int | None = None          # None: 512, or 736 for CHASE_DB1-sized images
+    crop: int | None = None  # None: 512, or 736 for CHASE_DB1-sized images
     lr: float = 1e-3
     weight_decay: float = 5e-4
     batch_size: int = 1
     seed: int = 0
-    augment: bool = True             # the 11 offline views + random mirror
-    clahe: bool | None = None        # None: as the base model's card says (fresh: no CLAHE)
-    fov_only: bool = True            # count only FOV pixels in the loss (see module docstring)
+    augment: bool = True  # the 11 offline views + random mirror
+    clahe: bool | None = None  # None: as the base model's card says (fresh: no CLAHE)
+    fov_only: bool = True  # count only FOV pixels in the loss (see module docstring)
     checkpoint_every: int = 500
-    val_every: int = 500             # 0: validate only before and after
-    device: str = "auto"             # auto | cpu | cuda | mps
-    amp: str = "auto"                # auto | off | bf16 | fp16
+    val_every: int = 500  # 0: validate only before and after
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: str = "auto"  # auto | off | bf16 | fp16
     channels_last: bool = True
-    aux_heads: bool = True           # False: main head only (the paper's Table 5 ablation)
-    caffe_lr_mults: bool = True      # the release's lr multipliers (bias 2x, heads 0.1x)
-    architecture: str = "dpn"        # for fresh models
-    threads: int | None = None       # torch CPU threads (None: torch's default)
-    name: str | None = None          # name of the saved model (default: architecture + date)
-    threshold_rule: str = "youden"   # the card's threshold: youden (ROC-optimal) | max_acc
+    aux_heads: bool = True  # False: main head only (the paper's Table 5 ablation)
+    caffe_lr_mults: bool = True  # the release's lr multipliers (bias 2x, heads 0.1x)
+    architecture: str = "dpn"  # for fresh models
+    threads: int | None = None  # torch CPU threads (None: torch's default)
+    name: str | None = None  # name of the saved model (default: architecture + date)
+    threshold_rule: str = "youden"  # the card's threshold: youden (ROC-optimal) | max_acc
     time_limit: float | None = None  # seconds of training in this session; then finish at the step reached
-    augment_mode: str = "paper"      # paper: the 11 offline views + mirror; robust: any-camera (augment.RobustSampler)
+    augment_mode: str = "paper"  # paper: the 11 offline views + mirror; robust: any-camera (augment.RobustSampler)
     working_ppd: float | None = None  # pixels per degree the training images were resampled to (scale.py)
 
     def check(self) -> None:
@@ -74,4 +84,6 @@ class TrainConfig:
             raise TrainingError(f"the learning rate must be a finite number, got {self.lr}")
         for key in ("checkpoint_every", "val_every"):
             if getattr(self, key) < 0:
-                raise TrainingError(f"{key.replace('_', '-')} must be 0 (never) or more steps, got {getattr(self, key)}")
+                raise TrainingError(
+                    f"{key.replace('_', '-')} must be 0 (never) or more steps, got {getattr(self, key)}"
+                )

@@ -1,4 +1,5 @@
 """Training and validation pairs: loading, checking the annotations, and crops as network input."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,10 +34,10 @@ def _as_bool(mask) -> np.ndarray:
 # What a vessel annotation must look like to be trained on (real ones: 7-17 % of the FOV is vessel,
 # the FOV 69-74 % of the image; see /work/shared/datasets/SOURCES.md).  Outside these bounds the
 # annotation is unfinished, inverted or all vessel, and training on it would teach nonsense.
-MIN_VESSEL_FRACTION = 0.001   # of the FOV pixels
-MAX_VESSEL_FRACTION = 0.60    # of the FOV pixels, and of the whole image
-MIN_FOV_FRACTION = 0.05       # of the image
-MIN_BACKGROUND_PIXELS = 100   # non-vessel FOV pixels, whatever the fractions
+MIN_VESSEL_FRACTION = 0.001  # of the FOV pixels
+MAX_VESSEL_FRACTION = 0.60  # of the FOV pixels, and of the whole image
+MIN_FOV_FRACTION = 0.05  # of the image
+MIN_BACKGROUND_PIXELS = 100  # non-vessel FOV pixels, whatever the fractions
 
 
 def check_annotation(name: str, label: np.ndarray, fov: np.ndarray) -> None:
@@ -45,25 +46,34 @@ def check_annotation(name: str, label: np.ndarray, fov: np.ndarray) -> None:
     vessels make up 0.1-60 % of the FOV (and at most 60 % of the whole image)."""
     fov_pixels = int(np.count_nonzero(fov))
     if fov_pixels < MIN_FOV_FRACTION * fov.size:
-        raise TrainingError(f"{name}: the FOV mask covers only {fov_pixels / fov.size:.1%} of the image; "
-                            f"it must cover at least {MIN_FOV_FRACTION:.0%} (a fundus photograph's FOV "
-                            "is usually about 70 %)")
+        raise TrainingError(
+            f"{name}: the FOV mask covers only {fov_pixels / fov.size:.1%} of the image; "
+            f"it must cover at least {MIN_FOV_FRACTION:.0%} (a fundus photograph's FOV "
+            "is usually about 70 %)"
+        )
     vessel = int(np.count_nonzero(label & fov))
     if vessel == 0:
-        raise TrainingError(f"{name}: the annotation has no vessel pixels inside the FOV; "
-                            "an empty annotation cannot be trained on")
+        raise TrainingError(
+            f"{name}: the annotation has no vessel pixels inside the FOV; an empty annotation cannot be trained on"
+        )
     share, whole = vessel / fov_pixels, np.count_nonzero(label) / label.size
-    bounds = (f"a vessel annotation must mark between {MIN_VESSEL_FRACTION:.1%} and "
-              f"{MAX_VESSEL_FRACTION:.0%} of the FOV (real ones mark about 7-17 %)")
+    bounds = (
+        f"a vessel annotation must mark between {MIN_VESSEL_FRACTION:.1%} and "
+        f"{MAX_VESSEL_FRACTION:.0%} of the FOV (real ones mark about 7-17 %)"
+    )
     if share > MAX_VESSEL_FRACTION or fov_pixels - vessel < MIN_BACKGROUND_PIXELS:
-        raise TrainingError(f"{name}: the annotation marks {share:.1%} of the FOV as vessel; {bounds}, "
-                            "so it looks inverted or filled")
+        raise TrainingError(
+            f"{name}: the annotation marks {share:.1%} of the FOV as vessel; {bounds}, so it looks inverted or filled"
+        )
     if whole > MAX_VESSEL_FRACTION:
-        raise TrainingError(f"{name}: the annotation marks {whole:.1%} of the whole image as vessel; {bounds} "
-                            "and of the image, so it looks inverted or filled outside the FOV")
+        raise TrainingError(
+            f"{name}: the annotation marks {whole:.1%} of the whole image as vessel; {bounds} "
+            "and of the image, so it looks inverted or filled outside the FOV"
+        )
     if share < MIN_VESSEL_FRACTION:
-        raise TrainingError(f"{name}: the annotation marks only {share:.2%} of the FOV as vessel; {bounds}, "
-                            "so it looks unfinished")
+        raise TrainingError(
+            f"{name}: the annotation marks only {share:.2%} of the FOV as vessel; {bounds}, so it looks unfinished"
+        )
 
 
 def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | None = None) -> list[Pair]:
@@ -91,7 +101,9 @@ def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | N
             raise TrainingError(f"{name}: expected an RGB image (H, W, 3), got shape {rgb.shape}")
         rgb = rgb.astype(np.float32, copy=False)
         if rgb.size and float(rgb.max()) > 1.0 + 1e-3:
-            raise TrainingError(f"{name}: image values go up to {rgb.max():g}; expected RGB in 0..1 (use image_io.as_rgb)")
+            raise TrainingError(
+                f"{name}: image values go up to {rgb.max():g}; expected RGB in 0..1 (use image_io.as_rgb)"
+            )
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise TrainingError(f"{name}: the image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels")
@@ -99,19 +111,26 @@ def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | N
             raise TrainingError(f"{name}: has no vessel annotation")
         label = _as_bool(label)
         if label.shape != (h, w):
-            raise TrainingError(f"{name}: the annotation is {label.shape[1]}x{label.shape[0]} "
-                                f"but the image is {w}x{h} (W x H); they must be the same size")
+            raise TrainingError(
+                f"{name}: the annotation is {label.shape[1]}x{label.shape[0]} "
+                f"but the image is {w}x{h} (W x H); they must be the same size"
+            )
         if fov is None:
             from ..fov import estimate_fov
 
             fov = estimate_fov(rgb)
             if emit:
-                emit(MessageEvent(f"{name}: no FOV mask given; estimated it from the image "
-                                  f"({fov.mean():.0%} of the image)"))
+                emit(
+                    MessageEvent(
+                        f"{name}: no FOV mask given; estimated it from the image ({fov.mean():.0%} of the image)"
+                    )
+                )
         fov = _as_bool(fov)
         if fov.shape != (h, w):
-            raise TrainingError(f"{name}: the FOV mask is {fov.shape[1]}x{fov.shape[0]} "
-                                f"but the image is {w}x{h} (W x H); they must be the same size")
+            raise TrainingError(
+                f"{name}: the FOV mask is {fov.shape[1]}x{fov.shape[0]} "
+                f"but the image is {w}x{h} (W x H); they must be the same size"
+            )
         if not fov.any():
             raise TrainingError(f"{name}: the FOV mask is empty")
         check_annotation(name, label, fov)

@@ -1,4 +1,5 @@
 """What a training run reports while it runs (progress bars, the widget's plot) and what it returns."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,11 +11,11 @@ from torch import nn
 
 @dataclass
 class StepEvent:
-    step: int                      # optimisation steps done
+    step: int  # optimisation steps done
     total: int
-    loss: float                    # sum over the heads trained
+    loss: float  # sum over the heads trained
     head_losses: dict[str, float]  # aux1, aux2, aux3, main
-    seconds_per_step: float        # running mean of the last 20 steps
+    seconds_per_step: float  # running mean of the last 20 steps
     eta_seconds: float
 
 
@@ -51,13 +52,13 @@ class DoneEvent:
 
 @dataclass
 class TrainResult:
-    steps: int                      # optimisation steps done in total (including resumed ones)
+    steps: int  # optimisation steps done in total (including resumed ones)
     cancelled: bool
     checkpoint: Path | None
-    model_path: Path | None         # None when cancelled
+    model_path: Path | None  # None when cancelled
     losses: list[float]
     metrics_before: dict | None
     metrics_after: dict | None
     threshold: float | None
-    card: Any = None                # models.ModelCard of the saved model
+    card: Any = None  # models.ModelCard of the saved model
     model: nn.Module | None = None  # the trained network, evaluation mode

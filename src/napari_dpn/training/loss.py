@@ -1,4 +1,5 @@
 """The paper's loss (eq. 1-3) and the optimiser's parameter groups (decay, the release's lr multipliers)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -32,8 +33,9 @@ def balanced_bce(logits: torch.Tensor, label: torch.Tensor, mask: torch.Tensor |
     return per_image.mean()
 
 
-def dpn_loss(outputs: Sequence[torch.Tensor], label: torch.Tensor, mask: torch.Tensor | None = None,
-             aux_heads: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def dpn_loss(
+    outputs: Sequence[torch.Tensor], label: torch.Tensor, mask: torch.Tensor | None = None, aux_heads: bool = True
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Eq. 3 without the L2 term (that is the optimiser's weight decay): the sum of the heads' losses.
 
     Returns (total, per-head losses); without ``aux_heads`` only the main head counts.

@@ -1,4 +1,5 @@
 """The training loop: one run from its data to a saved model, with validation, cancel and divergence stops."""
+
 from __future__ import annotations
 
 import copy
@@ -66,8 +67,14 @@ def summarise_metrics(report: dict) -> dict:
     """auc and the Youden-point se, sp, acc, f1, threshold of a ``metrics.evaluate`` report."""
     pooled = report["pooled"]
     y = pooled["youden"]
-    return {"auc": pooled["auc"], "threshold": y["threshold"], "se": y["se"], "sp": y["sp"],
-            "acc": y["acc"], "f1": y["f1"]}
+    return {
+        "auc": pooled["auc"],
+        "threshold": y["threshold"],
+        "se": y["se"],
+        "sp": y["sp"],
+        "acc": y["acc"],
+        "f1": y["f1"],
+    }
 
 
 def _bad_loss(value: float, history: deque) -> str | None:
@@ -97,8 +104,19 @@ def _load_init(init, device: torch.device):
 class _Trainer:
     """One run; :func:`train` is the public entry point."""
 
-    def __init__(self, config: TrainConfig, train_pairs, val_pairs, init, out_dir, resume, callback,
-                 should_stop, description, overwrite=True):
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_pairs,
+        val_pairs,
+        init,
+        out_dir,
+        resume,
+        callback,
+        should_stop,
+        description,
+        overwrite=True,
+    ):
         from ..models import FRESH_INPUT
 
         self.overwrite = overwrite
@@ -167,8 +185,12 @@ class _Trainer:
             self.sampler = augment.RobustSampler(views, crop, seed=config.seed)
         else:
             self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
-        self.emit(MessageEvent(f"prepared {len(views)} training views ({len(self.train)} image(s) x "
-                               f"{len(views) // len(self.train)}) in {time.perf_counter() - t0:.1f} s; crop {crop}"))
+        self.emit(
+            MessageEvent(
+                f"prepared {len(views)} training views ({len(self.train)} image(s) x "
+                f"{len(views) // len(self.train)}) in {time.perf_counter() - t0:.1f} s; crop {crop}"
+            )
+        )
 
         # Optimiser.
         decay = config.weight_decay / (crop * crop)  # the paper's lambda against a pixel-mean loss
@@ -191,8 +213,12 @@ class _Trainer:
             self.seconds = float(ck.get("seconds", 0.0))
             self.description = self.description or ck.get("description")
             if ck.get("pairs") != _fingerprint(self.train):
-                self.emit(MessageEvent("resuming with other training images than the checkpoint was made with; "
-                                       "the run continues but will not match an uninterrupted one"))
+                self.emit(
+                    MessageEvent(
+                        "resuming with other training images than the checkpoint was made with; "
+                        "the run continues but will not match an uninterrupted one"
+                    )
+                )
             self.emit(MessageEvent(f"resumed from step {self.step}"))
         self.name = config.name or f"{self.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.config.name = self.name
@@ -235,13 +261,14 @@ class _Trainer:
             self.model.train()
 
     def evaluate(self, pairs: list[Pair]) -> dict | None:
-        from ..errors import DPNError
         from .. import metrics
+        from ..errors import DPNError
 
         probs = self.predict(pairs)
         try:
-            report = metrics.evaluate(probs, [p.label for p in pairs], [p.fov for p in pairs],
-                                      names=[p.name for p in pairs])
+            report = metrics.evaluate(
+                probs, [p.label for p in pairs], [p.fov for p in pairs], names=[p.name for p in pairs]
+            )
         except DPNError as exc:
             self.emit(MessageEvent(f"validation skipped: {exc}"))
             return None
@@ -259,14 +286,22 @@ class _Trainer:
     def checkpoint(self) -> Path:
         step = self.step
         payload = {
-            "format": CHECKPOINT_FORMAT, "step": step, "architecture": self.arch,
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "architecture": self.arch,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": _to_cpu(self.opt.state_dict()),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(self.config),
-            "base_card": self.base_card, "input": self.input, "losses": self.losses[:step],
-            "metrics_before": self.metrics_before, "history": [h for h in self.history if h["step"] <= step],
-            "seconds": self.seconds, "pairs": _fingerprint(self.train), "description": self.description,
+            "torch_rng": torch.get_rng_state(),
+            "config": dataclasses.asdict(self.config),
+            "base_card": self.base_card,
+            "input": self.input,
+            "losses": self.losses[:step],
+            "metrics_before": self.metrics_before,
+            "history": [h for h in self.history if h["step"] <= step],
+            "seconds": self.seconds,
+            "pairs": _fingerprint(self.train),
+            "description": self.description,
         }
         _save_checkpoint(self.ckpt_path, payload)
         self.emit(CheckpointEvent(step, self.ckpt_path))
@@ -309,8 +344,9 @@ class _Trainer:
             while self.step < cfg.steps:
                 if cfg.time_limit is not None and _clock() - started >= cfg.time_limit:
                     # A budgeted run (a leased GPU, a night): finish properly, and say how far it got.
-                    self.stopped_early = (f"time limit of {cfg.time_limit:g} s reached after "
-                                          f"{self.step} of {cfg.steps} steps")
+                    self.stopped_early = (
+                        f"time limit of {cfg.time_limit:g} s reached after {self.step} of {cfg.steps} steps"
+                    )
                     self.emit(MessageEvent(self.stopped_early))
                     break
                 if self.should_stop():
@@ -325,8 +361,16 @@ class _Trainer:
                 times.append(dt)
                 self.seconds += dt
                 sps = sum(times) / len(times)
-                self.emit(StepEvent(self.step, cfg.steps, values[0], dict(zip(HEAD_NAMES, values[1:])),
-                                    sps, sps * (cfg.steps - self.step)))
+                self.emit(
+                    StepEvent(
+                        self.step,
+                        cfg.steps,
+                        values[0],
+                        dict(zip(HEAD_NAMES, values[1:])),
+                        sps,
+                        sps * (cfg.steps - self.step),
+                    )
+                )
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     self.checkpoint()
                 if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.steps:
@@ -337,7 +381,7 @@ class _Trainer:
             if good.step is not None:
                 good.restore()
                 self.step = good.step
-                self.losses = self.losses[:good.step]
+                self.losses = self.losses[: good.step]
                 self.checkpoint()
             raise
         return self.finish()
@@ -345,14 +389,18 @@ class _Trainer:
     def stop_diverged(self, problem: str, good: _LastGood) -> None:
         lr, failed = self.config.lr, self.step + 1
         if good.step is None:
-            raise TrainingError(f"training stopped at step {failed}: {problem}; no update had been made, "
-                                f"so nothing was saved (try a learning rate below {lr:g})")
+            raise TrainingError(
+                f"training stopped at step {failed}: {problem}; no update had been made, "
+                f"so nothing was saved (try a learning rate below {lr:g})"
+            )
         good.restore()
         self.step = good.step
-        self.losses = self.losses[:good.step]
+        self.losses = self.losses[: good.step]
         path = self.checkpoint()
-        raise TrainingError(f"training stopped at step {failed}: {problem}; the last good weights "
-                            f"(step {good.step}) are in {path} (try a learning rate below {lr:g})")
+        raise TrainingError(
+            f"training stopped at step {failed}: {problem}; the last good weights "
+            f"(step {good.step}) are in {path} (try a learning rate below {lr:g})"
+        )
 
     def finish(self) -> TrainResult:
         path = self.checkpoint()
@@ -376,14 +424,24 @@ class _Trainer:
         if not ppd:
             return {}
         disc = [p for p in self.train if fov_diameter(p.fov) is not None][:8] or self.train[:8]
-        calibres = [c for p, prob in zip(disc, self.predict(disc))
-                    if (c := vessel_calibre(prob >= threshold, p.fov)) is not None]
-        how = (f"training images resampled to {ppd:g} px/deg" if self.config.working_ppd
-               else f"inherited from {base.get('name', 'the base model')}")
-        return {"working_ppd": float(ppd), "trained_ppd": float(ppd), "source": how,
-                "vessel_calibre_px": round(float(np.mean(calibres)), 3) if calibres else None,
-                "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
-                                       f"mean over {len(calibres)} training images"}
+        calibres = [
+            c
+            for p, prob in zip(disc, self.predict(disc))
+            if (c := vessel_calibre(prob >= threshold, p.fov)) is not None
+        ]
+        how = (
+            f"training images resampled to {ppd:g} px/deg"
+            if self.config.working_ppd
+            else f"inherited from {base.get('name', 'the base model')}"
+        )
+        return {
+            "working_ppd": float(ppd),
+            "trained_ppd": float(ppd),
+            "source": how,
+            "vessel_calibre_px": round(float(np.mean(calibres)), 3) if calibres else None,
+            "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
+            f"mean over {len(calibres)} training images",
+        }
 
     def save(self, card) -> Path:
         """Save the model as ``<name>.safetensors``; without ``overwrite`` an existing model of that
@@ -398,13 +456,17 @@ class _Trainer:
             except OutputExistsError:
                 n += 1
                 card.name = f"{base}-{n}"
-                self.emit(MessageEvent(f"a model named {base} appeared in {self.out_dir} during training; "
-                                       f"kept it and saving this one as {card.name}"))
+                self.emit(
+                    MessageEvent(
+                        f"a model named {base} appeared in {self.out_dir} during training; "
+                        f"kept it and saving this one as {card.name}"
+                    )
+                )
 
     def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
         """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""
-        from ..errors import DPNError
         from .. import metrics
+        from ..errors import DPNError
 
         if self.config.threshold_rule == "youden" and after is not None:
             return after["threshold"], f"Youden point on the {len(self.val)} validation images"
@@ -412,8 +474,9 @@ class _Trainer:
         self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
         probs = self.predict(pairs)
         try:
-            t = metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs],
-                                               rule=self.config.threshold_rule)
+            t = metrics.choose_train_threshold(
+                probs, [p.label for p in pairs], [p.fov for p in pairs], rule=self.config.threshold_rule
+            )
         except DPNError:
             return 0.5, "default 0.5 (the annotations hold a single class)"
         what = "Youden point" if self.config.threshold_rule == "youden" else "accuracy-maximising point"
@@ -430,34 +493,64 @@ class _Trainer:
             metrics["dataset"] = f"{len(self.val)} validation image(s)"
             metrics["before"] = self.metrics_before
         training = {
-            "base_model": base.get("name"), "data": data, "n_images": len(self.train),
-            "n_validation": len(self.val), "steps": self.step, "seconds": round(self.seconds, 1),
-            "device": str(self.device), "settings": dataclasses.asdict(cfg),
+            "base_model": base.get("name"),
+            "data": data,
+            "n_images": len(self.train),
+            "n_validation": len(self.val),
+            "steps": self.step,
+            "seconds": round(self.seconds, 1),
+            "device": str(self.device),
+            "settings": dataclasses.asdict(cfg),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "final_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
-            "steps_planned": cfg.steps, "stopped_early": self.stopped_early,
+            "steps_planned": cfg.steps,
+            "stopped_early": self.stopped_early,
             "validation_history": self.history,
         }
         what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
         return ModelCard(
-            name=self.name, architecture=self.arch,
+            name=self.name,
+            architecture=self.arch,
             description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps"
-                        + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")"),
-            input=dict(self.input), threshold=float(threshold), threshold_rule=rule,
-            base_model=base.get("name"), training=training, metrics=metrics,
-            licence=base.get("licence", ""), attribution=base.get("attribution", ""),
+            + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")"),
+            input=dict(self.input),
+            threshold=float(threshold),
+            threshold_rule=rule,
+            base_model=base.get("name"),
+            training=training,
+            metrics=metrics,
+            licence=base.get("licence", ""),
+            attribution=base.get("attribution", ""),
         )
 
     def result(self, cancelled: bool, after=None, threshold=None, card=None, model_path=None) -> TrainResult:
         self.model.eval()
-        return TrainResult(steps=self.step, cancelled=cancelled, checkpoint=self.ckpt_path, model_path=model_path,
-                           losses=list(self.losses), metrics_before=self.metrics_before, metrics_after=after,
-                           threshold=threshold, card=card, model=self.model)
+        return TrainResult(
+            steps=self.step,
+            cancelled=cancelled,
+            checkpoint=self.ckpt_path,
+            model_path=model_path,
+            losses=list(self.losses),
+            metrics_before=self.metrics_before,
+            metrics_after=after,
+            threshold=threshold,
+            card=card,
+            model=self.model,
+        )
 
 
-def train(config: TrainConfig, train_pairs, val_pairs=None, init=None, out_dir=None, resume=None,
-          callback: Callable[[Any], None] | None = None, should_stop: Callable[[], bool] | None = None,
-          description: str | None = None, overwrite: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    train_pairs,
+    val_pairs=None,
+    init=None,
+    out_dir=None,
+    resume=None,
+    callback: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    description: str | None = None,
+    overwrite: bool = True,
+) -> TrainResult:
     """Train or fine-tune a DPN; returns when done, cancelled, or raises TrainingError on divergence.
 
     ``train_pairs`` / ``val_pairs``: ``(rgb float32 (H, W, 3) 0..1, label bool, fov bool or None)``
@@ -470,5 +563,6 @@ def train(config: TrainConfig, train_pairs, val_pairs=None, init=None, out_dir=N
     ``overwrite=False`` an existing ``<name>.safetensors`` or ``.json`` in ``out_dir`` is never
     replaced: the model is saved as ``<name>-2`` (and so on) with a message.
     """
-    return _Trainer(config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description,
-                    overwrite).run()
+    return _Trainer(
+        config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description, overwrite
+    ).run()
