@@ -50,6 +50,7 @@ def test_every_shipped_model_is_complete_and_honest(name):
     card = loaded.card
     assert card.name == name and 0 < card.threshold < 1 and card.threshold_rule and card.licence
     assert 0.9 < card.metrics["auc"] < 1 and "test" in card.metrics["dataset"]
+    assert card.scale["working_ppd"] > 0 and card.scale["vessel_calibre_px"] > 0  # scale-aware inference works
     training = card.training or {}
     if training.get("stopped_early"):
         assert training["steps"] < training["steps_planned"]
