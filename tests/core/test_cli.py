@@ -8,6 +8,7 @@ from PIL import Image
 
 from napari_dpn.cli import main
 from napari_dpn.image_io import read_image, read_mask
+from napari_dpn.models import DEFAULT_MODEL
 from synthetic_fundus import fundus
 
 
@@ -29,7 +30,7 @@ def test_segment_folder_writes_probability_vessels_and_fov(photos, tmp_path, cap
     out = tmp_path / "out"
     assert main(["segment", str(photos), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
     summary = capsys.readouterr().out
-    assert "2 image(s) segmented with dpn-release-drive" in summary and "s per image" in summary
+    assert f"2 image(s) segmented with {DEFAULT_MODEL}" in summary and "s per image" in summary
     for stem in ("eye0", "eye1"):
         prob = read_image(out / f"{stem}_probability.png")
         assert prob.dtype == np.uint16 and prob.shape == (96, 96)

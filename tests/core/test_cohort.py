@@ -18,6 +18,7 @@ from napari_dpn.cli import main
 from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import read_mask
+from napari_dpn.models import DEFAULT_MODEL
 from napari_dpn.outputs import (
     MANIFEST_FIELDS,
     MANIFEST_NAME,
@@ -102,7 +103,7 @@ def test_two_worker_cluster_segments_a_folder_with_a_manifest_and_a_rerun_skips_
     for stem in stems:
         row = rows[f"{stem}.png"]
         assert row["status"] == "done" and row["error"] == "" and row["device"] == "cpu"
-        assert row["model"] == "dpn-release-drive" and len(row["model_sha256"]) == 64
+        assert row["model"] == DEFAULT_MODEL and len(row["model_sha256"]) == 64
         assert float(row["seconds"]) > 0 and float(row["scale_factor"]) > 0 and row["scale_method"]
         assert 0.6 * SIZE < float(row["fov_diameter"]) < SIZE
         vessels, fov = read_mask(out / f"{stem}_vessels.png"), read_mask(out / f"{stem}_fov.png")
@@ -116,7 +117,7 @@ def test_two_worker_cluster_segments_a_folder_with_a_manifest_and_a_rerun_skips_
     rc, stdout, err = run(["segment", photos, "--out", out, "--workers", 2, *SEGMENT], capsys)
     assert rc == 1 and stdout.startswith("0 image(s) segmented; outputs in") and "1 failed" in stdout
     assert "6 skipped because they were done with this model" in stdout and "skipped broken.png: Cannot read" in err
-    assert err.count("done with dpn-release-drive and these options in an earlier run") == 6
+    assert err.count(f"done with {DEFAULT_MODEL} and these options in an earlier run") == 6
     assert outputs_of(out, stems) == written  # nothing written again
     again = rows_by_name(out)
     assert {n: again[n] for n in rows if n != "broken.png"} == {n: rows[n] for n in rows if n != "broken.png"}
@@ -216,7 +217,7 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
     before = outputs_of(out, ["eye0", "eye1"])
     rc, stdout, err = run(["segment", *two, "--out", out, "--model", "dpn-drive", *SEGMENT], capsys)
     assert rc == 0 and "1 image(s) segmented with dpn-drive" in stdout
-    assert "eye0.png: done with dpn-release-drive in an earlier run; its unchanged outputs are replaced" in err
+    assert f"eye0.png: done with {DEFAULT_MODEL} in an earlier run; its unchanged outputs are replaced" in err
     assert "skipped eye1.png: eye1_vessels.png was changed after napari-dpn wrote it" in err
     after = outputs_of(out, ["eye0", "eye1"])
     assert all(after[f"eye0_{k}.png"] != before[f"eye0_{k}.png"] for k in KINDS)
@@ -265,7 +266,7 @@ def test_a_torn_last_line_is_ignored_and_the_manifest_rewritten_whole(photos, tm
     manifest = Manifest(out)
     assert list(manifest.rows) == [str((photos / "eye0.png").resolve())] and manifest.changed
     rc, _, err = run(["segment", photos / "eye0.png", photos / "eye1.png", "--out", out, *SEGMENT], capsys)
-    assert rc == 0 and "eye0.png: done with dpn-release-drive" in err
+    assert rc == 0 and f"eye0.png: done with {DEFAULT_MODEL}" in err
     text = path.read_text()
     assert text.count("\n") == 3 and text.endswith("\n")  # header + one row per image
     assert set(rows_by_name(out)) == {"eye0.png", "eye1.png"}

@@ -565,14 +565,14 @@ def test_plugin_dock_widget_from_manifest_full_flow(qtbot, make_napari_viewer, t
 
 def test_shipped_model_finds_the_synthetic_vessels(qtbot, make_napari_viewer, notes):
     """With the real release weights, the dark lines come out as vessels through the widget."""
-    from napari_dpn.models import list_models
+    from napari_dpn.models import DEFAULT_MODEL, list_models
 
-    if "dpn-release-drive" not in [c.name for c in list_models()]:
+    if DEFAULT_MODEL not in [c.name for c in list_models()]:
         pytest.skip("shipped weights not installed")
     viewer = make_napari_viewer()
     _, truth = add_eye(viewer)
     w = SegmentWidget(viewer)
-    assert w.model_combo.currentText() == "dpn-release-drive"  # the default choice
+    assert w.model_combo.currentText() == DEFAULT_MODEL  # the default choice
     w.device_combo.setCurrentText("cpu")
     segment(qtbot, w)
     p = np.asarray(viewer.layers["eye vessel probability"].data)
