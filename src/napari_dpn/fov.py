@@ -2,7 +2,7 @@
 
 The paper's metrics count only pixels inside the FOV.  CHASE_DB1 and most users' own images have
 no mask, so we estimate one: the fundus is the large bright disc, the border around it is dark.
-Measured against the DRIVE and STARE masks in ``docs/fov.md`` (``scripts/measure_fov.py``).
+Measured against the DRIVE and STARE masks in ``docs/fov.md`` (``scripts/benchmarks/measure_fov.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Inference speed and peak memory for DRIVE-, CHASE- and HRF-sized images on the current device.
 
-Usage: python scripts/bench_inference.py [--device auto] [--repeats 3] [--markdown]
+Usage: python scripts/benchmarks/bench_inference.py [--device auto] [--repeats 3] [--markdown]
 
 Each size runs in a fresh subprocess so that its peak resident memory (CPU) or peak
 allocated memory (CUDA) is its own.  Prints a table; --markdown prints it for docs/.
@@ -13,6 +13,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: _provenance
 
 SIZES = {"DRIVE 565x584": (584, 565), "CHASE_DB1 999x960": (960, 999), "HRF 3504x2336": (2336, 3504)}
 ARCHS = ("dpn", "dpn-release")

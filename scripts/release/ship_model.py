@@ -1,6 +1,6 @@
 """Copy a trained model into weights/ with its measured test metrics in the model card.
 
-Usage: python scripts/ship_model.py runs/NAME/NAME.safetensors --eval-json docs/results/X.json \
+Usage: python scripts/release/ship_model.py runs/NAME/NAME.safetensors --eval-json docs/results/X.json \
            --dataset-terms "STARE: research use; cite Hoover et al. 2000" \
            [--name SHIPPED_NAME] [--hardware "1x NVIDIA H200, torch 2.11"] [--description TEXT]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from napari_dpn.models import load_model, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:

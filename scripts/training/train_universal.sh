@@ -4,14 +4,14 @@
 # any-camera augmentation (any rotation, scale jitter x0.8-1.25, brightness/contrast/gamma, blur,
 # noise, JPEG), the paper's four-head class-balanced loss and weight decay.
 # With HOLDOUT one dataset is left out: the leave-one-dataset-out models of docs/results.md.
-#   scripts/train_universal.sh DATASETS_ROOT [HOLDOUT]
+#   scripts/training/train_universal.sh DATASETS_ROOT [HOLDOUT]
 # Environment (defaults in brackets): STEPS [100000], CROP [256], LR [5e-4], INIT [dpn-drive; "none"
 # for a fresh network], DEVICE [auto], THREADS [torch's], TIME_LIMIT [none: seconds, then the model
 # is saved at the step reached]. Resumes from runs/<name>/<name>.ckpt.pt, else from a committed
 # checkpoints/<name>.ckpt.pt, so a later machine continues where the last one stopped.
 set -euo pipefail
 root=${1:?usage: $0 DATASETS_ROOT [drive|stare|chase|avwide]}; holdout=${2:-}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py=${PYTHON:-.venv/bin/python}
 sets=(); for ds in drive stare chase avwide; do [ "$ds" = "$holdout" ] || sets+=("$ds"); done
 name=dpn-universal${holdout:+-no-$holdout}

@@ -1,6 +1,6 @@
 """docs/images/sample-result.png: the bundled sample, its vessel probability and the vessel mask.
 
-Usage: python scripts/readme_figure.py   (uses the shipped dpn-release-drive model on the CPU)
+Usage: python scripts/figures/readme_figure.py   (uses the shipped dpn-release-drive model on the CPU)
 """
 
 from pathlib import Path
@@ -14,7 +14,7 @@ from napari_dpn.image_io import atomic_write
 from napari_dpn.inference import predict
 from napari_dpn.models import load_model
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "sample-result.png"
+OUT = Path(__file__).resolve().parents[2] / "docs" / "images" / "sample-result.png"
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Record in each shipped model card the scale it works at (scale.py), measured on its training data.
 
-Usage: python scripts/fill_scale_cards.py DATASETS_ROOT [MODEL ...]
+Usage: python scripts/release/fill_scale_cards.py DATASETS_ROOT [MODEL ...]
 
 ``working_ppd``: the mean FOV diameter of the training dataset (its masks; CHASE_DB1's estimated)
 over the dataset's field angle.  ``vessel_calibre_px``: the model's own thickest-vessel width on up

@@ -1,6 +1,6 @@
 """Measure napari_dpn.fov.estimate_fov against the FOV masks of DRIVE (40) and STARE (20).
 
-Usage:  .venv/bin/python scripts/measure_fov.py [--root ../shared/datasets] [--output docs/fov.md]
+Usage:  .venv/bin/python scripts/benchmarks/measure_fov.py [--root ../shared/datasets] [--output docs/fov.md]
 
 Prints a Markdown report (Dice, IoU, pixel accuracy: mean and min per dataset, plus the worst
 images); with --output it also writes it there.  CHASE_DB1 has no masks, so only the fraction of
@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _provenance import commit, cpu_model
-from napari_dpn.datasets import list_samples
-from napari_dpn.fov import estimate_fov
-from napari_dpn.image_io import as_rgb, read_image, read_mask
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: _provenance
+from _provenance import commit, cpu_model  # noqa: E402
+from napari_dpn.datasets import list_samples  # noqa: E402
+from napari_dpn.fov import estimate_fov  # noqa: E402
+from napari_dpn.image_io import as_rgb, read_image, read_mask  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scores(est: np.ndarray, ref: np.ndarray) -> tuple[float, float, float]:
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     coverage = [estimate_fov(as_rgb(read_image(s.image_path))).mean() for s in list_samples("chase", args.root)]
     elapsed = time.perf_counter() - start
 
-    cmd = "python scripts/measure_fov.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python scripts/benchmarks/measure_fov.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report = "\n".join(
         [
             "# FOV estimation accuracy",

@@ -1,6 +1,6 @@
 """Convert the official DPN release's DRIVE caffemodel into weights/dpn-release-drive.*
 
-Usage: python scripts/import_release_weights.py [CAFFEMODEL] [--eval-json FILE]
+Usage: python scripts/release/import_release_weights.py [CAFFEMODEL] [--eval-json FILE]
 
 The measured metrics and the recommended threshold in the card come from
 ``napari-dpn evaluate --dataset drive --json FILE`` (pass that file with --eval-json).
@@ -15,7 +15,7 @@ from pathlib import Path
 from napari_dpn.convert import RELEASE_INPUT, import_caffe
 from napari_dpn.models import ModelCard, file_sha256
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
             "by": "the authors of DPN, with Caffe (official release)",
             "source": "github.com/guomugong/DPN @ 38e5abdb1c2cb620b708f546026f4df4feb3a9f0, snapshot/drive_pretrain.caffemodel",
             "source_sha256": file_sha256(args.caffemodel),
-            "converted_with": "napari-dpn import-caffe (scripts/import_release_weights.py)",
+            "converted_with": "napari-dpn import-caffe (scripts/release/import_release_weights.py)",
         },
         licence="Anti 996 (as stated by the official repository; permissive, keep the attribution)",
         attribution="Song Guo, 'DPN: Detail-Preserving Network with High Resolution Representation for "

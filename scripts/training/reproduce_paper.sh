@@ -4,12 +4,12 @@
 #   DRIVE 20/20: 100k steps, 512 crops | STARE 10/10: 30k steps, 512 crops, CLAHE | CHASE_DB1 20/8: 100k steps, 736 crops
 # Each run checkpoints every 2000 steps and resumes when the script is run again; each is then
 # evaluated into docs/results/<dataset>_<name>.json. Usage:
-#   scripts/reproduce_paper.sh DATASETS_ROOT [drive|stare|chase ...]    (STEPS_SCALE=0.1 for a shorter run)
+#   scripts/training/reproduce_paper.sh DATASETS_ROOT [drive|stare|chase ...]    (STEPS_SCALE=0.1 for a shorter run)
 set -euo pipefail
 root=${1:?usage: $0 DATASETS_ROOT [drive|stare|chase ...]}; shift
 sets=("${@:-drive stare chase}"); [ $# -eq 0 ] && sets=(drive stare chase)
 scale=${STEPS_SCALE:-1}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py=${PYTHON:-.venv/bin/python}
 for ds in "${sets[@]}"; do
   case $ds in

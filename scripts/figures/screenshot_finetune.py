@@ -2,7 +2,7 @@
 
 Run headless under Xvfb from the repository root:
 
-    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_finetune.py \
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/figures/screenshot_finetune.py \
         [--stare /work/shared/datasets]
 
 1. ``finetune-running.png`` (whole window, 1366x768): the scikit-image fundus sample (CC0)

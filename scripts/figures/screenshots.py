@@ -2,7 +2,7 @@
 
 Run headless under Xvfb from the repository root:
 
-    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/figures/screenshots.py
 
 It opens napari at 1366x768 (a laptop screen), loads the scikit-image fundus sample (CC0),
 docks "Segment vessels", segments with the shipped model 'dpn-release-drive' on the CPU, makes

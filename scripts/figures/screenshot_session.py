@@ -1,6 +1,6 @@
 """Reproduce the screenshots of docs/correcting-a-folder.md (docs/images/session-*.png).
 
-    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/screenshot_session.py
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python scripts/figures/screenshot_session.py
 
 napari at 1366x768 (a laptop screen), a folder of three photographs made from the scikit-image
 fundus sample (CC0: the original, mirrored, and a crop), "Correct a folder" docked, the shipped
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from screenshots import SCREEN, open_viewer, shot, wait  # noqa: F401
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Several trainings at once on one GPU, each stopped after a time budget and saved at the step
 # reached (its card records the steps actually run), then packed for the trip back.
-#   scripts/train_on_gpu.sh DATASETS_ROOT SECONDS PACK_DIR [job ...]
+#   scripts/training/train_on_gpu.sh DATASETS_ROOT SECONDS PACK_DIR [job ...]
 # Jobs (default: all): drive stare chase drive-noaux drive-clahe chase-ft
-#   drive/stare/chase: `dpn` from scratch with the paper's recipe (scripts/reproduce_paper.sh)
+#   drive/stare/chase: `dpn` from scratch with the paper's recipe (scripts/training/reproduce_paper.sh)
 #   drive-noaux: Table 5's ablation (main head only); drive-clahe: Table 4's DRIVE model with CLAHE
 #   chase-ft: continue the dpn-release-chase-ft fine-tune (crop 256, lr 1e-4) from its checkpoint
 # A job whose runs/<name>/<name>.ckpt.pt (or committed checkpoints/<name>.ckpt.pt) exists resumes
@@ -12,7 +12,7 @@
 set -uo pipefail
 root=${1:?usage: $0 DATASETS_ROOT SECONDS PACK_DIR [job ...]}; budget=${2:?seconds}; pack=${3:?pack dir}; shift 3
 jobs_=("$@"); [ $# -eq 0 ] && jobs_=(drive stare chase drive-noaux drive-clahe chase-ft)
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 threads=${THREADS:-2}

@@ -1,6 +1,6 @@
 """Markdown rows for docs/results.md from the JSON files of ``napari-dpn evaluate``.
 
-Usage: python scripts/results_table.py docs/results/*.json
+Usage: python scripts/release/results_table.py docs/results/*.json
 """
 
 import json

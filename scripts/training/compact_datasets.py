@@ -1,6 +1,6 @@
 """Lossless, smaller copy of DRIVE / STARE / CHASE_DB1 in the same layout, to carry to a GPU machine.
 
-    python scripts/compact_datasets.py DATASETS_ROOT OUT_DIR [drive stare chase]
+    python scripts/training/compact_datasets.py DATASETS_ROOT OUT_DIR [drive stare chase]
 
 TIFF and PPM/PGM images become PNG (the loaders find any supported suffix); GIF, JPEG and PNG
 files are copied as they are.  Every converted file is read back and compared with the original

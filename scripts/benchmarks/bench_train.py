@@ -1,8 +1,8 @@
 """Seconds per training step of the real engine (crop, loss, backward, Adam) on this device.
 
-    python scripts/bench_train.py                      # dpn and dpn-release, crops 512 and 736
-    python scripts/bench_train.py --arch dpn --crop 512 --no-channels-last --threads 1 --amp bf16
-    python scripts/bench_train.py --compare            # speed-ups side by side (see below)
+    python scripts/benchmarks/bench_train.py                      # dpn and dpn-release, crops 512 and 736
+    python scripts/benchmarks/bench_train.py --arch dpn --crop 512 --no-channels-last --threads 1 --amp bf16
+    python scripts/benchmarks/bench_train.py --compare            # speed-ups side by side (see below)
 
 Each configuration trains a fresh network on one synthetic fundus image for ``--steps`` steps
 (then cancels, so nothing but a checkpoint is written) and reports the median step time after
@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: _provenance
+
 from _provenance import cpu_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 
 
 def _image(size: int):
