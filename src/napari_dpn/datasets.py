@@ -390,3 +390,56 @@ def leave_one_out(dataset: str, root: str | Path) -> Iterator[tuple[str, Split]]
     samples = list_samples(dataset, root)
     for k, sample in enumerate(samples):
         yield sample.name, Split(train=samples[:k] + samples[k + 1 :], test=[sample])
+
+
+# ------------------------------------------------------------------ a dataset folder opened in napari
+# The folder reader recognises a folder at several levels (``DRIVE``, ``DRIVE/test``,
+# ``DRIVE/test/images``), and an image whose annotation is missing still opens (without it).
+
+
+@dataclass
+class DatasetFolder:
+    """A dataset folder as the napari reader opens it: its name, where its images are, its samples."""
+
+    dataset: str  # "DRIVE", "STARE" or "CHASE_DB1"
+    root: Path  # the folder that holds the images
+    entries: list[Sample]
+
+
+# (key, shown name, sub-folders that must be there): a DRIVE split or STARE folder is
+# recognised by its annotation folder; CHASE_DB1 (flat) by at least one annotated image.
+_LAYOUTS = (
+    ("drive", "DRIVE", ("images", "1st_manual")),
+    ("stare", "STARE", ("images", "labels-ah")),
+    ("chase", "CHASE_DB1", ()),
+)
+
+
+def _detect(folder: Path, key: str, name: str, needs: tuple[str, ...]) -> DatasetFolder | None:
+    if not all((folder / sub).is_dir() for sub in needs):
+        return None
+    try:
+        samples = folder_samples(key, folder, require_labels=False)
+    except InputError:  # not this layout (no images of its naming)
+        return None
+    if not needs and not any(s.label_path for s in samples):
+        return None
+    return DatasetFolder(name, samples[0].image_path.parent, samples)
+
+
+def find_dataset(folder: str | Path) -> DatasetFolder | None:
+    """The dataset layout of ``folder`` (or of its parent / its test split), else None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    candidates = [folder]
+    if folder.name in ("images", "1st_manual", "mask", "labels-ah", "labels-vk"):
+        candidates.append(folder.parent)
+    # a dataset root: prefer the test split, then training
+    candidates += [folder / "test", folder / "training"]
+    for cand in candidates:
+        for layout in _LAYOUTS:
+            found = _detect(cand, *layout) if cand.is_dir() else None
+            if found is not None:
+                return found
+    return None

@@ -656,15 +656,21 @@ def threshold_box(
     return want & ~mask & inside, mask & ~want & inside
 
 
-def speck_pixels(mask: np.ndarray, n: int) -> np.ndarray:
-    """The pixels of the 8-connected components smaller than ``n`` pixels (bool mask)."""
+def speck_components(mask: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """(bool mask of the pixels of the 8-connected components smaller than ``n`` pixels, how many
+    such components): what *Remove specks* removes, and the count its preview shows."""
     mask = np.asarray(mask, bool)
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
-        return np.zeros(mask.shape, bool)
+        return np.zeros(mask.shape, bool), 0
     small = np.bincount(labels.ravel()) < n
     small[0] = False
-    return small[labels]
+    return small[labels], int(np.count_nonzero(small))
+
+
+def speck_pixels(mask: np.ndarray, n: int) -> np.ndarray:
+    """The pixels of the 8-connected components smaller than ``n`` pixels (bool mask)."""
+    return speck_components(mask, n)[0]
 
 
 def remove_specks(mask: np.ndarray, n: int) -> np.ndarray:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_dpn.datasets import find_dataset
+
 from . import _roles
-from ._layouts import find_dataset
 
 FILE_SUFFIXES = (".ppm", ".pgm", ".gif")
 # Suffixes an annotation named by :func:`annotation_of` may have to be opened by this reader.

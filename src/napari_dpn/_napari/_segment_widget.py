@@ -61,11 +61,13 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from napari_dpn import comparison
 from napari_dpn.errors import DPNError, InputError
 from napari_dpn.scale import COMMON_FIELD_ANGLES
+from napari_dpn.session import speck_components
 from napari_dpn.text import duration
 
-from . import _analysis, _roles
+from . import _roles
 from ._dock import DockWidget, Section, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
 
@@ -1076,7 +1078,7 @@ class SegmentWidget(DockWidget):
             show_warning("The ROC-optimal threshold needs a segmented image and its ground truth.")
             return None
         cached = res.roc_cache.get(id(gt_layer))
-        t = cached[1] if cached is not None else _analysis.youden_threshold(res.prob, gt, res.fov)
+        t = cached[1] if cached is not None else comparison.youden_threshold(res.prob, gt, res.fov)
         if t is None:
             show_warning("The ground truth has no vessel (or only vessel) inside the FOV.")
             return None
@@ -1096,9 +1098,9 @@ class SegmentWidget(DockWidget):
         mask = np.asarray(vessels.data) > 0
         edits = res.edits
         if mask.size <= INLINE_PIXELS:
-            self._apply_specks(res, vessels, edits, size, _analysis.speck_pixels(mask, size))
+            self._apply_specks(res, vessels, edits, size, speck_components(mask, size))
             return True
-        worker = _light_worker(_analysis.speck_pixels, mask, size)
+        worker = _light_worker(speck_components, mask, size)
         worker.returned.connect(lambda out, r=res, v=vessels, e=edits, s=size: self._apply_specks(r, v, e, s, out))
         worker.finished.connect(self._on_speck_finished)
         self._speck_worker = worker
@@ -1119,7 +1121,8 @@ class SegmentWidget(DockWidget):
             self._speck_worker = None
             self.remove_specks()
             return
-        indices, n = found
+        pixels, n = found
+        indices = np.nonzero(pixels)
         if n == 0:
             self.edit_status.setText(f"No speck smaller than {size} px.")
             return
@@ -1226,7 +1229,7 @@ class SegmentWidget(DockWidget):
 
     @staticmethod
     def _compare(req: _Request) -> dict:
-        return _analysis.compare(req.pred, req.gt, req.res.fov, req.res.prob, req.roc)
+        return comparison.compare(req.pred, req.gt, req.res.fov, req.res.prob, req.roc)
 
     def _start_comparison(self, req: _Request) -> None:
         worker = _light_worker(self._compare, req)

@@ -1,4 +1,5 @@
-"""Numbers the widget shows, from :mod:`napari_dpn.metrics` (the same as the CLI reports).
+"""Comparing a vessel map with a ground truth: the numbers and the error layer the widgets show,
+from :mod:`napari_dpn.metrics` (the same as the CLI reports).
 
 Pixels inside the FOV only; vessel = ``prob >= threshold``.  Any metric that cannot be computed
 (empty FOV, no vessel in the ground truth) comes back as NaN / None instead of raising.
@@ -70,19 +71,3 @@ def compare(pred: np.ndarray, gt: np.ndarray, fov: np.ndarray | None, prob: np.n
         out["auc"] = auc(prob, gt, fov)
         out["youden"] = youden_threshold(prob, gt, fov)
     return out
-
-
-def speck_pixels(mask: np.ndarray, max_pixels: int) -> tuple[tuple[np.ndarray, ...], int]:
-    """(indices of the pixels of every 8-connected component smaller than ``max_pixels``,
-    number of such components) in a boolean mask."""
-    from scipy import ndimage
-
-    mask = np.asarray(mask, bool)
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return tuple(np.empty(0, np.intp) for _ in range(mask.ndim)), 0
-    sizes = np.bincount(labels.ravel())
-    small = sizes < max_pixels
-    small[0] = False
-    indices = np.nonzero(small[labels])
-    return indices, int(np.count_nonzero(small))
