@@ -1,10 +1,11 @@
-"""Tiny synthetic fundus-like images for the training tests: an orange-red disc on black with
-a few dark curvy "vessels"; the label is exactly those curves, the FOV exactly the disc."""
+"""Tiny synthetic images for the tests: a fundus-like orange-red disc on black with a few dark curvy
+"vessels" (the label is exactly those curves, the FOV exactly the disc), and a Y-shaped vessel tree."""
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.draw import disk, line_aa
+from scipy import ndimage
+from skimage.draw import disk, line, line_aa
 
 
 def fundus(size: int = 64, seed: int = 0, n_vessels: int = 4):
@@ -32,3 +33,14 @@ def fundus(size: int = 64, seed: int = 0, n_vessels: int = 4):
     rgb[label] = (0.45, 0.12, 0.06)
     rgb += rng.normal(0, 0.03, rgb.shape).astype(np.float32) * fov[..., None]
     return np.clip(rgb, 0, 1), label, fov
+
+
+def y_tree(size=80, width=1):
+    """A Y: a trunk from the bottom to a fork at (40, 40), two arms up-left and up-right."""
+    m = np.zeros((size, size), bool)
+    for r0, c0, r1, c1 in ((75, 40, 40, 40), (40, 40, 8, 10), (40, 40, 8, 70)):
+        rr, cc = line(r0, c0, r1, c1)
+        m[rr, cc] = True
+    if width > 1:
+        m = ndimage.binary_dilation(m, iterations=width // 2)
+    return m

@@ -27,6 +27,9 @@ from .scale import Scale
 # width of the main arcade vessels, which have about the same size in every adult eye.
 CALIBRE_PERCENTILE = 95
 MIN_SKELETON = 300  # skeleton pixels below which a calibre is not trusted
+# A map with more "vessel" than this share of its FOV is no vessel tree (noise, a blank photograph):
+# no calibre, and no skeleton of a dense mask, which is slow and holds the GIL (a GUI would stall).
+MAX_VESSEL_SHARE = 0.35
 COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
 COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 
@@ -62,11 +65,17 @@ class Segmentation:
 
 
 def vessel_calibre(mask: np.ndarray, fov: np.ndarray | None = None) -> float | None:
-    """Width in pixels of the thickest vessels of a binary vessel map (None: too few vessels)."""
+    """Width in pixels of the thickest vessels of a binary vessel map (None: too few vessels, or so
+    many that the map is no vessel tree)."""
     # A fresh C-contiguous bool copy: skimage's skeletonize crashes on some read-only/strided views.
     mask = np.array(mask, dtype=np.uint8).astype(bool)
+    inside = mask.size
     if fov is not None:
-        mask &= np.asarray(fov, bool)
+        fov = np.asarray(fov, bool)
+        mask &= fov
+        inside = int(np.count_nonzero(fov))
+    if not inside or np.count_nonzero(mask) > MAX_VESSEL_SHARE * inside:
+        return None
     skeleton = skeletonize(mask)
     if skeleton.sum() < MIN_SKELETON:
         return None

@@ -204,7 +204,8 @@ class Session:
         self.folder, self.annotations = folder, annotations
         self.entries, self.current = entries, current
         self.models = list(models or [])  # fine-tuned versions: name, path, base, images, at
-        self._lock = threading.RLock()  # the widget saves from a worker thread
+        self._lock = threading.RLock()  # entries and the session file: the widget saves from a worker thread
+        self._save_lock = threading.Lock()  # one annotation write at a time
 
     # -- creation and persistence
     @classmethod
@@ -347,7 +348,9 @@ class Session:
         to replace a vessels file the session did not write unless ``overwrite``."""
         from .image_io import write_mask
 
-        with self._lock:
+        # Saves are ordered by their own lock; the session's lock (entries, the session file) is
+        # held only for the bookkeeping, so the GUI thread's navigation never waits for a PNG.
+        with self._save_lock:
             return self._save(index, mask, fov, overwrite, write_mask)
 
     def _save(self, index, mask, fov, overwrite, write_mask) -> Path:
@@ -359,12 +362,18 @@ class Session:
             not self.fov_path(index).is_file() or overwrite or self.entries[index].digest is not None
         ):
             write_mask(self.fov_path(index), np.asarray(fov, bool), on_value=255)
-        e = self.entries[index]
-        e.state, e.saved_at, e.digest = "saved", _now(), _digest(vessels)
-        if fov is not None:
-            e.density = round(vessel_density(mask, np.asarray(fov, bool)), 5)
-            e.fov_diameter = round(fov_diameter(np.asarray(fov, bool)), 1)
-        self.write()
+        digest = _digest(vessels)
+        numbers = (
+            (round(vessel_density(mask, np.asarray(fov, bool)), 5), round(fov_diameter(np.asarray(fov, bool)), 1))
+            if fov is not None
+            else None
+        )
+        with self._lock:
+            e = self.entries[index]
+            e.state, e.saved_at, e.digest = "saved", _now(), digest
+            if numbers is not None:
+                e.density, e.fov_diameter = numbers
+            self.write()
         return vessels
 
     def saved_mask(self, index: int) -> np.ndarray | None:

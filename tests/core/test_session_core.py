@@ -7,24 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from skimage.draw import line
 
 from napari_dpn import session as S
 from napari_dpn.image_io import write_mask
-from synthetic_fundus import fundus
-
-
-def y_tree(size=80, width=1):
-    """A Y: a trunk from the bottom to a fork at (40, 40), two arms up-left and up-right."""
-    m = np.zeros((size, size), bool)
-    for r0, c0, r1, c1 in ((75, 40, 40, 40), (40, 40, 8, 10), (40, 40, 8, 70)):
-        rr, cc = line(r0, c0, r1, c1)
-        m[rr, cc] = True
-    if width > 1:
-        from scipy import ndimage
-
-        m = ndimage.binary_dilation(m, iterations=width // 2)
-    return m
+from synthetic_fundus import fundus, y_tree
 
 
 @pytest.mark.parametrize("width", [1, 3])

@@ -14,11 +14,9 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from test_session_core import y_tree
-
 from napari_dpn import session as S
 from napari_dpn._napari._session_widget import SessionWidget
-from synthetic_fundus import fundus
+from synthetic_fundus import fundus, y_tree
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 120_000
