@@ -344,9 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=_scale_arg,
         default="auto",
-        metavar="auto|native|FACTOR",
+        metavar="auto|native|calibre|FACTOR",
         help="auto (default): resample each photograph to the model's working scale (pixels per "
-        "degree of retina) and the map back; native: no resampling; or a factor such as 0.5",
+        "degree of retina) and the map back; native: no resampling; calibre: estimate the scale from the "
+        "width of the main vessels (experimental); or a factor such as 0.5",
     )
     p.add_argument(
         "--field-angle",
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DEG",
         help="the camera's field of view in degrees (30, 35, 45, 50, 55 ...); default: estimated "
-        "(45 degrees assumed for a circular FOV, the vessel calibre without one)",
+        "(45 degrees assumed for a circular FOV; without one, the native scale)",
     )
     p.add_argument(
         "--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image"

@@ -31,7 +31,7 @@ from .errors import InputError, OutputExistsError, WeightsError
 from .model import ARCHITECTURES, build_model, flush_denormals_
 
 WEIGHTS_SUFFIX = ".safetensors"
-DEFAULT_MODEL = "dpn-release-drive"  # what the CLI and the widgets use when the user picks none
+DEFAULT_MODEL = "dpn-universal"  # what the CLI and the widgets use when the user picks none (docs/scale.md)
 _CARD_KEY = "napari_dpn_card"
 
 # Input convention of networks trained from scratch here: RGB scaled to 0..1, centred.

@@ -13,9 +13,11 @@ probability map back to the original pixels.  The image's ppd comes from, in ord
 
 1. a factor the caller gives (``scale=<number>``), or ``native`` (no resampling: the paper's protocol);
 2. the FOV diameter and a field angle the user gives (``field_angle``);
-3. without a field angle: the vessel calibre from a first coarse pass (``segmentation.py``), when
-   the photograph has no circular FOV (ultra-widefield); else the FOV diameter and a 45 degree
-   guess, the most common field angle of fundus cameras.
+3. without a field angle: the FOV diameter and a 45 degree guess, the most common field angle of
+   fundus cameras; without a circular FOV either (ultra-widefield), the native scale.  The vessel
+   calibre of coarse passes (``scale='calibre'``, ``segmentation.scale_from_calibre``) estimates
+   the scale without any metadata, but measured worse than the native scale on AV-WIDE, so it is
+   opt-in (docs/scale.md).
 
 Anything implausible (no FOV, a factor outside ``MIN_FACTOR..MAX_FACTOR``) falls back to the native
 scale with one sentence in ``Scale.note``; it never raises.
@@ -36,7 +38,7 @@ MIN_FACTOR, MAX_FACTOR = 0.08, 4.0
 MIN_FOV_SHARE = 0.3
 # Below this change the image is left as it is (resampling costs more than it brings).
 NEGLIGIBLE = 0.03
-SCALE_MODES = ("auto", "native")
+SCALE_MODES = ("auto", "native", "calibre")
 
 
 @dataclass
@@ -103,7 +105,7 @@ def check_field_angle(angle: float | None) -> float | None:
 
 
 def parse_scale(text: str | float) -> str | float:
-    """'auto' | 'native' | a positive factor (string or number); ValueError otherwise."""
+    """'auto' | 'native' | 'calibre' | a positive factor (string or number); ValueError otherwise."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -113,7 +115,7 @@ def parse_scale(text: str | float) -> str | float:
         try:
             value = float(key)
         except ValueError:
-            raise ValueError(f"scale must be auto, native or a factor such as 0.5, got {text!r}") from None
+            raise ValueError(f"scale must be auto, native, calibre or a factor such as 0.5, got {text!r}") from None
     if not MIN_FACTOR <= value <= MAX_FACTOR:
         raise ValueError(f"a scale factor must lie between {MIN_FACTOR} and {MAX_FACTOR}, got {value:g}")
     return value

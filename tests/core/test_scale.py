@@ -178,7 +178,7 @@ def test_cli_segment_reports_the_scale(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--scale", "huge"], "scale must be auto, native or a factor"),
+        (["--scale", "huge"], "scale must be auto, native, calibre or a factor"),
         (["--field-angle", "500"], "not plausible"),
         (["--field-angle", "wide"], "must be degrees"),
     ],

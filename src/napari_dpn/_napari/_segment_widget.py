@@ -274,7 +274,7 @@ class SegmentWidget(DockWidget):
             "The camera's field of view. The photograph is resampled to the scale the model was "
             "trained at (pixels per degree of retina = FOV diameter / this angle) and the map back "
             "to its own pixels. Unknown: 45° is assumed for a round field of view; without one "
-            "(ultra-widefield) the scale comes from the width of the main vessels."
+            "(ultra-widefield) the photograph is used at its own scale."
         )
         form.addRow("Field of view", self.field_combo)
 
