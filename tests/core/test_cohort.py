@@ -164,7 +164,7 @@ def test_killing_a_worker_mid_run_still_segments_every_image_exactly_once(photos
         distributed.Client(cluster) as client,
     ):
         client.register_plugin(KillOnce(str(marks)), name="kill-once")
-        settings = settings_for("dpn-release-drive", device="cpu", precision="fp32", torch_threads=1)
+        settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32", torch_threads=1)
         with Cohort(out, settings) as cohort:
             plan = cohort.plan(images)
             results = list(cohort.run(plan.jobs, scheduler=cluster.scheduler_address))
@@ -249,7 +249,7 @@ def test_a_retried_task_returns_its_receipt_and_writes_nothing(photos, tmp_path,
 
     out, run_dir = tmp_path / "out", tmp_path / "out" / f"{RUN_PREFIX}test"
     run_dir.mkdir(parents=True)
-    settings = settings_for("dpn-release-drive", device="cpu", precision="fp32")
+    settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
     plan = Cohort(out, settings).plan([photos / "eye0.png"])
     first = segment_job(plan.jobs[0], settings, str(run_dir))
     monkeypatch.setattr(cohort, "write_outputs", lambda *a, **k: pytest.fail("written twice"))
@@ -312,7 +312,7 @@ def test_batch_pipeline_writes_what_one_image_at_a_time_writes(tmp_path):
     Image.fromarray((inner * 255).astype(np.uint8)).save(folder / "c0.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
     images, _ = images_in([str(folder)])
-    settings = settings_for("dpn-release-drive", device="cpu", precision="fp32")
+    settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
     runs = {}
     for name, batch in (("single", 1), ("batched", 2)):
         out = tmp_path / name
@@ -392,6 +392,7 @@ import os, sys
 from pathlib import Path
 import napari_dpn.image_io as image_io
 from napari_dpn.cohort import Cohort, settings_for
+from napari_dpn.models import DEFAULT_MODEL
 
 real, placed = image_io._place_no_clobber, []
 
@@ -402,7 +403,7 @@ def place_then_die(tmp, path):
         os._exit(3)  # the probability map is in place, the two masks are not
 
 image_io._place_no_clobber = place_then_die
-cohort = Cohort(sys.argv[2], settings_for("dpn-release-drive", device="cpu", precision="fp32"))
+cohort = Cohort(sys.argv[2], settings_for(DEFAULT_MODEL, device="cpu", precision="fp32"))
 for result in cohort.run(cohort.plan([Path(sys.argv[1])]).jobs):
     pass
 """
@@ -445,7 +446,7 @@ def test_a_retry_completes_the_placement_a_dead_worker_began(died_while_placing,
     intent = json.loads(next(run_dir.glob("*.placing.json")).read_text())
     job = _job_from(intent["job"])
     first = (out / "eye0_probability.png").stat().st_ino
-    settings = settings_for("dpn-release-drive", device="cpu", precision="fp32")
+    settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
     result = segment_job(job, settings, str(run_dir))  # what Dask runs on another worker
     assert result.status == "done" and result.row["output_sha256"] == ";".join(intent["shas"])
     outputs_of(out, ["eye0"])
