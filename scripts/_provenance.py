@@ -24,3 +24,18 @@ def commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def write_report(path, data: dict) -> Path:
+    """Write a benchmark's JSON atomically, with the commit, the CPU and the command that made it."""
+    import json
+    import sys
+
+    from napari_dpn.image_io import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**data, "commit": commit(), "cpu": cpu_model(), "command": "python " + " ".join(sys.argv)}
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
+    return path

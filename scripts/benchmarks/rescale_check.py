@@ -12,7 +12,6 @@ field angle given); AUC is pooled inside the official FOV masks.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,10 +20,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
+from _provenance import write_report  # noqa: E402
 from napari_dpn.cli import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.datasets import load_split  # noqa: E402
-from napari_dpn.image_io import atomic_write  # noqa: E402
 from napari_dpn.models import load_model  # noqa: E402
 from napari_dpn.scale import resample_image  # noqa: E402
 from napari_dpn.segmentation import segment  # noqa: E402
@@ -68,14 +66,8 @@ def main() -> None:
         "model": args.model,
         "sha256": loaded.card.sha256,
         "rows": rows,
-        "commit": commit(),
-        "cpu": cpu_model(),
-        "command": "python scripts/benchmarks/rescale_check.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ median and worst absolute error in percent of the true factor.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
+from _provenance import write_report  # noqa: E402
 from napari_dpn.cli import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.datasets import DATASETS, load_split, sample_factor  # noqa: E402
-from napari_dpn.image_io import atomic_write  # noqa: E402
 from napari_dpn.models import load_model  # noqa: E402
 from napari_dpn.scale import from_fov, resample_image, resample_mask, working_ppd  # noqa: E402
 from napari_dpn.segmentation import scale_from_calibre  # noqa: E402
@@ -78,14 +76,8 @@ def main() -> None:
         "working_ppd": target,
         "summary": summary,
         "rows": rows,
-        "commit": commit(),
-        "cpu": cpu_model(),
-        "command": "python scripts/benchmarks/scale_estimate.py " + " ".join(sys.argv[1:]),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":
