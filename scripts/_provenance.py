@@ -27,7 +27,8 @@ def commit() -> str:
 
 
 def write_report(path, data: dict) -> Path:
-    """Write a benchmark's JSON atomically, with the commit, the CPU and the command that made it."""
+    """Write a benchmark's JSON atomically, with the commit, the CPU and the command that made it
+    (unless ``data`` already names them)."""
     import json
     import sys
 
@@ -35,7 +36,7 @@ def write_report(path, data: dict) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {**data, "commit": commit(), "cpu": cpu_model(), "command": "python " + " ".join(sys.argv)}
+    data = {"commit": commit(), "cpu": cpu_model(), "command": "python " + " ".join(sys.argv), **data}
     with atomic_write(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
     return path

@@ -20,7 +20,6 @@ ratio of each to the U-Net.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
+from _provenance import commit, cpu_model, write_report  # noqa: E402
 
 
 def _double(cin: int, cout: int) -> nn.Sequential:
@@ -161,7 +160,8 @@ def interleave(variants: dict, image: np.ndarray, rounds: int, warm: int) -> dic
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from napari_dpn.inference import cpu_has_native_bf16, predict
+    from napari_dpn.devices import cpu_has_native_bf16
+    from napari_dpn.inference import predict
     from napari_dpn.models import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -237,8 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python", "scripts/benchmarks/bench_vs_unet.py", *(argv or sys.argv[1:])]),
     }
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {write_report(args.out, report)}")
     return report
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
+from _provenance import commit, cpu_model, write_report  # noqa: E402
 from napari_dpn.batch import DEFAULT_BATCH, default_loader_workers, forward_batch  # noqa: E402
 from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
 from napari_dpn.devices import resolve_precision, select_device  # noqa: E402
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        print(f"wrote {write_report(args.out, report)}")
     return report
 
 

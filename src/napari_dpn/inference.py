@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .devices import available_devices, resolve_precision, select_device  # noqa: F401 (available_devices: re-exported for the widgets)
+from .devices import resolve_precision, select_device
 from .model import flush_denormals_
 from .models import LoadedModel
 from .preprocess import normalise

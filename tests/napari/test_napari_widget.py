@@ -541,7 +541,7 @@ def test_model_list_shows_summaries_and_picks_up_new_user_models(widget, tiny_mo
 
 
 def test_devices_are_only_those_present(widget):
-    from napari_dpn.inference import available_devices
+    from napari_dpn.devices import available_devices
 
     items = [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())]
     assert items == available_devices()

@@ -175,7 +175,7 @@ class ModelPicker(QWidget):
 
 
 class DeviceCombo(QComboBox):
-    """The devices present on this machine ('auto' first), from ``inference.available_devices``."""
+    """The devices present on this machine ('auto' first), from ``devices.available_devices``."""
 
     def __init__(self, tooltip: str, parent=None):
         super().__init__(parent)
@@ -184,7 +184,7 @@ class DeviceCombo(QComboBox):
     def refresh(self) -> None:
         """Re-list the devices, keeping the choice when it is still present."""
         try:
-            from napari_dpn.inference import available_devices
+            from napari_dpn.devices import available_devices
 
             devices = list(available_devices())
         except Exception:  # noqa: BLE001 - a broken torch install must not kill the widget
