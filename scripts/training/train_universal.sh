@@ -5,8 +5,8 @@
 # noise, JPEG), the paper's four-head class-balanced loss and weight decay.
 # With HOLDOUT one dataset is left out: the leave-one-dataset-out models of docs/results.md.
 #   scripts/training/train_universal.sh DATASETS_ROOT [HOLDOUT]
-# Environment (defaults in brackets): STEPS [100000], CROP [256], LR [5e-4], INIT [dpn-drive; "none"
-# for a fresh network], DEVICE [auto], THREADS [torch's], TIME_LIMIT [none: seconds, then the model
+# Environment (defaults in brackets): STEPS [100000], CROP [256], LR [5e-4], INIT [dpn-drive, or
+# dpn-stare when DRIVE is held out, so the held-out images are never seen; "none" for a fresh network], DEVICE [auto], THREADS [torch's], TIME_LIMIT [none: seconds, then the model
 # is saved at the step reached]. Resumes from runs/<name>/<name>.ckpt.pt, else from a committed
 # checkpoints/<name>.ckpt.pt, so a later machine continues where the last one stopped.
 set -euo pipefail
@@ -19,7 +19,10 @@ dir=runs/$name; ckpt=$dir/$name.ckpt.pt
 mkdir -p "$dir"
 [ -f "$ckpt" ] || [ ! -f "checkpoints/$name.ckpt.pt" ] || cp "checkpoints/$name.ckpt.pt" "$ckpt"
 start=(); if [ -f "$ckpt" ]; then start=(--resume "$ckpt" --overwrite)
-elif [ "${INIT:-dpn-drive}" != none ]; then start=(--init "${INIT:-dpn-drive}"); fi
+else
+  init=${INIT:-dpn-drive}; [ -n "${INIT:-}" ] || [ "$holdout" != drive ] || init=dpn-stare
+  [ "$init" = none ] || start=(--init "$init")
+fi
 "$py" -m napari_dpn.cli train --dataset "$(IFS=,; echo "${sets[*]}")" --root "$root" --working-ppd 12 \
   --augment-mode robust --clahe --steps "${STEPS:-100000}" --crop "${CROP:-256}" --lr "${LR:-5e-4}" \
   --val none --checkpoint-every 500 --log-every 100 --quiet --device "${DEVICE:-auto}" \

@@ -136,6 +136,7 @@ class _CaffeUp2(nn.Module):
         self.register_buffer("weight", bilinear_kernel(channels))
         self.register_buffer("bias", torch.zeros(channels))
         self._uniform: bool | None = None
+        self._bilinear: bool | None = None
 
     @property
     def uniform(self) -> bool:
@@ -153,13 +154,30 @@ class _CaffeUp2(nn.Module):
         return up[..., 1 : 1 + h, 1 : 1 + w]
 
     def up_sum(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """The one distinct output channel of a uniform deconvolution, (N, 1, h, w)."""
+        """The one distinct output channel of a uniform deconvolution, (N, 1, h, w).
+
+        With Caffe's bilinear kernel this is bilinear 2x up-sampling with zeros outside the map:
+        interpolating the zero-padded sum gives it without oneDNN's one-channel deconvolution, which
+        took 18 ms instead of 0.5 ms for some widths (e.g. 282, DRIVE's half width) on two threads.
+        """
         h, w = like.shape[-2:]
-        up = F.conv_transpose2d(x.sum(1, keepdim=True), self.weight[:1, :1].to(x.dtype), stride=2)
+        s = x.sum(1, keepdim=True)
+        if self.bilinear:
+            up = F.interpolate(F.pad(s, (1, 1, 1, 1)), scale_factor=2.0, mode="bilinear", align_corners=False)
+            return up[..., 2 : 2 + h, 2 : 2 + w]
+        up = F.conv_transpose2d(s, self.weight[:1, :1].to(x.dtype), stride=2)
         return up[..., 1 : 1 + h, 1 : 1 + w]
 
+    @property
+    def bilinear(self) -> bool:
+        """True for Caffe's bilinear filler (what the release uses), the kernel ``up_sum`` can interpolate."""
+        if self._bilinear is None:
+            k = self.weight[:1, :1].detach().float().cpu()
+            self._bilinear = self.uniform and bool(torch.equal(k, bilinear_kernel(1)))
+        return self._bilinear
+
     def _load_from_state_dict(self, *args, **kwargs):
-        self._uniform = None  # re-check the fast path for the loaded kernels
+        self._uniform = self._bilinear = None  # re-check the fast paths for the loaded kernels
         super()._load_from_state_dict(*args, **kwargs)
 
 
@@ -167,7 +185,11 @@ def _conv_folded(conv: nn.Conv2d, up: torch.Tensor, f: torch.Tensor, copies: int
     """``conv(cat([up.expand(copies), f]))`` for a one-channel ``up``: fold the copies into the kernel."""
     w = conv.weight
     w = torch.cat([w[:, :copies].sum(1, keepdim=True), w[:, copies:]], 1)
-    return F.conv2d(torch.cat([up, f], 1), w, conv.bias, padding=conv.padding)
+    # A cropped one-channel view has no clear memory format, and torch.cat would then write the
+    # 17 channels in NCHW order: the convolution after it, and every layer downstream, ran 2-4x
+    # slower with channels_last weights (test_release_inference_stays_channels_last).
+    fmt = torch.channels_last if f.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return F.conv2d(torch.cat([up.contiguous(memory_format=fmt), f], 1), w, conv.bias, padding=conv.padding)
 
 
 class ReleaseBlock(nn.Module):

@@ -3,12 +3,14 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import signal
 
 from napari_dpn.model import (
     ARCHITECTURES,
     MIN_SIDE,
     DPNRelease,
+    _CaffeUp2,
     bilinear_kernel,
     build_model,
     count_parameters,
@@ -169,6 +171,32 @@ def test_release_folded_inference_equals_the_unfolded_network(hw):
         folded = m.eval()(x)
     assert list(m.state_dict()) == keys
     assert torch.allclose(folded, unfolded, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw, like", [((146, 141), (292, 282)), ((292, 282), (584, 565)), ((3, 4), (6, 9))])
+def test_bilinear_up_sum_equals_the_caffe_deconvolution(hw, like):
+    """up_sum interpolates instead of deconvolving (a oneDNN slow path): same numbers, odd sizes too."""
+    up = _CaffeUp2()
+    x = torch.rand(2, 8, *hw)
+    ref = F.conv_transpose2d(x.sum(1, keepdim=True), up.weight[:1, :1], stride=2)[..., 1 : 1 + like[0], 1 : 1 + like[1]]
+    assert up.bilinear
+    torch.testing.assert_close(up.up_sum(x, torch.empty(1, 1, *like)), ref, atol=2e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_release_inference_stays_channels_last(monkeypatch, dtype):
+    """The folded path once wrote NCHW concatenations, which made every later layer 2-4x slower."""
+    m = DPNRelease().eval().to(memory_format=torch.channels_last)
+    conv2d, seen = F.conv2d, []
+
+    def spy(x, *args, **kwargs):
+        seen.append((tuple(x.shape), x.is_contiguous(memory_format=torch.channels_last)))
+        return conv2d(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", spy)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        m(torch.rand(1, 3, 40, 37).contiguous(memory_format=torch.channels_last))
+    assert len(seen) > 40 and [s for s in seen if not s[1]] == []
 
 
 def test_release_training_still_gets_gradients_everywhere():
