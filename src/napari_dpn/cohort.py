@@ -57,6 +57,9 @@ class Settings:
     threshold: float | None = None
     scale: str | float = "auto"
     field_angle: float | None = None
+    # segmentation.DEFAULT_FUSION, written out so that this module loads without torch (a test
+    # checks that the two agree): the API, the CLI and the widgets segment alike by default.
+    fusion: float | None = 1.5
     precision: str = "auto"
     torch_threads: int | None = None  # set in each worker process; None: leave as it is
 
@@ -66,7 +69,8 @@ class Settings:
         other options segments again (like one with another model)."""
         threshold = "card" if self.threshold is None else f"{float(self.threshold):g}"
         angle = "-" if self.field_angle is None else f"{float(self.field_angle):g}"
-        return f"threshold={threshold} scale={self.scale} field_angle={angle}"
+        fusion = "none" if self.fusion is None else f"{float(self.fusion):g}"
+        return f"threshold={threshold} scale={self.scale} field_angle={angle} fusion={fusion}"
 
 
 def settings_for(model: str, **kwargs) -> Settings:
@@ -190,6 +194,7 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
             threshold=settings.threshold,
             scale=settings.scale,
             field_angle=settings.field_angle,
+            fusion=settings.fusion,
             device=settings.device,
             precision=settings.precision,
         )

@@ -42,6 +42,7 @@ def predict_samples(
     scale="native",
     field_angle="dataset",
     scales: list | None = None,
+    fusion=None,
 ):
     """(probabilities, ground truths, FOVs, names) for dataset samples; each sample's ``Scale``
     is appended to ``scales`` when given."""
@@ -56,6 +57,7 @@ def predict_samples(
             field_angle=_field_angle(sample, field_angle),
             device=device,
             precision=precision,
+            fusion=fusion,
         )
         probs.append(seg.probability)
         gts.append(gt)
@@ -77,6 +79,7 @@ def evaluate_model(
     precision: str = "fp32",
     scale="native",
     field_angle="dataset",
+    fusion=None,
 ) -> dict:
     """The paper's metrics on ``test`` (fp32 by default, so that reported numbers do not depend
     on whether the CPU has bf16 units).
@@ -86,22 +89,25 @@ def evaluate_model(
     themselves.  Without training images it uses the model card's recommended threshold.
 
     ``scale``: 'native' (the paper's protocol), 'auto' or a factor (``segmentation.segment``);
-    ``field_angle``: 'dataset' (the dataset's known field angle), None (unknown: estimated) or degrees.
-    The result's ``scale`` lists what each test image was resampled by, and why.
+    ``field_angle``: 'dataset' (the dataset's known field angle), None (unknown: estimated) or degrees;
+    ``fusion``: None (one pass, the paper's protocol) or ``segment``'s two-scale factor.  The result's ``scale`` lists what each test image was resampled by, and why.
     """
     threshold_source = "model card"
     train_threshold = float(loaded.card.threshold)
     if len(train):
-        tp, tg, tf, _ = predict_samples(loaded, train, device, on_image, precision, scale, field_angle)
+        tp, tg, tf, _ = predict_samples(loaded, train, device, on_image, precision, scale, field_angle, fusion=fusion)
         train_threshold = metrics.choose_train_threshold(tp, tg, tf, rule="max_acc")
         threshold_source = f"accuracy-maximising point on the {len(train)} training images"
     scales: list = []
-    probs, gts, fovs, names = predict_samples(loaded, test, device, on_image, precision, scale, field_angle, scales)
+    probs, gts, fovs, names = predict_samples(
+        loaded, test, device, on_image, precision, scale, field_angle, scales, fusion
+    )
     result = metrics.evaluate(probs, gts, fovs, names=names, train_threshold=train_threshold)
     result["train_threshold_source"] = threshold_source
     result["scale"] = {
         "mode": str(scale),
         "field_angle": field_angle,
+        "fusion": fusion,
         "per_image": {n: s.to_dict() for n, s in zip(names, scales)},
     }
     return result

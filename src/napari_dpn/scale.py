@@ -52,9 +52,16 @@ class Scale:
     field_angle: float | None = None  # degrees, given or assumed
     working_ppd: float | None = None  # the model's
     note: str | None = None  # why a fallback happened, in one sentence
+    fused_factor: float | None = None  # a second, finer pass averaged in (segmentation.segment's fusion)
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""
+        fused = (
+            "" if self.fused_factor is None else f"; averaged with a pass at x{self.fused_factor:.3g} for thin vessels"
+        )
+        return self._describe_scale() + fused
+
+    def _describe_scale(self) -> str:
         if self.method == "native":
             return "native scale (no resampling)"
         if self.method == "factor":

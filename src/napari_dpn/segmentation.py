@@ -8,6 +8,7 @@ scale and says so in ``Segmentation.scale.note``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +32,12 @@ MIN_SKELETON = 300  # skeleton pixels below which a calibre is not trusted
 # no calibre, and no skeleton of a dense mask, which is slow and holds the GIL (a GUI would stall).
 MAX_VESSEL_SHARE = 0.35
 COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
+# Two-scale fusion: the map at the working scale averaged with one at 1.5x that scale. Measured with
+# dpn-universal (docs/results/two_scale_fusion.json): AUC +0.0003 DRIVE, +0.0011 STARE, +0.0031
+# CHASE_DB1, +0.0037 AV-WIDE; on thin vessels (< 3 px) +0.004 to +0.027. It costs about 3x the
+# time of one pass, so it is skipped where the finer image would exceed FUSION_MAX_PIXELS.
+DEFAULT_FUSION = 1.5
+FUSION_MAX_PIXELS = 4_000_000
 COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 
 
@@ -91,6 +98,39 @@ def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple
     size = scale_mod.resampled_shape(rgb.shape, factor)
     pred = inference.predict(loaded, scale_mod.resample_image(rgb, size), **kwargs)
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
+
+
+def check_fusion(fusion) -> float | None:
+    """A fusion factor from a caller or the command line: None/'none'/1 (one pass) or a number in 1-3."""
+    if fusion is None or (isinstance(fusion, str) and fusion.strip().lower() in ("none", "off", "1")):
+        return None
+    try:
+        value = float(fusion)
+    except (TypeError, ValueError):
+        raise ValueError(f"the fusion factor must be a number between 1 and 3 or 'none', got {fusion!r}") from None
+    if not 1.0 <= value <= 3.0:
+        raise ValueError(f"the fusion factor must lie between 1 and 3 (or be 'none'), got {value:g}")
+    return None if value == 1.0 else value
+
+
+def _fuse(
+    loaded: LoadedModel, rgb: np.ndarray, first: tuple[np.ndarray, Prediction], factor: float, progress, **kwargs
+) -> tuple[np.ndarray, Prediction]:
+    """Average ``first`` with the map of a pass at ``factor``, in the photograph's pixels."""
+    prob, pred = _run(loaded, rgb, factor, progress=progress, **kwargs)
+    prob0, pred0 = first
+    combined = dataclasses.replace(
+        pred0,
+        seconds=pred0.seconds + pred.seconds,
+        tiles=pred0.tiles + pred.tiles,
+        tiled=pred0.tiled or pred.tiled,
+        note=pred0.note or pred.note,
+    )
+    return (prob0 + prob) / 2.0, combined
+
+
+def _scaled_progress(progress, start: float, share: float):
+    return None if progress is None else (lambda f: progress(start + share * f))
 
 
 def scale_from_calibre(
@@ -169,26 +209,31 @@ def segment(
     max_pixels: int | None = None,
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    fusion: float | str | None = DEFAULT_FUSION,
 ) -> Segmentation:
     """Segment one photograph (any layout ``image_io.as_rgb`` accepts) at the model's working scale.
 
     ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
-    ``field_angle``: the camera's field in degrees, if known.  ValueError for an invalid
-    ``scale``/``field_angle``; every other scale problem falls back to the native scale.
+    ``field_angle``: the camera's field in degrees, if known; ``fusion``: average with a pass at
+    that many times the chosen scale (default ``DEFAULT_FUSION``, as in the CLI and the widgets;
+    None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid ``scale``/``field_angle``/``fusion``; every other scale
+    problem falls back to the native scale.
     """
+    fusion = check_fusion(fusion)
     rgb = as_rgb(image)
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
-    prob, pred = done or _run(
-        loaded,
-        rgb,
-        sc.factor,
-        device=device,
-        precision=precision,
-        max_pixels=max_pixels,
-        progress=progress,
-        should_stop=should_stop,
-    )
+    finer = None
+    if fusion is not None:
+        h, w = scale_mod.resampled_shape(rgb.shape, sc.factor * fusion)
+        finer = sc.factor * fusion if h * w <= FUSION_MAX_PIXELS else None
+    # Progress by pixels: the finer pass has fusion^2 times the pixels of the first.
+    share = 1.0 if finer is None else 1.0 / (1.0 + fusion**2)
+    kwargs = dict(device=device, precision=precision, max_pixels=max_pixels, should_stop=should_stop)
+    prob, pred = done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, share), **kwargs)
+    if finer is not None:
+        prob, pred = _fuse(loaded, rgb, (prob, pred), finer, _scaled_progress(progress, share, 1.0 - share), **kwargs)
+        sc = dataclasses.replace(sc, fused_factor=round(finer, 4))
     t = float(loaded.card.threshold if threshold is None else threshold)
     return Segmentation(
         probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc, prediction=pred

@@ -151,11 +151,18 @@ def segment_photo(
     field_angle: float | None = None,
 ) -> Segmented:
     """``segmentation.segment`` at the model's scale, as the Segment widget and the CLI run it."""
-    from .segmentation import segment
+    from .segmentation import DEFAULT_FUSION, segment
 
     t0 = time.perf_counter()
     seg = segment(
-        loaded, rgb, fov=fov, field_angle=field_angle, device=device, precision=precision, should_stop=should_stop
+        loaded,
+        rgb,
+        fov=fov,
+        field_angle=field_angle,
+        fusion=DEFAULT_FUSION,
+        device=device,
+        precision=precision,
+        should_stop=should_stop,
     )
     return Segmented(
         seg.probability, seg.fov, seg.threshold, loaded.card.name, time.perf_counter() - t0, seg.scale.factor

@@ -23,6 +23,7 @@ from pathlib import Path
 from .annotations import folder_pairs
 from .errors import InputError
 from .text import duration
+from .training.config import AMP_MODES
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -82,7 +83,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument("--whole-crop", action="store_true", help="count every crop pixel in the loss, not only the FOV")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 500")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    run.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    run.add_argument("--amp", choices=AMP_MODES, default="auto")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     run.add_argument(
         "--threshold-rule",

@@ -464,3 +464,12 @@ def test_the_next_run_completes_what_a_dead_run_left_half_placed(died_while_plac
     assert rows_by_name(out)["eye0.png"]["status"] == "done"
     assert not run_dir.exists()
     no_leftovers(out)
+
+
+def test_a_cohort_segments_like_the_command_line_and_the_widgets_by_default():
+    """Settings keeps the two-scale default written out (no torch at import); it must match."""
+    from napari_dpn.cohort import Settings
+    from napari_dpn.segmentation import DEFAULT_FUSION
+
+    assert Settings(model="m", model_path="p", model_sha256="s", model_name="m").fusion == DEFAULT_FUSION
+    assert "fusion=1.5" in Settings(model="m", model_path="p", model_sha256="s", model_name="m").options

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from skimage.draw import disk
 
-from napari_dpn import scale
+from napari_dpn import scale, segmentation
 from napari_dpn.cli import main
 from napari_dpn.models import load_model
-from napari_dpn.segmentation import segment, vessel_calibre
+from napari_dpn.segmentation import check_fusion, segment, vessel_calibre
 from paths import DATASETS  # noqa: E402
 from synthetic_fundus import fundus
 
@@ -126,6 +126,38 @@ def test_segment_without_fov_or_calibre_falls_back_with_a_note(drive_model):
     assert seg.probability.shape == (64, 64)
 
 
+def test_fusion_averages_the_working_pass_with_a_finer_one(drive_model):
+    rgb, _, fov = fundus(120, seed=5)
+    kw = dict(fov=fov, scale=0.8, device="cpu", precision="fp32")
+    one = segment(drive_model, rgb, fusion=None, **kw)
+    finer = segment(drive_model, rgb, fov=fov, scale=1.2, device="cpu", precision="fp32", fusion="none")
+    seen = []
+    both = segment(drive_model, rgb, progress=seen.append, **kw)  # two scales by default
+    assert one.scale.fused_factor is None and both.scale.fused_factor == pytest.approx(1.2)
+    np.testing.assert_allclose(both.probability, (one.probability + finer.probability) / 2, atol=1e-6)
+    assert "averaged with a pass at x1.2" in both.scale.describe() and both.prediction.tiles == 2
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)  # one bar over both passes
+    assert both.summary()["scale"]["fused_factor"] == pytest.approx(1.2)
+
+
+def test_fusion_is_skipped_where_the_finer_image_would_be_too_large(drive_model, monkeypatch):
+    monkeypatch.setattr(segmentation, "FUSION_MAX_PIXELS", 100 * 100)
+    rgb, _, fov = fundus(96, seed=6)
+    seg = segment(drive_model, rgb, fov=fov, scale="native", fusion=1.5, device="cpu", precision="fp32")
+    assert seg.scale.fused_factor is None and seg.prediction.tiles == 1
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), ("none", None), ("1", None), ("1.5", 1.5), (2, 2.0)])
+def test_check_fusion(value, expected):
+    assert check_fusion(value) == expected
+
+
+@pytest.mark.parametrize("bad", ["0.5", "4", "fine", float("nan")])
+def test_check_fusion_refuses_nonsense(bad):
+    with pytest.raises(ValueError, match="fusion factor"):
+        check_fusion(bad)
+
+
 @needs_drive
 def test_upscaled_drive_image_segments_as_well_as_the_original(drive_model):
     """The rescale check of issue #9 on one image: x2 upscaled, defaults (FOV estimated, 45 degrees)."""
@@ -134,12 +166,13 @@ def test_upscaled_drive_image_segments_as_well_as_the_original(drive_model):
     from napari_dpn.datasets import load_split
 
     rgb, gt, fov = load_split("drive", DATASETS).test[0].load()
-    native = segment(drive_model, rgb, fov=fov, scale="native", device="cpu", precision="fp32")
+    one = dict(device="cpu", precision="fp32", fusion=None)  # the scale alone
+    native = segment(drive_model, rgb, fov=fov, scale="native", **one)
     big = scale.resample_image(rgb, (rgb.shape[0] * 2, rgb.shape[1] * 2))
     gt2 = np.kron(gt, np.ones((2, 2), bool))
     fov2 = np.kron(fov, np.ones((2, 2), bool))
-    auto = segment(drive_model, big, device="cpu", precision="fp32")  # the FOV is estimated too
-    plain = segment(drive_model, big, scale="native", device="cpu", precision="fp32")
+    auto = segment(drive_model, big, **one)  # the FOV is estimated too
+    plain = segment(drive_model, big, scale="native", **one)
     assert auto.scale.method == "default-angle" and auto.scale.factor == pytest.approx(0.5, abs=0.03)
     auc_native = roc_auc_score(gt[fov], native.probability[fov])
     auc_auto = roc_auc_score(gt2[fov2], auto.probability[fov2])
@@ -170,9 +203,10 @@ def test_cli_segment_reports_the_scale(tmp_path, capsys):
         )
         == 0
     )
-    assert "resampled x0.8 (given)" in capsys.readouterr().out
+    assert "resampled x0.8 (given); averaged with a pass at x1.2" in capsys.readouterr().out  # fusion by default
     data = json.loads(report.read_text())
     assert data["images"]["eye.png"]["scale"]["factor"] == 0.8
+    assert data["images"]["eye.png"]["scale"]["fused_factor"] == pytest.approx(1.2)
 
 
 @pytest.mark.parametrize(
@@ -181,6 +215,7 @@ def test_cli_segment_reports_the_scale(tmp_path, capsys):
         (["--scale", "huge"], "scale must be auto, native, calibre or a factor"),
         (["--field-angle", "500"], "not plausible"),
         (["--field-angle", "wide"], "must be degrees"),
+        (["--fusion", "7"], "fusion factor must lie between 1 and 3"),
     ],
 )
 def test_cli_refuses_bad_scale_arguments(tmp_path, capsys, args, message):

@@ -611,12 +611,14 @@ def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widg
     segment(qtbot, w, layer=layer)
     text = w.status.text()
     assert "30 deg (given)" in text and "resampled x1.6" in text  # 12 / (221 / 30) = 1.63
+    assert w.fusion_check.isChecked() and "averaged with a pass at x2.4" in text  # two scales by default
     prob = w.viewer.layers[_roles.probability_name("eye")].data
     assert prob.shape == (240, 240)  # the map is in the photograph's own pixels
     w.field_combo.setCurrentIndex(w.field_combo.findData(None))
     segment(qtbot, w, layer=layer)
     assert "45 deg (assumed)" in w.status.text() and "resampled x2.4" in w.status.text()
     w.field_combo.setCurrentIndex(w.field_combo.findData("native"))
+    w.fusion_check.setChecked(False)
     segment(qtbot, w, layer=layer)
-    assert "native scale (no resampling)" in w.status.text()
+    assert "native scale (no resampling)" in w.status.text() and "averaged" not in w.status.text()
     assert not notes["error"]

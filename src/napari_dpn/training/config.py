@@ -20,6 +20,7 @@ RUN_CONTROL = (
     "threshold_rule",
     "time_limit",
 )
+AMP_MODES = ("auto", "off", "bf16", "fp16")  # mixed precision of the training forward pass
 MAX_CROP = 4096  # larger crops only pad the views with zeros, at crop^2 bytes per view
 
 
@@ -70,8 +71,8 @@ class TrainConfig:
             raise TrainingError(f"augment_mode must be paper or robust, got {self.augment_mode!r}")
         if self.working_ppd is not None and not self.working_ppd > 0:
             raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
-        if self.amp not in ("auto", "off", "bf16", "fp16"):
-            raise TrainingError(f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        if self.amp not in AMP_MODES:
+            raise TrainingError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.crop is not None and self.crop > MAX_CROP:
             raise TrainingError(f"the crop must be at most {MAX_CROP} pixels, got {self.crop}")
         if not 0 <= self.seed < 2**32:
