@@ -639,6 +639,11 @@ class Cohort:
         ``scheduler``: an existing Dask cluster whose workers see the same files.
         """
         check_options(workers, scheduler, batch_size, loader_workers)
+        if (batch_size or 1) > 1 and self.settings.fusion is not None:
+            raise InputError(
+                "batches run one pass per image: give --fusion none with --batch-size, or leave "
+                "--batch-size out for the two-scale default"
+            )
         if not jobs:
             return
         import socket
@@ -649,7 +654,9 @@ class Cohort:
             if batch_size is None:
                 from .devices import select_device
 
-                batch_size = 8 if select_device(self.settings.device).type == "cuda" else 1
+                # Batches on a GPU; the two-scale default runs image by image (the batch path has one pass).
+                cuda = select_device(self.settings.device).type == "cuda"
+                batch_size = 8 if cuda and self.settings.fusion is None else 1
             if batch_size > 1:
                 from .batch import batch_results
 

@@ -238,8 +238,8 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
         ["segment", *two, "--out", out, "--model", "dpn-drive", "--threshold", "0.3", *SEGMENT], capsys
     )
     assert rc == 0 and "1 image(s) segmented with dpn-drive" in stdout
-    assert "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=-)" in err
-    assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=-"
+    assert "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=- fusion=1.5)" in err
+    assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=- fusion=1.5"
     no_leftovers(out)
 
 
@@ -312,7 +312,7 @@ def test_batch_pipeline_writes_what_one_image_at_a_time_writes(tmp_path):
     Image.fromarray((inner * 255).astype(np.uint8)).save(folder / "c0.png")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a PNG")
     images, _ = images_in([str(folder)])
-    settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
+    settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32", fusion=None)  # batches: one pass
     runs = {}
     for name, batch in (("single", 1), ("batched", 2)):
         out = tmp_path / name
@@ -383,6 +383,21 @@ def test_batch_size_with_a_cluster_is_one_line(photos, tmp_path, capsys):
         ["segment", photos, "--out", tmp_path / "out", "--workers", "2", "--batch-size", "4", *SEGMENT], capsys
     )
     assert rc == 2 and "--batch-size is for one process" in err and not (tmp_path / "out").exists()
+
+
+def test_batches_run_one_pass_and_the_manifest_says_so(photos, tmp_path, capsys):
+    """The batch path has no two-scale fusion: the CLI turns it off with a line, the API refuses."""
+    from napari_dpn.errors import InputError
+
+    rc, _, err = run(["segment", photos, "--out", tmp_path / "out", "--batch-size", "2", *SEGMENT], capsys)
+    assert rc == 0 and "without two-scale fusion" in err
+    assert {r["options"] for r in rows_by_name(tmp_path / "out").values()} == {
+        "threshold=card scale=auto field_angle=- fusion=none"
+    }
+    images, _ = images_in([str(photos)])
+    with Cohort(tmp_path / "api", settings_for(DEFAULT_MODEL, device="cpu")) as cohort:
+        with pytest.raises(InputError, match="--fusion none"):
+            list(cohort.run(cohort.plan(images).jobs, batch_size=2))
 
 
 # ----------------------------------------------------------------------------- a process dies while placing outputs

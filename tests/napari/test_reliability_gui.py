@@ -550,6 +550,7 @@ def test_a_tiled_run_shows_its_progress_and_an_eta(qtbot, seg, monkeypatch):
 
     monkeypatch.setattr(inference, "predict", tiled)
     add_eye(seg.viewer)
+    seg.fusion_check.setChecked(False)  # one pass: its progress is the bar's
     seg.run()
     qtbot.waitUntil(lambda: seg.progress.value() == 50, timeout=30_000)
     assert seg.progress.maximum() == 100 and "ETA" in seg.progress.format()
