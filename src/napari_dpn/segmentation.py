@@ -1,6 +1,7 @@
 """One segmentation pipeline for every caller (CLI, widgets, evaluation, the folder session):
 
-photograph -> FOV -> scale -> resample -> network -> probability (original pixels) -> mask.
+photograph -> FOV -> scale -> resample -> network -> probability (original pixels) -> mask,
+by default with a second, finer pass averaged in (two-scale fusion).
 
 ``segment`` never raises for a scale problem: an implausible estimate falls back to the native
 scale and says so in ``Segmentation.scale.note``.
@@ -32,13 +33,13 @@ MIN_SKELETON = 300  # skeleton pixels below which a calibre is not trusted
 # no calibre, and no skeleton of a dense mask, which is slow and holds the GIL (a GUI would stall).
 MAX_VESSEL_SHARE = 0.35
 COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
+COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 # Two-scale fusion: the map at the working scale averaged with one at 1.5x that scale. Measured with
 # dpn-universal (docs/results/two_scale_fusion.json): AUC +0.0003 DRIVE, +0.0011 STARE, +0.0031
 # CHASE_DB1, +0.0037 AV-WIDE; on thin vessels (< 3 px) +0.004 to +0.027. It costs about 3x the
 # time of one pass, so it is skipped where the finer image would exceed FUSION_MAX_PIXELS.
 DEFAULT_FUSION = 1.5
 FUSION_MAX_PIXELS = 4_000_000
-COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 
 
 @dataclass
@@ -216,8 +217,8 @@ def segment(
     ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
     ``field_angle``: the camera's field in degrees, if known; ``fusion``: average with a pass at
     that many times the chosen scale (default ``DEFAULT_FUSION``, as in the CLI and the widgets;
-    None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid ``scale``/``field_angle``/``fusion``; every other scale
-    problem falls back to the native scale.
+    None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid
+    ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
     """
     fusion = check_fusion(fusion)
     rgb = as_rgb(image)
