@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(tempfile.mkdtemp(prefix="napari-dpn-gpu-bench-"))
     try:
         folder = input_folder(args, root)
-        settings = settings_for(args.model, device=str(device))
+        settings = settings_for(args.model, device=str(device), fusion=None)  # batches: one pass per image
         report["disk"] = [
             disk_rate(args, folder, root, b, settings)
             for b in (args.disk_batch_sizes or [DEFAULT_BATCH if device.type == "cuda" else 2])

@@ -7,6 +7,7 @@ one line ``napari-dpn: error: ...`` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -15,7 +16,6 @@ from pathlib import Path
 from .devices import PRECISIONS
 from .errors import DPNError, InputError
 from .models import DEFAULT_MODEL
-from .segmentation import DEFAULT_FUSION
 
 
 def _warn(lines) -> None:
@@ -50,19 +50,18 @@ def cmd_segment(args) -> int:
     json_path = _json_target(args.json)
     out = ensure_output_folder(args.out, "--out")
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
-    fusion = getattr(args, "fusion", DEFAULT_FUSION)
-    if fusion and batch_size and batch_size > 1:
-        print("napari-dpn: --batch-size runs one pass per image, without two-scale fusion", file=sys.stderr)
-        fusion = None
     settings = settings_for(
         args.model,
         device=device,
         threshold=threshold,
         scale=args.scale,
         field_angle=args.field_angle,
-        fusion=fusion,
+        fusion=getattr(args, "fusion", "auto"),
         precision=args.precision,
     )
+    if settings.fusion and batch_size and batch_size > 1:
+        print("napari-dpn: --batch-size runs one pass per image, without two-scale fusion", file=sys.stderr)
+        settings = dataclasses.replace(settings, fusion=None)
     overwrite = getattr(args, "overwrite", False)
     with Cohort(out, settings, suffix, overwrite) as cohort:
         plan = cohort.plan(images)
@@ -188,7 +187,7 @@ def _scale_arg(text: str):
 
 
 def _fusion_arg(text: str):
-    from .segmentation import check_fusion
+    from .scale import check_fusion
 
     try:
         return check_fusion(text)
@@ -270,7 +269,7 @@ def cmd_evaluate(args) -> int:
         f"{loaded.card.name} on {args.dataset} ({args.split or 'default split'}, {len(split.test)} test images, "
         f"FOV pixels pooled; scale {args.scale}"
         + (f", field angle {args.field_angle}" if args.scale != "native" else "")
-        + (f", fused with x{args.fusion:g}" if args.fusion else "")
+        + (f", fusion {args.fusion}" if args.fusion else "")
         + ")"
     )
     print(metrics.format_table(result))
@@ -318,7 +317,7 @@ def cmd_demo(args) -> int:
         overwrite=args.overwrite,
         scale="auto",
         field_angle=None,
-        fusion=DEFAULT_FUSION,
+        fusion="auto",
         json=None,
     )
     return cmd_segment(seg)
@@ -380,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fusion",
         type=_fusion_arg,
-        default=DEFAULT_FUSION,
-        metavar="FACTOR|none",
-        help=f"average the map with a second pass at FACTOR x the working scale, which finds more thin "
-        f"vessels at about 3x the time (default {DEFAULT_FUSION:g}; none: one pass; skipped for very large "
-        "images; one pass with --batch-size above 1)",
+        default="auto",
+        metavar="auto|FACTOR|none",
+        help="average the map with a second pass at FACTOR x the working scale, which finds more thin "
+        "vessels at about 3x the time; auto (default): as the model card recommends (dpn-universal: 1.5; "
+        "the single-dataset models: none); none: one pass; skipped for very large images and with "
+        "--batch-size above 1",
     )
     p.add_argument(
         "--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image"
@@ -461,9 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fusion",
         type=_fusion_arg,
         default=None,
-        metavar="FACTOR|none",
-        help=f"average with a pass at FACTOR x the scale, as `segment` does by default ({DEFAULT_FUSION:g}); "
-        "default here: none, one pass (the paper's protocol)",
+        metavar="auto|FACTOR|none",
+        help="average with a pass at FACTOR x the scale (auto: as the model card recommends, as `segment` "
+        "does by default); default here: none, one pass (the paper's protocol)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)

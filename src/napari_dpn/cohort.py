@@ -57,9 +57,7 @@ class Settings:
     threshold: float | None = None
     scale: str | float = "auto"
     field_angle: float | None = None
-    # segmentation.DEFAULT_FUSION, written out so that this module loads without torch (a test
-    # checks that the two agree): the API, the CLI and the widgets segment alike by default.
-    fusion: float | None = 1.5
+    fusion: float | None = None  # two-scale factor (segmentation.segment); settings_for reads the card's
     precision: str = "auto"
     torch_threads: int | None = None  # set in each worker process; None: leave as it is
 
@@ -73,16 +71,20 @@ class Settings:
         return f"threshold={threshold} scale={self.scale} field_angle={angle} fusion={fusion}"
 
 
-def settings_for(model: str, **kwargs) -> Settings:
-    """Settings for ``model`` (a name or a path): resolves the weights file and its sha256 here."""
+def settings_for(model: str, fusion="auto", **kwargs) -> Settings:
+    """Settings for ``model`` (a name or a path): resolves the weights file, its sha256 and, for
+    ``fusion='auto'``, the two-scale factor its card recommends, here (the manifest records it)."""
     from .models import file_sha256, read_card, resolve_model_path
+    from .scale import check_fusion
 
     path = resolve_model_path(model)
+    card = read_card(path)
     return Settings(
         model=str(model),
         model_path=str(path),
         model_sha256=file_sha256(path),
-        model_name=read_card(path).name,
+        model_name=card.name,
+        fusion=check_fusion(fusion, card),
         **kwargs,
     )
 
@@ -642,7 +644,7 @@ class Cohort:
         if (batch_size or 1) > 1 and self.settings.fusion is not None:
             raise InputError(
                 "batches run one pass per image: give --fusion none with --batch-size, or leave "
-                "--batch-size out for the two-scale default"
+                "--batch-size out for two-scale fusion"
             )
         if not jobs:
             return
@@ -654,7 +656,7 @@ class Cohort:
             if batch_size is None:
                 from .devices import select_device
 
-                # Batches on a GPU; the two-scale default runs image by image (the batch path has one pass).
+                # Batches on a GPU; two-scale fusion runs image by image (the batch path has one pass).
                 cuda = select_device(self.settings.device).type == "cuda"
                 batch_size = 8 if cuda and self.settings.fusion is None else 1
             if batch_size > 1:

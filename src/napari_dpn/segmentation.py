@@ -23,7 +23,7 @@ from .fov import estimate_fov
 from .image_io import as_rgb
 from .inference import Prediction
 from .models import LoadedModel
-from .scale import Scale
+from .scale import Scale, check_fusion
 
 # The vessel-calibre statistic: this percentile of the vessel width along the skeleton is the
 # width of the main arcade vessels, which have about the same size in every adult eye.
@@ -34,11 +34,8 @@ MIN_SKELETON = 300  # skeleton pixels below which a calibre is not trusted
 MAX_VESSEL_SHARE = 0.35
 COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
 COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
-# Two-scale fusion: the map at the working scale averaged with one at 1.5x that scale. Measured with
-# dpn-universal (docs/results/two_scale_fusion.json): AUC +0.0003 DRIVE, +0.0011 STARE, +0.0031
-# CHASE_DB1, +0.0037 AV-WIDE; on thin vessels (< 3 px) +0.004 to +0.027. It costs about 3x the
-# time of one pass, so it is skipped where the finer image would exceed FUSION_MAX_PIXELS.
-DEFAULT_FUSION = 1.5
+# Two-scale fusion (scale.check_fusion) costs about 3x the time of one pass: it is skipped where
+# the finer image would exceed this.
 FUSION_MAX_PIXELS = 4_000_000
 
 
@@ -99,19 +96,6 @@ def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple
     size = scale_mod.resampled_shape(rgb.shape, factor)
     pred = inference.predict(loaded, scale_mod.resample_image(rgb, size), **kwargs)
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
-
-
-def check_fusion(fusion) -> float | None:
-    """A fusion factor from a caller or the command line: None/'none'/1 (one pass) or a number in 1-3."""
-    if fusion is None or (isinstance(fusion, str) and fusion.strip().lower() in ("none", "off", "1")):
-        return None
-    try:
-        value = float(fusion)
-    except (TypeError, ValueError):
-        raise ValueError(f"the fusion factor must be a number between 1 and 3 or 'none', got {fusion!r}") from None
-    if not 1.0 <= value <= 3.0:
-        raise ValueError(f"the fusion factor must lie between 1 and 3 (or be 'none'), got {value:g}")
-    return None if value == 1.0 else value
 
 
 def _fuse(
@@ -210,17 +194,17 @@ def segment(
     max_pixels: int | None = None,
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    fusion: float | str | None = DEFAULT_FUSION,
+    fusion: float | str | None = "auto",
 ) -> Segmentation:
     """Segment one photograph (any layout ``image_io.as_rgb`` accepts) at the model's working scale.
 
     ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
     ``field_angle``: the camera's field in degrees, if known; ``fusion``: average with a pass at
-    that many times the chosen scale (default ``DEFAULT_FUSION``, as in the CLI and the widgets;
-    None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid
+    that many times the chosen scale ('auto', the default of the CLI and the widgets too: what the
+    model card recommends; None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid
     ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
     """
-    fusion = check_fusion(fusion)
+    fusion = check_fusion(fusion, loaded.card)
     rgb = as_rgb(image)
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)

@@ -151,7 +151,7 @@ def segment_photo(
     field_angle: float | None = None,
 ) -> Segmented:
     """``segmentation.segment`` at the model's scale, as the Segment widget and the CLI run it."""
-    from .segmentation import DEFAULT_FUSION, segment
+    from .segmentation import segment
 
     t0 = time.perf_counter()
     seg = segment(
@@ -159,7 +159,7 @@ def segment_photo(
         rgb,
         fov=fov,
         field_angle=field_angle,
-        fusion=DEFAULT_FUSION,
+        fusion="auto",
         device=device,
         precision=precision,
         should_stop=should_stop,

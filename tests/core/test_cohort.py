@@ -238,8 +238,10 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
         ["segment", *two, "--out", out, "--model", "dpn-drive", "--threshold", "0.3", *SEGMENT], capsys
     )
     assert rc == 0 and "1 image(s) segmented with dpn-drive" in stdout
-    assert "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=- fusion=1.5)" in err
-    assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=- fusion=1.5"
+    assert (
+        "eye0.png: done with dpn-drive and other options (threshold=card scale=auto field_angle=- fusion=none)" in err
+    )
+    assert rows_by_name(out)["eye0.png"]["options"] == "threshold=0.3 scale=auto field_angle=- fusion=none"
     no_leftovers(out)
 
 
@@ -481,10 +483,9 @@ def test_the_next_run_completes_what_a_dead_run_left_half_placed(died_while_plac
     no_leftovers(out)
 
 
-def test_a_cohort_segments_like_the_command_line_and_the_widgets_by_default():
-    """Settings keeps the two-scale default written out (no torch at import); it must match."""
-    from napari_dpn.cohort import Settings
-    from napari_dpn.segmentation import DEFAULT_FUSION
-
-    assert Settings(model="m", model_path="p", model_sha256="s", model_name="m").fusion == DEFAULT_FUSION
-    assert "fusion=1.5" in Settings(model="m", model_path="p", model_sha256="s", model_name="m").options
+def test_a_cohort_takes_the_two_scale_factor_from_the_model_card():
+    """'auto' is resolved when the run is planned, so the manifest records what was done."""
+    universal, drive = settings_for(DEFAULT_MODEL), settings_for("dpn-drive")
+    assert universal.fusion == 1.5 and "fusion=1.5" in universal.options
+    assert drive.fusion is None and "fusion=none" in drive.options
+    assert settings_for("dpn-drive", fusion="1.25").fusion == 1.25

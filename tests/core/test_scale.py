@@ -10,7 +10,8 @@ from skimage.draw import disk
 from napari_dpn import scale, segmentation
 from napari_dpn.cli import main
 from napari_dpn.models import load_model
-from napari_dpn.segmentation import check_fusion, segment, vessel_calibre
+from napari_dpn.scale import card_fusion, check_fusion
+from napari_dpn.segmentation import segment, vessel_calibre
 from paths import DATASETS  # noqa: E402
 from synthetic_fundus import fundus
 
@@ -132,7 +133,7 @@ def test_fusion_averages_the_working_pass_with_a_finer_one(drive_model):
     one = segment(drive_model, rgb, fusion=None, **kw)
     finer = segment(drive_model, rgb, fov=fov, scale=1.2, device="cpu", precision="fp32", fusion="none")
     seen = []
-    both = segment(drive_model, rgb, progress=seen.append, **kw)  # two scales by default
+    both = segment(drive_model, rgb, progress=seen.append, fusion=1.5, **kw)
     assert one.scale.fused_factor is None and both.scale.fused_factor == pytest.approx(1.2)
     np.testing.assert_allclose(both.probability, (one.probability + finer.probability) / 2, atol=1e-6)
     assert "averaged with a pass at x1.2" in both.scale.describe() and both.prediction.tiles == 2
@@ -147,7 +148,24 @@ def test_fusion_is_skipped_where_the_finer_image_would_be_too_large(drive_model,
     assert seg.scale.fused_factor is None and seg.prediction.tiles == 1
 
 
-@pytest.mark.parametrize("value, expected", [(None, None), ("none", None), ("1", None), ("1.5", 1.5), (2, 2.0)])
+def test_fusion_auto_follows_the_model_card(drive_model):
+    """dpn-universal (trained across scales) gains from fusion and its card says so; the
+    single-dataset models lost AUC with it, so 'auto' gives them one pass."""
+    assert card_fusion(load_model("dpn-universal").card) == 1.5
+    assert card_fusion(drive_model.card) is None and check_fusion("auto", drive_model.card) is None
+    rgb, _, fov = fundus(96, seed=7)
+    kw = dict(fov=fov, scale="native", device="cpu", precision="fp32")
+    assert segment(drive_model, rgb, **kw).scale.fused_factor is None  # 'auto' is the default
+    card = drive_model.card
+    fused = type(drive_model)(
+        model=drive_model.model, card=type(card)(**{**card.to_dict(), "scale": {**card.scale, "fusion": 1.5}})
+    )
+    assert segment(fused, rgb, **kw).scale.fused_factor == 1.5
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(None, None), ("none", None), ("1", None), ("1.5", 1.5), (2, 2.0), ("auto", "auto")]
+)
 def test_check_fusion(value, expected):
     assert check_fusion(value) == expected
 

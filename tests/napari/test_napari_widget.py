@@ -184,7 +184,7 @@ def test_clahe_checkbox_is_preset_from_the_card_and_passed_on(qtbot, widget, mon
     add_eye(widget.viewer)
     widget.clahe_check.setChecked(True)
     segment(qtbot, widget)
-    assert used == [True, True]  # both passes of the two-scale default
+    assert used == [True]
 
 
 # ----------------------------------------------------------------------------- threshold
@@ -597,7 +597,7 @@ def scaled_model(tmp_path, monkeypatch):
     folder = tmp_path / "scaled-models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
     torch.manual_seed(0)
-    card = ModelCard(name="tiny-scaled", architecture="dpn", threshold=0.5, scale={"working_ppd": 12.0})
+    card = ModelCard(name="tiny-scaled", architecture="dpn", threshold=0.5, scale={"working_ppd": 12.0, "fusion": 1.5})
     save_model(build_model("dpn"), card, folder / "tiny-scaled.safetensors")
 
 
@@ -611,7 +611,7 @@ def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widg
     segment(qtbot, w, layer=layer)
     text = w.status.text()
     assert "30 deg (given)" in text and "resampled x1.6" in text  # 12 / (221 / 30) = 1.63
-    assert w.fusion_check.isChecked() and "averaged with a pass at x2.4" in text  # two scales by default
+    assert w.fusion_check.isChecked() and "averaged with a pass at x2.4" in text  # preset from the card
     prob = w.viewer.layers[_roles.probability_name("eye")].data
     assert prob.shape == (240, 240)  # the map is in the photograph's own pixels
     w.field_combo.setCurrentIndex(w.field_combo.findData(None))

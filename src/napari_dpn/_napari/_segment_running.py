@@ -190,7 +190,8 @@ class RunningMixin:
         out = _Outcome(run=run, layer=layer, fov_layer=fov_layer)
         try:
             from napari_dpn.image_io import as_rgb
-            from napari_dpn.segmentation import DEFAULT_FUSION, segment
+            from napari_dpn.scale import DEFAULT_FUSION, card_fusion
+            from napari_dpn.segmentation import segment
 
             rgb = as_rgb(data)
             loaded = self._load(spec)
@@ -206,7 +207,7 @@ class RunningMixin:
                 fov=fov,
                 scale="native" if field == "native" else "auto",
                 field_angle=field if isinstance(field, float) else None,
-                fusion=DEFAULT_FUSION if fused else None,
+                fusion=(card_fusion(card) or DEFAULT_FUSION) if fused else None,
                 device=device,
                 progress=self._bridge.progress.emit,
                 should_stop=should_stop,

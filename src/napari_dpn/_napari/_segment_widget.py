@@ -61,7 +61,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from napari_dpn.scale import COMMON_FIELD_ANGLES
+from napari_dpn.scale import COMMON_FIELD_ANGLES, card_fusion
 
 from . import _roles
 from ._dock import DockWidget, Section, wrapped_label
@@ -153,10 +153,10 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
             "with it or without it)."
         )
         self.fusion_check = QCheckBox("Two scales")
-        self.fusion_check.setChecked(True)
         self.fusion_check.setToolTip(
             "Also run the network at 1.5x the working scale and average the two maps: more of the "
-            "thin vessels, for about 3x the time (skipped for very large photographs)."
+            "thin vessels, for about 3x the time (skipped for very large photographs); preset from "
+            "the model card (on for models trained across scales, such as dpn-universal)."
         )
         row.addWidget(self.device_combo, 1)
         row.addWidget(self.clahe_check)
@@ -424,3 +424,4 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
     def _on_model_changed(self, card) -> None:
         if card is not None:
             self.clahe_check.setChecked(bool((card.input or {}).get("clahe")))
+            self.fusion_check.setChecked(card_fusion(card) is not None)
