@@ -16,8 +16,9 @@ mkdir -p "$out"
 pids=()
 for holdout in "" drive stare chase; do
   name=dpn-universal${holdout:+-no-$holdout}
-  # On a GPU: the paper's 512 crops and a fresh network for the held-out runs (no DRIVE-trained init
-  # when DRIVE is held out); dpn-universal continues from its checkpoint.
+  # On a GPU: the paper's 512 crops; every run continues from its checkpoint in checkpoints/ (the
+  # held-out ones were started from a model that never saw the held-out set), else a held-out run
+  # starts from a fresh network.
   init=dpn-drive; [ -n "$holdout" ] && init=none
   CROP=${CROP:-512} INIT=$init DEVICE=cuda THREADS=2 TIME_LIMIT=$budget \
     timeout -s INT "$((${budget%.*} + 120))" scripts/training/train_universal.sh "$root" $holdout \
