@@ -15,7 +15,6 @@ ignored.  Weights files without an embedded card (older ones) use the ``.json``,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from torch import nn
 
 from .errors import InputError, OutputExistsError, WeightsError
 from .model import ARCHITECTURES, build_model, flush_denormals_
+from .outputs import sha256_of as file_sha256  # one file hash for weights and outputs (torch-free there)
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "dpn-universal"  # what the CLI and the widgets use when the user picks none (docs/scale.md)
@@ -269,14 +269,6 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- reading and writing
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _embedded_card(weights_path: Path) -> str | None:
