@@ -18,6 +18,7 @@ from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
 from synthetic_fundus import fundus  # noqa: E402
+from widget_setup import configure_finetune  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -33,14 +34,7 @@ def models_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def widget(dock_widget, models_dir, notes):
-    w = dock_widget(FinetuneWidget, "Fine-tune DPN")
-    w.select_model("dpn-release-drive")
-    w.device_combo.setCurrentText("cpu")
-    w.crop_spin.setValue(48)
-    w.lr_edit.setText("1e-4")
-    w.name_edit.setText("ft-test")
-    w._on_name_edited("ft-test")
-    w._confirm = lambda *a, **k: True
+    w = configure_finetune(dock_widget(FinetuneWidget, "Fine-tune DPN"))
     yield w
     w.cancel()
 

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels  # noqa: E402
 
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
+from widget_setup import save_random_model  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 120_000
@@ -43,17 +44,9 @@ def fundus_like(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch):
     """A small random-weights 'dpn' model saved in a private user-models folder."""
-    import torch
-
-    from napari_dpn.model import build_model
-    from napari_dpn.models import ModelCard, save_model
-
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    torch.manual_seed(0)
-    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.", threshold=0.5)
-    save_model(build_model("dpn"), card, folder / "tiny-test.safetensors")
-    return folder / "tiny-test.safetensors"
+    return save_random_model(folder)
 
 
 @pytest.fixture
@@ -589,16 +582,9 @@ def test_shipped_model_finds_the_synthetic_vessels(qtbot, make_napari_viewer, no
 @pytest.fixture
 def scaled_model(tmp_path, monkeypatch):
     """A small random-weights model whose card records a working scale (12 px/deg, DRIVE's)."""
-    import torch
-
-    from napari_dpn.model import build_model
-    from napari_dpn.models import ModelCard, save_model
-
     folder = tmp_path / "scaled-models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    torch.manual_seed(0)
-    card = ModelCard(name="tiny-scaled", architecture="dpn", threshold=0.5, scale={"working_ppd": 12.0, "fusion": 1.5})
-    save_model(build_model("dpn"), card, folder / "tiny-scaled.safetensors")
+    save_random_model(folder, "tiny-scaled", scale={"working_ppd": 12.0, "fusion": 1.5})
 
 
 def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widget, scaled_model, notes, qtbot):

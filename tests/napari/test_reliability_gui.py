@@ -27,6 +27,7 @@ from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
 from paths import REPO  # noqa: E402
 from synthetic_fundus import fundus  # noqa: E402
+from widget_setup import configure_finetune, save_random_model  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -40,17 +41,10 @@ BUDGET_S = 0.200  # the longest the event loop may be blocked
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     """A private user-models folder with a small random-weights model ('tiny-test')."""
-    import torch
-
-    from napari_dpn.model import build_model
-    from napari_dpn.models import ModelCard, save_model
-
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
     for seed, name in ((0, "tiny-test"), (1, "tiny-other")):
-        torch.manual_seed(seed)
-        card = ModelCard(name=name, architecture="dpn", description="Random weights for tests.", threshold=0.5)
-        save_model(build_model("dpn"), card, folder / f"{name}.safetensors")
+        save_random_model(folder, name, seed)
     return folder
 
 
@@ -58,17 +52,6 @@ def _configure_segment(w):
     w.refresh_models()
     w.select_model("tiny-test")
     w.device_combo.setCurrentText("cpu")
-    return w
-
-
-def _configure_finetune(w):
-    w.select_model("dpn-release-drive")
-    w.device_combo.setCurrentText("cpu")
-    w.crop_spin.setValue(48)
-    w.lr_edit.setText("1e-4")
-    w.name_edit.setText("ft-test")
-    w._on_name_edited("ft-test")
-    w._confirm = lambda *a, **k: True
     return w
 
 
@@ -82,7 +65,7 @@ def seg(dock_widget, models_dir, notes):
 @pytest.fixture
 def both(seg):
     """(Segment widget, Fine-tune widget) in one viewer."""
-    ft = _configure_finetune(FinetuneWidget(seg.viewer))
+    ft = configure_finetune(FinetuneWidget(seg.viewer))
     seg.viewer.window.add_dock_widget(ft, name="Fine-tune DPN")
     yield seg, ft
     ft.cancel()
@@ -310,7 +293,7 @@ def test_closing_the_viewer_during_finetuning_stops_it_and_keeps_the_checkpoint(
     from napari_dpn.training import load_checkpoint
 
     viewer = make_napari_viewer()
-    w = _configure_finetune(FinetuneWidget(viewer))
+    w = configure_finetune(FinetuneWidget(viewer))
     viewer.window.add_dock_widget(w, name="Fine-tune DPN")
     rgb, vessels, disc = fundus(SIZE, seed=0)
     viewer.add_image((rgb * 255).astype(np.uint8), name="eye", rgb=True)
@@ -339,7 +322,7 @@ def test_closing_the_finetune_dock_cancels_the_run(qtbot, make_napari_viewer, mo
     from napari_dpn.training import load_checkpoint
 
     viewer = make_napari_viewer()
-    w = _configure_finetune(FinetuneWidget(viewer))
+    w = configure_finetune(FinetuneWidget(viewer))
     dock = viewer.window.add_dock_widget(w, name="Fine-tune DPN")
     rgb, vessels, disc = fundus(SIZE, seed=1)
     viewer.add_image((rgb * 255).astype(np.uint8), name="eye", rgb=True)

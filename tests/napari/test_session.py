@@ -17,6 +17,7 @@ pytest.importorskip("pytestqt")
 from napari_dpn import session as S
 from napari_dpn._napari._session_widget import SessionWidget
 from synthetic_fundus import fundus, y_tree
+from widget_setup import save_random_model
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 120_000
@@ -26,16 +27,9 @@ BUDGET_S = 0.200
 
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
-    import torch
-
-    from napari_dpn.model import build_model
-    from napari_dpn.models import ModelCard, save_model
-
     folder = tmp_path / "models"
     monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    torch.manual_seed(0)
-    card = ModelCard(name="tiny-test", architecture="dpn", description="Random weights for tests.", threshold=0.5)
-    save_model(build_model("dpn"), card, folder / "tiny-test.safetensors")
+    save_random_model(folder)
     return folder
 
 
