@@ -68,7 +68,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     run.add_argument(
         "--crop", type=int, default=None, help="random crop size (default 512; 736 for CHASE-sized images)"
     )
-    run.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
+    run.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate (default 1e-3); with --resume, the rate from there on",
+    )
     run.add_argument("--weight-decay", type=float, default=None, help="L2 on conv weights (default 5e-4)")
     run.add_argument("--batch-size", type=int, default=None, help="crops per step (default 1, as the paper)")
     run.add_argument("--seed", type=int, default=None)

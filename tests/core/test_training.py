@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -158,6 +159,37 @@ def test_cancel_leaves_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     assert resumed.losses == full.losses  # identical from step 5 on
     for k, v in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_a_resumed_run_takes_the_learning_rate_it_is_given(tmp_path):
+    """Adam's saved state carries the old rate; a lower --lr for the last phase must still apply."""
+    part = train(cfg(steps=4, lr=1e-3), TRAIN, out_dir=tmp_path / "a")
+    for run in ("same", "lower"):
+        (tmp_path / run).mkdir()
+        shutil.copy(part.checkpoint, tmp_path / run)
+    events = []
+    same = train(
+        cfg(steps=6, lr=1e-3),
+        TRAIN,
+        out_dir=tmp_path / "same",
+        resume=tmp_path / "same/t.ckpt.pt",
+        callback=events.append,
+    )
+    assert not any(isinstance(e, MessageEvent) and "learning rate" in e.text for e in events)
+    events.clear()
+    lower = train(
+        cfg(steps=6, lr=1e-4),
+        TRAIN,
+        out_dir=tmp_path / "lower",
+        resume=tmp_path / "lower/t.ckpt.pt",
+        callback=events.append,
+    )
+    assert any(isinstance(e, MessageEvent) and e.text.startswith("learning rate 0.0001 from here on") for e in events)
+    rates = {round(g["lr"] / g["lr_mult"], 12) for g in load_checkpoint(lower.checkpoint)["optimizer"]["param_groups"]}
+    assert rates == {1e-4}
+    assert lower.card.training["lr_changes"] == [{"step": 4, "lr": 1e-4, "was": 1e-3}]
+    assert same.card.training["lr_changes"] == []
+    assert lower.losses[:5] == same.losses[:5] and lower.losses[5] != same.losses[5]
 
 
 def test_time_limit_finishes_at_the_step_reached_and_resume_continues(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from ..model import ARCHITECTURES, MIN_SIDE
 # Fields of TrainConfig that may change when a run is resumed; the others define the run.
 RUN_CONTROL = (
     "steps",
+    "lr",  # a lower rate for a last phase, by hand; the card lists the changes
     "checkpoint_every",
     "val_every",
     "device",

@@ -201,8 +201,12 @@ class _Trainer:
         self.metrics_before = None
         self.history: list[dict] = []
         self.seconds = 0.0
+        self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
         if ck is not None:
             self.opt.load_state_dict(ck["optimizer"])
+            saved_lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0].get("lr_mult", 1.0)
+            for group in self.opt.param_groups:  # load_state_dict brings back the old rate; --lr must win
+                group["lr"] = config.lr * group.get("lr_mult", 1.0)
             if self.scaler is not None and ck.get("scaler"):
                 self.scaler.load_state_dict(ck["scaler"])
             torch.set_rng_state(ck["torch_rng"])
@@ -211,6 +215,7 @@ class _Trainer:
             self.metrics_before = ck.get("metrics_before")
             self.history = list(ck.get("history", []))
             self.seconds = float(ck.get("seconds", 0.0))
+            self.lr_changes = list(ck.get("lr_changes", []))
             self.description = self.description or ck.get("description")
             if ck.get("pairs") != _fingerprint(self.train):
                 self.emit(
@@ -220,6 +225,9 @@ class _Trainer:
                     )
                 )
             self.emit(MessageEvent(f"resumed from step {self.step}"))
+            if not math.isclose(saved_lr, config.lr, rel_tol=1e-6):
+                self.lr_changes.append({"step": self.step, "lr": config.lr, "was": saved_lr})
+                self.emit(MessageEvent(f"learning rate {config.lr:g} from here on (the run had {saved_lr:g})"))
         self.name = config.name or f"{self.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.config.name = self.name
         self.out_dir = Path(out_dir).expanduser() if out_dir is not None else Path.cwd()
@@ -300,6 +308,7 @@ class _Trainer:
             "metrics_before": self.metrics_before,
             "history": [h for h in self.history if h["step"] <= step],
             "seconds": self.seconds,
+            "lr_changes": [c for c in self.lr_changes if c["step"] <= step],
             "pairs": _fingerprint(self.train),
             "description": self.description,
         }
@@ -506,6 +515,7 @@ class _Trainer:
             "steps_planned": cfg.steps,
             "stopped_early": self.stopped_early,
             "validation_history": self.history,
+            "lr_changes": self.lr_changes,
         }
         what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
         return ModelCard(
