@@ -13,6 +13,8 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
+from qtpy.QtCore import Qt  # noqa: E402
+
 from napari_dpn._napari import _finetune_widget as fw  # noqa: E402
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
@@ -286,7 +288,7 @@ def test_docked_through_npe2_picks_up_what_segment_made(qtbot, make_napari_viewe
     _, seg = viewer.window.add_plugin_dock_widget("napari-dpn", "Segment vessels")
     _, w = viewer.window.add_plugin_dock_widget("napari-dpn", "Fine-tune DPN")
     assert isinstance(w, FinetuneWidget)
-    assert w.train_list.item(0).flags() == fw.Qt.NoItemFlags  # "(none in the viewer)"
+    assert w.train_list.item(0).flags() == Qt.NoItemFlags  # "(none in the viewer)"
     seg.select_model("dpn-release-drive")
     seg.device_combo.setCurrentText("cpu")
     seg.run()
