@@ -168,6 +168,13 @@ def _widget_gone(life: _Life, *_) -> None:
     life.cancel.set()
 
 
+def unstarted_worker(func, *args):
+    """A napari worker for ``func(*args)``, not started yet: connect its signals, then ``start()``."""
+    from napari.qt.threading import create_worker
+
+    return create_worker(func, *args, _start_thread=False)
+
+
 def ancestor(widget, cls):
     """The nearest parent widget of type ``cls`` (or None)."""
     w = widget.parentWidget() if widget is not None else None

@@ -20,15 +20,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
-from pathlib import Path
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -43,8 +41,10 @@ from qtpy.QtWidgets import (
 from napari_dpn import session as S
 from napari_dpn.errors import DPNError
 
-from ._dock import DockWidget, Section, wrapped_label
+from ._dock import DockWidget, Section, unstarted_worker, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
+from ._session_loop import LoopMixin
+from ._session_tools import ToolsMixin
 
 REGION = 64
 KEYS = {"next": "Shift-N", "previous": "Shift-P", "uncertain": "Shift-U"}
@@ -65,13 +65,7 @@ class Prepared:
     resumed: bool  # the mask came from the saved annotation
 
 
-def _worker(func, *args):
-    from napari.qt.threading import create_worker
-
-    return create_worker(func, *args, _start_thread=False)
-
-
-class SessionWidget(DockWidget):
+class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
     """Dock widget: correct the photographs of a folder one after another."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -409,7 +403,7 @@ class SessionWidget(DockWidget):
         ):
             return
         gen = self._generation
-        worker = _worker(
+        worker = unstarted_worker(
             self._prepare,
             self.session,
             index,
@@ -598,7 +592,7 @@ class SessionWidget(DockWidget):
                 return False
         mask = np.asarray(vessels.data) > 0
         fov = prep.seg.fov
-        worker = _worker(self._save, session, index, mask, fov)  # the session's lock orders saves
+        worker = unstarted_worker(self._save, session, index, mask, fov)  # the session's lock orders saves
         worker.returned.connect(lambda out, s=session: self._on_saved(s, out))
         worker.finished.connect(self._on_save_finished)
         self._saves += 1
@@ -675,278 +669,3 @@ class SessionWidget(DockWidget):
 
     def cancel(self, *_) -> None:
         self._life.cancel.set()
-
-    # ------------------------------------------------------------------ edits and tools
-
-    def _on_paint(self, event=None) -> None:
-        if not self.alive or self.shown is None:
-            return
-        self.edits += 1
-        self.session.mark_corrected(self.shown.index)
-        self._refresh_list()
-
-    def _on_outline(self, on: bool) -> None:
-        vessels = self.layers.get("vessels")
-        if vessels is not None:
-            vessels.contour = 1 if on else 0
-
-    def set_mode(self, mode: str | None) -> None:
-        """'branch', 'add' or None: what a click on the vessels layer does."""
-        self.mode = mode
-        for button, m in ((self.branch_button, "branch"), (self.add_button, "add")):
-            button.blockSignals(True)
-            button.setChecked(mode == m)
-            button.blockSignals(False)
-        vessels = self.layers.get("vessels")
-        if vessels is not None:
-            vessels.mouse_pan = mode != "add"  # in 'add' a drag traces, it does not pan
-        if mode is not None and vessels is not None:
-            vessels.mode = "pan_zoom"  # the click is the tool's, not the brush's
-            vessels.mouse_pan = mode != "add"
-            self.viewer.layers.selection.active = vessels
-            self._say(
-                "Click a false branch to remove it."
-                if mode == "branch"
-                else "Click a missed vessel to add it, or drag along it to trace it."
-            )
-
-    def _on_click(self, layer, event):
-        """A press applies the click tool; in 'Add vessel here' a drag traces the vessel along
-        the ridge of the probability map from the press to the release."""
-        if self.mode is None or event.type != "mouse_press" or layer is not self.layers.get("vessels"):
-            return
-        mode = self.mode
-        pos = layer.world_to_data(event.position)
-        start = (float(pos[-2]), float(pos[-1]))
-        if mode != "add":
-            self.apply_tool(mode, start)
-            return
-        yield
-        while event.type == "mouse_move":
-            yield
-        pos = layer.world_to_data(event.position)
-        end = (float(pos[-2]), float(pos[-1]))
-        if max(abs(end[0] - start[0]), abs(end[1] - start[1])) < 3:
-            self.apply_tool("add", start)
-        else:
-            self.apply_tool("trace", (start, end))
-
-    def apply_tool(self, mode: str, point) -> bool:
-        """Run a click tool at ``point`` (row, col) in a worker; the change is one undo step."""
-        vessels, prep = self.layers.get("vessels"), self.shown
-        if vessels is None or prep is None or self._tool_worker is not None:
-            return False
-        mask = np.asarray(vessels.data) > 0
-        if mode == "branch":
-            worker = _worker(S.branch_pixels, mask, point)
-            value, what = 0, "Removed a branch"
-        elif mode == "add":
-            worker = _worker(S.vessel_region, prep.seg.probability, mask, point, self.low_spin.value())
-            value, what = 1, "Added a vessel"
-        elif mode == "trace":
-            worker = _worker(S.trace_pixels, prep.seg.probability, mask, point[0], point[1], 2)
-            value, what = 1, "Traced a vessel"
-        elif mode == "specks":
-            worker = _worker(S.speck_pixels, mask, int(self.speck_spin.value()))
-            value, what = 0, f"Removed specks < {int(self.speck_spin.value())} px"
-        else:
-            return False
-        edits = self.edits
-        worker.returned.connect(lambda pix, v=vessels, e=edits: self._apply(v, e, pix, value, what))
-        worker.finished.connect(self._on_tool_finished)
-        self._tool_worker = worker
-        worker.start()
-        return True
-
-    def remove_specks(self, *_) -> bool:
-        return self.apply_tool("specks", None)
-
-    def threshold_region(self, *_) -> bool:
-        """Re-threshold the region on screen (from Next uncertain region) only: one undo step."""
-        vessels, prep, box = self.layers.get("vessels"), self.shown, self.region
-        if vessels is None or prep is None or box is None or self._tool_worker is not None:
-            return False
-        worker = _worker(
-            S.threshold_box,
-            prep.seg.probability,
-            np.asarray(vessels.data) > 0,
-            prep.seg.fov,
-            box,
-            float(self.local_spin.value()),
-        )
-        edits, t = self.edits, float(self.local_spin.value())
-        worker.returned.connect(lambda out, v=vessels, e=edits: self._apply_pair(v, e, out, t))
-        worker.finished.connect(self._on_tool_finished)
-        self._tool_worker = worker
-        worker.start()
-        return True
-
-    def _apply_pair(self, vessels, edits, out, t) -> None:
-        if not self.alive or vessels is not self.layers.get("vessels") or edits != self.edits:
-            return
-        on, off = out
-        with vessels.block_history():  # one Ctrl+Z undoes both
-            if on.any():
-                vessels.data_setitem(np.nonzero(on), 1)
-            if off.any():
-                vessels.data_setitem(np.nonzero(off), 0)
-        self._say(f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. Ctrl+Z undoes it.")
-
-    def _on_tool_finished(self) -> None:
-        self._tool_worker = None
-
-    def _apply(self, vessels, edits, pixels, value, what) -> None:
-        if not self.alive or vessels is not self.layers.get("vessels"):
-            return
-        if edits != self.edits:
-            self._say("The vessels changed meanwhile; click again.")
-            return
-        indices = np.nonzero(pixels)
-        if indices[0].size == 0:
-            self._say(f"{what}: nothing to change there.")
-            return
-        with vessels.block_history():  # one Ctrl+Z undoes it
-            vessels.data_setitem(indices, value)
-        self._say(f"{what} ({indices[0].size:,} px). Ctrl+Z undoes it.")
-
-    # ------------------------------------------------------------------ where to look next
-
-    def next_uncertain(self, *_):
-        """Zoom onto the most uncertain region of this image not yet visited; returns it."""
-        prep = self.shown
-        if prep is None:
-            return None
-        entry = self.session.entries[prep.index]
-        seen = {tuple(v) for v in entry.visited}
-        region = next((r for r in prep.regions if (r[0], r[1]) not in seen), None)
-        if region is None:
-            self._say("Every region of this image was visited.")
-            return None
-        y0, x0, y1, x1, _ = region
-        h, w = prep.mask.shape
-        self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
-        self.viewer.camera.zoom = self._fit_zoom * max(h, w) / (1.25 * max(y1 - y0, x1 - x0))
-        self.session.visit(prep.index, region)
-        self.region = region
-        self.local_spin.setValue(round(float(prep.seg.threshold), 2))
-        self._sync()
-        rank = len(seen) + 1
-        self._say(f"Uncertain region {rank} of {len(prep.regions)}: rows {y0}-{y1}, columns {x0}-{x1}.")
-        return region
-
-    # ------------------------------------------------------------------ human in the loop
-
-    def finetune(self, *_) -> bool:
-        """Fine-tune the chosen model on the saved images, in a worker."""
-        if self.session is None or self._ft_worker is not None:
-            return False
-        spec = self._spec()
-        if spec is None:
-            show_warning("Choose a model to fine-tune first.")
-            return False
-        self.save_now()
-        session, steps = self.session, int(self.ft_steps.value())
-        device, cancel = self.device_combo.currentText() or "auto", self._life.cancel
-
-        def job():
-            try:
-                return session.finetune(spec, steps=steps, device=device, should_stop=cancel.is_set)
-            except DPNError as exc:
-                return str(exc)
-            except Exception as exc:  # noqa: BLE001 - a notification, never a traceback
-                return f"Fine-tuning failed ({type(exc).__name__}: {exc})."
-
-        worker = _worker(job)
-        worker.returned.connect(self._on_finetuned)
-        worker.finished.connect(self._on_ft_finished)
-        self._ft_worker = worker
-        self._say(f"Fine-tuning on {session.done} saved image(s), {steps} steps…")
-        worker.start()
-        self._sync()
-        return True
-
-    def _on_ft_finished(self) -> None:
-        self._ft_worker = None
-        if self.alive:
-            self._sync()
-
-    def _on_finetuned(self, out) -> None:
-        if not self.alive:
-            return
-        if isinstance(out, str):
-            show_error(out)
-            self._say(out)
-            return
-        if out.model_path is None:
-            self._say("Fine-tuning was cancelled; no model was saved.")
-            return
-        self.model_picker.refresh()
-        try:
-            self.select_model(out.card.name)
-        except ValueError:
-            self.add_model_file(out.model_path)
-        self._say(
-            f"Saved the model '{out.card.name}' ({out.steps} steps); 'Re-segment the rest' "
-            "applies it to the images nobody corrected."
-        )
-
-    def resegment_rest(self, *_) -> int:
-        """Segment again, with the chosen model, every image not corrected or saved."""
-        if self.session is None:
-            return 0
-        self._generation += 1
-        reset = self.session.reset_unsaved()
-        for i in reset:
-            self._ready.pop(i, None)
-        self._refresh_list()
-        if self.index in reset:  # the image on screen was not touched: show its new map
-            self.shown, self._arrival = None, None
-            self._request(self.index)
-        elif self.index is not None:
-            self._request(self.index + 1)
-        self._say(
-            f"Re-segmenting {len(reset)} image(s) with {self.model_picker.combo.currentText()} as they are visited."
-        )
-        return len(reset)
-
-    # ------------------------------------------------------------------ export
-
-    def _ask_save_path(self) -> Path | None:
-        """Ask where the CSV goes; tests replace this method."""
-        default = str(self.session.annotations / "session.csv")
-        path, _ = QFileDialog.getSaveFileName(self, "Export CSV", default, "CSV (*.csv)")
-        return Path(path) if path else None
-
-    def export_clicked(self, *_) -> bool:
-        if self.session is None:
-            return False
-        path = self._ask_save_path()
-        return path is not None and self.export_csv(path)
-
-    def export_csv(self, path) -> bool:
-        """Write the per-image CSV in a worker."""
-        if self.session is None or self._csv_worker is not None:
-            return False
-
-        def job(session=self.session, path=Path(path)):
-            try:
-                return session.export_csv(path)
-            except (DPNError, OSError) as exc:
-                return f"Cannot export the CSV: {exc}"
-
-        worker = _worker(job)
-        worker.returned.connect(self._on_exported)
-        worker.finished.connect(lambda: setattr(self, "_csv_worker", None))
-        self._csv_worker = worker
-        worker.start()
-        return True
-
-    def _on_exported(self, out) -> None:
-        if not self.alive:
-            return
-        if isinstance(out, str):
-            show_error(out)
-            self._say(out)
-        else:
-            show_info(f"Wrote {out}.")
-            self._say(f"Wrote {out}.")
