@@ -17,7 +17,7 @@ wide (fast, and the same parameters fit every camera):
 
 It never raises: ``DiscEstimate.note`` says in one sentence why no disc was found.  Measured on the
 test splits (docs/scale.md) it is within ~13 % (median) on DRIVE and STARE but 30 % on CHASE_DB1,
-not clearly better than the 45 degree guess, so it is not one of the scale modes.
+not clearly better than the 45 degree guess, so it is opt-in (``scale='disc'``), never the default.
 """
 
 from __future__ import annotations
@@ -164,3 +164,24 @@ def _find_disc(rgb, fov, vessels) -> DiscEstimate:
     diameter = 2.0 * radius / factor
     centre_orig = (centre[0] / factor, centre[1] / factor)
     return DiscEstimate(diameter / DISC_DEGREES, diameter, centre_orig, contrast)
+
+
+def scale_from_disc(rgb: np.ndarray, fov: np.ndarray | None, card):
+    """The ``scale.Scale`` that brings this photograph to ``card``'s working px/deg, from its optic
+    disc; the native scale with one sentence when no disc (or no plausible scale) is found."""
+    from . import scale as scale_mod
+
+    target = scale_mod.working_ppd(card)
+    if target is None:
+        return scale_mod.fallback(f"the model card of {getattr(card, 'name', 'this model')} records no working scale")
+    found = find_disc(rgb, fov)
+    if found.ppd is None:
+        return scale_mod.fallback(f"no optic disc was found to estimate the scale from ({found.note})")
+    return scale_mod.from_ppd(
+        found.ppd,
+        target,
+        "disc",
+        fov_diameter=None if fov is None else scale_mod.fov_diameter(fov),
+        disc_diameter=found.diameter,
+        disc_degrees=DISC_DEGREES,
+    )

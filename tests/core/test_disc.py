@@ -1,13 +1,18 @@
 """The optic-disc scale estimate: ppd = disc diameter / DISC_DEGREES, without any metadata."""
 
+import json
+
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage as ndi
 from skimage.draw import disk, line_aa
 
 from napari_dpn import disc, scale
+from napari_dpn.cli import main
 from napari_dpn.datasets import DATASETS as INFO
 from napari_dpn.datasets import load_split
+from napari_dpn.models import load_model
 from paths import DATASETS
 
 needs_drive = pytest.mark.skipif(not (DATASETS / "DRIVE").is_dir(), reason="datasets not staged")
@@ -58,6 +63,34 @@ def test_without_a_disc_there_is_a_sentence_not_an_exception():
     assert found.ppd is None and found.note and "no optic disc" in found.describe()
     for junk in (np.zeros((40, 40, 3), np.float32), np.full((64, 64, 3), 0.5, np.float32)):
         assert disc.find_disc(junk).ppd is None
+
+
+def test_parse_scale_knows_disc():
+    assert scale.parse_scale("Disc") == "disc"
+
+
+def test_scale_from_disc_and_its_fallback():
+    card = load_model("dpn-drive").card
+    rgb, fov = fundus_with_disc(disc_diameter=80)
+    sc = disc.scale_from_disc(rgb, fov, card)
+    assert sc.method == "disc" and sc.ppd == pytest.approx(80 / disc.DISC_DEGREES, rel=0.1)
+    assert sc.factor == pytest.approx(card.scale["working_ppd"] / sc.ppd)
+    assert "px/deg from optic disc" in sc.describe() and f"/ {disc.DISC_DEGREES:g} deg" in sc.describe()
+    blank, fov = fundus_with_disc(with_disc=False)
+    sc = disc.scale_from_disc(blank, fov, card)
+    assert sc.method == "fallback" and sc.factor == 1.0 and "no optic disc" in sc.note
+
+
+def test_cli_segment_scale_disc(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rgb, _ = fundus_with_disc(disc_diameter=80)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(photos / "eye.png")
+    report = tmp_path / "report.json"
+    args = ["segment", str(photos), "--out", str(tmp_path / "out"), "--device", "cpu", "--fusion", "none"]
+    assert main([*args, "--model", "dpn-drive", "--scale", "disc", "--json", str(report)]) == 0
+    assert "px/deg from optic disc" in capsys.readouterr().out
+    assert json.loads(report.read_text())["images"]["eye.png"]["scale"]["method"] == "disc"
 
 
 @needs_drive
