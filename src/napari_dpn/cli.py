@@ -363,10 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=_scale_arg,
         default="auto",
-        metavar="auto|native|calibre|FACTOR",
+        metavar="auto|native|calibre|disc|FACTOR",
         help="auto (default): resample each photograph to the model's working scale (pixels per "
         "degree of retina) and the map back; native: no resampling; calibre: estimate the scale from the "
-        "width of the main vessels (experimental); or a factor such as 0.5",
+        "width of the main vessels (experimental); disc: from the optic disc's diameter, about 6 degrees "
+        "in adults (experimental); or a factor such as 0.5",
     )
     p.add_argument(
         "--field-angle",
@@ -446,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale",
         type=_scale_arg,
         default="native",
-        metavar="native|auto|FACTOR",
-        help="native (default): the paper's protocol; auto: scale-aware inference as `segment` does it",
+        metavar="native|auto|calibre|disc|FACTOR",
+        help="native (default): the paper's protocol; auto: scale-aware inference as `segment` does it "
+        "(calibre, disc: its estimates without metadata, as in `segment`)",
     )
     p.add_argument(
         "--field-angle",

@@ -17,7 +17,10 @@ probability map back to the original pixels.  The image's ppd comes from, in ord
    fundus cameras; without a circular FOV either (ultra-widefield), the native scale.  The vessel
    calibre of coarse passes (``scale='calibre'``, ``segmentation.scale_from_calibre``) estimates
    the scale without any metadata, but measured worse than the native scale on AV-WIDE, so it is
-   opt-in (docs/scale.md).
+   opt-in (docs/scale.md).  The optic disc (``scale='disc'``, ``disc.find_disc``: its diameter in
+   pixels over the ~6 degrees it spans in adult eyes) is a second estimate without metadata,
+   also opt-in: it measured 13 % (median) off on DRIVE and STARE and 30 % on CHASE_DB1, not
+   clearly better than the 45 degree guess (docs/scale.md).
 
 Anything implausible (no FOV, a factor outside ``MIN_FACTOR..MAX_FACTOR``) falls back to the native
 scale with one sentence in ``Scale.note``; it never raises.
@@ -38,7 +41,7 @@ MIN_FACTOR, MAX_FACTOR = 0.08, 4.0
 MIN_FOV_SHARE = 0.3
 # Below this change the image is left as it is (resampling costs more than it brings).
 NEGLIGIBLE = 0.03
-SCALE_MODES = ("auto", "native", "calibre")
+SCALE_MODES = ("auto", "native", "calibre", "disc")
 
 
 @dataclass
@@ -46,13 +49,15 @@ class Scale:
     """How an image was (or will be) resampled for the network, and why."""
 
     factor: float  # working pixels per original pixel (1.0 = native)
-    method: str  # native | factor | field-angle | default-angle | calibre | fallback
+    method: str  # native | factor | field-angle | default-angle | calibre | disc | fallback
     ppd: float | None = None  # estimated pixels per degree of the original image
     fov_diameter: float | None = None  # pixels, in the original image
     field_angle: float | None = None  # degrees, given or assumed
     working_ppd: float | None = None  # the model's
     note: str | None = None  # why a fallback happened, in one sentence
     fused_factor: float | None = None  # a second, finer pass averaged in (segmentation.segment's fusion)
+    disc_diameter: float | None = None  # pixels, in the original image (method 'disc')
+    disc_degrees: float | None = None  # the degrees of retina that diameter is taken to span
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""
@@ -70,6 +75,8 @@ class Scale:
             return f"native scale: {self.note}"
         if self.method == "calibre":
             how = "the calibre of the thickest vessels"
+        elif self.method == "disc":
+            how = f"optic disc {self.disc_diameter:.0f} px / {self.disc_degrees:g} deg"
         else:
             given = "given" if self.method == "field-angle" else "assumed"
             how = f"FOV {self.fov_diameter:.0f} px / {self.field_angle:g} deg ({given})"
@@ -112,7 +119,7 @@ def check_field_angle(angle: float | None) -> float | None:
 
 
 def parse_scale(text: str | float) -> str | float:
-    """'auto' | 'native' | 'calibre' | a positive factor (string or number); ValueError otherwise."""
+    """'auto' | 'native' | 'calibre' | 'disc' | a positive factor (string or number); ValueError otherwise."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -122,7 +129,9 @@ def parse_scale(text: str | float) -> str | float:
         try:
             value = float(key)
         except ValueError:
-            raise ValueError(f"scale must be auto, native, calibre or a factor such as 0.5, got {text!r}") from None
+            raise ValueError(
+                f"scale must be auto, native, calibre, disc or a factor such as 0.5, got {text!r}"
+            ) from None
     if not MIN_FACTOR <= value <= MAX_FACTOR:
         raise ValueError(f"a scale factor must lie between {MIN_FACTOR} and {MAX_FACTOR}, got {value:g}")
     return value

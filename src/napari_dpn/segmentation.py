@@ -170,6 +170,10 @@ def choose_scale(
         return scale_mod.fallback(f"the model card of {loaded.card.name} records no working scale"), None
     if mode == "calibre":
         return scale_from_calibre(loaded, rgb, fov, device, precision)
+    if mode == "disc":
+        from .disc import scale_from_disc
+
+        return scale_from_disc(rgb, fov, loaded.card), None
     angle = scale_mod.check_field_angle(field_angle)
     if scale_mod.fov_diameter(fov) is None and angle is None:
         # Measured: the calibre estimate put AV-WIDE at x0.65-0.89 where x1.26 is right, and cost

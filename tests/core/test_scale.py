@@ -230,7 +230,7 @@ def test_cli_segment_reports_the_scale(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--scale", "huge"], "scale must be auto, native, calibre or a factor"),
+        (["--scale", "huge"], "scale must be auto, native, calibre, disc or a factor"),
         (["--field-angle", "500"], "not plausible"),
         (["--field-angle", "wide"], "must be degrees"),
         (["--fusion", "7"], "fusion factor must lie between 1 and 3"),
