@@ -8,7 +8,9 @@ from napari_dpn.fov import estimate_fov
 
 
 def fundus(h=120, w=140, radius=50, noise=0.02, seed=0):
-    """A bright disc with darker vignetted periphery on a noisy dark border; and its true disc."""
+    """A bright disc with darker vignetted periphery on a noisy dark border; and its true disc.
+
+    Not ``synthetic_fundus.fundus``: the dim rim is what these FOV tests are about."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]
     r = np.hypot(yy - h / 2, xx - w / 2)

@@ -9,6 +9,7 @@ from napari_dpn.errors import InputError
 from napari_dpn.inference import TILE_MARGIN, predict
 from napari_dpn.model import build_model
 from napari_dpn.models import FRESH_INPUT, LoadedModel, ModelCard
+from synthetic_fundus import fundus
 
 
 def _loaded(arch):
@@ -21,13 +22,7 @@ def _loaded(arch):
 
 
 def _fundus(h=96, w=88, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    disk = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) * 0.45) ** 2
-    rgb = np.zeros((h, w, 3), np.float32)
-    rgb[disk] = (0.8, 0.35, 0.15)
-    rgb[disk & (np.abs(np.sin(xx / 9.0) * 20 + h / 2 - yy) < 1.5)] *= 0.5
-    return np.clip(rgb + rng.normal(0, 0.02, rgb.shape), 0, 1).astype(np.float32)
+    return fundus((h, w), seed)[0]
 
 
 @pytest.mark.parametrize("arch", ["dpn", "dpn-release"])

@@ -14,6 +14,7 @@ from napari.layers import Image, Labels  # noqa: E402
 
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
+from synthetic_fundus import fundus_uint8  # noqa: E402
 from widget_setup import save_random_model  # noqa: E402
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
@@ -21,24 +22,6 @@ TIMEOUT_MS = 120_000
 
 
 # ----------------------------------------------------------------------------- fixtures
-
-
-def fundus_like(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """An orange disc on black with dark curved 'vessels'; returns (uint8 RGB, vessel mask)."""
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    c = (size - 1) / 2
-    disc = (yy - c) ** 2 + (xx - c) ** 2 <= (0.46 * size) ** 2
-    rgb = np.zeros((size, size, 3), np.float32)
-    rgb[disc] = (0.85, 0.45, 0.2)
-    vessels = np.zeros((size, size), bool)
-    for k, amp in enumerate((0.15, -0.2, 0.1)):
-        path = c + amp * size * np.sin(xx / size * np.pi * (1 + k)) + (k - 1) * size * 0.2
-        vessels |= np.abs(yy - path) < 1.2 + 0.4 * k
-    vessels &= disc
-    rgb[vessels] *= 0.45
-    rng = np.random.default_rng(seed)
-    rgb += rng.normal(0, 0.01, rgb.shape).astype(np.float32)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8), vessels
 
 
 @pytest.fixture
@@ -60,7 +43,7 @@ def widget(dock_widget, tiny_model, notes):
 
 
 def add_eye(viewer, size=96, name="eye", **kwargs):
-    rgb, vessels = fundus_like(size)
+    rgb, vessels = fundus_uint8(size)
     return viewer.add_image(rgb, name=name, rgb=True, **kwargs), vessels
 
 
@@ -156,7 +139,7 @@ def test_running_twice_updates_layers_instead_of_stacking(qtbot, widget):
 
 
 def test_greyscale_image_is_accepted(qtbot, widget):
-    rgb, _ = fundus_like()
+    rgb, _ = fundus_uint8()
     widget.viewer.add_image(rgb[..., 1], name="green")
     segment(qtbot, widget)
     assert "green vessels" in widget.viewer.layers
@@ -287,7 +270,7 @@ def test_segmenting_an_edited_image_again_keeps_the_corrections(qtbot, widget, n
 
 def test_ground_truth_metrics_errors_layer_and_youden(qtbot, widget):
     viewer = widget.viewer
-    _, truth = fundus_like()
+    _, truth = fundus_uint8()
     add_eye(viewer)
     gt = viewer.add_labels(
         truth.astype(np.uint8), name="eye ground truth", metadata=_roles.meta("ground_truth", image="eye")
@@ -339,7 +322,7 @@ def test_save_next_to_the_image_and_refuse_silent_overwrite(qtbot, widget, tmp_p
 
     from napari_dpn.image_io import read_mask
 
-    rgb, _ = fundus_like()
+    rgb, _ = fundus_uint8()
     src = tmp_path / "eye.png"
     PILImage.fromarray(rgb).save(src)
     widget.viewer.open(src, plugin="napari")
@@ -385,7 +368,7 @@ def test_save_image_without_file_asks_for_a_folder(qtbot, widget, tmp_path, monk
 
 def test_save_warns_when_target_is_ground_truth(qtbot, widget, tmp_path, monkeypatch):
     """A file opened as ground truth is never overwritten without an explicit 'Overwrite'."""
-    rgb, truth = fundus_like()
+    rgb, truth = fundus_uint8()
     eye = tmp_path / "eye.png"
     from PIL import Image as PILImage
 
