@@ -575,17 +575,17 @@ def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widg
     w.refresh_models()
     w.select_model("tiny-scaled")
     w.device_combo.setCurrentText("cpu")
-    layer, _ = add_eye(w.viewer, size=240)  # FOV ~221 px wide
+    layer, _ = add_eye(w.viewer, size=240)  # FOV ~216 px wide
     w.field_combo.setCurrentIndex(w.field_combo.findData(30.0))
     segment(qtbot, w, layer=layer)
     text = w.status.text()
-    assert "30 deg (given)" in text and "resampled x1.6" in text  # 12 / (221 / 30) = 1.63
-    assert w.fusion_check.isChecked() and "averaged with a pass at x2.4" in text  # preset from the card
+    assert "30 deg (given)" in text and "resampled x1.67" in text  # 12 / (216 / 30) = 1.67
+    assert w.fusion_check.isChecked() and "averaged with a pass at x2.5" in text  # preset from the card
     prob = w.viewer.layers[_roles.probability_name("eye")].data
     assert prob.shape == (240, 240)  # the map is in the photograph's own pixels
     w.field_combo.setCurrentIndex(w.field_combo.findData(None))
     segment(qtbot, w, layer=layer)
-    assert "45 deg (assumed)" in w.status.text() and "resampled x2.4" in w.status.text()
+    assert "45 deg (assumed)" in w.status.text() and "resampled x2.5" in w.status.text()
     w.field_combo.setCurrentIndex(w.field_combo.findData("native"))
     w.fusion_check.setChecked(False)
     segment(qtbot, w, layer=layer)
