@@ -219,6 +219,14 @@ class RobustSampler:
     mirror, and scale jitter around the working scale (log-uniform in ``scale_range``), cut by one
     affine resampling of the whole image (bilinear image, nearest-neighbour masks), then the
     photometric jitter above.  Images are visited epoch by epoch in a shuffled order.
+
+    With ``clahe`` the views are plain RGB and CLAHE runs on each crop *after* the jitter, as it
+    runs on a photograph at inference: a camera's noise and JPEG blocks go through CLAHE, which
+    amplifies them.  (Jitter on an already equalised image, as before, taught the network far
+    weaker noise than users' photographs bring: sensor noise of sigma 0.02 cost dpn-universal 0.026
+    AUC on DRIVE, docs/results.md.)  The crop is cut with a margin of half a CLAHE tile so its
+    tiles see their context; the tile is an eighth of the view's sides, as inference uses on the
+    whole image, times the crop's zoom.
     """
 
     def __init__(
@@ -228,12 +236,14 @@ class RobustSampler:
         seed: int = 0,
         scale_range: tuple[float, float] = (0.8, 1.25),
         photometric: Photometric | None = Photometric(),
+        clahe: bool = False,
     ):
         if not images:
             raise ValueError("no images to sample from")
+        self.tiles = [(v.label.shape[0] / 8, v.label.shape[1] / 8) for v in images]  # before padding
         self.views = [pad_to(v, crop) for v in images]
         self.crop, self.seed = int(crop), int(seed)
-        self.scale_range, self.photometric = scale_range, photometric
+        self.scale_range, self.photometric, self.clahe = scale_range, photometric, bool(clahe)
         self._epoch, self._order = -1, np.arange(len(self.views))
 
     _view_index = PatchSampler._view_index
@@ -242,7 +252,8 @@ class RobustSampler:
         """Crop number ``index``: (uint8 (C, C, 3), bool (C, C) label, bool (C, C) FOV)."""
         from scipy.ndimage import map_coordinates
 
-        view = self.views[self._view_index(index)]
+        vi = self._view_index(index)
+        view = self.views[vi]
         rng = np.random.default_rng([self.seed, 2, index])
         h, w = view.label.shape
         c = self.crop
@@ -252,7 +263,9 @@ class RobustSampler:
         half = c / (2 * s) * (abs(np.cos(a)) + abs(np.sin(a))) / 2**0.5
         cy = rng.uniform(min(half, h / 2), max(h - half, h / 2))
         cx = rng.uniform(min(half, w / 2), max(w - half, w / 2))
-        yy, xx = np.mgrid[0:c, 0:c].astype(np.float32) - (c - 1) / 2
+        tile = tuple(max(8, round(t * s)) for t in self.tiles[vi]) if self.clahe else None
+        m = (max(tile) + 1) // 2 if self.clahe else 0  # context around the crop for its CLAHE tiles
+        yy, xx = np.mgrid[0 : c + 2 * m, 0 : c + 2 * m].astype(np.float32) - (c + 2 * m - 1) / 2
         if rng.random() < 0.5:
             xx = -xx
         cos, sin = np.cos(a) / s, np.sin(a) / s
@@ -264,4 +277,10 @@ class RobustSampler:
         fov = map_coordinates(view.fov.view(np.uint8), coords, order=0, mode="constant", cval=0) > 0
         if self.photometric is not None:
             img = jitter(img, rng, self.photometric)
+        if self.clahe:
+            from .preprocess import clahe_green
+
+            inner = (slice(m, m + c), slice(m, m + c))
+            img = to_uint8(clahe_green(img.astype(np.float32) / 255.0, kernel_size=tile)[inner])
+            lab, fov = lab[inner], fov[inner]
         return img, lab, fov

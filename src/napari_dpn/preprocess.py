@@ -6,14 +6,16 @@ import numpy as np
 from skimage import exposure
 
 
-def clahe_green(rgb: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
+def clahe_green(rgb: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.ndarray:
     """CLAHE on the green channel (the paper's STARE preprocessing), replicated to three channels.
 
     The green channel carries the best vessel contrast; equalising it locally and
     feeding it as a grey image also removes most colour differences between cameras.
+    ``kernel_size``: the tile in pixels; None (inference) is an eighth of the image's sides.
     """
     green = np.ascontiguousarray(rgb[..., 1], dtype=np.float64)
-    eq = exposure.equalize_adapthist(np.clip(green, 0, 1), clip_limit=clip_limit).astype(np.float32)
+    eq = exposure.equalize_adapthist(np.clip(green, 0, 1), kernel_size=kernel_size, clip_limit=clip_limit)
+    eq = eq.astype(np.float32)
     return np.repeat(eq[..., None], 3, axis=2)
 
 

@@ -392,3 +392,14 @@ def predict_model(path, rgb):
     from napari_dpn.models import load_model
 
     return predict(load_model(path), rgb, device="cpu", precision="fp32").probability
+
+
+def test_any_camera_training_equalises_each_crop_after_the_jitter(tmp_path):
+    """augment_mode 'robust' with CLAHE keeps plain RGB views and equalises in the sampler."""
+    from napari_dpn.training.trainer import _Trainer
+
+    t = _Trainer(cfg(steps=2, augment_mode="robust", clahe=True), TRAIN, None, None, tmp_path, None, None, None, None)
+    assert t.sampler.clahe and t.input["clahe"] and not t.crop_input["clahe"]
+    np.testing.assert_array_equal(t.sampler.views[0].image, trainer.augment.to_uint8(t.train[0].rgb))
+    result = train(cfg(steps=2, augment_mode="robust", clahe=True), TRAIN, out_dir=tmp_path / "run")
+    assert result.steps == 2 and result.card.input["clahe"] and all(math.isfinite(v) for v in result.losses)

@@ -176,13 +176,13 @@ class _Trainer:
         views = []
         robust = config.augment and config.augment_mode == "robust"
         for p in self.train:
-            rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
-            if robust:
-                views.append(augment.View(augment.to_uint8(rgb), p.label, p.fov, p.name))
+            if robust:  # CLAHE per crop, after the camera jitter (augment.RobustSampler)
+                views.append(augment.View(augment.to_uint8(p.rgb), p.label, p.fov, p.name))
             else:
+                rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
                 views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
         if robust:
-            self.sampler = augment.RobustSampler(views, crop, seed=config.seed)
+            self.sampler = augment.RobustSampler(views, crop, seed=config.seed, clahe=self.input["clahe"])
         else:
             self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
         self.emit(
