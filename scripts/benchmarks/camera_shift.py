@@ -1,7 +1,11 @@
 """How much does a map lose when the photograph comes from another camera? Simulated camera shifts.
 
 Usage: python scripts/benchmarks/camera_shift.py DATASETS_ROOT [--models dpn-universal dpn-drive ...]
-           [--datasets drive chase] [--shifts ...] [--out docs/results/camera_shift.json]
+           [--datasets drive chase] [--shifts ...] [--out docs/results/camera_shift.json] [--table]
+
+Rows are keyed by model name and the first 8 hex digits of its weights' sha256 (two versions of a
+model can stand side by side); rows already in the output file are kept. ``--table`` prints the
+markdown table of docs/results.md from the output file and evaluates nothing.
 
 Each test photograph is changed the way another camera, another exposure or another file format
 changes it (below), then segmented as a user gets it: ``segmentation.segment`` with its defaults
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -71,6 +76,25 @@ SHIFTS = {
 }
 
 
+def markdown(rows: dict) -> str:
+    """Shift x (model, dataset): AUC, and its change against the unchanged photographs."""
+    cols = list(dict.fromkeys((r["label"], r["dataset"]) for r in rows.values()))
+    shifts = list(dict.fromkeys(r["shift"] for r in rows.values()))
+    lines = ["| shift | " + " | ".join(f"`{m}` {d}" for m, d in cols) + " |", "|---|" + "---|" * len(cols)]
+    for shift in shifts:
+        cells = []
+        for m, d in cols:
+            row, base = rows.get(f"{m}|{d}|{shift}"), rows.get(f"{m}|{d}|none")
+            if row is None:
+                cells.append("-")
+            elif shift == "none" or base is None:
+                cells.append(f"{row['auc']:.4f}")
+            else:
+                cells.append(f"{row['auc']:.4f} ({row['auc'] - base['auc']:+.4f})")
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root")
@@ -78,10 +102,16 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["drive", "chase"], choices=list(TEST_SPLITS))
     ap.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=list(SHIFTS))
     ap.add_argument("--out", default="docs/results/camera_shift.json")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the output file and stop")
     args = ap.parse_args()
-    rows = {}
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.is_file() else {}
+    if args.table:
+        print(markdown(rows))
+        return
     for name in args.models:
         loaded = load_model(name)
+        label = f"{loaded.card.name}@{(loaded.card.sha256 or '')[:8]}"
         for ds in args.datasets:
             samples = [s.load() for s in load_split(ds, args.root, TEST_SPLITS[ds]).test]
             for shift in args.shifts:
@@ -95,7 +125,8 @@ def main() -> None:
                     if seg.scale.method == "fallback":
                         notes.add(seg.scale.note)
                 auc = round(metrics.auc(probs, gts, fovs), 4)
-                rows[f"{name}|{ds}|{shift}"] = {
+                rows[f"{label}|{ds}|{shift}"] = {
+                    "label": label,
                     "model": name,
                     "sha256": loaded.card.sha256,
                     "dataset": ds,
@@ -104,8 +135,9 @@ def main() -> None:
                     "fallbacks": sorted(notes),
                     "seconds": round(time.perf_counter() - t0, 1),
                 }
-                print(f"{name:20s} {ds:6s} {shift:28s} AUC {auc:.4f}", *sorted(notes), flush=True)
-    print("wrote", write_report(args.out, {"precision": "fp32", "scale": "auto, no field angle", "rows": rows}))
+                print(f"{label:20s} {ds:6s} {shift:28s} AUC {auc:.4f}", *sorted(notes), flush=True)
+                write_report(out, {"precision": "fp32", "scale": "auto, no field angle", "rows": rows})
+    print("wrote", out)
 
 
 if __name__ == "__main__":
