@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the map with a second pass at FACTOR x the working scale, which finds more thin "
         "vessels at about 3x the time; auto (default): as the model card recommends (dpn-universal: 1.5; "
         "the single-dataset models: none); none: one pass; skipped for very large images and with "
-        "--batch-size above 1",
+        "--batch-size above 1. Without --field-angle (45 degrees guessed) a pass at the working scale "
+        "/ FACTOR joins the mean too, as the guess may be too fine",
     )
     p.add_argument(
         "--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image"

@@ -56,14 +56,21 @@ class Scale:
     working_ppd: float | None = None  # the model's
     note: str | None = None  # why a fallback happened, in one sentence
     fused_factor: float | None = None  # a second, finer pass averaged in (segmentation.segment's fusion)
+    fused_coarser: float | None = None  # with a guessed field angle, a coarser pass averaged in too
     disc_diameter: float | None = None  # pixels, in the original image (method 'disc')
     disc_degrees: float | None = None  # the degrees of retina that diameter is taken to span
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""
-        fused = (
-            "" if self.fused_factor is None else f"; averaged with a pass at x{self.fused_factor:.3g} for thin vessels"
-        )
+        if self.fused_factor is None:
+            fused = ""
+        elif self.fused_coarser is None:
+            fused = f"; averaged with a pass at x{self.fused_factor:.3g} for thin vessels"
+        else:
+            fused = (
+                f"; averaged with passes at x{self.fused_factor:.3g} and x{self.fused_coarser:.3g}, "
+                "as the field angle is a guess"
+            )
         return self._describe_scale() + fused
 
     def _describe_scale(self) -> str:

@@ -1,7 +1,8 @@
 """One segmentation pipeline for every caller (CLI, widgets, evaluation, the folder session):
 
 photograph -> FOV -> scale -> resample -> network -> probability (original pixels) -> mask,
-by default with a second, finer pass averaged in (two-scale fusion).
+by default with a second, finer pass averaged in (two-scale fusion; a third, coarser one too when the
+field angle is guessed).
 
 ``segment`` never raises for a scale problem: an implausible estimate falls back to the native
 scale and says so in ``Segmentation.scale.note``.
@@ -36,6 +37,7 @@ COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
 COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 # Two-scale fusion (scale.check_fusion) costs about 3x the time of one pass: it is skipped where
 # the finer image would exceed this.
+COARSER_MIN_SIDE = 64  # a coarser hedge pass smaller than this sees no vessels worth adding
 FUSION_MAX_PIXELS = 4_000_000
 
 
@@ -98,20 +100,17 @@ def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
 
 
-def _fuse(
-    loaded: LoadedModel, rgb: np.ndarray, first: tuple[np.ndarray, Prediction], factor: float, progress, **kwargs
-) -> tuple[np.ndarray, Prediction]:
-    """Average ``first`` with the map of a pass at ``factor``, in the photograph's pixels."""
-    prob, pred = _run(loaded, rgb, factor, progress=progress, **kwargs)
-    prob0, pred0 = first
+def _fuse(runs: list[tuple[np.ndarray, Prediction]]) -> tuple[np.ndarray, Prediction]:
+    """The mean of the maps of passes at several scales (all in the photograph's pixels)."""
+    prob0, pred0 = runs[0]
     combined = dataclasses.replace(
         pred0,
-        seconds=pred0.seconds + pred.seconds,
-        tiles=pred0.tiles + pred.tiles,
-        tiled=pred0.tiled or pred.tiled,
-        note=pred0.note or pred.note,
+        seconds=sum(p.seconds for _, p in runs),
+        tiles=sum(p.tiles for _, p in runs),
+        tiled=any(p.tiled for _, p in runs),
+        note=next((p.note for _, p in runs if p.note), None),
     )
-    return (prob0 + prob) / 2.0, combined
+    return sum(m for m, _ in runs) / float(len(runs)), combined
 
 
 def _scaled_progress(progress, start: float, share: float):
@@ -205,24 +204,38 @@ def segment(
     ``fov``: a known FOV mask (else estimated); ``scale``: 'auto' (default), 'native' or a factor;
     ``field_angle``: the camera's field in degrees, if known; ``fusion``: average with a pass at
     that many times the chosen scale ('auto', the default of the CLI and the widgets too: what the
-    model card recommends; None: one pass, as ``evaluate`` runs the paper's protocol).  ValueError for an invalid
+    model card recommends; None: one pass, as ``evaluate`` runs the paper's protocol).  When the
+    field angle is guessed (45 degrees), a pass at the chosen scale divided by ``fusion`` is
+    averaged in too: the guess may be too fine as well as too coarse.  ValueError for an invalid
     ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
     """
     fusion = check_fusion(fusion, loaded.card)
     rgb = as_rgb(image)
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
-    finer = None
+    finer = coarser = None
     if fusion is not None:
         h, w = scale_mod.resampled_shape(rgb.shape, sc.factor * fusion)
         finer = sc.factor * fusion if h * w <= FUSION_MAX_PIXELS else None
-    # Progress by pixels: the finer pass has fusion^2 times the pixels of the first.
-    share = 1.0 if finer is None else 1.0 / (1.0 + fusion**2)
+        if finer is not None and sc.method == "default-angle":
+            # The 45 degree guess is too fine for a 30-35 degree camera, too coarse for a 50-55:
+            # hedge with a coarser pass as well (docs/results.md, "Two-scale fusion").
+            h, w = scale_mod.resampled_shape(rgb.shape, sc.factor / fusion)
+            coarser = sc.factor / fusion if min(h, w) >= COARSER_MIN_SIDE else None
+    factors = [f for f in (sc.factor, finer, coarser) if f is not None]
+    # One progress bar over all passes, shared by pixels (a pass at x costs x^2).
+    weights = np.array([(f / sc.factor) ** 2 for f in factors])
+    starts = np.concatenate([[0.0], np.cumsum(weights)[:-1]]) / weights.sum()
+    shares = weights / weights.sum()
     kwargs = dict(device=device, precision=precision, max_pixels=max_pixels, should_stop=should_stop)
-    prob, pred = done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, share), **kwargs)
+    runs = [done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, shares[0]), **kwargs)]
+    for f, start, share in zip(factors[1:], starts[1:], shares[1:]):
+        runs.append(_run(loaded, rgb, f, progress=_scaled_progress(progress, float(start), float(share)), **kwargs))
+    prob, pred = _fuse(runs) if len(runs) > 1 else runs[0]
     if finer is not None:
-        prob, pred = _fuse(loaded, rgb, (prob, pred), finer, _scaled_progress(progress, share, 1.0 - share), **kwargs)
-        sc = dataclasses.replace(sc, fused_factor=round(finer, 4))
+        sc = dataclasses.replace(
+            sc, fused_factor=round(finer, 4), fused_coarser=None if coarser is None else round(coarser, 4)
+        )
     t = float(loaded.card.threshold if threshold is None else threshold)
     return Segmentation(
         probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc, prediction=pred

@@ -148,6 +148,35 @@ def test_fusion_is_skipped_where_the_finer_image_would_be_too_large(drive_model,
     assert seg.scale.fused_factor is None and seg.prediction.tiles == 1
 
 
+def test_a_guessed_field_angle_hedges_with_a_coarser_pass_too(drive_model, monkeypatch):
+    """With the 45 degree guess the working scale can be off either way (a 30 degree camera's
+    photograph comes out 1.5x too fine): a third, coarser pass joins the mean; a given angle keeps two."""
+    card = drive_model.card
+    small = {**card.scale, "fusion": 1.5, "working_ppd": 4.0}  # a small eye at a small scale: a quick test
+    fused = type(drive_model)(model=drive_model.model, card=type(card)(**{**card.to_dict(), "scale": small}))
+    rgb, _, fov = fundus(160, seed=9)
+    sizes = []
+    real_predict = segmentation.inference.predict
+    monkeypatch.setattr(
+        segmentation.inference,
+        "predict",
+        lambda lm, img, **kw: sizes.append(img.shape[:2]) or real_predict(lm, img, **kw),
+    )
+    kw = dict(fov=fov, device="cpu", precision="fp32")
+    guessed = segment(fused, rgb, **kw)
+    f = guessed.scale.factor
+    assert guessed.scale.method == "default-angle" and len(sizes) == 3
+    assert guessed.scale.fused_factor == pytest.approx(f * 1.5, rel=1e-3)
+    assert guessed.scale.fused_coarser == pytest.approx(f / 1.5, rel=1e-3)
+    assert [max(s) for s in sizes] == [round(160 * x) for x in (f, f * 1.5, f / 1.5)]
+    assert "as the field angle is a guess" in guessed.scale.describe()
+    passes = [segment(fused, rgb, scale=x, fusion=None, **kw).probability for x in (f, f * 1.5, f / 1.5)]
+    np.testing.assert_allclose(guessed.probability, sum(passes) / 3, atol=1e-6)
+    sizes.clear()
+    given = segment(fused, rgb, field_angle=45, **kw)
+    assert given.scale.method == "field-angle" and given.scale.fused_coarser is None and len(sizes) == 2
+
+
 def test_fusion_auto_follows_the_model_card(drive_model):
     """dpn-universal (trained across scales) gains from fusion and its card says so; the
     single-dataset models lost AUC with it, so 'auto' gives them one pass."""

@@ -156,7 +156,8 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
         self.fusion_check.setToolTip(
             "Also run the network at 1.5x the working scale and average the two maps: more of the "
             "thin vessels, for about 3x the time (skipped for very large photographs); preset from "
-            "the model card (on for models trained across scales, such as dpn-universal)."
+            "the model card (on for models trained across scales, such as dpn-universal). With the "
+            "field of view 'estimate (45° if unknown)' a pass at 1/1.5x joins them: the 45 degree guess may be too fine."
         )
         row.addWidget(self.device_combo, 1)
         row.addWidget(self.clahe_check)
