@@ -37,8 +37,8 @@ COARSE_SIDE = 1024  # longer side of the first pass of the calibre estimate
 COARSE_CONVERGED = 0.15  # relative change under which the calibre estimate stops
 # Two-scale fusion (scale.check_fusion) costs about 3x the time of one pass: it is skipped where
 # the finer image would exceed this.
-COARSER_MIN_SIDE = 64  # a coarser hedge pass smaller than this sees no vessels worth adding
 FUSION_MAX_PIXELS = 4_000_000
+COARSER_MIN_SIDE = 64  # a coarser hedge pass smaller than this sees no vessels worth adding
 
 
 @dataclass
