@@ -11,7 +11,7 @@ wide (fast, and the same parameters fit every camera):
    scored by its brightness plus the density of dark vessel-like detail around it (the big
    vessels converge on the disc; bright exudates and reflexes have none), or of a vessel
    probability map when the caller has one;
-3. diameter: along rays from the winner's centre, where the closed image falls half-way from the
+3. diameter: along rays from the winner's centre, where the closed image falls a quarter of the way from the
    disc's level to the surrounding retina's; twice the median radius (rays leaving the FOV first
    are not counted, so a disc cut by the edge still measures).
 
