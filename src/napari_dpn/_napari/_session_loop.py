@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QFileDialog
 
 from napari_dpn.errors import DPNError
@@ -18,7 +18,7 @@ class LoopMixin:
 
     Uses the widget's ``alive``, ``session``, ``index``, ``shown``, ``_ready``, ``_arrival``,
     ``_generation``, ``_ft_worker``, ``_csv_worker``, ``_life``, ``_spec``, ``_request``,
-    ``save_now``, ``_say``, ``_sync``, ``_refresh_list``, the model picker and device controls.
+    ``save_now``, ``_say``, ``_error``, ``_sync``, ``_refresh_list``, the model picker and device controls.
     """
 
     # ------------------------------------------------------------------ human in the loop
@@ -61,8 +61,7 @@ class LoopMixin:
         if not self.alive:
             return
         if isinstance(out, str):
-            show_error(out)
-            self._say(out)
+            self._error(out)
             return
         if out.model_path is None:
             self._say("Fine-tuning was cancelled; no model was saved.")
@@ -132,8 +131,7 @@ class LoopMixin:
         if not self.alive:
             return
         if isinstance(out, str):
-            show_error(out)
-            self._say(out)
+            self._error(out)
         else:
             show_info(f"Wrote {out}.")
             self._say(f"Wrote {out}.")

@@ -307,6 +307,11 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
     def _say(self, text: str) -> None:
         self.status.setText(text)
 
+    def _error(self, text: str) -> None:
+        """A failure: a napari notification and the status line."""
+        show_error(text)
+        self._say(text)
+
     # ------------------------------------------------------------------ the session
 
     def open_clicked(self, *_) -> bool:
@@ -321,8 +326,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         try:
             session = S.Session.open(folder, annotations)
         except DPNError as exc:
-            show_error(str(exc))
-            self._say(str(exc))
+            self._error(str(exc))
             return False
         self._clear_layers()
         self.session, self.index, self.shown, self._arrival = session, None, None, None
@@ -436,8 +440,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             return
         if isinstance(out, str):
             if out != "cancelled":
-                show_error(out)
-                self._say(out)
+                self._error(out)
             return
         if out.fresh:
             session.note_segmentation(index, out.seg)
@@ -613,8 +616,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         if not self.alive or session is not self.session:
             return
         if isinstance(out, str):
-            show_error(out)
-            self._say(out)
+            self._error(out)
         self._refresh_list()
 
     def _on_save_finished(self) -> None:
