@@ -167,24 +167,22 @@ def test_a_resumed_run_takes_the_learning_rate_it_is_given(tmp_path):
     for run in ("same", "lower"):
         (tmp_path / run).mkdir()
         shutil.copy(part.checkpoint, tmp_path / run)
-    events = []
-    same = train(
-        cfg(steps=6, lr=1e-3),
-        TRAIN,
-        out_dir=tmp_path / "same",
-        resume=tmp_path / "same/t.ckpt.pt",
-        callback=events.append,
-    )
-    assert not any(isinstance(e, MessageEvent) and "learning rate" in e.text for e in events)
-    events.clear()
-    lower = train(
-        cfg(steps=6, lr=1e-4),
-        TRAIN,
-        out_dir=tmp_path / "lower",
-        resume=tmp_path / "lower/t.ckpt.pt",
-        callback=events.append,
-    )
-    assert any(isinstance(e, MessageEvent) and e.text.startswith("learning rate 0.0001 from here on") for e in events)
+
+    def resume(run, lr):
+        events = []
+        result = train(
+            cfg(steps=6, lr=lr),
+            TRAIN,
+            out_dir=tmp_path / run,
+            resume=tmp_path / run / "t.ckpt.pt",
+            callback=events.append,
+        )
+        return result, [e.text for e in events if isinstance(e, MessageEvent)]
+
+    same, said = resume("same", 1e-3)
+    assert not any("learning rate" in text for text in said)
+    lower, said = resume("lower", 1e-4)
+    assert any(text.startswith("learning rate 0.0001 from here on") for text in said)
     rates = {round(g["lr"] / g["lr_mult"], 12) for g in load_checkpoint(lower.checkpoint)["optimizer"]["param_groups"]}
     assert rates == {1e-4}
     assert lower.card.training["lr_changes"] == [{"step": 4, "lr": 1e-4, "was": 1e-3}]
