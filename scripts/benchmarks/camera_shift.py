@@ -30,12 +30,12 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import write_report  # noqa: E402
 from napari_dpn import metrics  # noqa: E402
-from napari_dpn.datasets import load_split  # noqa: E402
+from napari_dpn.datasets import DATASETS, load_split  # noqa: E402
 from napari_dpn.image_io import as_rgb  # noqa: E402
 from napari_dpn.models import load_model  # noqa: E402
 from napari_dpn.segmentation import segment  # noqa: E402
 
-TEST_SPLITS = {"drive": "default", "stare": "10/10", "chase": "20/8"}
+TEST_SPLITS = {ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase")}  # the paper's test splits
 
 
 def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:

@@ -20,12 +20,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model  # noqa: E402
 from napari_dpn import metrics  # noqa: E402
-from napari_dpn.datasets import load_split  # noqa: E402
+from napari_dpn.datasets import DATASETS, load_split  # noqa: E402
 from napari_dpn.evaluation import predict_samples  # noqa: E402
 from napari_dpn.image_io import atomic_write  # noqa: E402
 from napari_dpn.models import load_model  # noqa: E402
 
-TEST_SPLITS = {"drive": "default", "stare": "10/10", "chase": "20/8", "avwide": "20/10"}
+TEST_SPLITS = {
+    ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase", "avwide")
+}  # the paper's test splits
 MODES = {"native": ("native", "dataset"), "dataset": ("auto", "dataset"), "unknown": ("auto", None)}
 
 

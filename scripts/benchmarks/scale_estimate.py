@@ -26,7 +26,7 @@ from napari_dpn.models import load_model  # noqa: E402
 from napari_dpn.scale import from_fov, resample_image, resample_mask, working_ppd  # noqa: E402
 from napari_dpn.segmentation import scale_from_calibre  # noqa: E402
 
-SPLITS = {"drive": "default", "stare": "10/10", "chase": "20/8", "avwide": "20/10"}
+SPLITS = {ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase", "avwide")}  # the paper's test splits
 
 
 def main() -> None:

@@ -29,7 +29,9 @@ from napari_dpn.datasets import DATASETS, load_split  # noqa: E402
 from napari_dpn.models import load_model  # noqa: E402
 from napari_dpn.segmentation import _run, choose_scale  # noqa: E402
 
-TEST_SPLITS = {"drive": "default", "stare": "10/10", "chase": "20/8", "avwide": "20/10"}
+TEST_SPLITS = {
+    ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase", "avwide")
+}  # the paper's test splits
 VARIANTS = ("working", "finer", "mean", "max", "coarser", "three")
 
 
