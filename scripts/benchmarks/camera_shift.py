@@ -76,6 +76,21 @@ SHIFTS = {
 }
 
 
+def shifted_auc(loaded, samples, shift: str) -> tuple[float, list[str], float]:
+    """Pooled FOV AUC of ``loaded`` on ``samples`` ((rgb, gt, fov) triples) changed by ``shift``,
+    segmented with ``segment``'s defaults; also the fallback notes and the seconds taken."""
+    t0, probs, gts, fovs, notes = time.perf_counter(), [], [], [], set()
+    for i, (rgb, gt, fov) in enumerate(samples):
+        changed = np.clip(SHIFTS[shift](as_rgb(rgb), i), 0, 1).astype(np.float32)
+        seg = segment(loaded, changed, precision="fp32")
+        probs.append(seg.probability)
+        gts.append(np.asarray(gt, bool))
+        fovs.append(np.asarray(fov, bool))
+        if seg.scale.method == "fallback":
+            notes.add(seg.scale.note)
+    return round(metrics.auc(probs, gts, fovs), 4), sorted(notes), round(time.perf_counter() - t0, 1)
+
+
 def markdown(rows: dict) -> str:
     """Shift x (model, dataset): AUC, and its change against the unchanged photographs."""
     cols = list(dict.fromkeys((r["label"], r["dataset"]) for r in rows.values()))
@@ -115,16 +130,7 @@ def main() -> None:
         for ds in args.datasets:
             samples = [s.load() for s in load_split(ds, args.root, TEST_SPLITS[ds]).test]
             for shift in args.shifts:
-                t0, probs, gts, fovs, notes = time.perf_counter(), [], [], [], set()
-                for i, (rgb, gt, fov) in enumerate(samples):
-                    changed = np.clip(SHIFTS[shift](as_rgb(rgb), i), 0, 1).astype(np.float32)
-                    seg = segment(loaded, changed, precision="fp32")
-                    probs.append(seg.probability)
-                    gts.append(np.asarray(gt, bool))
-                    fovs.append(np.asarray(fov, bool))
-                    if seg.scale.method == "fallback":
-                        notes.add(seg.scale.note)
-                auc = round(metrics.auc(probs, gts, fovs), 4)
+                auc, notes, seconds = shifted_auc(loaded, samples, shift)
                 rows[f"{label}|{ds}|{shift}"] = {
                     "label": label,
                     "model": name,
@@ -132,10 +138,10 @@ def main() -> None:
                     "dataset": ds,
                     "shift": shift,
                     "auc": auc,
-                    "fallbacks": sorted(notes),
-                    "seconds": round(time.perf_counter() - t0, 1),
+                    "fallbacks": notes,
+                    "seconds": seconds,
                 }
-                print(f"{label:20s} {ds:6s} {shift:28s} AUC {auc:.4f}", *sorted(notes), flush=True)
+                print(f"{label:20s} {ds:6s} {shift:28s} AUC {auc:.4f}", *notes, flush=True)
                 write_report(out, {"precision": "fp32", "scale": "auto, no field angle", "rows": rows})
     print("wrote", out)
 

@@ -187,6 +187,36 @@ class Photometric:
     jpeg_quality: tuple[int, int] = (25, 90)
 
 
+# Parts of the any-camera augmentation that ``RobustSampler(off=...)`` can switch off one by one,
+# to measure what each is worth (scripts/benchmarks/augment_ablation.py).
+AUGMENT_PARTS = {
+    "exposure": "brightness, contrast, gamma and saturation",
+    "blur": "Gaussian blur",
+    "noise": "sensor noise",
+    "jpeg": "JPEG re-compression",
+    "scale": "scale jitter around the working scale",
+    "rotation": "rotation by any angle (mirroring stays)",
+}
+
+
+def photometric_without(parts, ph: Photometric = Photometric()) -> Photometric:
+    """``ph`` with the named photometric parts switched off.
+
+    Their ranges collapse to the identity instead of being skipped, so every random draw still
+    happens and the other parts see the same numbers: the runs of an ablation differ in one
+    part only."""
+    from dataclasses import replace
+
+    off = set(parts)
+    changes = {}
+    if "exposure" in off:
+        changes.update(brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0), saturation=(1.0, 1.0))
+    for part in ("blur", "noise", "jpeg"):
+        if part in off:
+            changes[f"{part}_p"] = 0.0
+    return replace(ph, **changes)
+
+
 def jitter(img: np.ndarray, rng: np.random.Generator, ph: Photometric = Photometric()) -> np.ndarray:
     """One random photometric variant of a uint8 (H, W, 3) crop, still uint8."""
     from scipy.ndimage import gaussian_filter
@@ -218,7 +248,8 @@ class RobustSampler:
     Instead of the paper's 11 fixed views, every crop gets its own random rotation (any angle),
     mirror, and scale jitter around the working scale (log-uniform in ``scale_range``), cut by one
     affine resampling of the whole image (bilinear image, nearest-neighbour masks), then the
-    photometric jitter above.  Images are visited epoch by epoch in a shuffled order.
+    photometric jitter above.  Images are visited epoch by epoch in a shuffled order.  ``off``
+    names parts of ``AUGMENT_PARTS`` to leave out (an ablation), keeping the random draws.
 
     With ``clahe`` the views are plain RGB and CLAHE runs on each crop *after* the jitter, as it
     runs on a photograph at inference: a camera's noise and JPEG blocks go through CLAHE, which
@@ -237,9 +268,18 @@ class RobustSampler:
         scale_range: tuple[float, float] = (0.8, 1.25),
         photometric: Photometric | None = Photometric(),
         clahe: bool = False,
+        off: tuple[str, ...] = (),
     ):
         if not images:
             raise ValueError("no images to sample from")
+        unknown = set(off) - set(AUGMENT_PARTS)
+        if unknown:
+            raise ValueError(f"unknown augmentation part(s) {sorted(unknown)}; known: {', '.join(AUGMENT_PARTS)}")
+        if photometric is not None:
+            photometric = photometric_without(off, photometric)
+        self.rotate = "rotation" not in off
+        if "scale" in off:
+            scale_range = (1.0, 1.0)
         self.tiles = [(v.label.shape[0] / 8, v.label.shape[1] / 8) for v in images]  # before padding
         self.views = [pad_to(v, crop) for v in images]
         self.crop, self.seed = int(crop), int(seed)
@@ -258,7 +298,9 @@ class RobustSampler:
         h, w = view.label.shape
         c = self.crop
         s = float(np.exp(rng.uniform(*np.log(self.scale_range))))  # >1: zoom in (vessels look wider)
-        a = rng.uniform(0, 2 * np.pi)
+        a = rng.uniform(0, 2 * np.pi)  # drawn even with rotation off: the later draws stay the same
+        if not self.rotate:
+            a = 0.0
         # Crop centre anywhere the rotated, scaled crop stays (mostly) inside the image.
         half = c / (2 * s) * (abs(np.cos(a)) + abs(np.sin(a))) / 2**0.5
         cy = rng.uniform(min(half, h / 2), max(h - half, h / 2))

@@ -121,6 +121,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         "brightness/contrast/gamma/blur/noise/JPEG per crop",
     )
     run.add_argument(
+        "--augment-off",
+        default=None,
+        metavar="PART[,PART]",
+        help="with --augment-mode robust, leave these parts out to measure what each is worth: "
+        "exposure, blur, noise, jpeg, scale, rotation",
+    )
+    run.add_argument(
         "--name",
         help="name of the saved model: letters, digits, '.', '_', '-', '+' "
         "(default: BASE-DATA-DATE-TIME, unique in the output folder)",
@@ -222,6 +229,9 @@ def _config(args, key):
         time_limit=args.time_limit,
         augment_mode=pick(args.augment_mode, base.augment_mode),
         working_ppd=pick(args.working_ppd, base.working_ppd),
+        augment_off=tuple(p.strip() for p in args.augment_off.split(",") if p.strip())
+        if args.augment_off is not None
+        else base.augment_off,
     )
 
 

@@ -179,3 +179,33 @@ def test_camera_noise_goes_through_clahe_as_it_does_at_inference():
         if fb.sum() > 500:
             ratios.append(_fine_grain(b, fb) / _fine_grain(a, fa))
     assert len(ratios) >= 3 and min(ratios) > 1.25  # 1.0 in the old order; DRIVE image 21: 2.0-2.3
+
+
+def test_ablation_switches_off_one_part_and_keeps_every_other_draw():
+    """An ablation run must differ from the full augmentation in the part left out only: the
+    parts switched off become the identity, and the crops, mirrors and other jitters stay the same."""
+    rgb, label, fov = fundus(120, seed=5)
+    view = augment.View(augment.to_uint8(rgb), label, fov)
+    photometric = ("exposure", "blur", "noise", "jpeg")
+    plain = augment.RobustSampler([view], crop=48, seed=2, photometric=None)
+    no_jitter = augment.RobustSampler([view], crop=48, seed=2, off=photometric)
+    full = augment.RobustSampler([view], crop=48, seed=2)
+    changed = 0
+    for k in range(6):
+        for x, y in zip(plain.sample(k), no_jitter.sample(k)):
+            np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(plain.sample(k)[1], full.sample(k)[1])  # the same crop as the full run
+        changed += not np.array_equal(plain.sample(k)[0], full.sample(k)[0])
+    assert changed >= 5  # and the full run's jitter does change the pixels
+
+    # Without rotation and scale jitter the crop is a plain window of the image (or its mirror),
+    # where it may reach a little past the border (zeros).
+    still = augment.RobustSampler([view], crop=48, seed=2, photometric=None, off=("rotation", "scale"))
+    padded = np.pad(augment.pad_to(view, 48).label, 48)
+    for k in range(6):
+        lab = still.sample(k)[1]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, lab.shape)
+        found = (windows == lab).all(axis=(2, 3)).any() or (windows == lab[:, ::-1]).all(axis=(2, 3)).any()
+        assert found and lab.any()
+    with pytest.raises(ValueError, match="unknown augmentation part"):
+        augment.RobustSampler([view], crop=48, off=("sharpness",))

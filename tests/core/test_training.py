@@ -401,3 +401,18 @@ def test_any_camera_training_equalises_each_crop_after_the_jitter(tmp_path):
     np.testing.assert_array_equal(t.sampler.views[0].image, trainer.augment.to_uint8(t.train[0].rgb))
     result = train(cfg(steps=2, augment_mode="robust", clahe=True), TRAIN, out_dir=tmp_path / "run")
     assert result.steps == 2 and result.card.input["clahe"] and all(math.isfinite(v) for v in result.losses)
+
+
+def test_an_ablation_run_leaves_its_parts_out_and_says_so(tmp_path):
+    """--augment-off reaches the sampler and the card; it only makes sense with the any-camera mode."""
+    from napari_dpn.training.trainer import _Trainer
+
+    off = cfg(steps=1, augment_mode="robust", clahe=True, augment_off=("noise", "jpeg", "noise"))
+    t = _Trainer(off, TRAIN, None, None, tmp_path, None, None, None, None)
+    assert t.sampler.photometric.noise_p == t.sampler.photometric.jpeg_p == 0 and t.sampler.photometric.blur_p > 0
+    result = train(off, TRAIN, out_dir=tmp_path / "run")
+    assert list(result.card.training["settings"]["augment_off"]) == ["jpeg", "noise"]
+    with pytest.raises(TrainingError, match="needs the any-camera augmentation"):
+        train(cfg(augment_off=("noise",)), TRAIN, out_dir=tmp_path / "bad")
+    with pytest.raises(TrainingError, match="unknown augmentation part"):
+        train(cfg(augment_mode="robust", augment_off=("hue",)), TRAIN, out_dir=tmp_path / "bad")

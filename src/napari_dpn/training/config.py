@@ -52,6 +52,7 @@ class TrainConfig:
     time_limit: float | None = None  # seconds of training in this session; then finish at the step reached
     augment_mode: str = "paper"  # paper: the 11 offline views + mirror; robust: any-camera (augment.RobustSampler)
     working_ppd: float | None = None  # pixels per degree the training images were resampled to (scale.py)
+    augment_off: tuple[str, ...] = ()  # robust mode: parts of augment.AUGMENT_PARTS left out (an ablation)
 
     def check(self) -> None:
         if self.steps < 0:
@@ -70,6 +71,16 @@ class TrainConfig:
             raise TrainingError(f"the time limit must be positive seconds, got {self.time_limit}")
         if self.augment_mode not in ("paper", "robust"):
             raise TrainingError(f"augment_mode must be paper or robust, got {self.augment_mode!r}")
+        from ..augment import AUGMENT_PARTS
+
+        self.augment_off = tuple(sorted(set(self.augment_off)))
+        unknown = [p for p in self.augment_off if p not in AUGMENT_PARTS]
+        if unknown:
+            raise TrainingError(f"unknown augmentation part(s) {', '.join(unknown)}; known: {', '.join(AUGMENT_PARTS)}")
+        if self.augment_off and not (self.augment and self.augment_mode == "robust"):
+            raise TrainingError(
+                "leaving out augmentation parts needs the any-camera augmentation (augment_mode robust)"
+            )
         if self.working_ppd is not None and not self.working_ppd > 0:
             raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
         if self.amp not in AMP_MODES:

@@ -182,7 +182,9 @@ class _Trainer:
                 rgb = augment.clahe(p.rgb) if self.input["clahe"] else p.rgb
                 views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
         if robust:
-            self.sampler = augment.RobustSampler(views, crop, seed=config.seed, clahe=self.input["clahe"])
+            self.sampler = augment.RobustSampler(
+                views, crop, seed=config.seed, clahe=self.input["clahe"], off=config.augment_off
+            )
         else:
             self.sampler = augment.PatchSampler(views, crop, seed=config.seed, mirror=config.augment)
         self.emit(
