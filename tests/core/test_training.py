@@ -416,3 +416,31 @@ def test_an_ablation_run_leaves_its_parts_out_and_says_so(tmp_path):
         train(cfg(augment_off=("noise",)), TRAIN, out_dir=tmp_path / "bad")
     with pytest.raises(TrainingError, match="unknown augmentation part"):
         train(cfg(augment_mode="robust", augment_off=("hue",)), TRAIN, out_dir=tmp_path / "bad")
+
+
+def test_averaged_checkpoints_finish_as_a_model_that_says_so(tmp_path):
+    """Weight averaging: the mean of one run's checkpoints, finished by resuming at the last step."""
+    first = train(cfg(steps=4), TRAIN, out_dir=tmp_path / "run")
+    early = shutil.copy(first.checkpoint, tmp_path / "step4.ckpt.pt")
+    later = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "run", resume=first.checkpoint)
+    avg_path = training.average_checkpoints([later.checkpoint, early], tmp_path / "avg.ckpt.pt")
+    avg, a, b = (load_checkpoint(p) for p in (avg_path, early, later.checkpoint))
+    assert avg["averaged_steps"] == [4, 8] and avg["step"] == 8
+    for k, v in avg["model"].items():
+        torch.testing.assert_close(v, (a["model"][k] + b["model"][k]) / 2)
+    assert any(not torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # two different states
+
+    done = train(cfg(steps=8), TRAIN, out_dir=tmp_path / "avg", resume=avg_path)
+    assert done.steps == 8 and done.model_path.is_file()
+    assert done.card.training["weights_averaged_over_steps"] == [4, 8]
+    assert done.card.description.endswith("; weights: the mean of the checkpoints at steps [4, 8]")
+    for k, v in done.model.state_dict().items():
+        torch.testing.assert_close(v, avg["model"][k], rtol=0, atol=0)
+    more = train(cfg(steps=10), TRAIN, out_dir=tmp_path / "avg", resume=done.checkpoint)
+    assert "weights_averaged_over_steps" not in more.card.training  # trained on: no longer the mean
+
+    other = train(cfg(steps=5, crop=32), [fundus(64, seed=7)], out_dir=tmp_path / "other")
+    with pytest.raises(TrainingError, match="different images"):
+        training.average_checkpoints([early, other.checkpoint], tmp_path / "bad.ckpt.pt")
+    with pytest.raises(TrainingError, match="at least two"):
+        training.average_checkpoints([early], tmp_path / "bad.ckpt.pt")

@@ -31,7 +31,7 @@ What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what w
   slower (docs/training-speed.md).
 """
 
-from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, average_checkpoints, load_checkpoint
 from .config import MAX_CROP, RUN_CONTROL, TrainConfig
 from .data import Pair, check_annotation, network_input, prepare_pairs
 from .events import (
@@ -61,6 +61,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "ValidationEvent",
+    "average_checkpoints",
     "balanced_bce",
     "check_annotation",
     "class_balance_beta",

@@ -76,6 +76,32 @@ def load_checkpoint(path) -> dict:
     return ck
 
 
+def average_checkpoints(paths, out) -> Path:
+    """Write ``out``: a checkpoint whose weights are the mean of those of ``paths``, checkpoints of
+    one run (stochastic weight averaging, Izmailov et al. 2018). At a low learning rate the weights
+    wander around a minimum; their mean lies nearer its centre than any one of them, and dpn has no
+    batch norm whose statistics would need re-estimating. Everything else (Adam state, step,
+    losses) is the latest checkpoint's, so resuming from ``out`` with ``--steps`` at its step
+    finishes the run with the averaged weights (threshold and card as any run's), and
+    ``averaged_steps`` records which steps went into the mean."""
+    cks = sorted((load_checkpoint(p) for p in paths), key=lambda ck: ck["step"])
+    if len(cks) < 2:
+        raise TrainingError("averaging needs at least two checkpoints")
+    last = cks[-1]
+    steps = [ck["step"] for ck in cks]
+    if len(set(steps)) != len(steps):
+        raise TrainingError(f"two of the checkpoints are of the same step ({steps})")
+    for ck in cks[:-1]:
+        if ck["architecture"] != last["architecture"] or ck["model"].keys() != last["model"].keys():
+            raise TrainingError("the checkpoints are of different networks; only one run's can be averaged")
+        if ck.get("pairs") != last.get("pairs"):
+            raise TrainingError("the checkpoints were trained on different images; only one run's can be averaged")
+    model = {
+        k: (sum(ck["model"][k].double() for ck in cks) / len(cks)).to(last["model"][k].dtype) for k in last["model"]
+    }
+    return _save_checkpoint(Path(out), {**last, "model": model, "averaged_steps": steps})
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()

@@ -204,6 +204,7 @@ class _Trainer:
         self.history: list[dict] = []
         self.seconds = 0.0
         self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
+        self.averaged_steps: list[int] | None = None  # the weights are the mean of these steps' (average_checkpoints)
         if ck is not None:
             self.opt.load_state_dict(ck["optimizer"])
             saved_lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0].get("lr_mult", 1.0)
@@ -219,6 +220,7 @@ class _Trainer:
             self.seconds = float(ck.get("seconds", 0.0))
             self.lr_changes = list(ck.get("lr_changes", []))
             self.description = self.description or ck.get("description")
+            self.averaged_steps = ck.get("averaged_steps")
             if ck.get("pairs") != _fingerprint(self.train):
                 self.emit(
                     MessageEvent(
@@ -314,9 +316,15 @@ class _Trainer:
             "pairs": _fingerprint(self.train),
             "description": self.description,
         }
+        if self.weights_averaged():
+            payload["averaged_steps"] = self.averaged_steps
         _save_checkpoint(self.ckpt_path, payload)
         self.emit(CheckpointEvent(step, self.ckpt_path))
         return self.ckpt_path
+
+    def weights_averaged(self) -> list[int] | None:
+        """The steps whose mean the weights are, while no step has changed them since."""
+        return self.averaged_steps if self.averaged_steps and self.step == max(self.averaged_steps) else None
 
     # ---------------------------------------------------------------- loop
 
@@ -519,12 +527,19 @@ class _Trainer:
             "validation_history": self.history,
             "lr_changes": self.lr_changes,
         }
+        if self.weights_averaged():
+            training["weights_averaged_over_steps"] = self.averaged_steps
         what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
         return ModelCard(
             name=self.name,
             architecture=self.arch,
             description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps"
-            + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")"),
+            + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")")
+            + (
+                f"; weights: the mean of the checkpoints at steps {averaged}"
+                if (averaged := self.weights_averaged())
+                else ""
+            ),
             input=dict(self.input),
             threshold=float(threshold),
             threshold_rule=rule,
