@@ -527,19 +527,16 @@ class _Trainer:
             "validation_history": self.history,
             "lr_changes": self.lr_changes,
         }
-        if self.weights_averaged():
-            training["weights_averaged_over_steps"] = self.averaged_steps
+        averaged = self.weights_averaged()
+        if averaged:
+            training["weights_averaged_over_steps"] = averaged
         what = f"fine-tuned from {base['name']}" if base.get("name") else "trained from scratch"
         return ModelCard(
             name=self.name,
             architecture=self.arch,
             description=f"{self.arch} {what} with napari-dpn on {data} ({self.step} steps"
             + (f" of the {cfg.steps} planned: stopped by its time limit)" if self.stopped_early else ")")
-            + (
-                f"; weights: the mean of the checkpoints at steps {averaged}"
-                if (averaged := self.weights_averaged())
-                else ""
-            ),
+            + (f"; weights: the mean of the checkpoints at steps {averaged}" if averaged else ""),
             input=dict(self.input),
             threshold=float(threshold),
             threshold_rule=rule,
