@@ -31,14 +31,15 @@ def _some(lines: list[str], limit: int = 10) -> list[str]:
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from .cohort import Cohort, check_options, settings_for
+    from .cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
     from .devices import select_device
     from .image_io import ensure_output_folder
     from .outputs import MANIFEST_NAME, images_in
 
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
     batch_size, loader_workers = getattr(args, "batch_size", None), getattr(args, "loader_workers", None)
-    check_options(workers, scheduler, batch_size, loader_workers)
+    scheduler_timeout = getattr(args, "scheduler_timeout", SCHEDULER_TIMEOUT)
+    check_options(workers, scheduler, batch_size, loader_workers, scheduler_timeout)
     images, notes = images_in(args.inputs)
     for line in notes:
         print(f"napari-dpn: {line}", file=sys.stderr)
@@ -47,7 +48,8 @@ def cmd_segment(args) -> int:
     threshold = args.threshold
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must lie between 0 and 1, got {threshold}")
-    json_path = _json_target(args.json)
+    overwrite = getattr(args, "overwrite", False)
+    json_path = _json_target(args.json, overwrite)
     out = ensure_output_folder(args.out, "--out")
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
     settings = settings_for(
@@ -62,9 +64,16 @@ def cmd_segment(args) -> int:
     if settings.fusion and batch_size and batch_size > 1:
         print("napari-dpn: --batch-size runs one pass per image, without two-scale fusion", file=sys.stderr)
         settings = dataclasses.replace(settings, fusion=None)
-    overwrite = getattr(args, "overwrite", False)
+    told = 0
+
+    def tell() -> None:  # the cohort's lines: run folders left alone, recoveries left incomplete
+        nonlocal told
+        _warn(_some(cohort.notes[told:]))
+        told = len(cohort.notes)
+
     with Cohort(out, settings, suffix, overwrite) as cohort:
         plan = cohort.plan(images)
+        tell()
         skipped = [f"{Path(r['image']).name}: {r['error']}" for r in plan.skipped]
         for line in _some(skipped):
             print(f"napari-dpn: skipped {line}", file=sys.stderr)
@@ -111,6 +120,7 @@ def cmd_segment(args) -> int:
             on_cluster=on_cluster,
             batch_size=batch_size,
             loader_workers=loader_workers,
+            scheduler_timeout=scheduler_timeout,
         )
         for result in tqdm(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
             if result.status == "failed":  # one bad file in a folder does not stop the batch
@@ -129,6 +139,7 @@ def cmd_segment(args) -> int:
                 tqdm.write(f"{result.name}: {note}")
             if not args.quiet:
                 tqdm.write(f"{result.name}: {result.describe}")
+    tell()
     for line in _some(failed):
         print(f"napari-dpn: skipped {line}", file=sys.stderr)
     if grey:
@@ -144,7 +155,9 @@ def cmd_segment(args) -> int:
         print(f"0 image(s) segmented; outputs in {out}{kept()}" + (f"; {len(failed)} failed" if failed else ""))
         return 1 if failed else 0
     if json_path:
-        _write_json(json_path, {"model": loaded.card.name, "sha256": settings.model_sha256, "images": report})
+        _write_json(
+            json_path, {"model": loaded.card.name, "sha256": settings.model_sha256, "images": report}, overwrite
+        )
     total = time.perf_counter() - t0
     where = ", ".join(sorted(set(devices)))
     print(
@@ -155,9 +168,11 @@ def cmd_segment(args) -> int:
     return 1 if failed else 0
 
 
-def _json_target(text: str | None) -> Path | None:
-    """The --json file, checked before a long evaluation: not a folder, its folder writable."""
-    from .errors import OutputError
+def _json_target(text: str | None, overwrite: bool = False) -> Path | None:
+    """The --json file, checked before a long run: not a folder, its folder writable, and no file
+    there unless --overwrite (``--json photo.png`` replaced a photograph; a report from an earlier
+    run is kept too, as every output is: nothing is overwritten without asking)."""
+    from .errors import OutputError, OutputExistsError
     from .image_io import ensure_output_folder
 
     if not text:
@@ -165,14 +180,20 @@ def _json_target(text: str | None) -> Path | None:
     path = Path(text).expanduser()
     if path.is_dir():
         raise OutputError(f"--json {path} is a folder; give a file name such as {path / 'results.json'}")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        what = "a report" if path.suffix.lower() == ".json" else "a file that is not a .json report"
+        raise OutputExistsError(
+            f"--json {path} already exists ({what}); give a new file name, or --overwrite to replace it"
+        )
     ensure_output_folder(path.parent if str(path.parent) else Path("."), "the folder of --json")
     return path
 
 
-def _write_json(path: Path, data: dict) -> Path:
+def _write_json(path: Path, data: dict, overwrite: bool = False) -> Path:
+    """Atomically; without ``overwrite`` never over a file (not even one that appeared during the run)."""
     from .image_io import atomic_write
 
-    with atomic_write(path) as tmp:
+    with atomic_write(path, overwrite=overwrite) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
     return path
 
@@ -221,7 +242,7 @@ def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_model, fov_note
     from .models import load_model
 
-    json_path = _json_target(args.json)
+    json_path = _json_target(args.json, args.overwrite)
     split = load_split(args.dataset, args.root, args.split)
     if not split.test:
         raise InputError("this split has no test images")
@@ -280,7 +301,7 @@ def cmd_evaluate(args) -> int:
     if note:
         print(f"FOV: {note}")
     if json_path:
-        print(f"wrote {_write_json(json_path, result)}")
+        print(f"wrote {_write_json(json_path, result, args.overwrite)}")
     return 0
 
 
@@ -333,6 +354,7 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cohort import SCHEDULER_TIMEOUT
     from .devices import available_devices
     from .outputs import MANIFEST_NAME
 
@@ -357,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved from napari)",
+        help="replace existing outputs (default: skip an image whose outputs exist, e.g. a correction saved "
+        "from napari) and an existing --json file",
     )
     p.add_argument(
         "--scale",
@@ -389,7 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
         "/ FACTOR joins the mean too, as the guess may be too fine",
     )
     p.add_argument(
-        "--json", default=None, metavar="FILE", help="also write a report: scale, device and timing per image"
+        "--json",
+        default=None,
+        metavar="FILE",
+        help="also write a report: scale, device and timing per image (a new file; --overwrite replaces one)",
     )
     p.add_argument(
         "--workers",
@@ -405,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="segment on an existing Dask cluster whose workers see the same files: its address "
         "(tcp://host:8786) or its scheduler file (dask scheduler --scheduler-file FILE); see docs/cohort.md",
+    )
+    p.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=SCHEDULER_TIMEOUT,
+        metavar="SECONDS",
+        help=f"how long --scheduler waits for the scheduler to answer (default {SCHEDULER_TIMEOUT:g})",
     )
     p.add_argument(
         "--batch-size",
@@ -432,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="drive: default|all; stare: 10/10|loo-K|all; chase: 20/8|14/14|all")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,

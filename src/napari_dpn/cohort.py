@@ -13,14 +13,22 @@ A task stages its three outputs in the run's private folder (``OUT/.napari-dpn-r
 writes an intent (what it is about to place), places them, and turns the intent into a receipt.
 When Dask runs a task again because its worker died, the retry returns the receipt (nothing is
 written twice) or completes the placement the intent describes (nothing is left half placed).
-The next run into the folder does the same for a run that died on this machine (``recover``).
+The next run into the folder does the same for a run that died on this machine (``recover``),
+but trusts nothing in the folder it finds: anyone who can write to a shared ``--out`` can plant
+one.  Only a folder that holds nothing but what napari-dpn writes, whose every path is an output
+this layout gives inside ``--out`` (no links, no ``..``), is completed, and only into free names;
+anything else is left alone with one line (``Cohort.notes``).  One run at a time per folder
+(``outputs.FolderLock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,11 +37,17 @@ from pathlib import Path
 
 from .errors import DPNError, InputError, OutputExistsError
 from .outputs import (
+    STAGE_PREFIX,
+    STATUSES,
+    FolderLock,
     Job,
     Manifest,
     Plan,
     Staged,
+    _alive,
+    _hostname,
     image_key,
+    join_names,
     place_outputs,
     plan_outputs,
     remove_folder,
@@ -240,7 +254,7 @@ def finish_job(
             scale_method=seg.scale.method,
             fov_diameter=None if diameter is None else round(float(diameter), 1),
             vessel_density=round(float(np.count_nonzero(mask)) / fov_px, 5) if fov_px else None,
-            outputs=";".join(Path(p).name for p in job.outputs),
+            outputs=join_names(Path(p).name for p in job.outputs),
             output_sha256=";".join(shas),
         )
         return Result(
@@ -358,51 +372,253 @@ def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None 
         remove_folder(staged.folder)
 
 
-def _alive(pid: int) -> bool:
+# ----------------------------------------------------------------------------- what a dead run left
+
+_RUN_NAME = re.compile(re.escape(RUN_PREFIX) + r"[0-9a-f]{10}")
+_STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"[0-9a-f]{12}")
+_RECORD_NAME = re.compile(r"(\d{1,9})\.(placing|done)\.json")
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z]{1,5})?")  # image_io.atomic_write's temporary files
+_OUTPUT_NAME = re.compile(r".+_(probability\.png|probability\.tif|vessels\.png|fov\.png)(\.previous)?")
+_JSON_LIMIT = 4 << 20
+
+
+class Untrusted(Exception):
+    """A run folder, or a part of one, that is not what napari-dpn writes; the message says why."""
+
+
+def _lstat_ours(path: Path, folder: bool = False) -> os.stat_result:
+    """lstat of a file (or ``folder``) napari-dpn could have made: no link, the right type, this user's."""
     try:
-        import psutil  # a dependency of distributed; os.kill(pid, 0) would signal the process on Windows
-
-        return psutil.pid_exists(pid)
-    except ImportError:
-        if os.name == "nt":
-            return True  # cannot tell: leave the folder alone
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        st = os.lstat(path)
+    except OSError as exc:
+        raise Untrusted(f"{path.name} cannot be read ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise Untrusted(f"{path.name} is a symbolic link")
+    if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
+        raise Untrusted(f"{path.name} is not a {'folder' if folder else 'plain file'}")
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        raise Untrusted(f"{path.name} belongs to another user (uid {st.st_uid})")
+    return st
 
 
-def stale_runs(out: Path, keep: Path | None = None) -> list[Path]:
-    """Private folders of earlier runs into ``out`` whose process died on this machine."""
-    import socket
+def _read_json(path: Path) -> dict:
+    """A small JSON object from a plain file of ours (never through a link, never a FIFO that blocks)."""
+    _lstat_ours(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise Untrusted(f"{path.name} is not a plain file")
+            data = f.read(_JSON_LIMIT + 1)
+    except OSError as exc:
+        raise Untrusted(f"{path.name} cannot be read ({exc.strerror})") from None
+    try:
+        value = json.loads(data) if len(data) <= _JSON_LIMIT else None
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise Untrusted(f"{path.name} is not a record napari-dpn wrote")
+    return value
 
-    found = []
-    for folder in sorted(out.glob(f"{RUN_PREFIX}*")):
-        if folder == keep or not folder.is_dir():
+
+def _same_folder(path: Path, folder: Path) -> bool:
+    return os.path.abspath(path) == os.path.abspath(folder) or (
+        path.is_absolute() and os.path.realpath(path) == os.path.realpath(folder)
+    )
+
+
+def _checked_job(data, out: Path, index: int) -> Job:
+    """The job a record describes, if it is one this run layout makes: its three outputs are the
+    names ``segment`` gives its image, in ``out`` itself.  Never ``overwrite`` nor ``replaceable``:
+    a recovery places only into free names."""
+    from .annotations import output_paths
+
+    if not isinstance(data, dict) or data.get("index") != index:
+        raise Untrusted(f"record {index} does not describe image {index}")
+    image, outputs = data.get("image"), data.get("outputs")
+    if not isinstance(image, str) or not image or "\0" in image:
+        raise Untrusted(f"record {index} names no image")
+    if not (isinstance(outputs, list) and len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)):
+        raise Untrusted(f"record {index} does not name three outputs")
+    got = [Path(o) for o in outputs]
+    suffix = ".tif" if got[0].name.endswith("_probability.tif") else ".png"
+    want = output_paths(image, out, suffix)
+    for g, w in zip(got, want):
+        if ".." in g.parts:
+            raise Untrusted(f"it names an output with '..' in its path ({g})")
+        if g.name != w.name or not _same_folder(g.parent, out):
+            raise Untrusted(f"it names {g}, which is not an output of {w.name.rsplit('_', 1)[0]} in {out}")
+    return Job(index=index, image=image, outputs=tuple(str(w) for w in want))
+
+
+def _checked_result(data, job: Job) -> Result:
+    fields = {f.name for f in dataclasses.fields(Result)}
+    row = data.get("row") if isinstance(data, dict) else None
+    if (
+        not isinstance(row, dict)
+        or not set(data) <= fields
+        or not all(isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in row.items())
+        or row.get("status") not in STATUSES
+        or row.get("image") != image_key(job.image)
+    ):
+        raise Untrusted(f"record {job.index} is not a result napari-dpn wrote for {job.name}")
+    try:
+        return Result(**data)
+    except TypeError:
+        raise Untrusted(f"record {job.index} is not a result napari-dpn wrote for {job.name}") from None
+
+
+def _checked_stage(data: dict, folder: Path, job: Job) -> Staged:
+    stage, files, shas = data.get("stage"), data.get("files"), data.get("shas")
+    if not isinstance(stage, str) or ".." in Path(stage).parts:
+        raise Untrusted(f"record {job.index} names a stage folder outside it ({stage})")
+    where = Path(stage)
+    if not _same_folder(where.parent, folder) or not _STAGE_NAME.fullmatch(where.name):
+        raise Untrusted(f"record {job.index} names a stage folder that is not one napari-dpn made in it ({stage})")
+    where = folder / where.name
+    want = [where / Path(o).name for o in job.outputs]
+    if not (
+        isinstance(files, list)
+        and all(isinstance(f, str) and ".." not in Path(f).parts and _same_folder(Path(f).parent, where) for f in files)
+        and [Path(f).name for f in files] == [w.name for w in want]
+    ):
+        raise Untrusted(f"record {job.index} names staged files that are not its outputs")
+    if not (
+        isinstance(shas, list)
+        and len(shas) == 3
+        and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in shas)
+    ):
+        raise Untrusted(f"record {job.index} holds no sha256s")
+    return Staged(where, want, list(shas))
+
+
+@dataclass
+class _DeadRun:
+    """A dead run's folder, checked: everything in it is something napari-dpn writes."""
+
+    folder: Path
+    intents: list[tuple[Job, Staged, Result]] = field(default_factory=list)
+    receipts: list[Result] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # to remove: files first, then folders
+    folders: list[Path] = field(default_factory=list)
+
+
+def _inspect(folder: Path, out: Path) -> _DeadRun:
+    """Check a dead run's folder all through before anything in it is used (Untrusted: why not)."""
+    run = _DeadRun(folder)
+    _lstat_ours(folder, folder=True)
+    records = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        path, name = Path(entry.path), entry.name
+        if _STAGE_NAME.fullmatch(name):
+            _lstat_ours(path, folder=True)
+            for inner in os.scandir(path):
+                if not (_OUTPUT_NAME.fullmatch(inner.name) or _TMP_NAME.fullmatch(inner.name)):
+                    raise Untrusted(f"its stage folder holds {inner.name}, which napari-dpn does not write")
+                _lstat_ours(Path(inner.path))
+                run.files.append(Path(inner.path))
+            run.folders.append(path)
+            continue
+        _lstat_ours(path)
+        match = _RECORD_NAME.fullmatch(name)
+        if match:
+            records[name] = (int(match.group(1)), match.group(2))
+        elif name != "owner.json" and not _TMP_NAME.fullmatch(name):
+            raise Untrusted(f"it holds {name}, which napari-dpn does not write")
+        run.files.append(path)
+    for name, (index, kind) in records.items():
+        data = _read_json(folder / name)
+        job = _checked_job(data.get("job"), out, index)
+        result = _checked_result(data.get("result"), job)
+        if kind == "done":
+            run.receipts.append(result)
+        else:
+            run.intents.append((job, _checked_stage(data, folder, job), result))
+    run.folders.append(folder)
+    return run
+
+
+def _complete(job: Job, staged: Staged, result: Result) -> tuple[Result | None, str | None]:
+    """Finish placing what a dead run began: free names only; what it placed is never removed (it
+    cannot be told apart from a file someone else made).  (result or None, a line or None)."""
+    outputs = [Path(o) for o in job.outputs]
+
+    def holds(path: Path, sha: str) -> bool:
+        return path.is_file() and not path.is_symlink() and sha256_of(path) == sha
+
+    already = [o for o, sha in zip(outputs, staged.shas) if holds(o, sha)]
+    lacking = [o for o, f in zip(outputs, staged.files) if o not in already and not f.is_file()]
+    if lacking:
+        if not already:
+            return None, None  # nothing was placed: this run segments it again
+        return None, (
+            f"{job.name}: a run that died left only some of its outputs ({', '.join(o.name for o in already)}); "
+            "they were left as they are (--overwrite segments it again)"
+        )
+    try:
+        place_outputs(staged, outputs, already=already, undo_already=False)
+    except OutputExistsError as exc:
+        return _skipped(job.name, exc, result.row), (
+            f"{job.name}: a run that died left its outputs incomplete, and {exc} They were left as they are."
+        )
+    return result, None
+
+
+def dead_runs(out: Path, keep: Path | None = None) -> tuple[list[Path], list[str]]:
+    """(folders of earlier runs into ``out`` whose process died on this machine, lines about run
+    folders that are not what napari-dpn makes).  A folder being created, or one of a run on
+    another machine or still running, is left alone without a word."""
+    found, notes = [], []
+    for entry in sorted(os.scandir(out), key=lambda e: e.name):
+        folder = Path(entry.path)
+        if not entry.name.startswith(RUN_PREFIX) or folder == keep:
+            continue
+        if entry.is_symlink() or not entry.is_dir(follow_symlinks=False) or not _RUN_NAME.fullmatch(entry.name):
+            notes.append(_left_alone(folder, "napari-dpn never makes a run folder like it"))
             continue
         try:
-            owner = json.loads((folder / "owner.json").read_text())
-            if owner.get("host") == socket.gethostname() and not _alive(int(owner["pid"])):
-                found.append(folder)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # being created, or another machine's: left alone
-    return found
+            owner = _read_json(folder / "owner.json")
+            host, pid = owner["host"], int(owner["pid"])
+        except (Untrusted, KeyError, TypeError, ValueError, OverflowError):
+            continue  # being created, or not one of ours: nothing in it is used
+        if host == _hostname() and not _alive(pid):
+            found.append(folder)
+    return found, notes
 
 
-def recover(folder: Path) -> list[Result]:
-    """What a run that died left in its private folder: images whose outputs it was placing (the
-    placement is completed) and images it finished; the folder is removed."""
-    skipped = []
-    for intent in sorted(folder.glob("*.placing.json")):
-        result = resume_job(str(folder), intent=intent)  # done: it is a receipt now
-        if result is not None and result.status != "done":
-            skipped.append(result)
-    results = [_read_receipt(r) for r in sorted(folder.glob("*.done.json"))]
-    remove_folder(folder)
-    return results + skipped
+def _left_alone(folder: Path, why: str) -> str:
+    return f"left {folder} alone: {why}; delete it yourself if no run of yours is using it"
+
+
+def recover(folder: Path, out: Path | None = None) -> tuple[list[Result], list[str]]:
+    """What a run that died left in its private folder ``folder`` in ``out``: images whose outputs
+    it was placing (the placement is completed into free names) and images it finished (their rows);
+    then the folder is removed.  Nothing is done unless every part of the folder is what napari-dpn
+    writes (``_inspect``); then one line says why it was left alone.  (results, lines)."""
+    folder = Path(os.path.abspath(folder))
+    out = Path(os.path.abspath(out)) if out is not None else folder.parent
+    try:
+        run = _inspect(folder, out)
+    except Untrusted as exc:
+        return [], [_left_alone(folder, f"it is not all napari-dpn's ({exc})")]
+    results, notes = list(run.receipts), []
+    for job, staged, result in run.intents:
+        done, note = _complete(job, staged, result)
+        results += [done] if done is not None else []
+        notes += [note] if note else []
+    for path in run.files:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    for path in run.folders:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            notes.append(f"could not remove {path} ({exc.strerror}); delete it yourself")
+            break
+    return results, notes
 
 
 # ----------------------------------------------------------------------------- where the tasks run
@@ -417,6 +633,80 @@ def _import_distributed():
             "install it with: pip install 'dask[distributed]'"
         ) from None
     return distributed
+
+
+SCHEDULER_TIMEOUT = 10.0  # seconds for --scheduler to answer as a Dask scheduler (--scheduler-timeout)
+
+
+def _scheduler_address(scheduler: str) -> str:
+    """The address in ``scheduler``: itself, or the one in the scheduler file it names (read here,
+    so that an empty or half-written file is a sentence, not Dask's AssertionError)."""
+    path = Path(scheduler).expanduser()
+    if "://" in scheduler or not (path.is_file() or path.suffix.lower() == ".json"):
+        return scheduler
+    if not path.exists():
+        raise InputError(f"there is no scheduler file {path}; give the file the scheduler writes, or its address")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except OSError as exc:
+        from .image_io import os_error_message
+
+        raise InputError(os_error_message(exc, path, "read the scheduler file")) from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    address = data.get("address") if isinstance(data, dict) else None
+    if not isinstance(address, str) or not address:
+        state = "empty" if not text.strip() else "not a complete Dask scheduler file (no address in it)"
+        raise InputError(
+            f"the scheduler file {path} is {state}; if the scheduler is still starting, wait until "
+            "it has written the file and run again"
+        )
+    return address
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """InputError (one sentence) unless a Dask scheduler answers at ``address`` within ``timeout``
+    seconds: Dask's own connection waits for ever on a port that accepts and never answers (an
+    HTTP server), whatever its timeout says."""
+    import asyncio
+    import threading
+
+    async def identity():
+        from distributed.comm import connect
+
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    outcome: dict = {}
+
+    def ask():
+        try:
+            outcome["identity"] = asyncio.run(asyncio.wait_for(identity(), timeout))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as a sentence
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=ask, name="napari-dpn-scheduler-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)
+    error = outcome.get("error")
+    if thread.is_alive() or isinstance(error, TimeoutError):
+        raise InputError(
+            f"no Dask scheduler answered at {address} within {timeout:g} s; check that it is a Dask "
+            "scheduler's address and that the scheduler runs (--scheduler-timeout waits longer)"
+        )
+    if error is not None:
+        text = " ".join(str(error).split()) or type(error).__name__
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({text})")
+    answer = outcome.get("identity")
+    if not isinstance(answer, dict) or answer.get("type") != "Scheduler":
+        raise InputError(f"{address} answered, but not as a Dask scheduler; give the scheduler's address")
 
 
 def _worker_check(folder: str) -> str | None:
@@ -453,6 +743,7 @@ def _dask_results(
     scheduler: str | None,
     retries: int,
     on_cluster: Callable[[str], None] | None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT,
 ) -> Iterator[Result]:
     import logging
 
@@ -460,12 +751,11 @@ def _dask_results(
     cluster = client = None
     try:
         if scheduler:
-            try:  # an address (tcp://host:8786), or the JSON file `dask scheduler --scheduler-file` writes
-                client = (
-                    distributed.Client(scheduler_file=scheduler, timeout="30s")
-                    if Path(scheduler).is_file()
-                    else distributed.Client(scheduler, timeout="30s")
-                )
+            # An address (tcp://host:8786), or the JSON file `dask scheduler --scheduler-file` writes.
+            address = _scheduler_address(scheduler)
+            _probe_scheduler(address, scheduler_timeout)
+            try:
+                client = distributed.Client(address, timeout=f"{scheduler_timeout}s")
             except (OSError, TimeoutError, ValueError) as exc:
                 raise InputError(
                     f"cannot reach the Dask scheduler at {scheduler} ({' '.join(str(exc).split())})"
@@ -551,8 +841,13 @@ def check_options(
     scheduler: str | None = None,
     batch_size: int | None = None,
     loader_workers: int | None = None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT,
 ) -> None:
     """InputError (one sentence) for a combination of run options that cannot work."""
+    import math
+
+    if not (math.isfinite(scheduler_timeout) and scheduler_timeout > 0):
+        raise InputError(f"--scheduler-timeout must be a number of seconds above 0, got {scheduler_timeout}")
     for flag, value in (("--workers", workers), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be 1 or more, got {value}")
@@ -580,19 +875,30 @@ class Cohort:
     """A segmentation run into one output folder: plan, run (here or on Dask), manifest.
 
     Use as a context manager; leaving it rewrites the manifest (one row per image) and removes the
-    run's private folder, also after an error or Ctrl-C.
+    run's private folder, also after an error or Ctrl-C: the images whose outputs were placed by
+    then get their rows first (their receipts), and a placement a worker began is completed.
+    Only one Cohort at a time holds an output folder (``outputs.FolderLock``; a second one is an
+    OutputError that says so).
     """
 
     def __init__(self, out: str | os.PathLike, settings: Settings, prob_suffix: str = ".png", overwrite: bool = False):
         from .image_io import ensure_output_folder
 
-        self.out = ensure_output_folder(out, "the output folder")
+        # Absolute: what a run records (its intents) must name the same files from any folder.
+        self.out = Path(os.path.abspath(ensure_output_folder(out, "the output folder")))
         self.settings = settings
         self.prob_suffix = prob_suffix
         self.overwrite = overwrite
-        self.manifest = Manifest(self.out)
+        self._lock = FolderLock(self.out).acquire()
+        try:
+            self.manifest = Manifest(self.out)
+        except BaseException:
+            self._lock.release()
+            raise
         self.run_dir = self.out / f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}"
         self.recovered: list[Result] = []  # what plan() completed of a run that died
+        self.notes: list[str] = []  # lines for the user: run folders left alone, recoveries left incomplete
+        self._running = None  # the results of run() while they are being produced
 
     def __enter__(self) -> Cohort:
         return self
@@ -604,10 +910,15 @@ class Cohort:
         """What this run will do; images skipped because an output is in the way get their row now.
 
         First, what an earlier run into this folder that died on this machine left half done is
-        completed and recorded (``recover``)."""
+        completed and recorded (``recover``); a run folder that is not all napari-dpn's is left
+        alone, with a line in ``notes``."""
         self.recovered = []
-        for folder in stale_runs(self.out, self.run_dir):
-            for result in recover(folder):  # the newest rows: a later run would have recovered the folder
+        folders, notes = dead_runs(self.out, self.run_dir)
+        self.notes += notes
+        for folder in folders:
+            results, notes = recover(folder, self.out)
+            self.notes += notes
+            for result in results:  # the newest rows: a later run would have recovered the folder
                 self.manifest.record(result.row)
                 self.recovered.append(result)
         s = self.settings
@@ -631,6 +942,7 @@ class Cohort:
         on_cluster: Callable[[str], None] | None = None,
         batch_size: int | None = None,
         loader_workers: int | None = None,
+        scheduler_timeout: float = SCHEDULER_TIMEOUT,
     ) -> Iterator[Result]:
         """Segment ``jobs`` and yield each result as it finishes, recorded in the manifest.
 
@@ -638,9 +950,10 @@ class Cohort:
         (``batch.py``: default 8 on a GPU, decoded by ``loader_workers`` processes), else one image
         after the other (the default on a CPU).
         ``workers``: a local Dask cluster of that many processes, one image at a time each.
-        ``scheduler``: an existing Dask cluster whose workers see the same files.
+        ``scheduler``: an existing Dask cluster whose workers see the same files (an address or a
+        scheduler file; ``scheduler_timeout`` seconds to answer as a Dask scheduler).
         """
-        check_options(workers, scheduler, batch_size, loader_workers)
+        check_options(workers, scheduler, batch_size, loader_workers, scheduler_timeout)
         if (batch_size or 1) > 1 and self.settings.fusion is not None:
             raise InputError(
                 "batches run one pass per image: give --fusion none with --batch-size, or leave "
@@ -648,10 +961,8 @@ class Cohort:
             )
         if not jobs:
             return
-        import socket
-
-        self.run_dir.mkdir(exist_ok=True)
-        _write_json(self.run_dir / "owner.json", {"host": socket.gethostname(), "pid": os.getpid()})
+        self.run_dir.mkdir()
+        _write_json(self.run_dir / "owner.json", {"host": _hostname(), "pid": os.getpid()})
         if workers is None and scheduler is None:
             if batch_size is None:
                 from .devices import select_device
@@ -669,16 +980,46 @@ class Cohort:
             settings = self.settings
             if scheduler is None and settings.torch_threads is None:
                 settings = dataclasses.replace(settings, torch_threads=local_threads(workers))
-            results = _dask_results(jobs, settings, self.run_dir, workers, scheduler, retries, on_cluster)
+            results = _dask_results(
+                jobs, settings, self.run_dir, workers, scheduler, retries, on_cluster, scheduler_timeout
+            )
+        self._running = results
         try:
             for result in results:
                 self.manifest.record(result.row)
                 yield result
         finally:
-            close = getattr(results, "close", None)
-            if close:
-                close()
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop producing results (closes a Dask cluster of this run, the batch pipeline)."""
+        results, self._running = self._running, None
+        close = getattr(results, "close", None)
+        if close:
+            close()
+
+    def _settle(self) -> None:
+        """Before the run's folder goes: the rows of images whose outputs were placed but whose
+        results never reached this process (Ctrl-C while they were on their way), and the
+        placements a worker began and did not finish.  On a failure (a full disk) the folder is
+        kept: the next run into ``out`` completes it (``recover``)."""
+        if not self.run_dir.is_dir():
+            return
+        try:
+            for intent in sorted(self.run_dir.glob("*.placing.json")):
+                resume_job(str(self.run_dir), intent=intent)  # a receipt now, or gone
+            for receipt in sorted(self.run_dir.glob("*.done.json")):
+                self.manifest.record(_read_receipt(receipt).row)
+        except (DPNError, OSError, ValueError, KeyError, TypeError) as exc:
+            self.notes.append(f"kept {self.run_dir} for the next run into {self.out} to complete ({_sentence(exc)})")
+            return
+        remove_folder(self.run_dir)
 
     def close(self) -> None:
-        remove_folder(self.run_dir)
-        self.manifest.close()
+        """End the run: stop its workers, record what they placed, rewrite the manifest, unlock."""
+        try:
+            self._stop()
+            self._settle()
+            self.manifest.close()
+        finally:
+            self._lock.release()

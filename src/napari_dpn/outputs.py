@@ -42,6 +42,21 @@ MANIFEST_FIELDS = (
 )
 STATUSES = ("done", "failed", "skipped")
 _SEP = ";"  # between the names (and the sha256s) of an image's outputs
+ERROR_LIMIT = 4000  # characters of a row's error sentence (a field over 128 KB was a csv traceback)
+
+
+def join_names(names) -> str:
+    """The ``outputs`` cell: names joined by ``;``, where a ``%`` or ``;`` inside a name is written
+    ``%25`` / ``%3B`` so that the list splits back into the same names (plain names are unchanged)."""
+    return _SEP.join(str(n).replace("%", "%25").replace(_SEP, "%3B") for n in names)
+
+
+def split_names(text: str) -> list[str]:
+    """The names :func:`join_names` joined."""
+    import re
+
+    decode = {"%25": "%", "%3B": ";", "%3b": ";"}
+    return [re.sub(r"%(25|3[Bb])", lambda m: decode[m.group(0)], n) for n in (text or "").split(_SEP) if n]
 
 
 # ----------------------------------------------------------------------------- the photographs
@@ -149,7 +164,7 @@ def _existing(paths) -> list[Path]:
 def _ours_unchanged(row: dict, outputs: tuple[Path, Path, Path]) -> dict[str, str] | None:
     """{path: sha256} of the existing outputs if every one of them is exactly what the manifest row
     says napari-dpn wrote; None if one was changed (a correction saved from napari) or is unknown."""
-    names = [n for n in (row.get("outputs") or "").split(_SEP) if n]
+    names = split_names(row.get("outputs") or "")
     shas = [s for s in (row.get("output_sha256") or "").split(_SEP) if s]
     recorded = dict(zip(names, shas)) if len(names) == len(shas) else {}
     found = {}
@@ -229,6 +244,8 @@ def skipped_row(image, sentence: str) -> dict:
 
 # ----------------------------------------------------------------------------- writing an image's outputs
 
+STAGE_PREFIX = ".napari-dpn-stage-"
+
 
 @dataclass
 class Staged:
@@ -252,9 +269,9 @@ def stage_outputs(outputs, prob, vessels, fov, staging: str | os.PathLike | None
 
     outputs = [Path(p) for p in outputs]
     base = Path(staging) if staging is not None else outputs[0].parent
-    folder = base / f".napari-dpn-stage-{uuid.uuid4().hex[:12]}"
+    folder = base / f"{STAGE_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
-        folder.mkdir(parents=True)
+        folder.mkdir()  # not parents: a task still running after its run ended must not recreate the run folder
     except OSError as exc:
         raise OutputError(image_io.os_error_message(exc, outputs[0].parent, "write to")) from None
     try:
@@ -274,7 +291,9 @@ def _backup_of(staged: Staged, dst: Path) -> Path:
     return staged.folder / f"{dst.name}.previous"
 
 
-def place_outputs(staged: Staged, outputs, overwrite: bool = False, replaceable=(), already=()) -> None:
+def place_outputs(
+    staged: Staged, outputs, overwrite: bool = False, replaceable=(), already=(), undo_already: bool = True
+) -> None:
     """Move staged outputs into place, all or none.
 
     Without ``overwrite`` an existing name is never replaced (a hard link, which fails on an
@@ -282,7 +301,8 @@ def place_outputs(staged: Staged, outputs, overwrite: bool = False, replaceable=
     that content; a replaced file is kept in the staging folder until the end.  ``already``: outputs
     an earlier, interrupted call placed (they hold the staged content; skipped).  If one output
     cannot be placed, every output placed for this image (by this call or in ``already``) is removed
-    and every file replaced is restored.  OutputExistsError if an output is in the way;
+    and every file replaced is restored (``undo_already=False``: the ``already`` ones are kept, for
+    a recovery that cannot prove it wrote them).  OutputExistsError if an output is in the way;
     OutputError (one sentence) for a file-system failure.
     """
     from . import image_io
@@ -290,7 +310,7 @@ def place_outputs(staged: Staged, outputs, overwrite: bool = False, replaceable=
     outputs = [Path(p) for p in outputs]
     replaceable = dict(replaceable)
     already = {str(p) for p in already}
-    placed: list[Path] = [p for p in outputs if str(p) in already]
+    placed: list[Path] = [p for p in outputs if str(p) in already] if undo_already else []
     try:
         for src, dst in zip(staged.files, outputs):
             if str(dst) in already:
@@ -346,12 +366,29 @@ def write_outputs(
 # ----------------------------------------------------------------------------- the manifest
 
 
-def _cell(value) -> str:
+def _cell(value, key: str = "") -> str:
+    """A value as the manifest writes it.  Text is kept exactly (a file name with a tab, a newline
+    or two spaces is the csv module's to quote, not ours to change: a re-run must find it again);
+    only the error sentence is bounded."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return " ".join(str(value).split())  # one line per row, whatever the sentence held
+    text = str(value)
+    if key == "error" and len(text) > ERROR_LIMIT:
+        text = text[: ERROR_LIMIT - 1] + "\u2026"
+    return text
+
+
+@contextlib.contextmanager
+def _any_field_size():
+    """Read fields of any size (the csv module stops at 128 KB with a traceback)."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 class Manifest:
@@ -370,6 +407,9 @@ class Manifest:
         self.rows: dict[str, dict] = {}
         self._synced = 0.0
         self.changed = False  # rows to rewrite: appended now, duplicates or a torn line in the file
+        # A torn last row may end inside a quoted name: a line appended after it would become part of
+        # that name, so such a file is rewritten whole before the first append.
+        self._torn = False
         if self.path.exists():
             self._read()
 
@@ -381,24 +421,35 @@ class Manifest:
             reason = exc if isinstance(exc, UnicodeDecodeError) else exc.strerror
             raise OutputError(f"Cannot read {self.path}: {reason}; move it away to start a new manifest.") from None
         reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or not {"image", "status", "model_sha256"} <= set(reader.fieldnames):
-            raise OutputError(f"{self.path} is not a napari-dpn manifest; move it away or choose another --out.")
-        for row in reader:
+        try:
+            with _any_field_size():
+                fields = reader.fieldnames
+                if not fields or not {"image", "status", "model_sha256"} <= set(fields):
+                    raise OutputError(
+                        f"{self.path} is not a napari-dpn manifest; move it away or choose another --out."
+                    )
+                rows = list(reader)
+        except csv.Error as exc:
+            raise OutputError(
+                f"Cannot read {self.path}: it is damaged near line {reader.line_num} ({exc}); "
+                "move it away to start a new manifest."
+            ) from None
+        for row in rows:
             if None in row or any(v is None for v in row.values()) or row["status"] not in STATUSES or not row["image"]:
-                self.changed = True  # torn or foreign line: dropped when the file is rewritten
+                self.changed = self._torn = True  # torn or foreign line: dropped when the file is rewritten
                 continue
             if row["image"] in self.rows:
                 self.changed = True
             self.rows[row["image"]] = {k: row.get(k, "") or "" for k in MANIFEST_FIELDS}
         if text and not text.endswith("\n"):
-            self.changed = True
+            self.changed = self._torn = True
 
     def get(self, image) -> dict | None:
         return self.rows.get(image_key(image))
 
     def record(self, row: dict) -> bool:
         """Append one image's row (unless the manifest already says exactly that); True if written."""
-        row = {k: _cell(row.get(k)) for k in MANIFEST_FIELDS}
+        row = {k: _cell(row.get(k), k) for k in MANIFEST_FIELDS}
         if not row["finished"]:
             row["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         old = self.rows.get(row["image"])
@@ -413,10 +464,14 @@ class Manifest:
             writer.writerow(row)
             with atomic_write(self.path, overwrite=False) as tmp:
                 Path(tmp).write_text(line.getvalue(), encoding="utf-8")
+            self.rows[row["image"]] = row
+        elif self._torn:
+            self.rows[row["image"]] = row
+            self._rewrite()
         else:
             writer.writerow(row)
             self._append(line.getvalue())
-        self.rows[row["image"]] = row
+            self.rows[row["image"]] = row
         self.changed = True
         return True
 
@@ -445,6 +500,10 @@ class Manifest:
         """Rewrite the file atomically with one row per image, if anything changed."""
         if not self.changed or not self.rows:
             return
+        self._rewrite()
+        self.changed = False
+
+    def _rewrite(self) -> None:
         from .image_io import atomic_write
 
         buf = io.StringIO()
@@ -454,7 +513,7 @@ class Manifest:
             writer.writerow(row)
         with atomic_write(self.path) as tmp:
             Path(tmp).write_text(buf.getvalue(), encoding="utf-8")
-        self.changed = False
+        self._torn = False
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATUSES, 0)
@@ -478,3 +537,164 @@ def remove_folder(path: str | os.PathLike) -> None:
     except OSError as exc:  # pragma: no cover - e.g. NFS silly-rename files of a killed worker
         if exc.errno not in (errno.ENOTEMPTY, errno.EBUSY):
             raise
+
+
+# ----------------------------------------------------------------------------- one run at a time per folder
+
+LOCK_NAME = ".napari-dpn-segment.lock"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (True when it cannot be told)."""
+    try:
+        import psutil  # a dependency of distributed; os.kill(pid, 0) would signal the process on Windows
+
+        return psutil.pid_exists(pid)
+    except ImportError:
+        if os.name == "nt":
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class FolderLock:
+    """``OUT/.napari-dpn-segment.lock``: one ``segment`` run at a time per output folder.
+
+    Two runs into one folder both segmented everything and then marked each other's images
+    "skipped".  The lock is an exclusive lock on the file (``flock``), which the system releases
+    when its process dies however it dies, so a lock left by a killed run is taken over at once;
+    the file holds the host, the pid and the start time, for the sentence that refuses a second
+    run.  Where the file system has no locks, the file itself is the lock (created exclusively) and
+    one left by a process that no longer runs on this machine is stale and taken over.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+        self._held = False
+
+    def acquire(self) -> FolderLock:
+        for _ in range(5):  # another run's release can swap the file under us: try again
+            if self._try():
+                self._held = True
+                self._write_owner()
+                return self
+        raise self._busy(self._holder())
+
+    def _try(self) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # Windows: the file is the lock
+            return self._try_exclusive()
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(self.path, flags, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputError(f"{self.path} is a symbolic link, not napari-dpn's lock; remove it.") from None
+            raise _as_output_error(exc, self.path) from None
+        try:
+            if not _is_regular(os.fstat(fd)):
+                raise OutputError(f"{self.path} is not napari-dpn's lock file; remove it.")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise self._busy(self._holder()) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    os.close(fd)
+                    return self._try_exclusive()
+                raise _as_output_error(exc, self.path) from None
+            try:  # still the file of that name (not one a finishing run unlinked meanwhile)?
+                same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                return False
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def _try_exclusive(self) -> bool:
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            return True
+        except FileExistsError:
+            holder = self._holder()
+            if holder and holder.get("host") == _hostname() and not _alive(int(holder.get("pid", 0))):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()  # a run that died left it
+                return False
+            raise self._busy(holder) from None
+        except OSError as exc:
+            raise _as_output_error(exc, self.path) from None
+
+    def _write_owner(self) -> None:
+        import json
+
+        text = json.dumps({"host": _hostname(), "pid": os.getpid(), "started": _now()}).encode()
+        try:
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, text)
+        except OSError as exc:
+            self.release()
+            raise _as_output_error(exc, self.path) from None
+
+    def _holder(self) -> dict:
+        import json
+
+        try:
+            with open(self.path, "rb") as f:
+                return dict(json.loads(f.read(4096).decode()))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _busy(self, holder: dict) -> OutputError:
+        who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "started") if isinstance(holder.get(k), (str, int)))
+        return OutputError(
+            f"another napari-dpn segment run{f' ({who})' if who else ''} is writing to {self.path.parent}; "
+            f"run one at a time per output folder: wait for it, or choose another --out"
+            + ("" if holder.get("host") in (None, _hostname()) else f" (delete {self.path} if that run is gone)")
+        )
+
+    def release(self) -> None:
+        """Remove the file (while still holding it, so that no other run takes the old one) and unlock."""
+        if self._fd is None:
+            return
+        if self._held:
+            with contextlib.suppress(OSError):
+                if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino:
+                    self.path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+        self._fd, self._held = None, False
+
+    def __del__(self):  # a Cohort never closed (a script, a test) still lets the next run in
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def _is_regular(st) -> bool:
+    import stat
+
+    return stat.S_ISREG(st.st_mode)
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
