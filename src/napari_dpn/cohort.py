@@ -577,12 +577,18 @@ def dead_runs(out: Path, keep: Path | None = None) -> tuple[list[Path], list[str
         if entry.is_symlink() or not entry.is_dir(follow_symlinks=False) or not _RUN_NAME.fullmatch(entry.name):
             notes.append(_left_alone(folder, "napari-dpn never makes a run folder like it"))
             continue
+        if not os.path.lexists(folder / "owner.json"):
+            continue  # being created: nothing in it is used
         try:
             owner = _read_json(folder / "owner.json")
             host, pid = owner["host"], int(owner["pid"])
-        except (Untrusted, KeyError, TypeError, ValueError, OverflowError):
-            continue  # being created, or not one of ours: nothing in it is used
-        if host == _hostname() and not _alive(pid):
+        except Untrusted as exc:
+            notes.append(_left_alone(folder, f"it is not all napari-dpn's ({exc})"))
+            continue
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue  # not one of ours: nothing in it is used
+        # This process holds the folder's lock, so a folder it owns is from a run of it that ended.
+        if host == _hostname() and (pid == os.getpid() or not _alive(pid)):
             found.append(folder)
     return found, notes
 
