@@ -410,10 +410,17 @@ class Manifest:
         # A torn last row may end inside a quoted name: a line appended after it would become part of
         # that name, so such a file is rewritten whole before the first append.
         self._torn = False
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             self._read()
 
     def _read(self) -> None:
+        # Never through a link (rows would be appended to whatever it points at) nor from a FIFO or a
+        # device (the read would wait for ever): in a shared folder anyone may have put one there.
+        if self.path.is_symlink() or not self.path.is_file():
+            what = "a symbolic link" if self.path.is_symlink() else "not a plain file"
+            raise OutputError(
+                f"{self.path} is {what}, not a manifest napari-dpn wrote; remove it or choose another --out."
+            )
         try:
             with open(self.path, encoding="utf-8", newline="") as f:
                 text = f.read()

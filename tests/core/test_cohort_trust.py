@@ -561,3 +561,32 @@ def test_a_full_disk_during_segment_is_one_sentence_and_each_image_all_or_none(t
         rows = rows_by_name(out)
         assert sorted(rows) == [f"{s}.png" for s in stems] and {r["status"] for r in rows.values()} == {"done"}
         assert not list(out.glob(".*"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_a_manifest_that_is_a_fifo_or_a_link_is_one_sentence(photos, tmp_path, capsys, kind):
+    """Planted in a shared folder: a FIFO made the next run wait for ever; a link had rows appended
+    to whatever it pointed at."""
+    out = tmp_path / "out"
+    out.mkdir()
+    manifest = out / MANIFEST_NAME
+    elsewhere = tmp_path / "other-project.csv"
+    elsewhere.write_text("image,status,model_sha256\n")
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    else:
+        manifest.symlink_to(elsewhere)
+    outcome = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(rc=main(["segment", str(photos / "eye0.png"), "--out", str(out), *SEGMENT])),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # unblock the reader so the test process can end
+        fd = os.open(manifest, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        pytest.fail("segment waited on the planted manifest")
+    err = capsys.readouterr().err
+    assert outcome["rc"] == 2 and "not a manifest napari-dpn wrote" in err and len(err.strip().splitlines()) == 1
+    assert elsewhere.read_text() == "image,status,model_sha256\n"
