@@ -377,8 +377,9 @@ def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None 
 _RUN_NAME = re.compile(re.escape(RUN_PREFIX) + r"[0-9a-f]{10}")
 _STAGE_NAME = re.compile(re.escape(STAGE_PREFIX) + r"[0-9a-f]{12}")
 _RECORD_NAME = re.compile(r"(\d{1,9})\.(placing|done)\.json")
-_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z]{1,5})?")  # image_io.atomic_write's temporary files
-_OUTPUT_NAME = re.compile(r".+_(probability\.png|probability\.tif|vessels\.png|fov\.png)(\.previous)?")
+# image_io.atomic_write's temporary files; the outputs (and their backups) a stage folder holds (any name)
+_TMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z]{1,5})?", re.DOTALL)
+_OUTPUT_NAME = re.compile(r".+_(probability\.png|probability\.tif|vessels\.png|fov\.png)(\.previous)?", re.DOTALL)
 _JSON_LIMIT = 4 << 20
 
 
@@ -415,7 +416,7 @@ def _read_json(path: Path) -> dict:
         raise Untrusted(f"{path.name} cannot be read ({exc.strerror})") from None
     try:
         value = json.loads(data) if len(data) <= _JSON_LIMIT else None
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise Untrusted(f"{path.name} is not a record napari-dpn wrote")
@@ -440,6 +441,8 @@ def _checked_job(data, out: Path, index: int) -> Job:
     if not isinstance(image, str) or not image or "\0" in image:
         raise Untrusted(f"record {index} names no image")
     if not (isinstance(outputs, list) and len(outputs) == 3 and all(isinstance(o, str) and o for o in outputs)):
+        raise Untrusted(f"record {index} does not name three outputs")
+    if any("\0" in o for o in outputs):
         raise Untrusted(f"record {index} does not name three outputs")
     got = [Path(o) for o in outputs]
     suffix = ".tif" if got[0].name.endswith("_probability.tif") else ".png"
@@ -608,6 +611,9 @@ def recover(folder: Path, out: Path | None = None) -> tuple[list[Result], list[s
         run = _inspect(folder, out)
     except Untrusted as exc:
         return [], [_left_alone(folder, f"it is not all napari-dpn's ({exc})")]
+    except Exception as exc:  # noqa: BLE001 - whatever a planted folder holds, it is only reported
+        why = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return [], [_left_alone(folder, f"it is not all napari-dpn's ({why})")]
     results, notes = list(run.receipts), []
     for job, staged, result in run.intents:
         done, note = _complete(job, staged, result)
@@ -661,7 +667,7 @@ def _scheduler_address(scheduler: str) -> str:
         raise InputError(os_error_message(exc, path, "read the scheduler file")) from None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         data = None
     address = data.get("address") if isinstance(data, dict) else None
     if not isinstance(address, str) or not address:
