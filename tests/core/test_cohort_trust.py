@@ -537,7 +537,10 @@ def fill(folder: Path, leave: int) -> Path:
     return filler
 
 
-def test_a_full_disk_during_segment_is_one_sentence_and_each_image_all_or_none(tmp_path, capsys):
+@pytest.mark.parametrize("where", [[], ["--workers", "2"]], ids=["this process", "two workers"])
+def test_a_full_disk_during_segment_is_one_sentence_and_each_image_all_or_none(tmp_path, capsys, where):
+    if where:
+        pytest.importorskip("distributed")
     photos = tmp_path / "many"
     stems = [f"eye{i}" for i in range(8)]
     for i, stem in enumerate(stems):
@@ -546,7 +549,7 @@ def test_a_full_disk_during_segment_is_one_sentence_and_each_image_all_or_none(t
         out = disk / "out"
         out.mkdir()
         filler = fill(disk, 3 * 4096 * 3 + 8192)  # room for about two images
-        rc, stdout, err = run(["segment", photos, "--out", out, *SEGMENT], capsys)
+        rc, stdout, err = run(["segment", photos, "--out", out, *where, *SEGMENT], capsys)
         assert rc == 2 and "Traceback" not in err, err
         assert len(err.strip().splitlines()) == 1 and "the disk is full" in err, err
         for stem in stems:
