@@ -327,17 +327,27 @@ def _receipt(run_dir: str, job: Job) -> Path:
     return Path(run_dir) / f"{job.index}.done.json"
 
 
+def _own_record(path: Path, job: Job) -> dict | None:
+    """This run's record about ``job`` (an intent, or a receipt: the intent of a placement that
+    completed), or None.  A record whose job is not exactly the one this run gave (one put into the
+    run's folder by someone else) is never used."""
+    try:
+        data = _read_json(path)
+    except Untrusted:
+        return None
+    return data if data.get("job") == json.loads(json.dumps(dataclasses.asdict(job))) else None
+
+
 def receipt_of(job: Job, run_dir: str | None) -> Result | None:
     """The result of an earlier attempt at ``job`` in this run that finished (its worker died after)."""
-    if not run_dir:
+    if not run_dir or job is None:
         return None
     path = _receipt(run_dir, job)
-    return _read_receipt(path) if path.exists() else None
-
-
-def _read_receipt(path: Path) -> Result:
-    """A receipt is the intent of a placement that completed: {"job", "result", "stage", ...}."""
-    return Result(**json.loads(path.read_text())["result"])
+    data = _own_record(path, job) if path.exists() else None
+    try:
+        return _checked_result(data.get("result"), job) if data else None
+    except Untrusted:
+        return None
 
 
 def _job_from(data: dict) -> Job:
@@ -350,24 +360,36 @@ def _job_from(data: dict) -> Job:
     )
 
 
-def resume_job(run_dir: str | None, job: Job | None = None, intent: Path | None = None) -> Result | None:
-    """Finish what an attempt at ``job`` started and did not finish because its process died while
-    moving the outputs into place: the staged outputs still missing are placed, those it placed
-    are kept.  None if there is nothing to resume (or the staged files are gone: segment again)."""
-    if not run_dir:
+def resume_job(run_dir: str | None, job: Job | None) -> Result | None:
+    """Finish what an attempt at ``job`` (as this run gave it) started and did not finish because
+    its process died while moving the outputs into place: the staged outputs still missing are
+    placed, those it placed are kept.  None if there is nothing to resume (or the staged files are
+    gone: segment again).  The intent must be about exactly ``job`` and name a stage folder of the
+    run's own (``_checked_stage``), else it is dropped: it was not written by this run."""
+    if not run_dir or job is None:
         return None
-    intent = intent or _intent(run_dir, job)
+    intent = _intent(run_dir, job)
     if not intent.exists():
         return None
-    data = json.loads(intent.read_text())
-    job = job or _job_from(data["job"])
-    staged = Staged(Path(data["stage"]), [Path(f) for f in data["files"]], list(data["shas"]))
-    already = [o for o, sha in zip(job.outputs, staged.shas) if Path(o).is_file() and sha256_of(o) == sha]
+    data = _own_record(intent, job)
+    try:
+        staged = _checked_stage(data, Path(run_dir), job) if data else None
+        result = _checked_result(data.get("result"), job) if data else None
+    except Untrusted:
+        staged = result = None
+    if staged is None or result is None:
+        intent.unlink(missing_ok=True)
+        return None
+
+    def holds(path: Path, sha: str) -> bool:
+        return path.is_file() and not path.is_symlink() and sha256_of(path) == sha
+
+    already = [o for o, sha in zip(job.outputs, staged.shas) if holds(Path(o), sha)]
     if any(o not in already and not f.exists() for o, f in zip(job.outputs, staged.files)):
         intent.unlink()
         return None
     try:
-        return _place_and_confirm(job, staged, Result(**data["result"]), run_dir, already)
+        return _place_and_confirm(job, staged, result, run_dir, already)
     finally:
         remove_folder(staged.folder)
 
@@ -480,6 +502,8 @@ def _checked_stage(data: dict, folder: Path, job: Job) -> Staged:
     if not _same_folder(where.parent, folder) or not _STAGE_NAME.fullmatch(where.name):
         raise Untrusted(f"record {job.index} names a stage folder that is not one napari-dpn made in it ({stage})")
     where = folder / where.name
+    if os.path.lexists(where):
+        _lstat_ours(where, folder=True)
     want = [where / Path(o).name for o in job.outputs]
     if not (
         isinstance(files, list)
@@ -493,6 +517,9 @@ def _checked_stage(data: dict, folder: Path, job: Job) -> Staged:
         and all(isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in shas)
     ):
         raise Untrusted(f"record {job.index} holds no sha256s")
+    for f in want:
+        if os.path.lexists(f):
+            _lstat_ours(f)  # a plain file of this user, never a link that would be placed as an output
     return Staged(where, want, list(shas))
 
 
@@ -911,6 +938,7 @@ class Cohort:
         self.recovered: list[Result] = []  # what plan() completed of a run that died
         self.notes: list[str] = []  # lines for the user: run folders left alone, recoveries left incomplete
         self._running = None  # the results of run() while they are being produced
+        self._jobs: dict[int, Job] = {}  # the jobs of run(), by index: what its records may describe
 
     def __enter__(self) -> Cohort:
         return self
@@ -973,6 +1001,7 @@ class Cohort:
             )
         if not jobs:
             return
+        self._jobs = {job.index: job for job in jobs}
         self.run_dir.mkdir()
         _write_json(self.run_dir / "owner.json", {"host": _hostname(), "pid": os.getpid()})
         if workers is None and scheduler is None:
@@ -1017,15 +1046,23 @@ class Cohort:
         kept: the next run into ``out`` completes it (``recover``)."""
         if not self.run_dir.is_dir():
             return
+        run_dir = str(self.run_dir)
         try:
             for intent in sorted(self.run_dir.glob("*.placing.json")):
-                resume_job(str(self.run_dir), intent=intent)  # a receipt now, or gone
+                resume_job(run_dir, self._job_of(intent))  # a receipt now, or gone
             for receipt in sorted(self.run_dir.glob("*.done.json")):
-                self.manifest.record(_read_receipt(receipt).row)
+                result = receipt_of(self._job_of(receipt), run_dir)
+                if result is not None:
+                    self.manifest.record(result.row)
         except (DPNError, OSError, ValueError, KeyError, TypeError) as exc:
             self.notes.append(f"kept {self.run_dir} for the next run into {self.out} to complete ({_sentence(exc)})")
             return
         remove_folder(self.run_dir)
+
+    def _job_of(self, record: Path) -> Job | None:
+        """The job of this run a record in its folder is about (by its file name), or None."""
+        match = _RECORD_NAME.fullmatch(record.name)
+        return self._jobs.get(int(match.group(1))) if match else None
 
     def close(self) -> None:
         """End the run: stop its workers, record what they placed, rewrite the manifest, unlock."""

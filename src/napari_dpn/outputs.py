@@ -536,7 +536,12 @@ def read_manifest(folder_or_file: str | os.PathLike) -> list[dict]:
 
 
 def remove_folder(path: str | os.PathLike) -> None:
-    """Remove a run's private folder (staging, receipts) if it is there."""
+    """Remove a run's private folder (staging, receipts) if it is there (a link put in its place:
+    the link only, never what it points at)."""
+    if os.path.islink(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
     try:
         shutil.rmtree(path)
     except FileNotFoundError:

@@ -282,6 +282,45 @@ def test_a_genuine_dead_run_is_still_completed(victim, photos, capsys):
     assert rows_by_name(out)["eye0.png"]["status"] == "done"
 
 
+def test_records_planted_into_a_running_runs_folder_are_not_used(victim, photos, capsys, monkeypatch):
+    """While the victim's run goes on, someone writes an intent and a receipt for its next images
+    into its own run folder: outputs outside --out, overwrite=true, a foreign stage folder."""
+    import tqdm as tqdm_module
+
+    out, home = victim
+    before = snapshot(home)
+
+    def planting(results, **kwargs):
+        for i, result in enumerate(results):
+            if i == 0:
+                (run_dir,) = out.glob(f"{RUN_PREFIX}*")
+                folder = plant(
+                    out,
+                    [home / ".bashrc", home / "thesis" / "chapter00.tex", home / "thesis" / "chapter01.tex"],
+                    stage=home / "thesis",
+                    files=[home / "thesis" / f"chapter0{k}.tex" for k in (2, 3, 4)],
+                    name=run_dir.name[len(RUN_PREFIX) :],
+                )
+                intent = json.loads((folder / "0.placing.json").read_text())
+                (folder / "0.placing.json").unlink()
+                for index in (1, 2):
+                    intent["job"]["index"] = index
+                    (folder / f"{index}.placing.json").write_text(json.dumps(intent))
+                receipt = {**intent, "job": {**intent["job"], "index": 3}}
+                (folder / "3.done.json").write_text(json.dumps(receipt))
+            yield result
+
+    planting.write = lambda *args, **kwargs: None
+    monkeypatch.setattr(tqdm_module, "tqdm", planting)
+    rc, stdout, err = run(["segment", photos, "--out", out, *SEGMENT], capsys)
+    assert rc == 0 and "4 image(s) segmented" in stdout, stdout + err
+    assert snapshot(home) == before
+    rows = rows_by_name(out)
+    assert sorted(rows) == [f"eye{i}.png" for i in range(4)] and {r["status"] for r in rows.values()} == {"done"}
+    for i in range(4):
+        assert all((out / f"eye{i}_{k}.png").is_file() for k in KINDS)
+
+
 # ----------------------------------------------------------------------------- the manifest
 
 
