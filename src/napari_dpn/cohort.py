@@ -715,8 +715,10 @@ def _probe_scheduler(address: str, timeout: float) -> None:
 
     async def identity():
         from distributed.comm import connect
+        from distributed.security import Security
 
-        comm = await connect(address, timeout=timeout)
+        # The TLS settings a Client takes from the Dask configuration, so a secured cluster answers too.
+        comm = await connect(address, timeout=timeout, **Security().get_connection_args("client"))
         try:
             await comm.write({"op": "identity", "reply": True})
             return await comm.read()
