@@ -98,7 +98,7 @@ def test_finetune_on_saved_shows_progress_eta_loss_and_cancel_keeps_the_old_mode
 
     def steps_shown() -> bool:
         panel = getattr(sw, "ft_panel", None)
-        return panel is not None and panel.progress.value() >= 3 and panel.loss_plot.n_steps >= 3
+        return panel is not None and panel.progress.value() >= 3 and panel.plotted_steps >= 1
 
     gap = stall_probe.measure(sw.ft_button.click, until=steps_shown)
     assert gap < BUDGET_S, f"the viewer stalled {gap * 1000:.0f} ms starting and running the fine-tune"
@@ -107,6 +107,7 @@ def test_finetune_on_saved_shows_progress_eta_loss_and_cancel_keeps_the_old_mode
     text = panel.progress.format()
     assert panel.progress.maximum() == 100_000 and "/100000" in text and "ETA" in text, text
     assert not sw.ft_button.isEnabled(), "one run at a time"
+    assert not sw.folder_section.is_expanded(), "the Folder section folds to make room for the plot"
 
     gap = stall_probe.measure(panel.cancel_button.click, until=lambda: not sw.busy)
     assert gap < BUDGET_S, f"the viewer stalled {gap * 1000:.0f} ms on Cancel"
@@ -116,6 +117,8 @@ def test_finetune_on_saved_shows_progress_eta_loss_and_cancel_keeps_the_old_mode
     assert sw.model_picker.combo.currentText() == "tiny-test", "the session keeps its model"
     assert "cancelled" in sw.status.text() and "no model" in sw.status.text()
     assert sw.ft_button.isEnabled()
+    assert sw.folder_section.is_expanded() and not panel.is_expanded(), "the panel folds to its outcome"
+    assert "cancelled" in panel.summary.text()
     assert notes["error"] == [], notes["error"]
 
 
@@ -128,7 +131,8 @@ def test_finetune_on_saved_runs_to_the_end_with_the_panel(qtbot, sw, tmp_path, m
     settle(qtbot, sw)
     assert notes["error"] == [], notes["error"]
     panel = sw.ft_panel
-    assert panel.loss_plot.n_steps == 3 and panel.progress.value() == 3
+    assert panel.n_steps == 3 and panel.plotted_steps == 3 and panel.progress.value() == 3
+    assert not panel.plot.pixmap().isNull(), "the loss plot shows every step"
     assert panel.progress.format().startswith("done · 3 steps"), panel.progress.format()
     assert sw.model_picker.combo.currentText() == "photos-ft1"
     record = sw.session.models[0]

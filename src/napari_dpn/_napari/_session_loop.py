@@ -40,17 +40,12 @@ class LoopMixin:
         pending = self._pending_correction()
         panel = self.training_panel()
         stop = panel.start(steps)
+        self._make_room(True)
 
         def should_stop() -> bool:
             return stop.is_set() or life.cancel.is_set() or life.closed
 
-        def report(event) -> None:  # worker thread: the panel's queued signal, while it exists
-            if not life.closed:
-                try:
-                    panel.reported.emit(event)
-                except RuntimeError:  # the panel was deleted meanwhile
-                    pass
-
+        report = panel.reporter(alive=lambda: not life.closed)  # runs in the worker: draws the loss there
         job = _Job(
             self._finetune_job,
             f"fine-tuning on the saved images of {session.folder.name}",
@@ -109,9 +104,24 @@ class LoopMixin:
             Path(result.checkpoint).unlink(missing_ok=True)  # ours, and nothing here resumes it
         return result
 
+    def _make_room(self, running: bool) -> None:
+        """While a run lasts the Folder section folds, so the plot fits a 768 px high screen;
+        afterwards it comes back and the panel folds to its one-line outcome (click to see the loss)."""
+        folder = getattr(self, "folder_section", None)
+        if running:
+            self._unfold_after_run = folder is not None and folder.is_expanded()
+            if self._unfold_after_run:
+                folder.set_expanded(False)
+            return
+        if getattr(self, "_unfold_after_run", False):
+            folder.set_expanded(True)
+        self._unfold_after_run = False
+        self.training_panel().set_expanded(False)
+
     def _on_ft_finished(self) -> None:
         self._ft_worker = None
         if self.alive:
+            self._make_room(False)
             self._sync()
 
     def _on_finetuned(self, session, out, pending=None) -> None:
