@@ -126,10 +126,14 @@ def test_finetune_on_saved_shows_progress_eta_loss_and_cancel_keeps_the_old_mode
 def test_finetune_on_saved_runs_to_the_end_with_the_panel(qtbot, sw, tmp_path, models_dir, notes):
     folder = make_photos(tmp_path / "photos")
     correct_first_image(qtbot, sw, folder)
+    truth = fundus(SIZE, seed=1)[1]
+    sw.layers["vessels"].data_setitem(np.nonzero(truth), 1)  # eye1, on screen, corrected
     sw.ft_steps.setValue(3)
     assert sw.finetune()
     settle(qtbot, sw)
     assert notes["error"] == [], notes["error"]
+    assert (S.Session.open(folder).saved_mask(1) >= truth).all(), "the corrections on screen are saved first"
+    assert sw.session.models[0]["images"] == ["eye0.png", "eye1.png"] and sw.edits == 0
     panel = sw.ft_panel
     assert panel.n_steps == 3 and panel.plotted_steps == 3 and panel.progress.value() == 3
     assert not panel.plot.pixmap().isNull(), "the loss plot shows every step"

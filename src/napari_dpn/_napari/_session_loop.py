@@ -62,8 +62,8 @@ class LoopMixin:
         return True
 
     def _pending_correction(self):
-        """(index, mask, FOV, the shown image) of corrections on screen not yet saved, when they
-        may be written (what ``save_now`` would write), else None; the mask is a copy."""
+        """(index, mask, FOV, the shown image, edits, the file's digest) of corrections on screen
+        not yet saved, when they may be written (what ``save_now`` would write), else None."""
         prep, vessels = self.shown, self.layers.get("vessels")
         if self.session is None or prep is None or vessels is None or not self.edits:
             return None
@@ -72,7 +72,8 @@ class LoopMixin:
                 return None  # someone else's file: Next asks before replacing it
         except OSError:
             return None
-        return prep.index, np.asarray(vessels.data) > 0, prep.seg.fov, prep, self.edits
+        digest = self.session.entries[prep.index].digest
+        return prep.index, np.asarray(vessels.data) > 0, prep.seg.fov, prep, self.edits, digest
 
     def training_panel(self):
         """The running panel, made on the first fine-tune and placed above the status line."""
@@ -91,7 +92,8 @@ class LoopMixin:
         """Worker: save the corrections on screen, then fine-tune; never raises.  A cancelled
         run leaves no model and no checkpoint: the session keeps the model it had."""
         try:
-            if pending is not None:
+            # Unless a newer save (Next, right after the click) came first: never write older edits over it.
+            if pending is not None and session.entries[pending[0]].digest == pending[5]:
                 session.save(*pending[:3])
             result = session.finetune(spec, steps=steps, device=device, should_stop=should_stop, callback=report)
         except DPNError as exc:
