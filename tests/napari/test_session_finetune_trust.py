@@ -100,7 +100,7 @@ def test_finetune_on_saved_shows_progress_eta_loss_and_cancel_keeps_the_old_mode
         panel = getattr(sw, "ft_panel", None)
         return panel is not None and panel.progress.value() >= 3 and panel.plotted_steps >= 1
 
-    gap = stall_probe.measure(sw.ft_button.click, until=steps_shown)
+    gap = stall_probe.measure(sw.ft_button.click, until=steps_shown, timeout_ms=60_000)
     assert gap < BUDGET_S, f"the viewer stalled {gap * 1000:.0f} ms starting and running the fine-tune"
     panel = sw.ft_panel
     assert not panel.isHidden() and sw.layout().indexOf(panel) >= 0 and panel.cancel_button.isEnabled()

@@ -131,7 +131,7 @@ class LoopMixin:
             return
         panel = self.training_panel()
         if isinstance(out, str):
-            panel.finish("stopped: " + out)
+            panel.finish("stopped")  # the sentence is in the status line and the notification
             self._error(out)
             return
         if pending is not None and self.shown is pending[3] and self.edits == pending[4]:
