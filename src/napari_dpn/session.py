@@ -122,6 +122,26 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def free_model_name(stem: str, out_dir=None, first: int = 1) -> str:
+    """``<stem>-ft<N>`` with the first N from ``first`` that no model has: no weights, card or
+    checkpoint of that name in ``out_dir`` (default: the user models folder) and no listed or
+    shipped model called so.  Two folders called ``photos`` must never share a model (the save
+    itself refuses to replace one, so a name taken meanwhile is not lost either)."""
+    from .models import WEIGHTS_SUFFIX, list_models, shipped_model_names, user_models_dir
+
+    stem = re.sub(r"[^A-Za-z0-9._+-]+", "-", stem)[:80]
+    stem = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", stem) or "session"  # a model name's rule
+    out = Path(out_dir) if out_dir else user_models_dir()
+    taken = {c.name.lower() for c in list_models()} | shipped_model_names()
+    n = max(1, int(first))
+    while True:
+        name = f"{stem}-ft{n}"
+        files = (out / f"{name}{s}" for s in (WEIGHTS_SUFFIX, ".json", ".ckpt.pt"))
+        if name.lower() not in taken and not any(f.exists() for f in files):
+            return name
+        n += 1
+
+
 # ----------------------------------------------------------------------------- segmentation
 
 
@@ -425,7 +445,7 @@ class Session:
             raise InputError("No saved annotation to fine-tune on: correct and save an image first.")
         seen = [e.name for e in self.entries if e.state == "saved"]
         side = min(min(p[0].shape[:2]) for p in pairs)
-        name = name or f"{self.folder.name}-ft{len(self.models) + 1}"
+        name = name or free_model_name(self.folder.name, out_dir, len(self.models) + 1)
         config = TrainConfig(
             steps=int(steps),
             crop=min(512, side // 16 * 16),
@@ -447,13 +467,15 @@ class Session:
             callback=callback,
             should_stop=should_stop,
             description=f"fine-tuning '{name}' on {len(pairs)} image(s)",
+            overwrite=False,  # never replace a model: a name taken meanwhile becomes <name>-2
         )
         if result.model_path is not None:
             with self._lock:
                 self.models.append(
                     {
-                        "name": name,
+                        "name": result.card.name,  # the name it was saved under
                         "path": str(result.model_path),
+                        "sha256": result.card.sha256,
                         "base": str(init),
                         "images": seen,
                         "steps": result.steps,
