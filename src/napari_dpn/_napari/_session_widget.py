@@ -337,6 +337,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 if kind == "vessels":
                     error = self._save_sync(layer)
                     if error is not None:  # the layer is gone already: offer another folder
+                        show_error(error)
                         self._rescue(error, layer, can_keep_open=False)
                     self.shown = None
                 del self.layers[kind]
@@ -445,6 +446,10 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             f"{len(session)} photograph(s), {session.done} done."
             + (f" The damaged session file was kept as {session.backup.name}." if session.backup else "")
         )
+        if session.backup is not None:
+            show_warning(
+                f"Started a new session of {session.folder.name}; the damaged session file is kept as {session.backup}."
+            )
         self.go(session.current)
         self._warn_write()
         return True
@@ -1004,6 +1009,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
     def shutdown(self) -> None:
         error = self._save_sync()
         if error is not None and "vessels" in self.layers:
+            show_error(error)
             self._rescue(error, self.layers["vessels"], can_keep_open=False)
         self._unbind_keys()
         super().shutdown()
