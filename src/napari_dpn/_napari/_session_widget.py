@@ -473,6 +473,8 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             return
         self.session.field_angle = angle
         n = self.resegment_rest()  # persists the session too
+        if self.shown is None and self.index is not None:  # the image on screen is segmented again
+            self._wait_for(self.index)
         self._say(
             f"Field of view {self.field_combo.currentText()} for {self.session.folder.name}; "
             f"{n} image(s) nobody corrected, accepted or skipped are segmented again with it."
@@ -720,20 +722,24 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         if prep is not None:
             self._show(prep)
         else:
-            # The old image must not pass for the new one: hidden, and takes no more edits.
-            self.shown, self._arrival = None, None
-            if "vessels" in self.layers:
-                self.layers["vessels"].editable = False
-            for kind, layer in self.layers.items():
-                if layer in self.viewer.layers:
-                    self._hidden.setdefault(kind, layer.visible)
-                    layer.visible = False
-            self.progress.setVisible(True)
-            self._say(f"Segmenting {self.session.entries[index].name} (image {index + 1} of {len(self.session)})…")
+            self._wait_for(index)
             self._request(index)
         self._sync()
         self._warn_write()
         return True
+
+    def _wait_for(self, index: int) -> None:
+        """The image to show is being segmented: the old one must not pass for it (hidden, takes
+        no more edits), a busy bar and the status say what is going on."""
+        self.shown, self._arrival = None, None
+        if "vessels" in self.layers:
+            self.layers["vessels"].editable = False
+        for kind, layer in self.layers.items():
+            if layer in self.viewer.layers:
+                self._hidden.setdefault(kind, layer.visible)
+                layer.visible = False
+        self.progress.setVisible(True)
+        self._say(f"Segmenting {self.session.entries[index].name} (image {index + 1} of {len(self.session)})…")
 
     def next(self, *_) -> bool:
         return self.index is not None and self.go(self.index + 1)
@@ -837,7 +843,17 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 f"Cannot save the corrections of {entry.name}: the disk holding {self.session.annotations} is full."
             )
             self._error(reason)
-            return self._rescue(reason, self.layers["vessels"], can_keep_open=True, closing=False)
+            if not self._confirm(
+                "The disk is full",
+                f"{reason} Save a copy to another folder? The corrections stay on screen, to be saved "
+                "here as well once there is room.",
+                ok="Choose a folder…",
+            ):
+                return False
+            error = self._save_elsewhere(mask)
+            if error is not None:
+                self._error(error)
+            return error is None
         return self.save_current()
 
     def accept_clicked(self, *_) -> bool:
@@ -932,44 +948,48 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             return "keep"
         return "elsewhere" if clicked is elsewhere or keep is None else "keep"
 
-    def _rescue(self, text: str, vessels, can_keep_open: bool, closing: bool = True) -> bool:
-        """Corrections that cannot be saved where they belong: ask, and save them to another
-        folder or (only when told to) drop them.  True when nothing is left to keep the window
-        open for; False: keep it open, the corrections stay on screen."""
+    def _rescue(self, text: str, vessels, can_keep_open: bool) -> bool:
+        """Closing with corrections that cannot be saved where they belong: ask, and save them
+        to another folder or (only when told to) drop them.  True when nothing is left to keep
+        the window open for; False: keep it open, the corrections stay on screen."""
         if self.session is None or self.shown is None:
             return True
-        index = self.shown.index
         mask = np.asarray(vessels.data) > 0
+        question = (
+            " Save them to another folder, close without them, or keep the window open?"
+            if can_keep_open
+            else " Save them to another folder?"
+        )
         for _ in range(20):
-            choice = self._ask_save_failure(
-                text
-                + (
-                    " Save them to another folder, close without them, or keep the window open?"
-                    if closing and can_keep_open
-                    else " Save them to another folder?"
-                ),
-                can_keep_open,
-            )
+            choice = self._ask_save_failure(text + question, can_keep_open)
             if choice == "keep":
                 self._say(text + " The window stays open; the corrections are on screen.")
                 return False
             if choice == "discard":
                 self.dirty = False
                 return True
-            folder = self._ask_folder("Save the corrections to which folder?")
-            if folder is None:
-                continue
-            try:
-                path = self.session.save_copy(index, mask, self.shown.seg.fov, folder)
-            except (DPNError, OSError) as exc:
-                text = str(exc) if isinstance(exc, DPNError) else f"Cannot write to {folder}: {exc.strerror or exc}."
-                continue
-            self.dirty = False
-            self._unsaved.pop(index, None)
-            show_info(f"Saved the corrections of {self.session.entries[index].name} as {path}.")
-            self._say(f"Saved the corrections as {path} (not in the session's folder).")
-            return True
+            error = self._save_elsewhere(mask)
+            if error is None:
+                self.dirty = False
+                self._unsaved.pop(self.shown.index, None)
+                return True
+            text = error
         return not can_keep_open
+
+    def _save_elsewhere(self, mask) -> str | None:
+        """Ask for a folder and write the shown image's vessels and FOV there (never over a file);
+        None when written, else the sentence why not."""
+        folder = self._ask_folder("Save the corrections to which folder?")
+        if folder is None:
+            return "No folder was chosen."
+        index = self.shown.index
+        try:
+            path = self.session.save_copy(index, mask, self.shown.seg.fov, folder)
+        except (DPNError, OSError) as exc:
+            return str(exc) if isinstance(exc, DPNError) else f"Cannot write to {folder}: {exc.strerror or exc}."
+        show_info(f"Saved the corrections of {self.session.entries[index].name} as {path}.")
+        self._say(f"Saved a copy of the corrections as {path} (outside the session's annotations folder).")
+        return None
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
