@@ -281,6 +281,14 @@ def test_full_disk_keeps_the_stroke_and_next_stays_on_the_image(qtbot, sw, photo
         said = [n for n in notes["error"] if "full" in n]
         assert len(said) == 1 and said[0].count(". ") == 0 and "nothing is lost" in said[0]
         assert not (disk / "eye0_vessels.png").exists()
+        # Save (Shift+S) offers a copy in another folder; the corrections stay on screen, unsaved here.
+        rescue = tmp_path / "rescue"
+        rescue.mkdir()
+        sw._confirm = lambda *a, **k: True
+        sw._ask_folder = lambda title: rescue
+        keys(sw.viewer)["Shift+S"](sw.viewer)
+        assert read_mask(rescue / "eye0_vessels.png")[40, 40] == bool(value)
+        assert sw.dirty and sw.session.entries[0].state == "corrected"
         filler.unlink()  # room again: Next saves and moves on
         sw.next_button.click()
         on_image(qtbot, sw, 1)
