@@ -926,8 +926,16 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         try:
             self.session.save(self.shown.index, mask, self.shown.seg.fov)
         except (DPNError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, DPNError) else f"{exc.strerror or exc}."
-            return f"The corrections of {name} could not be saved. {reason}"
+            folder = self.session.annotations
+            if S.is_disk_full(exc):  # by errno, whatever the exception's words
+                reason = f"the disk is full ({folder})"
+            elif isinstance(exc, DPNError):
+                reason = str(exc).rstrip(".")
+            else:
+                from napari_dpn.image_io import os_error_message
+
+                reason = os_error_message(exc, folder).rstrip(".")
+            return f"The corrections of {name} could not be saved: {reason}."
         self.dirty = False
         self._unsaved.pop(self.shown.index, None)
         return None
