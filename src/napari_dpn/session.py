@@ -397,8 +397,10 @@ class Session:
         for p in photos:
             e = old.get(p.name) or Entry(p.name)
             vessels, _ = annotation_paths(p, annotations)
-            if e.state == "new" and vessels.is_file():  # saved before the session existed
-                e.state, e.digest, e.saved_at = "saved", _digest(vessels), _now()
+            if e.state == "new" and vessels.is_file():
+                digest = _digest(vessels)
+                if e.digest is None or digest != e.digest:  # saved before the session, or by someone else
+                    e.state, e.digest, e.saved_at = "saved", digest, _now()
             entries.append(e)
         names = [e.name for e in entries]
         session = cls(folder, annotations, entries, names.index(current_name) if current_name in names else 0, models)

@@ -138,6 +138,9 @@ def test_version_1_saved_entries_are_corrections_only_when_edited(tmp_path):
     assert json.loads(again.path.read_text())["version"] == 2
     # The untouched file stays on disk, known as the session's own: a correction replaces it.
     assert again.conflict(0) is None and (tmp_path / "eye0_vessels.png").is_file()
+    # Re-segmenting forgets its map; the session's own file does not make it a correction again.
+    assert 0 in again.reset_unsaved()
+    assert S.Session.open(tmp_path).entries[0].state == "new"
 
 
 # ----------------------------------------------------------------------------- malformed files

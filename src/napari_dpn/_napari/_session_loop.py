@@ -47,7 +47,7 @@ class LoopMixin:
         worker.returned.connect(self._on_finetuned)
         worker.finished.connect(self._on_ft_finished)
         self._ft_worker = worker
-        self._say(f"Fine-tuning on {session.done} saved image(s), {steps} steps…")
+        self._say(f"Fine-tuning on {len(session.corrected_indices)} corrected image(s), {steps} steps…")
         worker.start()
         self._sync()
         return True
