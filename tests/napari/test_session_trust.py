@@ -350,3 +350,19 @@ def test_viewer_close_on_a_full_disk_offers_another_folder(
         assert asked == [False]
         assert read_mask(rescue / "eye0_vessels.png")[3, 4]
         assert any("the disk is full" in n for n in notes["error"])
+
+
+def test_skip_with_unsaved_edits_asks_and_drops_them(qtbot, sw, photos, notes):
+    open_and_wait(qtbot, sw, photos)
+    vessels = sw.layers["vessels"]
+    before = np.asarray(vessels.data).copy()
+    vessels.data_setitem((np.array([6]), np.array([6])), 1 - int(before[6, 6]))
+    sw._confirm = lambda *a, **k: False
+    assert not sw.skip_clicked() and sw.index == 0 and sw.dirty
+    sw._confirm = lambda *a, **k: True
+    assert sw.skip_clicked()
+    on_image(qtbot, sw, 1)
+    assert sw.session.entries[0].state == "skipped" and not (photos / "eye0_vessels.png").exists()
+    sw.previous()
+    on_image(qtbot, sw, 0)
+    assert (np.asarray(sw.layers["vessels"].data) == before).all() and not sw.dirty

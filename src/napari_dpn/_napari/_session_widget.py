@@ -887,6 +887,9 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             "Skip this image?", f"{name} has corrections that are not saved. Skip it without saving them?", ok="Skip"
         ):
             return False
+        if self.dirty:  # the edits are dropped: coming back shows the map (or file), not them
+            self.layers["vessels"].data = prep.mask.astype(np.uint8)
+            self.layers["vessels"]._reset_history()
         self.dirty = False
         self._unsaved.pop(prep.index, None)
         self.session.skip(prep.index)
