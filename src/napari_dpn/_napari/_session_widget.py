@@ -617,11 +617,13 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             k in self.layers and self.layers[k] in self.viewer.layers for k in ("image", "uncertainty", "vessels")
         )
 
+        def unhide(kind):  # each layer shows again with its new data, not before
+            visible = self._hidden.pop(kind, None)
+            if visible is not None and kind in self.layers:
+                self.layers[kind].visible = visible
+
         def image():
-            for kind, visible in self._hidden.items():
-                if kind in self.layers:
-                    self.layers[kind].visible = visible
-            self._hidden = {}
+            unhide("image")
             if have:
                 layer = self.layers["image"]
                 layer.data = prep.display
@@ -631,6 +633,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 self.layers["image"] = self.viewer.add_image(prep.display, name=name, rgb=True, metadata=dict(meta))
 
         def uncertainty():
+            unhide("uncertainty")
             if have:
                 layer = self.layers["uncertainty"]
                 layer.data = prep.uncertainty
@@ -647,6 +650,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 )
 
         def vessels():
+            unhide("vessels")
             data = prep.mask.astype(np.uint8)
             if have:
                 layer = self.layers["vessels"]
