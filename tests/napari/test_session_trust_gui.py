@@ -366,3 +366,25 @@ def test_skip_with_unsaved_edits_asks_and_drops_them(qtbot, sw, photos, notes):
     sw.previous()
     on_image(qtbot, sw, 0)
     assert (np.asarray(sw.layers["vessels"].data) == before).all() and not sw.dirty
+
+
+def test_a_save_that_fails_after_next_brings_the_corrections_back(qtbot, sw, photos, tmp_path, notes, monkeypatch):
+    """The disk fills between the free-space check and the write (the check is bypassed here,
+    the write fails for real): Next had moved on, so the image comes back with its corrections."""
+    monkeypatch.setattr(S.Session, "room_to_save", lambda self, index, shape: True)
+    with small_tmpfs(tmp_path / "disk") as disk:
+        open_and_wait(qtbot, sw, photos, disk)
+        settle(qtbot, sw)
+        filler = fill(disk)
+        sw.layers["vessels"].data_setitem((np.array([8]), np.array([8])), 1)
+        sw.next_button.click()
+        qtbot.waitUntil(lambda: any("shown again" in n for n in notes["error"]), timeout=TIMEOUT_MS)
+        on_image(qtbot, sw, 0)
+        assert sw.layers["vessels"].data[8, 8] == 1 and sw.dirty
+        assert sw.session.entries[0].state == "corrected" and "NOT saved" in sw.status.text()
+        filler.unlink()
+        sw.next_button.click()
+        on_image(qtbot, sw, 1)
+        assert read_mask(disk / "eye0_vessels.png")[8, 8]
+        assert sw.session.entries[0].state == "saved" and 0 not in sw._unsaved
+        sw._clear_layers()
