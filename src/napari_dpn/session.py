@@ -3,8 +3,12 @@
 Qt-free (the *Correct a folder* dock widget and the tests call the same functions).
 
 - :class:`Session`: the photographs of a folder, each with a state (new / segmented / corrected /
-  saved), the model that produced its first map, timings and timestamps, persisted atomically in
-  ``.napari-dpn-session.json`` beside the annotations, so reopening the folder resumes exactly.
+  saved / accepted / skipped, see :data:`STATES`), the model that produced its first map, timings
+  and timestamps, persisted atomically in ``.napari-dpn-session.json`` beside the annotations, so
+  reopening the folder resumes exactly.  Moving on is not approval: only an image the user edited
+  (saved) or accepted as is is a correction (:attr:`Session.corrected_indices`,
+  :meth:`Session.training_pairs`); an untouched one stays "segmented" and is segmented again by a
+  new model (:meth:`Session.needs_segmentation`).
 - Tools on a boolean vessel mask: :func:`remove_branch` (cut a skeleton segment at its nearest
   junctions), :func:`add_vessel` (hysteresis region of the probability map around a click),
   :func:`remove_specks`.
@@ -14,10 +18,12 @@ Qt-free (the *Correct a folder* dock widget and the tests call the same function
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -32,8 +38,24 @@ from .errors import InputError
 
 SESSION_FILE = ".napari-dpn-session.json"
 CACHE_DIR = ".napari-dpn-cache"
-STATES = ("new", "segmented", "corrected", "saved")
-_VERSION = 1
+# new: never segmented; segmented: the network's map, nobody approved it (moving on is not
+# approval); corrected: edited, not written yet; saved: edited and written (a correction);
+# accepted: the network's map accepted as is and written (a correction); skipped: left out by the
+# user (not a correction, not segmented again).
+STATES = ("new", "segmented", "corrected", "saved", "accepted", "skipped")
+CORRECTIONS = ("saved", "accepted")  # the user's annotation is on disk: a training pair
+LABELS = {  # what the list and the status line call each state
+    "new": "new",
+    "segmented": "segmented, not reviewed",
+    "corrected": "corrected, not saved yet",
+    "saved": "corrected and saved",
+    "accepted": "accepted as is",
+    "skipped": "skipped",
+}
+# 1: "saved" also meant "moved on from, untouched" (issue 20); 2: "saved" is an edited correction.
+_VERSION = 2
+# Free bytes a save needs beyond the mask's own size (FOV file, session file, file-system blocks).
+_SAVE_MARGIN = 64 * 1024
 # Files beside the photographs that are annotations of a dataset, not photographs to correct.
 _NOT_PHOTOS = re.compile(r"(_gt|_1stHO|_2ndHO|_manual\d|_mask|\.ah|\.vk|_probability)$", re.IGNORECASE)
 CSV_COLUMNS = (
@@ -42,6 +64,7 @@ CSV_COLUMNS = (
     "model",
     "threshold",
     "scale",
+    "field_angle",
     "fov_diameter_px",
     "vessel_density",
     "seconds",
@@ -51,12 +74,21 @@ CSV_COLUMNS = (
     "auc",
     "f1",
     "ground_truth",
+    "measured",
 )
 _EIGHT = np.ones((3, 3), bool)
 
 
 class SessionConflict(InputError):
     """An annotation file that the session did not write is in the way."""
+
+
+class SessionDamaged(InputError):
+    """The session file cannot be read as a session (not JSON, or not the shape a session has)."""
+
+    def __init__(self, message: str, path: Path):
+        super().__init__(message)
+        self.path = path
 
 
 # ----------------------------------------------------------------------------- files
@@ -94,8 +126,9 @@ def ground_truth_path(image: str | Path) -> Path | None:
         folder.parent / "labels-ah" / f"{stem}.ah.ppm",
     ]
     m = re.match(r"^(\d+)_(test|training)$", stem)
-    if m:
-        candidates.append(folder.parent / "1st_manual" / f"{m.group(1)}_manual1.gif")
+    if m:  # DRIVE: images/21_training.tif and 1st_manual/21_manual1.gif, or both in one folder
+        for where in (folder.parent / "1st_manual", folder, folder / "1st_manual"):
+            candidates += [where / f"{m.group(1)}_manual1{s}" for s in (".gif", ".png", ".tif")]
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -155,6 +188,8 @@ class Segmented:
     model: str
     seconds: float
     scale: float = 1.0  # the factor the photograph was resampled by for the network
+    scale_note: str = ""  # ``Scale.describe()``: how and why (the status line)
+    field_angle: float | str | None = None  # the setting it was made with (None: estimated)
 
     def mask(self, threshold: float | None = None) -> np.ndarray:
         t = self.threshold if threshold is None else threshold
@@ -168,24 +203,35 @@ def segment_photo(
     precision: str = "auto",
     fov: np.ndarray | None = None,
     should_stop=None,
-    field_angle: float | None = None,
+    field_angle: float | str | None = None,
 ) -> Segmented:
-    """``segmentation.segment`` at the model's scale, as the Segment widget and the CLI run it."""
+    """``segmentation.segment`` at the model's scale, as the Segment widget and the CLI run it;
+    ``field_angle``: the camera's field in degrees, None (estimated, 45 if unknown) or 'native'
+    (no resampling)."""
     from .segmentation import segment
 
     t0 = time.perf_counter()
+    native = field_angle == "native"
     seg = segment(
         loaded,
         rgb,
         fov=fov,
-        field_angle=field_angle,
+        scale="native" if native else "auto",
+        field_angle=None if native else field_angle,
         fusion="auto",
         device=device,
         precision=precision,
         should_stop=should_stop,
     )
     return Segmented(
-        seg.probability, seg.fov, seg.threshold, loaded.card.name, time.perf_counter() - t0, seg.scale.factor
+        seg.probability,
+        seg.fov,
+        seg.threshold,
+        loaded.card.name,
+        time.perf_counter() - t0,
+        seg.scale.factor,
+        seg.scale.describe(),
+        field_angle,
     )
 
 
@@ -220,6 +266,98 @@ class Entry:
     saved_at: str | None = None
     digest: str | None = None  # sha256 of the vessels file this session wrote or resumed
     visited: list = field(default_factory=list)  # uncertain regions already shown [y0, x0]
+    field_angle: float | str | None = None  # the field-of-view setting of the first map
+    scale_note: str | None = None  # how the first map's photograph was resampled (one line)
+    before: str | None = None  # the state before the first edit (an edit undone goes back to it)
+
+
+_ENTRY_TYPES = {  # what each field of a session file's image may hold
+    "name": (str,),
+    "state": (str,),
+    "model": (str, type(None)),
+    "threshold": (int, float, type(None)),
+    "scale": (int, float, type(None)),
+    "fov_diameter": (int, float, type(None)),
+    "density": (int, float, type(None)),
+    "seconds": (int, float, type(None)),
+    "segmented_at": (str, type(None)),
+    "saved_at": (str, type(None)),
+    "digest": (str, type(None)),
+    "visited": (list,),
+    "field_angle": (int, float, str, type(None)),
+    "scale_note": (str, type(None)),
+    "before": (str, type(None)),
+}
+
+
+def _describe_json(value) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a text", bool: "true/false"}.get(type(value), "a number")
+
+
+def parse_session_data(data, path: Path) -> tuple[dict, str | None, list, object, int]:
+    """(entries by name, current name, models, field angle, version) of a session file's JSON;
+    SessionDamaged with one sentence saying what is wrong when it is not a session."""
+
+    def bad(what: str):
+        return SessionDamaged(f"The session file {path} is damaged: {what}.", path)
+
+    if not isinstance(data, dict):
+        raise bad(f"it holds {_describe_json(data)}, not a session")
+    images = data.get("images", [])
+    if not isinstance(images, list):
+        raise bad(f'"images" is {_describe_json(images)}, not a list')
+    version = data.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise bad(f'"version" is {_describe_json(version)}, not a number')
+    if version > _VERSION:
+        raise bad(f"it was written by a newer napari-dpn (version {version}); update napari-dpn to open it")
+    entries = {}
+    for n, item in enumerate(images, 1):
+        if not isinstance(item, dict):
+            raise bad(f"image {n} is {_describe_json(item)}, not an object")
+        for key, types in _ENTRY_TYPES.items():
+            if key in item and (not isinstance(item[key], types) or isinstance(item[key], bool)):
+                raise bad(f'image {n} has "{key}" {_describe_json(item[key])}')
+        if "name" not in item:
+            raise bad(f'image {n} has no "name"')
+        visited = item.get("visited", [])
+        if not all(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for v in visited):
+            raise bad(f'image {n} has "visited" regions that are not [row, column] pairs')
+        if item.get("state", "new") not in STATES:
+            raise bad(f'image {n} has the unknown state "{item["state"]}" (one of {", ".join(STATES)})')
+        entries[item["name"]] = Entry(**{k: item[k] for k in _ENTRY_TYPES if k in item})
+    current = data.get("current")
+    models = data.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise bad('"models" is not a list of objects')
+    angle = data.get("field_angle")
+    if angle is not None and angle != "native" and (not isinstance(angle, (int, float)) or isinstance(angle, bool)):
+        raise bad(f'"field_angle" is {_describe_json(angle)}')
+    return entries, current if isinstance(current, str) else None, list(models), angle, version
+
+
+def room_for(folder: str | Path, nbytes: int) -> bool:
+    """Whether ``folder``'s file system has ``nbytes`` (plus a margin) free: a full disk is said
+    before a save is tried and lost, not after.  True when the free space cannot be read."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free >= int(nbytes) + _SAVE_MARGIN
+    except OSError:
+        return True
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed write failed for lack of space (ENOSPC / EDQUOT), by errno: the OSError
+    itself or the one an OutputError was raised from."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class Session:
@@ -231,50 +369,102 @@ class Session:
         self.folder, self.annotations = folder, annotations
         self.entries, self.current = entries, current
         self.models = list(models or [])  # fine-tuned versions: name, path, base, images, at
+        self.field_angle: float | str | None = None  # the folder's camera: degrees, None (estimate) or 'native'
+        self.write_error: str | None = None  # why the session file could not be written (kept in memory)
+        self.backup: Path | None = None  # where a damaged session file was moved to
         self._lock = threading.RLock()  # entries and the session file: the widget saves from a worker thread
         self._save_lock = threading.Lock()  # one annotation write at a time
 
     # -- creation and persistence
     @classmethod
-    def open(cls, folder: str | Path, annotations: str | Path | None = None) -> Session:
+    def open(cls, folder: str | Path, annotations: str | Path | None = None, start_afresh: bool = False) -> Session:
         """The session of ``folder`` (annotations beside the photographs unless given): resumed
-        from its session file, new photographs added, vanished ones dropped."""
+        from its session file, new photographs added, vanished ones dropped.
+
+        A session file that is not a session raises SessionDamaged (one sentence); with
+        ``start_afresh`` it is moved aside (``.napari-dpn-session.damaged-<time>.json``, never
+        over another file: ``session.backup``) and a new session starts.  A file of version 1,
+        where moving on saved the untouched map as "saved", is read with :meth:`_migrate_v1`."""
         folder = Path(folder).expanduser().resolve()
         photos = list_photographs(folder)
         if not photos:
             raise InputError(f"No photographs in {folder}.")
         annotations = Path(annotations).expanduser().resolve() if annotations else folder
-        annotations.mkdir(parents=True, exist_ok=True)
-        old, current_name, models = {}, None, []
+        try:
+            annotations.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from .image_io import os_error_message
+
+            raise InputError(os_error_message(exc, annotations, "create the folder")) from None
+        old, current_name, models, angle, version, backup = {}, None, [], None, _VERSION, None
         path = annotations / SESSION_FILE
         if path.is_file():
             try:
-                data = json.loads(path.read_text())
-                known = set(Entry.__dataclass_fields__)
-                old = {e["name"]: Entry(**{k: v for k, v in e.items() if k in known}) for e in data.get("images", [])}
-                current_name = data.get("current")
-                models = list(data.get("models", []))
-            except (ValueError, TypeError, KeyError) as exc:
-                raise InputError(f"The session file {path} is damaged ({exc}); move it away to start afresh.") from None
+                try:
+                    data = json.loads(path.read_text())
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise SessionDamaged(f"The session file {path} is damaged: it is not JSON ({exc}).", path) from None
+                except OSError as exc:
+                    from .image_io import os_error_message
+
+                    raise InputError(os_error_message(exc, path, "read")) from None
+                old, current_name, models, angle, version = parse_session_data(data, path)
+            except SessionDamaged:
+                if not start_afresh:
+                    raise
+                backup = _move_aside(path)
         entries = []
         for p in photos:
             e = old.get(p.name) or Entry(p.name)
             vessels, _ = annotation_paths(p, annotations)
-            if e.state == "new" and vessels.is_file():  # saved before the session existed
-                e.state, e.digest, e.saved_at = "saved", _digest(vessels), _now()
+            if e.state == "new" and vessels.is_file():
+                digest = _digest(vessels)
+                if e.digest is None or digest != e.digest:  # saved before the session, or by someone else
+                    e.state, e.digest, e.saved_at = "saved", digest, _now()
             entries.append(e)
         names = [e.name for e in entries]
         session = cls(folder, annotations, entries, names.index(current_name) if current_name in names else 0, models)
-        session.write()
+        session.field_angle, session.backup = angle, backup
+        if version < 2:
+            session._migrate_v1()
+        session.persist()
         return session
+
+    def _migrate_v1(self) -> None:
+        """Version 1 marked an image "saved" when the user merely moved on from it (the network's
+        map, written untouched).  Such an entry stays a correction only if its vessels file differs
+        from the cached map, or was changed since the session wrote it, or cannot be compared; an
+        untouched one becomes "segmented" again (its file stays on disk, recognised as the
+        session's own, so a later correction replaces it without asking)."""
+        for i, e in enumerate(self.entries):
+            if e.state != "saved":
+                continue
+            path = self.vessels_path(i)
+            if not path.is_file():
+                e.state = "segmented" if e.model else "new"
+                continue
+            cached = self.cached(i)
+            if cached is None or e.digest is None or _digest(path) != e.digest:
+                continue  # someone's annotation, or nothing to compare with: keep it
+            try:
+                saved = self.saved_mask(i)
+            except InputError:
+                continue
+            prob, fov, t = cached
+            if saved is None or saved.shape != prob.shape:
+                continue
+            differ = saved != ((prob >= t) & fov)
+            # The cache holds float16: pixels this close to the threshold may round across it.
+            if not differ.any() or bool((np.abs(prob[differ] - t) <= 2e-3).all()):
+                e.state = "segmented"
 
     @property
     def path(self) -> Path:
         return self.annotations / SESSION_FILE
 
     def write(self) -> Path:
-        """Write the session file atomically."""
-        from .image_io import atomic_write
+        """Write the session file atomically (OutputError with one sentence when it cannot)."""
+        from .image_io import atomic_write, os_error_message
 
         with self._lock:
             data = {
@@ -282,12 +472,32 @@ class Session:
                 "folder": str(self.folder),
                 "annotations": str(self.annotations),
                 "current": self.entries[self.current].name,
+                "field_angle": self.field_angle,
                 "images": [asdict(e) for e in self.entries],
                 "models": self.models,
             }
-            with atomic_write(self.path) as tmp:
-                Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
+            try:
+                with atomic_write(self.path) as tmp:
+                    Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
+            except OSError as exc:  # the write inside the block (atomic_write converts its own)
+                from .errors import OutputError
+
+                raise OutputError(os_error_message(exc, self.path)) from exc
+            self.write_error = None
         return self.path
+
+    def persist(self) -> str | None:
+        """Write the session file; when that fails (a full disk) keep the state in memory, remember
+        the sentence in ``write_error`` and return it, never raise: a brush stroke, Next or a
+        prefetch must not fail because the bookkeeping could not be written.  The next write
+        that succeeds records everything."""
+        from .errors import DPNError
+
+        try:
+            self.write()
+        except (DPNError, OSError) as exc:
+            self.write_error = str(exc) if isinstance(exc, DPNError) else f"Cannot write {self.path}: {exc}."
+        return self.write_error
 
     # -- navigation
     def __len__(self) -> int:
@@ -295,7 +505,31 @@ class Session:
 
     @property
     def done(self) -> int:
-        return sum(e.state == "saved" for e in self.entries)
+        """Images nobody needs to look at again: corrections (saved, accepted) and skipped ones."""
+        return sum(e.state in CORRECTIONS or e.state == "skipped" for e in self.entries)
+
+    def counts(self) -> dict:
+        """How many images are in each state."""
+        return {state: sum(e.state == state for e in self.entries) for state in STATES}
+
+    def is_correction(self, index: int) -> bool:
+        """Whether the image's annotation on disk is the user's: edited and saved, or accepted as
+        is.  Only these are training pairs; moving on from an image approves nothing."""
+        return self.entries[index].state in CORRECTIONS
+
+    @property
+    def corrected_indices(self) -> list[int]:
+        """The images whose annotation is a correction (:meth:`is_correction`)."""
+        return [i for i in range(len(self.entries)) if self.is_correction(i)]
+
+    def needs_segmentation(self, index: int) -> bool:
+        """Whether a new model (or field of view) segments this image again: nobody edited,
+        accepted or skipped it (new / segmented)."""
+        return self.entries[index].state in ("new", "segmented")
+
+    def label(self, index: int) -> str:
+        """The image's state in words, as the list shows it."""
+        return LABELS[self.entries[index].state]
 
     def image_path(self, index: int | None = None) -> Path:
         return self.folder / self.entries[self.current if index is None else index].name
@@ -310,8 +544,9 @@ class Session:
         return self.annotations / CACHE_DIR / f"{self.image_path(index).stem}.npz"
 
     def go(self, index: int) -> int:
+        """Make ``index`` the current image (persisted; a failed write is kept in ``write_error``)."""
         self.current = max(0, min(len(self.entries) - 1, int(index)))
-        self.write()
+        self.persist()
         return self.current
 
     # -- the segmentation of one image
@@ -327,23 +562,58 @@ class Session:
 
         cache = self.cache_path(index)
         cache.parent.mkdir(exist_ok=True)
+        angle = "" if seg.field_angle is None else str(seg.field_angle)
         with atomic_write(cache) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(
-                fh, probability=seg.probability.astype(np.float16), fov=seg.fov, threshold=seg.threshold
+                fh,
+                probability=seg.probability.astype(np.float16),
+                fov=seg.fov,
+                threshold=seg.threshold,
+                model=np.str_(seg.model),
+                scale=seg.scale,
+                seconds=seg.seconds,
+                scale_note=np.str_(seg.scale_note),
+                field_angle=np.str_(angle),
             )
         return cache
 
+    def cached_segmentation(self, index: int) -> Segmented | None:
+        """The kept map of an image with who made it (model, scale, field angle), or None.  A
+        cache written before that was recorded has the model ''."""
+        path = self.cache_path(index)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as z:
+                meta = {k: z[k].item() for k in ("model", "scale", "seconds", "scale_note", "field_angle") if k in z}
+                angle = meta.get("field_angle") or None
+                if angle not in (None, "native"):
+                    angle = float(angle)
+                return Segmented(
+                    z["probability"].astype(np.float32),
+                    z["fov"].astype(bool),
+                    float(z["threshold"]),
+                    str(meta.get("model", "")),
+                    float(meta.get("seconds", 0.0)),
+                    float(meta.get("scale", 1.0)),
+                    str(meta.get("scale_note", "")),
+                    angle,
+                )
+        except (OSError, ValueError, KeyError):
+            return None
+
     def note_segmentation(self, index: int, seg: Segmented) -> None:
-        """Record the first map's model, time and numbers; 'new' becomes 'segmented'."""
+        """Record the first map's model, time, scale and numbers; 'new' becomes 'segmented'."""
         e = self.entries[index]
-        if e.model is None:
+        if e.model is None and seg.model:
             e.model, e.seconds, e.scale = seg.model, round(seg.seconds, 3), seg.scale
             e.threshold, e.segmented_at = seg.threshold, _now()
+            e.field_angle, e.scale_note = seg.field_angle, seg.scale_note or None
             e.fov_diameter = round(fov_diameter(seg.fov), 1)
             e.density = round(vessel_density(seg.mask(), seg.fov), 5)
         if e.state == "new":
             e.state = "segmented"
-        self.write()
+        self.persist()
 
     def cached(self, index: int) -> tuple[np.ndarray, np.ndarray, float] | None:
         """(probability, FOV, threshold) kept for an image, or None."""
@@ -357,10 +627,31 @@ class Session:
             return None
 
     def mark_corrected(self, index: int) -> None:
+        """The user edited the image: a correction, to be saved (persisted without raising)."""
         e = self.entries[index]
-        if e.state in ("new", "segmented", "saved"):
-            e.state = "corrected"
-            self.write()
+        if e.state != "corrected":
+            e.before, e.state = e.state, "corrected"
+            self.persist()
+
+    def unmark_corrected(self, index: int) -> None:
+        """The edits were undone to what was there before: the image goes back to its earlier
+        state (an untouched map stays "segmented", not a correction)."""
+        e = self.entries[index]
+        if e.state == "corrected":
+            e.state, e.before = e.before or "segmented", None
+            self.persist()
+
+    def skip(self, index: int) -> None:
+        """Leave the image out: not a correction, not a training pair, not segmented again by
+        *Re-segment the rest*.  Its annotation file, if any, stays on disk untouched; editing or
+        accepting it later makes it a correction again."""
+        e = self.entries[index]
+        e.state, e.before = "skipped", None
+        self.persist()
+
+    def room_to_save(self, index: int, shape) -> bool:
+        """Whether the annotations folder has room for this image's vessels and FOV files."""
+        return room_for(self.annotations, 2 * (int(np.prod(shape[:2])) // 8 + 4096))
 
     def conflict(self, index: int) -> Path | None:
         """The vessels file of an image when it exists and is not the one this session wrote or
@@ -370,17 +661,40 @@ class Session:
             return None
         return None if _digest(path) == self.entries[index].digest else path
 
-    def save(self, index: int, mask: np.ndarray, fov: np.ndarray | None = None, overwrite: bool = False) -> Path:
-        """Write the corrected vessels (and FOV) of an image atomically; refuse (SessionConflict)
-        to replace a vessels file the session did not write unless ``overwrite``."""
+    def save(
+        self, index: int, mask: np.ndarray, fov: np.ndarray | None = None, overwrite: bool = False, state="saved"
+    ) -> Path:
+        """Write the corrected vessels (and FOV) of an image atomically: it is a correction
+        ("saved"; ``state="accepted"``: the network's map accepted as is).  Refuses
+        (SessionConflict) to replace a vessels file the session did not write unless
+        ``overwrite``; a failed write (a full disk: OutputError) changes no state.  The session
+        file is written after the annotation; when only that fails, ``write_error`` says so."""
         from .image_io import write_mask
 
+        if state not in CORRECTIONS:
+            raise ValueError(f"state must be one of {CORRECTIONS}")
         # Saves are ordered by their own lock; the session's lock (entries, the session file) is
         # held only for the bookkeeping, so the GUI thread's navigation never waits for a PNG.
         with self._save_lock:
-            return self._save(index, mask, fov, overwrite, write_mask)
+            return self._save(index, mask, fov, overwrite, write_mask, state)
 
-    def _save(self, index, mask, fov, overwrite, write_mask) -> Path:
+    def accept(self, index: int, mask: np.ndarray, fov: np.ndarray | None = None, overwrite: bool = False) -> Path:
+        """The user accepts the map as it is: written like a correction, state "accepted"."""
+        return self.save(index, mask, fov, overwrite, state="accepted")
+
+    def save_copy(self, index: int, mask: np.ndarray, fov: np.ndarray | None, folder: str | Path) -> Path:
+        """Write an image's vessels (and FOV) into another ``folder`` (when the annotations folder
+        is full), never over a file there (OutputExistsError); the session's state is unchanged."""
+        from .image_io import write_mask
+
+        folder = Path(folder)
+        vessels, fov_path = annotation_paths(self.image_path(index), folder)
+        write_mask(vessels, np.asarray(mask, bool), on_value=255, overwrite=False)
+        if fov is not None and not fov_path.exists():
+            write_mask(fov_path, np.asarray(fov, bool), on_value=255, overwrite=False)
+        return vessels
+
+    def _save(self, index, mask, fov, overwrite, write_mask, state="saved") -> Path:
         path = self.conflict(index)
         if path is not None and not overwrite:
             raise SessionConflict(f"{path.name} was not written by this session; confirm to replace it.")
@@ -397,10 +711,10 @@ class Session:
         )
         with self._lock:
             e = self.entries[index]
-            e.state, e.saved_at, e.digest = "saved", _now(), digest
+            e.state, e.saved_at, e.digest, e.before = state, _now(), digest, None
             if numbers is not None:
                 e.density, e.fov_diameter = numbers
-            self.write()
+            self.persist()
         return vessels
 
     def saved_mask(self, index: int) -> np.ndarray | None:
@@ -412,12 +726,13 @@ class Session:
 
     # -- the human-in-the-loop cycle
     def training_pairs(self) -> list[tuple]:
-        """(rgb, vessels, FOV or None) of every saved image: the corrected annotations."""
+        """(rgb, vessels, FOV or None) of every correction (edited and saved, or accepted as is;
+        :attr:`corrected_indices`); an image the user only moved on from is never one."""
         from .image_io import as_rgb, read_image, read_mask
 
         pairs = []
-        for i, e in enumerate(self.entries):
-            if e.state != "saved" or not self.vessels_path(i).is_file():
+        for i in self.corrected_indices:
+            if not self.vessels_path(i).is_file():
                 continue
             rgb = as_rgb(read_image(self.image_path(i)))
             fov = read_mask(self.fov_path(i)) if self.fov_path(i).is_file() else None
@@ -443,7 +758,7 @@ class Session:
         pairs = self.training_pairs()
         if not pairs:
             raise InputError("No saved annotation to fine-tune on: correct and save an image first.")
-        seen = [e.name for e in self.entries if e.state == "saved"]
+        seen = [self.entries[i].name for i in self.corrected_indices if self.vessels_path(i).is_file()]
         side = min(min(p[0].shape[:2]) for p in pairs)
         name = name or free_model_name(self.folder.name, out_dir, len(self.models) + 1)
         config = TrainConfig(
@@ -486,21 +801,23 @@ class Session:
         return result
 
     def reset_unsaved(self) -> list[int]:
-        """Forget the maps of the images nobody corrected or saved (state new / segmented), so
-        the next visit segments them again with the chosen model; returns their indices."""
+        """Forget the maps of the images nobody edited, accepted or skipped
+        (:meth:`needs_segmentation`: moving on from one approved nothing), so the next visit
+        segments them again with the chosen model and field of view; returns their indices."""
         reset = []
         with self._lock:
             for i, e in enumerate(self.entries):
-                if e.state in ("new", "segmented"):
+                if self.needs_segmentation(i):
                     self.cache_path(i).unlink(missing_ok=True)
                     e.state, e.model, e.seconds, e.segmented_at = "new", None, None, None
+                    e.scale, e.scale_note, e.field_angle = None, None, None
                     reset.append(i)
-            self.write()
+            self.persist()
         return reset
 
     def visit(self, index: int, region) -> None:
         self.entries[index].visited.append([int(region[0]), int(region[1])])
-        self.write()
+        self.persist()
 
     # -- export
     def rows(self) -> list[dict]:
@@ -518,15 +835,22 @@ class Session:
                 model=e.model or "",
                 threshold=_fmt(e.threshold),
                 scale=_fmt(e.scale),
+                field_angle=_fmt_angle(e) if e.model else "",
                 fov_diameter_px=_fmt(e.fov_diameter),
                 vessel_density=_fmt(e.density),
                 seconds=_fmt(e.seconds),
             )
             gt_path = ground_truth_path(self.image_path(i))
-            cached = self.cached(i)
-            mask = self.saved_mask(i) if e.state == "saved" else None
+            # Metrics measure the user's annotation (a correction) or else the network's map of
+            # the model in the row: a map whose model is not recorded is not measured at all.
+            cached = self.cached(i) if e.model else None
+            mask = self.saved_mask(i) if self.is_correction(i) else None
+            row["measured"] = "annotation" if mask is not None else ""
             if mask is None and cached is not None:
                 mask = (cached[0] >= cached[2]) & cached[1]
+                row["measured"] = "network map"
+            if gt_path is None or mask is None:
+                row["measured"] = ""
             if gt_path is not None and mask is not None:
                 try:
                     gt = read_mask(gt_path)
@@ -535,7 +859,9 @@ class Session:
                         if self.fov_path(i).is_file()
                         else (cached[1] if cached is not None else None)
                     )
-                    if gt.shape == mask.shape:
+                    if gt.shape != mask.shape:
+                        row["measured"] = ""
+                    else:
                         m = metrics.confusion_metrics(mask, gt, fov)
                         row.update(
                             se=_fmt(m["se"]),
@@ -547,7 +873,7 @@ class Session:
                         if cached is not None:
                             row["auc"] = _fmt(metrics.auc(cached[0], gt, fov))
                 except DPNError:
-                    pass
+                    row["measured"] = ""
             rows.append(row)
         return rows
 
@@ -563,6 +889,33 @@ class Session:
         with atomic_write(path) as tmp:
             Path(tmp).write_text(buf.getvalue())
         return path
+
+
+def _fmt_angle(e: Entry) -> str:
+    """The field-of-view setting of an image's first map, as the CSV says it."""
+    if e.field_angle is None:
+        return "estimated"
+    return "native" if e.field_angle == "native" else f"{float(e.field_angle):g}"
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged session file to ``<name>.damaged-<time>[-N].json`` beside it, never over
+    another file; returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    for n in range(1, 1000):
+        target = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n > 1 else "") + ".json")
+        try:
+            os.link(path, target)  # fails if the name exists: nothing is replaced
+        except FileExistsError:
+            continue
+        except OSError:
+            if target.exists():
+                continue
+            os.rename(path, target)  # no hard links here (and the name was free a moment ago)
+            return target
+        path.unlink()
+        return target
+    raise InputError(f"Cannot move the damaged session file {path} aside; move it away to start afresh.")
 
 
 def _fmt(value) -> str:

@@ -126,7 +126,8 @@ def test_close_and_resume(qtbot, make_napari_viewer, models_dir, photos, tmp_pat
     open_and_wait(qtbot, again, photos, notes_dir, prefetch=False)
     assert again.shown.index == 1 and again.shown.resumed and not again.shown.fresh
     assert again.layers["vessels"].data[7, 9] == 1
-    assert [e.state for e in again.session.entries][:2] == ["saved", "saved"]
+    # Moving on from the untouched eye0 approved nothing (issue 20): it stays "segmented".
+    assert [e.state for e in again.session.entries][:2] == ["segmented", "saved"]
     assert again.session.entries[0].model == "tiny-test"
     settle(qtbot, again)
 
@@ -221,6 +222,7 @@ def test_next_uncertain_region_zooms_on_unvisited_regions(qtbot, sw, photos, not
 
 def test_csv_export(qtbot, sw, photos, tmp_path, notes):
     open_and_wait(qtbot, sw, photos)
+    sw.layers["vessels"].data_setitem((np.array([5]), np.array([5])), 1)  # a correction (issue 20)
     sw.next()
     settle(qtbot, sw)
     out = tmp_path / "session.csv"

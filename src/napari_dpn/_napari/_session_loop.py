@@ -56,7 +56,8 @@ class LoopMixin:
         worker.returned.connect(lambda out, s=session, p=pending: self._on_finetuned(s, out, p))
         worker.finished.connect(self._on_ft_finished)
         self._ft_worker = worker
-        self._say(f"Fine-tuning {Path(str(spec)).stem} on the saved images, {steps} steps…")
+        n = len(session.corrected_indices) + (pending is not None and pending[0] not in session.corrected_indices)
+        self._say(f"Fine-tuning {Path(str(spec)).stem} on {n} corrected image(s), {steps} steps…")
         worker.start()
         self._sync()
         return True
@@ -65,7 +66,7 @@ class LoopMixin:
         """(index, mask, FOV, the shown image, edits, the file's digest) of corrections on screen
         not yet saved, when they may be written (what ``save_now`` would write), else None."""
         prep, vessels = self.shown, self.layers.get("vessels")
-        if self.session is None or prep is None or vessels is None or not self.edits:
+        if self.session is None or prep is None or vessels is None or not self.dirty:
             return None
         try:
             if self.session.conflict(prep.index) is not None:
@@ -135,7 +136,7 @@ class LoopMixin:
             self._error(out)
             return
         if pending is not None and self.shown is pending[3] and self.edits == pending[4]:
-            self.edits = 0  # saved by the job; no edit since
+            self.edits, self.dirty = 0, False  # saved by the job; no edit since
         self._refresh_list()
         if out.model_path is None:
             panel.finish(f"cancelled at step {out.steps} · no model saved", out.steps)

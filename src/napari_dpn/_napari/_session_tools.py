@@ -18,16 +18,18 @@ from ._dock import unstarted_worker
 class ToolsMixin:
     """Click tools and the uncertain-region tour (part of :class:`SessionWidget`).
 
-    Uses the widget's ``viewer``, ``alive``, ``session``, ``shown``, ``layers``, ``edits``, ``mode``,
-    ``region``, ``_tool_worker``, ``_fit_zoom``, ``_say``, ``_refresh_list``, ``_sync`` and the
-    tool controls built in ``_build_ui``.
+    Uses the widget's ``viewer``, ``alive``, ``session``, ``shown``, ``layers``, ``edits``, ``dirty``,
+    ``mode``, ``region``, ``_tool_worker``, ``_fit_zoom``, ``_say``, ``_warn_write``, ``_refresh_list``,
+    ``_sync`` and the tool controls built in ``_build_ui``.
     """
 
     def _on_paint(self, event=None) -> None:
         if not self.alive or self.shown is None:
             return
         self.edits += 1
-        self.session.mark_corrected(self.shown.index)
+        self.dirty = True  # an edit: a correction to save (moving on alone approves nothing)
+        self.session.mark_corrected(self.shown.index)  # never raises: a full disk keeps the stroke
+        self._warn_write()
         self._refresh_list()
 
     def _on_outline(self, on: bool) -> None:

@@ -1,11 +1,17 @@
 """*Correct a folder*: go through a folder of photographs, correct each map, move on (issue 12).
 
 - A session (``napari_dpn.session.Session``) lists the folder's photographs with their state
-  (new / segmented / corrected / saved) and lives in ``.napari-dpn-session.json`` beside the
-  annotations: opening the folder again resumes at the image where the user stopped.
-- **Next** / **Previous** (Shift+N / Shift+P) autosave the current vessels atomically (asking
-  before replacing an annotation file this session did not write), replace the image's layers,
-  and show the next one at once: it was segmented in the background (prefetch) meanwhile.
+  (new / segmented / corrected / saved / accepted / skipped) and lives in
+  ``.napari-dpn-session.json`` beside the annotations: opening the folder again resumes at the
+  image where the user stopped, with the folder's field of view.
+- Moving on is not approval (issue 20): **Next** / **Previous** (Shift+N / Shift+P) autosave the
+  vessels only when they were edited (asking before replacing an annotation file this session did
+  not write); an untouched image stays "segmented".  **Accept as is** (Shift+A) makes the
+  network's map the annotation, **Skip** (Shift+K) leaves the image out, **Save** (Shift+S)
+  writes the corrections now.  The next image was segmented in the background (prefetch), so it
+  appears at once; one that was not shows a busy bar, the old image hidden.
+- A full disk loses nothing: Next stays on the image and says so; closing napari with unsaved
+  corrections that cannot be written keeps the window open and offers another folder.
 - Tools on the vessels layer, each one undoable step (Ctrl+Z): *Remove this branch* and *Add
   vessel here* (click modes), *Remove specks*.
 - An uncertainty layer and **Next uncertain region** (Shift+U) zoom onto the most uncertain
@@ -20,18 +26,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
+from pathlib import Path
 
 import numpy as np
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
+    QMessageBox,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -40,6 +50,7 @@ from qtpy.QtWidgets import (
 
 from napari_dpn import session as S
 from napari_dpn.errors import DPNError
+from napari_dpn.scale import COMMON_FIELD_ANGLES
 
 from ._dock import DockWidget, Section, unstarted_worker, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
@@ -47,7 +58,14 @@ from ._session_loop import LoopMixin
 from ._session_tools import ToolsMixin
 
 REGION = 64
-KEYS = {"next": "Shift-N", "previous": "Shift-P", "uncertain": "Shift-U"}
+KEYS = {
+    "next": "Shift-N",
+    "previous": "Shift-P",
+    "uncertain": "Shift-U",
+    "save": "Shift-S",
+    "accept": "Shift-A",
+    "skip": "Shift-K",
+}
 META = "napari_dpn_session"
 
 
@@ -90,6 +108,10 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         self.mode: str | None = None
         self.region = None  # the region Next uncertain region shows
         self.edits = 0
+        self.dirty = False  # the image on screen has edits not written yet
+        self._unsaved: dict[int, tuple] = {}  # index -> (mask, FOV) whose save failed: kept in memory
+        self._warned: str | None = None  # the session-file error already shown
+        self._hidden: dict = {}  # layer kind -> visibility, while the next image is being prepared
         self._fit_zoom = 1.0
         self._start_up()
         self._bind_keys()
@@ -125,6 +147,19 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         form.addRow("Model", self.model_picker)
         self.device_combo = DeviceCombo("Where the network runs.")
         form.addRow("Device", self.device_combo)
+        self.field_combo = QComboBox()
+        self.field_combo.addItem("estimate (45° if unknown)", None)
+        for angle in COMMON_FIELD_ANGLES:
+            self.field_combo.addItem(f"{angle:g}°", float(angle))
+        self.field_combo.addItem("native scale (no resampling)", "native")
+        self.field_combo.setToolTip(
+            "The camera's field of view, as in the Segment widget: each photograph is resampled to the "
+            "scale the model was trained at (pixels per degree = FOV diameter / this angle) and the map "
+            "back. Remembered for this folder; changing it segments the images nobody corrected, "
+            "accepted or skipped again."
+        )
+        self.field_combo.currentIndexChanged.connect(self._on_field_changed)
+        form.addRow("Field of view", self.field_combo)
         self.open_button = QPushButton("Open folder")
         self.open_button.setToolTip("Start, or resume, the session of this folder.")
         self.open_button.clicked.connect(self.open_clicked)
@@ -148,6 +183,32 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         self.prev_button.clicked.connect(self.previous)
         self.next_button.clicked.connect(self.next)
         outer.addLayout(nav)
+        review = QHBoxLayout()
+        self.save_button = QPushButton("Save")
+        self.save_button.setToolTip(f"Save this image's corrections now ({KEYS['save']}).")
+        self.save_button.clicked.connect(self.save_clicked)
+        self.accept_button = QPushButton("Accept as is")
+        self.accept_button.setToolTip(
+            f"The network's map is right: save it as this image's annotation (a correction, used for "
+            f"fine-tuning) and go to the next image ({KEYS['accept']}). Moving on alone approves nothing."
+        )
+        self.accept_button.clicked.connect(self.accept_clicked)
+        self.skip_button = QPushButton("Skip")
+        self.skip_button.setToolTip(
+            f"Leave this image out: not a correction, not used for fine-tuning, not segmented again; "
+            f"go to the next image ({KEYS['skip']})."
+        )
+        self.skip_button.clicked.connect(self.skip_clicked)
+        review.addWidget(self.save_button)
+        review.addWidget(self.accept_button)
+        review.addWidget(self.skip_button)
+        outer.addLayout(review)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)  # busy: the image being segmented
+        self.progress.setTextVisible(False)
+        self.progress.setMaximumHeight(8)
+        self.progress.setVisible(False)
+        outer.addWidget(self.progress)
 
         tools = QFormLayout()
         self.branch_button = QPushButton("Remove this branch")
@@ -255,6 +316,9 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             (KEYS["next"], lambda v: self.next()),
             (KEYS["previous"], lambda v: self.previous()),
             (KEYS["uncertain"], lambda v: self.next_uncertain()),
+            (KEYS["save"], lambda v: self.save_clicked()),
+            (KEYS["accept"], lambda v: self.accept_clicked()),
+            (KEYS["skip"], lambda v: self.skip_clicked()),
         ):
             self.viewer.bind_key(key, func, overwrite=True)
 
@@ -271,7 +335,10 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         for kind, layer in list(self.layers.items()):
             if layer not in self.viewer.layers:
                 if kind == "vessels":
-                    self.save_now(layer)
+                    error = self._save_sync(layer)
+                    if error is not None:  # the layer is gone already: offer another folder
+                        show_error(error)
+                        self._rescue(error, layer, can_keep_open=False)
                     self.shown = None
                 del self.layers[kind]
 
@@ -280,19 +347,33 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         shown = self.shown is not None and "vessels" in self.layers
         self.prev_button.setEnabled(has and bool(self.index))
         self.next_button.setEnabled(has and self.index is not None and self.index < len(self.session) - 1)
-        for w in (self.branch_button, self.add_button, self.speck_button, self.uncertain_button):
+        for w in (
+            self.branch_button,
+            self.add_button,
+            self.speck_button,
+            self.uncertain_button,
+            self.save_button,
+            self.accept_button,
+            self.skip_button,
+        ):
             w.setEnabled(shown)
         self.local_button.setEnabled(shown and self.region is not None)
         self.csv_button.setEnabled(has)
         self.ft_button.setEnabled(has and self._ft_worker is None)
         self.reseg_button.setEnabled(has and self._ft_worker is None)
         if has:
-            self.done_label.setText(f"done {self.session.done}/{len(self.session)}")
+            counts = self.session.counts()
+            skipped = f" · {counts['skipped']} skipped" if counts["skipped"] else ""
+            self.done_label.setText(f"done {self.session.done}/{len(self.session)}{skipped}")
+            self.done_label.setToolTip(
+                ", ".join(f"{n} {S.LABELS[state]}" for state, n in counts.items() if n)
+                + ". Done: corrected and saved, accepted as is, or skipped; moving on approves nothing."
+            )
 
     def _refresh_list(self) -> None:
         if self.session is None:
             return
-        texts = [f"{e.name} — {e.state}" for e in self.session.entries]
+        texts = [f"{e.name} — {self.session.label(i)}" for i, e in enumerate(self.session.entries)]
         if self.list.count() != len(texts):
             self.list.clear()
             self.list.addItems(texts)
@@ -312,6 +393,14 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         show_error(text)
         self._say(text)
 
+    def _warn_write(self) -> None:
+        """Say once that the session file could not be written (a full disk): its state is kept
+        in memory and written at the next write that succeeds."""
+        error = self.session.write_error if self.session is not None else None
+        if error and error != self._warned:
+            show_warning(f"{error.rstrip('.')}; the session's state is kept in memory until it can be written.")
+        self._warned = error
+
     # ------------------------------------------------------------------ the session
 
     def open_clicked(self, *_) -> bool:
@@ -322,9 +411,21 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         if not folder:
             show_warning("Choose a folder of photographs first.")
             return False
-        self.save_current(ask=False)
+        if self.dirty:
+            self.save_current(ask=False)
         try:
-            session = S.Session.open(folder, annotations)
+            try:
+                session = S.Session.open(folder, annotations)
+            except S.SessionDamaged as exc:
+                if not self._confirm(
+                    "Damaged session file",
+                    f"{exc} Start a new session of this folder? The damaged file is kept beside it "
+                    "(renamed .damaged-<time>.json); your annotation files are not touched.",
+                    ok="Start afresh",
+                ):
+                    self._say(str(exc))
+                    return False
+                session = S.Session.open(folder, annotations, start_afresh=True)
         except DPNError as exc:
             self._error(str(exc))
             return False
@@ -335,14 +436,50 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
         self.folder_edit.setText(str(session.folder))
         if annotations:
             self.notes_edit.setText(str(session.annotations))
+        self._unsaved.clear()
+        self.dirty = False
+        self._set_field_combo(session.field_angle)
         self._refresh_list()
         resumed = any(e.state != "new" for e in session.entries)
         self._say(
             ("Resumed" if resumed else "Started") + f" the session of {session.folder.name}: "
             f"{len(session)} photograph(s), {session.done} done."
+            + (f" The damaged session file was kept as {session.backup.name}." if session.backup else "")
         )
+        if session.backup is not None:
+            show_warning(
+                f"Started a new session of {session.folder.name}; the damaged session file is kept as {session.backup}."
+            )
         self.go(session.current)
+        self._warn_write()
         return True
+
+    def _set_field_combo(self, angle) -> None:
+        i = self.field_combo.findData(angle)
+        if i < 0 and isinstance(angle, (int, float)):
+            self.field_combo.addItem(f"{angle:g}°", float(angle))
+            i = self.field_combo.count() - 1
+        self.field_combo.blockSignals(True)
+        self.field_combo.setCurrentIndex(max(i, 0))
+        self.field_combo.blockSignals(False)
+
+    def _on_field_changed(self, *_) -> None:
+        """A new field of view for this folder: remembered in the session file, and the images
+        nobody corrected, accepted or skipped are segmented again with it."""
+        if self.session is None:
+            return
+        angle = self.field_combo.currentData()
+        if angle == self.session.field_angle:
+            return
+        self.session.field_angle = angle
+        n = self.resegment_rest()  # persists the session too
+        if self.shown is None and self.index is not None:  # the image on screen is segmented again
+            self._wait_for(self.index)
+        self._say(
+            f"Field of view {self.field_combo.currentText()} for {self.session.folder.name}; "
+            f"{n} image(s) nobody corrected, accepted or skipped are segmented again with it."
+        )
+        self._warn_write()
 
     def _spec(self) -> str | None:
         data = self.model_picker.combo.currentData()
@@ -366,23 +503,29 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             data = read_image(session.image_path(index))
             rgb = as_rgb(data)
             display = (rgb * 255 + 0.5).astype(np.uint8)
-            cached = session.cached(index)
-            fresh = cached is None or cached[0].shape != rgb.shape[:2]
+            seg = session.cached_segmentation(index)
+            fresh = seg is None or seg.probability.shape != rgb.shape[:2]
             if fresh:
                 if spec is None:
                     return "Choose a model first."
-                seg = S.segment_photo(self._load(spec), rgb, device=device, should_stop=cancel.is_set)
+                seg = S.segment_photo(
+                    self._load(spec), rgb, device=device, should_stop=cancel.is_set, field_angle=session.field_angle
+                )
                 if gen != self._generation:  # re-segmenting or another folder meanwhile
                     return "cancelled"
-                session.store_probability(index, seg)
-            else:
-                prob, fov, t = cached
-                seg = S.Segmented(prob, fov, t, session.entries[index].model or "", 0.0)
+                try:
+                    session.store_probability(index, seg)
+                except (DPNError, OSError):
+                    pass  # a full disk: the map stays in memory; it is made again next time
+            elif not seg.model:  # a cache written before it recorded its model
+                seg.model = session.entries[index].model or ""
             mask, resumed = None, False
-            try:
-                saved = session.saved_mask(index)
-            except DPNError:
-                saved = None
+            saved = None
+            if not session.needs_segmentation(index):  # an untouched map's old file is not resumed
+                try:
+                    saved = session.saved_mask(index)
+                except DPNError:
+                    saved = None
             if saved is not None and saved.shape == seg.probability.shape:
                 mask, resumed = saved, True
             if mask is None:
@@ -440,10 +583,13 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             return
         if isinstance(out, str):
             if out != "cancelled":
+                if index == self.index:
+                    self.progress.setVisible(False)
                 self._error(out)
             return
-        if out.fresh:
+        if out.fresh or session.entries[index].model is None:  # a prefetch that never arrived
             session.note_segmentation(index, out.seg)
+            self._warn_write()
         self._ready[index] = out
         self._refresh_list()
         if index == self.index and self.shown is None and self._arrival is None:
@@ -471,7 +617,13 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             k in self.layers and self.layers[k] in self.viewer.layers for k in ("image", "uncertainty", "vessels")
         )
 
+        def unhide(kind):  # each layer shows again with its new data, not before
+            visible = self._hidden.pop(kind, None)
+            if visible is not None and kind in self.layers:
+                self.layers[kind].visible = visible
+
         def image():
+            unhide("image")
             if have:
                 layer = self.layers["image"]
                 layer.data = prep.display
@@ -481,6 +633,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 self.layers["image"] = self.viewer.add_image(prep.display, name=name, rgb=True, metadata=dict(meta))
 
         def uncertainty():
+            unhide("uncertainty")
             if have:
                 layer = self.layers["uncertainty"]
                 layer.data = prep.uncertainty
@@ -497,6 +650,7 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 )
 
         def vessels():
+            unhide("vessels")
             data = prep.mask.astype(np.uint8)
             if have:
                 layer = self.layers["vessels"]
@@ -518,17 +672,22 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             self.viewer.reset_view()
             self._fit_zoom = float(self.viewer.camera.zoom)
             self.shown, self.edits, self._arrival, self.region = prep, 0, None, None
+            self.dirty = prep.index in self._unsaved  # a failed save: still to be written
+            self.progress.setVisible(False)
             self.low_spin.setValue(round(max(0.05, prep.seg.threshold / 2), 2))
             e = self.session.entries[prep.index]
+            scale = prep.seg.scale_note or e.scale_note
             self._say(
-                f"{e.name} ({e.state})"
+                f"{e.name} ({self.session.label(prep.index)})"
                 + (", resumed from its saved annotation" if prep.resumed else "")
                 + (f"; first map by {e.model}" if e.model else "")
+                + (f"; {scale}" if scale else "")
+                + ("; its corrections are NOT saved yet" if self.dirty else "")
                 + "."
             )
             self._sync()
             for i in list(self._ready):
-                if abs(i - prep.index) > 1:
+                if abs(i - prep.index) > 1 and i not in self._unsaved:
                     del self._ready[i]
             self._request(prep.index + 1)
 
@@ -543,27 +702,48 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             QTimer.singleShot(10, lambda: self._next_step(prep))
 
     def go(self, index: int) -> bool:
-        """Save the current image and show image ``index`` (at once when it was prefetched)."""
+        """Leave the current image (its edits saved; an untouched map is not approved) and show
+        image ``index`` (at once when it was prefetched).  False, staying on the image with its
+        corrections, when they cannot be saved (a full disk)."""
         if self.session is None or not 0 <= index < len(self.session):
             return False
         if index == self.index and self.shown is not None:
             return True
         if self.shown is not None and "vessels" in self.layers:  # coming back shows the edits
             self.shown.mask = np.asarray(self.layers["vessels"].data) > 0
-        self.save_current()
+            if self.dirty and not self.session.room_to_save(self.shown.index, self.shown.mask.shape):
+                self._error(
+                    f"Cannot save the corrections of {self.session.entries[self.shown.index].name}: the disk "
+                    f"holding {self.session.annotations} is full; you stay on this image and nothing is lost "
+                    "(free some space, or press Save to choose another folder)."
+                )
+                return False
+        if self.dirty:
+            self.save_current()
         self.index = self.session.go(index)
         self._refresh_list()
         prep = self._ready.get(index)
         if prep is not None:
             self._show(prep)
         else:
-            self.shown, self._arrival = None, None  # the old image stays until the new one comes
-            if "vessels" in self.layers:  # ...but takes no more edits (they would be lost)
-                self.layers["vessels"].editable = False
-            self._say(f"Segmenting {self.session.entries[index].name}…")
+            self._wait_for(index)
             self._request(index)
         self._sync()
+        self._warn_write()
         return True
+
+    def _wait_for(self, index: int) -> None:
+        """The image to show is being segmented: the old one must not pass for it (hidden, takes
+        no more edits), a busy bar and the status say what is going on."""
+        self.shown, self._arrival = None, None
+        if "vessels" in self.layers:
+            self.layers["vessels"].editable = False
+        for kind, layer in self.layers.items():
+            if layer in self.viewer.layers:
+                self._hidden.setdefault(kind, layer.visible)
+                layer.visible = False
+        self.progress.setVisible(True)
+        self._say(f"Segmenting {self.session.entries[index].name} (image {index + 1} of {len(self.session)})…")
 
     def next(self, *_) -> bool:
         return self.index is not None and self.go(self.index + 1)
@@ -573,15 +753,17 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
 
     # ------------------------------------------------------------------ saving
 
-    def save_current(self, ask: bool = True) -> bool:
-        """Write the shown image's vessels (a worker does it); asks before replacing a file this
-        session did not write (without ``ask``, such a file is left alone)."""
+    def save_current(self, ask: bool = True, state: str = "saved") -> bool:
+        """Write the shown image's vessels (a worker does it): its corrections (``state``
+        "saved"), or the map accepted as is ("accepted"); asks before replacing a file this
+        session did not write (without ``ask``, such a file is left alone).  An edited map that
+        ends up exactly as the network made it is not a correction and is not written."""
         prep, vessels = self.shown, self.layers.get("vessels")
         if self.session is None or prep is None or vessels is None:
             return False
         index, session = prep.index, self.session
         entry = session.entries[index]
-        if entry.state == "saved" and self.edits == 0:
+        if state == "saved" and not self.dirty:
             return False  # nothing new
         conflict = session.conflict(index)
         if conflict is not None:
@@ -595,47 +777,234 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 return False
         mask = np.asarray(vessels.data) > 0
         fov = prep.seg.fov
-        worker = unstarted_worker(self._save, session, index, mask, fov)  # the session's lock orders saves
-        worker.returned.connect(lambda out, s=session: self._on_saved(s, out))
+        # An edit of a network map (not of a resumed annotation) may have been undone to the map.
+        reference = prep.seg if state == "saved" and not prep.resumed else None
+        worker = unstarted_worker(self._save, session, index, mask, fov, state, reference)
+        worker.returned.connect(lambda out, s=session, i=index, m=mask, f=fov: self._on_saved(s, out, i, m, f))
         worker.finished.connect(self._on_save_finished)
         self._saves += 1
         self._save_workers.add(worker)
+        self.dirty = False  # the worker has these corrections; a failure gives them back
         worker.start()
         return True
 
     @staticmethod
-    def _save(session, index, mask, fov):
+    def _save(session, index, mask, fov, state="saved", reference=None):
+        """Worker: write the annotation (the session's save lock orders saves); None when the
+        "corrections" are exactly the network's map (not a correction: nothing written)."""
         try:
-            return session.save(index, mask, fov, overwrite=True)
+            if reference is not None and np.array_equal(mask, reference.mask()):
+                session.unmark_corrected(index)
+                return None
+            return session.save(index, mask, fov, overwrite=True, state=state)
         except DPNError as exc:
             return str(exc)
         except OSError as exc:
-            return f"Cannot save: {exc.strerror or exc}."
+            from napari_dpn.image_io import os_error_message
 
-    def _on_saved(self, session, out) -> None:
+            return os_error_message(exc, session.vessels_path(index))
+
+    def _on_saved(self, session, out, index=None, mask=None, fov=None) -> None:
         if not self.alive or session is not self.session:
             return
         if isinstance(out, str):
-            self._error(out)
+            if index is not None:  # keep the corrections and go back to them: nothing is lost
+                self._unsaved[index] = (mask, fov)
+                self._error(f"{out} The corrections of {session.entries[index].name} are kept; it is shown again.")
+                if self.index == index and self.shown is not None:
+                    self.dirty = True
+                else:
+                    if index in self._ready:
+                        self._ready[index].mask = mask
+                    self.go(index)
+            else:
+                self._error(out)
+        elif index is not None:
+            self._unsaved.pop(index, None)
+            if out is not None and index == self.index:
+                self._say(f"Saved {Path(out).name} ({session.label(index)}).")
+        self._warn_write()
         self._refresh_list()
+
+    # ------------------------------------------------------------------ review: save, accept, skip
+
+    def save_clicked(self, *_) -> bool:
+        """Save the image's corrections now; an untouched map is not saved (that is *Accept as is*)."""
+        prep = self.shown
+        if self.session is None or prep is None or "vessels" not in self.layers:
+            return False
+        entry = self.session.entries[prep.index]
+        if not self.dirty:
+            self._say(
+                f"{entry.name} is saved already."
+                if self.session.is_correction(prep.index)
+                else f"{entry.name} has no corrections to save; 'Accept as is' keeps the network's map as its annotation."
+            )
+            return False
+        mask = np.asarray(self.layers["vessels"].data) > 0
+        if not self.session.room_to_save(prep.index, mask.shape):
+            reason = (
+                f"Cannot save the corrections of {entry.name}: the disk holding {self.session.annotations} is full."
+            )
+            self._error(reason)
+            if not self._confirm(
+                "The disk is full",
+                f"{reason} Save a copy to another folder? The corrections stay on screen, to be saved "
+                "here as well once there is room.",
+                ok="Choose a folder…",
+            ):
+                return False
+            error = self._save_elsewhere(mask)
+            if error is not None:
+                self._error(error)
+            return error is None
+        return self.save_current()
+
+    def accept_clicked(self, *_) -> bool:
+        """The map on screen is right as it is: write it as the annotation (a correction) and go
+        to the next image.  With edits, it is saved as a correction the same way."""
+        prep = self.shown
+        if self.session is None or prep is None or "vessels" not in self.layers:
+            return False
+        name = self.session.entries[prep.index].name
+        mask = np.asarray(self.layers["vessels"].data) > 0
+        if not self.session.room_to_save(prep.index, mask.shape):
+            self._error(f"Cannot save {name}: the disk holding {self.session.annotations} is full; nothing changed.")
+            return False
+        if self.dirty:
+            started = self.save_current()
+        elif self.session.is_correction(prep.index):
+            started = True  # accepted or saved already: nothing to write
+        else:
+            started = self.save_current(state="accepted")
+        if started and prep.index + 1 < len(self.session):
+            self.go(prep.index + 1)
+        return started
+
+    def skip_clicked(self, *_) -> bool:
+        """Leave the image out (not a correction, not segmented again) and go to the next one."""
+        prep = self.shown
+        if self.session is None or prep is None:
+            return False
+        name = self.session.entries[prep.index].name
+        if self.dirty and not self._confirm(
+            "Skip this image?", f"{name} has corrections that are not saved. Skip it without saving them?", ok="Skip"
+        ):
+            return False
+        if self.dirty:  # the edits are dropped: coming back shows the map (or file), not them
+            self.layers["vessels"].data = prep.mask.astype(np.uint8)
+            self.layers["vessels"]._reset_history()
+        self.dirty = False
+        self._unsaved.pop(prep.index, None)
+        self.session.skip(prep.index)
+        self._refresh_list()
+        self._say(f"Skipped {name}: not a correction, not used for fine-tuning, not segmented again.")
+        self._warn_write()
+        if prep.index + 1 < len(self.session):
+            self.go(prep.index + 1)
+        return True
 
     def _on_save_finished(self) -> None:
         self._saves -= 1
         self._save_workers = {w for w in self._save_workers if not w.is_running}
 
     def save_now(self, vessels=None) -> bool:
-        """Closing: write the current corrections synchronously, never over someone else's file."""
-        if not self.alive or self.shown is None or not self.edits or self.session is None:
-            return False
+        """Write the current corrections synchronously (before fine-tuning, closing), never over
+        someone else's file; True when they were written.  A failure is said, never swallowed."""
+        error = self._save_sync(vessels)
+        if error is not None:
+            self._error(error)
+        return error is None and self.shown is not None and not self.dirty
+
+    def _save_sync(self, vessels=None) -> str | None:
+        """Write the current corrections now; the sentence why they could not be, or None (also
+        when there was nothing to write)."""
+        if not self.alive or self.shown is None or not self.dirty or self.session is None:
+            return None
+        name = self.session.entries[self.shown.index].name
         try:
             vessels = vessels if vessels is not None else self.layers["vessels"]
-            if self.session.conflict(self.shown.index) is None:
-                self.session.save(self.shown.index, np.asarray(vessels.data) > 0, self.shown.seg.fov)
-                self.edits = 0
+        except KeyError:
+            return None
+        mask = np.asarray(vessels.data) > 0
+        conflict = self.session.conflict(self.shown.index)
+        if conflict is not None:
+            return f"The corrections of {name} were not saved: {conflict.name} was not written by this session."
+        try:
+            self.session.save(self.shown.index, mask, self.shown.seg.fov)
+        except (DPNError, OSError) as exc:
+            folder = self.session.annotations
+            if S.is_disk_full(exc):  # by errno, whatever the exception's words
+                reason = f"the disk is full ({folder})"
+            elif isinstance(exc, DPNError):
+                reason = str(exc).rstrip(".")
+            else:
+                from napari_dpn.image_io import os_error_message
+
+                reason = os_error_message(exc, folder).rstrip(".")
+            return f"The corrections of {name} could not be saved: {reason}."
+        self.dirty = False
+        self._unsaved.pop(self.shown.index, None)
+        return None
+
+    def _ask_save_failure(self, text: str, can_keep_open: bool) -> str:
+        """Ask what to do with corrections that cannot be saved: 'elsewhere', 'discard' or
+        'keep' (the window stays open); tests replace this method."""
+        box = QMessageBox(QMessageBox.Warning, "Corrections not saved", text, QMessageBox.NoButton, self)
+        elsewhere = box.addButton("Save to another folder…", QMessageBox.AcceptRole)
+        discard = box.addButton("Close without saving", QMessageBox.DestructiveRole)
+        keep = box.addButton("Keep the window open", QMessageBox.RejectRole) if can_keep_open else None
+        box.setDefaultButton(elsewhere)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked is discard:
+            return "discard"
+        if keep is not None and clicked is keep:
+            return "keep"
+        return "elsewhere" if clicked is elsewhere or keep is None else "keep"
+
+    def _rescue(self, text: str, vessels, can_keep_open: bool) -> bool:
+        """Closing with corrections that cannot be saved where they belong: ask, and save them
+        to another folder or (only when told to) drop them.  True when nothing is left to keep
+        the window open for; False: keep it open, the corrections stay on screen."""
+        if self.session is None or self.shown is None:
+            return True
+        mask = np.asarray(vessels.data) > 0
+        question = (
+            " Save them to another folder, close without them, or keep the window open?"
+            if can_keep_open
+            else " Save them to another folder?"
+        )
+        for _ in range(20):
+            choice = self._ask_save_failure(text + question, can_keep_open)
+            if choice == "keep":
+                self._say(text + " The window stays open; the corrections are on screen.")
+                return False
+            if choice == "discard":
+                self.dirty = False
                 return True
-        except (DPNError, OSError, KeyError):
-            pass
-        return False
+            error = self._save_elsewhere(mask)
+            if error is None:
+                self.dirty = False
+                self._unsaved.pop(self.shown.index, None)
+                return True
+            text = error
+        return not can_keep_open
+
+    def _save_elsewhere(self, mask) -> str | None:
+        """Ask for a folder and write the shown image's vessels and FOV there (never over a file);
+        None when written, else the sentence why not."""
+        folder = self._ask_folder("Save the corrections to which folder?")
+        if folder is None:
+            return "No folder was chosen."
+        index = self.shown.index
+        try:
+            path = self.session.save_copy(index, mask, self.shown.seg.fov, folder)
+        except (DPNError, OSError) as exc:
+            return str(exc) if isinstance(exc, DPNError) else f"Cannot write to {folder}: {exc.strerror or exc}."
+        show_info(f"Saved the corrections of {self.session.entries[index].name} as {path}.")
+        self._say(f"Saved a copy of the corrections as {path} (outside the session's annotations folder).")
+        return None
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -660,12 +1029,23 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
             self._filtered = weakref.ref(window)  # a strong one would keep the window alive
 
     def eventFilter(self, obj, ev) -> bool:
-        if ev.type() == QEvent.Close and obj is self._filtered():
-            self.save_now()  # closing napari keeps the corrections of the image on screen
+        """Closing napari saves the corrections on screen; when they cannot be saved (a full
+        disk, a file that is not ours) the close is vetoed unless they went to another folder or
+        the user chose to drop them."""
+        if ev.type() == QEvent.Close and obj is self._filtered() and self.alive:
+            error = self._save_sync()
+            if error is not None and "vessels" in self.layers:
+                show_error(error)
+                if not self._rescue(error, self.layers["vessels"], can_keep_open=True):
+                    ev.ignore()
+                    return True
         return False
 
     def shutdown(self) -> None:
-        self.save_now()
+        error = self._save_sync()
+        if error is not None and "vessels" in self.layers:
+            show_error(error)
+            self._rescue(error, self.layers["vessels"], can_keep_open=False)
         self._unbind_keys()
         super().shutdown()
 
