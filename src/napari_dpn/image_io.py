@@ -186,9 +186,11 @@ def as_rgb(array: np.ndarray) -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a binary mask as bool (H, W).
 
-    Colour masks become greyscale (ITU-R 601 luma), then the mask is ``> 127`` on the 8-bit scale
-    (so DRIVE's palette 2nd_manual GIFs, 3/253, work).  A mask whose only values are 0 and 1 is
-    taken as 0/1 labels.  Mode '1' PNGs (CHASE_DB1), P5 netpbm (STARE) and TIFF all read here.
+    A pixel is "on" where its brightest colour channel is ``> 127`` on the 8-bit scale: for grey
+    masks that is the grey value (so DRIVE's palette 2nd_manual GIFs, 3/253, work); for colour
+    masks any clearly non-black colour counts, so vessels drawn in red (or green, blue...) on black
+    are vessels (luma would make pure red 76 and drop them).  A mask whose only values are 0 and 1
+    is taken as 0/1 labels.  Mode '1' PNGs (CHASE_DB1), P5 netpbm (STARE) and TIFF all read here.
     """
     arr = read_image(path)
     if arr.size == 0:
@@ -201,8 +203,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         if arr.shape[-1] == 1:
             arr = arr[..., 0]
         else:
-            arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            arr = arr.astype(np.float32)
+            arr = arr[..., :3].max(axis=-1)  # red-on-black drawings: any colour on black is "on"
     _check_mask_shape(arr, path)
     if arr.dtype.kind in "iub" and np.isin(np.unique(arr), (0, 1)).all():
         return arr.astype(bool)

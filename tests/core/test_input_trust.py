@@ -69,3 +69,23 @@ def test_card_with_a_bad_scale_block_is_one_sentence(tmp_path, capsys, scale, fi
     line = _one_sentence(err)
     assert rc == 2 and field in line and "must be" in line, err
     assert not list((tmp_path / "out").glob("photo_*"))
+
+
+# ------------------------------------------------------------------- red-on-black annotations
+@pytest.mark.parametrize("colour", [(255, 0, 0), (0, 0, 255), (255, 255, 255)])
+def test_vessels_drawn_in_colour_on_black_are_training_pairs(tmp_path, colour):
+    """train --images/--labels pairs: an RGB PNG with vessels drawn in red on black is an annotation."""
+    from napari_dpn.annotations import folder_pairs
+    from napari_dpn.training.data import check_annotation
+
+    rgb, label, fov = fundus(96, seed=2)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp_path / "photos" / "eye.png")
+    drawing = np.zeros((*label.shape, 3), np.uint8)
+    drawing[label] = colour
+    Image.fromarray(drawing).save(tmp_path / "labels" / "eye_vessels.png")
+    (pair,) = folder_pairs(tmp_path / "photos", tmp_path / "labels")
+    _, mask, _ = pair.load()
+    np.testing.assert_array_equal(mask, label)
+    check_annotation(pair.name, mask, fov)  # not "no vessel pixels ... empty"
