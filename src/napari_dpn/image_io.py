@@ -62,18 +62,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as an array, exactly as stored (dtype and channels unchanged).
 
     TIFF goes through tifffile; everything else through Pillow (first frame of a GIF; palette
-    images are expanded to RGB).  Use :func:`as_rgb` to get the core's float RGB.
+    images are expanded to RGB).  Use :func:`as_rgb` to get the core's float RGB.  A TIFF is
+    returned as it is meant to be seen (:func:`_tiff_as_shown`): CMYK becomes RGB, min-is-white
+    is inverted, and 16-bit samples whose tags say fewer bits are stretched to the 16-bit range.
     """
     path = Path(path)
     _check_file(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            arr = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                arr = tif.asarray()
+                arr = _tiff_as_shown(arr, tif.pages.first, path)
         else:
             with Image.open(path) as img:
                 img.load()
                 arr = _pillow_to_array(img)
-    except MemoryError:
+    except (MemoryError, InputError):
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
         missing = missing_codec(exc)
@@ -83,6 +87,103 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__})."
         ) from exc
     return np.asarray(arr)
+
+
+# TIFF PhotometricInterpretation values (TIFF 6.0, section 8 and 16).
+_MINISWHITE, _SEPARATED, _CIELAB, _ICCLAB, _ITULAB = 0, 5, 8, 9, 10
+_INKSET_CMYK = 1
+# Sensor bit depths: a 12-bit camera's samples go up to 4095 even in a 16-bit file.
+STANDARD_DEPTHS = (8, 10, 12, 14, 16)
+# The depths inferred from the data alone (no tag): see ``data_bit_depth``.
+INFERRED_DEPTHS = (8, 10, 12)
+
+
+def _depth_holding(value: float) -> int:
+    """The smallest standard bit depth whose range holds ``value``."""
+    return next((d for d in STANDARD_DEPTHS if value <= 2**d - 1), 16)
+
+
+def tiff_bit_depth(page) -> int | None:
+    """The bit depth a 16-bit TIFF's tags say its samples use, when they say less than 16.
+
+    ``SMaxSampleValue`` (341) or ``MaxSampleValue`` (281) give the largest sample value (the
+    depth is the smallest of 8/10/12/14/16 bits that holds it); a ``BitsPerSample`` of 9-15
+    (packed 12-bit files, which tifffile unpacks to uint16) gives it directly.  None: no tag
+    says, or the tags say 16 bits.
+    """
+    bits = page.bitspersample
+    if isinstance(bits, int) and 8 < bits < 16:
+        return bits
+    for code in (341, 281):
+        tag = page.tags.get(code)
+        if tag is None:
+            continue
+        values = np.atleast_1d(np.asarray(tag.value, dtype=np.float64))
+        if values.size and np.isfinite(values).all() and 0 < values.max() < 65535:
+            return _depth_holding(float(values.max()))
+    return None
+
+
+def data_bit_depth(arr: np.ndarray) -> int:
+    """The bit depth of 16-bit samples from their maximum, when no tag says (``as_rgb``'s rule).
+
+    12-bit (and 10-bit) camera data stored in 16-bit files is common and, divided by 65535,
+    becomes a nearly black photograph in which the network finds no vessels.  So a maximum of at
+    most 255 / 1023 / 4095 is read as 8- / 10- / 12-bit data.  A brighter maximum is 16-bit: 14-bit
+    data (maximum 4096-16383) is not inferred, as a dim 16-bit photograph looks the same, and is
+    not stretched.  The price: a 16-bit photograph whose brightest pixel is under 1/16 of full
+    scale (practically black) is stretched as if it were 12-bit.
+    """
+    top = int(arr.max()) if arr.size else 0
+    return next((d for d in INFERRED_DEPTHS if top <= 2**d - 1), 16)
+
+
+def _tiff_as_shown(arr: np.ndarray, page, path: Path) -> np.ndarray:
+    """A decoded TIFF page as a viewer shows it: CMYK -> RGB, min-is-white inverted, a 12-bit
+    (10, 14) page's 16-bit samples stretched to 0..65535 when its tags say so.  InputError with
+    one sentence for colour spaces it cannot turn into RGB (CIE L*a*b*, inks other than CMYK)."""
+    photometric = int(page.photometric)
+    samples = int(page.samplesperpixel)
+    if samples > 1 and arr.ndim == 3 and arr.shape[0] == samples and arr.shape[-1] != samples:
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration "separate"
+    if photometric in (_CIELAB, _ICCLAB, _ITULAB):
+        raise InputError(f"Cannot read {path}: it stores CIE L*a*b* colour; save it as RGB (or greyscale) first.")
+    if photometric == _SEPARATED:
+        inkset = page.tags.get(332)  # InkSet: 1 = CMYK (the default), 2 = other inks
+        inks = samples - len(page.extrasamples or ())
+        if (inkset is not None and int(inkset.value) != _INKSET_CMYK) or inks != 4 or arr.shape[-1] < 4:
+            raise InputError(f"Cannot read {path}: it stores {inks} printing inks, not CMYK; save it as RGB first.")
+        arr = cmyk_to_rgb(arr[..., :4])
+    elif photometric == _MINISWHITE and arr.dtype.kind in "biu":
+        arr = ~arr if arr.dtype == bool else (2 ** int(page.bitspersample) - 1 - arr).astype(arr.dtype)
+    if arr.dtype == np.uint16:
+        depth = tiff_bit_depth(page)
+        if depth is not None and depth < 16:
+            arr = stretch_to_16bit(arr, depth)
+    return arr
+
+
+def stretch_to_16bit(arr: np.ndarray, depth: int) -> np.ndarray:
+    """uint16 samples of ``depth`` bits -> the full 0..65535 range (values above the depth clip)."""
+    top = 2**depth - 1
+    out = np.minimum(arr, top).astype(np.uint32)
+    out *= 65535
+    out += top // 2
+    out //= top
+    return out.astype(np.uint16)
+
+
+def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
+    """CMYK (..., 4) -> RGB (..., 3) in the same dtype: R = (1 - C)(1 - K), and so on.
+
+    The device-independent formula (no ICC profile): Pillow's RGB -> CMYK round-trips exactly,
+    and a prepress CMYK file comes out with plausible colours, which is all vessels need."""
+    top = 1.0 if cmyk.dtype.kind == "f" else float(np.iinfo(cmyk.dtype).max)
+    ink = cmyk.astype(np.float32) / top
+    rgb = (1.0 - ink[..., :3]) * (1.0 - ink[..., 3:4])
+    if cmyk.dtype.kind == "f":
+        return rgb
+    return np.round(rgb * top).astype(cmyk.dtype)
 
 
 def missing_codec(exc: BaseException) -> str | None:
@@ -126,12 +227,12 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
+        return arr.astype(np.float32) / float(2 ** data_bit_depth(arr) - 1)
     if arr.dtype.kind in "iu":
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
             raise InputError(f"Integer image values must lie in 0..65535, got {lo}..{hi}.")
-        return arr.astype(np.float32) / (255.0 if hi <= 255 else 65535.0)
+        return arr.astype(np.float32) / float(2 ** data_bit_depth(arr) - 1)
     if arr.dtype.kind == "f":
         arr = arr.astype(np.float32)
         if not np.isfinite(arr).all():
@@ -161,9 +262,10 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
 def as_rgb(array: np.ndarray) -> np.ndarray:
     """Any single image array -> RGB float32 (H, W, 3) in 0..1, the core's input convention.
 
-    Scaling: bool -> 0/1; uint8 / 255; uint16 / 65535 (12-bit data therefore looks dark; rescale
-    it yourself if that matters); other integers by 255 if max <= 255 else 65535; float kept if in
-    0..1, and float within 0..255 with max > 1 is taken as 8-bit data and divided by 255.
+    Scaling: bool -> 0/1; uint8 / 255; uint16 and other integers by their bit depth
+    (:func:`data_bit_depth`: a maximum up to 255 / 1023 / 4095 is 8- / 10- / 12-bit data, anything
+    brighter 16-bit; ``read_image`` already stretched TIFFs whose tags give the depth); float kept
+    if in 0..1, and float within 0..255 with max > 1 is taken as 8-bit data and divided by 255.
     Greyscale (H, W) / (H, W, 1) is replicated to 3 channels, RGBA loses alpha, and
     channels-first (C, H, W) with C in 1/3/4 is accepted when the last axis is not a channel axis.
     Raises InputError for stacks, >3 dims, empty or smaller than MIN_SIDE images, NaN/inf.

@@ -97,7 +97,7 @@ def _check_scale_block(block, bad) -> None:
     """The ``scale`` block is a JSON object whose numbers are numbers: a hand-edited ``"big"``
     must be one sentence here, not an AttributeError deep inside a segmentation."""
     if not isinstance(block, dict):
-        raise bad("scale", "a JSON object such as {\"working_ppd\": 12.0}", block)
+        raise bad("scale", 'a JSON object such as {"working_ppd": 12.0}', block)
     for key in _SCALE_NUMBERS:
         value = block.get(key)
         if value is not None and not (_is_number(value) and value > 0):

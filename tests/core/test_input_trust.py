@@ -4,9 +4,6 @@ annotations, huge photographs), bounded memory, model-card validation, full disk
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from napari_dpn.cli import main
 from paths import DATASETS as _STAGED
 from synthetic_fundus import fundus
-
-from napari_dpn.cli import main
 
 DATASETS = _STAGED if _STAGED.is_dir() else Path("/work/shared/datasets")
 DRIVE_IMAGE = DATASETS / "DRIVE" / "test" / "images" / "01_test.tif"
@@ -89,3 +85,65 @@ def test_vessels_drawn_in_colour_on_black_are_training_pairs(tmp_path, colour):
     _, mask, _ = pair.load()
     np.testing.assert_array_equal(mask, label)
     check_annotation(pair.name, mask, fov)  # not "no vessel pixels ... empty"
+
+
+# ------------------------------------------------------------------ bit depth and CMYK (item 19)
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _drive_photo() -> np.ndarray:
+    """DRIVE 01_test, halved: a real photograph, small enough for a quick CPU run."""
+    if not DRIVE_IMAGE.is_file():
+        pytest.skip(f"the DRIVE dataset is not staged at {DRIVE_IMAGE}")
+    with Image.open(DRIVE_IMAGE) as img:
+        return np.asarray(img.convert("RGB").resize((img.width // 2, img.height // 2), Image.LANCZOS))
+
+
+def test_twelve_bit_and_cmyk_tiffs_segment_like_the_8bit_photograph(tmp_path, capsys):
+    """Item 19: a 12-bit photograph in a 16-bit TIFF and a CMYK TIFF give the 8-bit original's vessels."""
+    rgb8 = _drive_photo()
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb8).save(src / "eight.png")
+    twelve = np.round(rgb8.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    tifffile.imwrite(src / "twelve.tif", twelve, photometric="rgb")  # no tag says 12 bits
+    tifffile.imwrite(  # this one says so in SMaxSampleValue, and its maximum is below 4095
+        src / "tagged.tif", (twelve * 0.9).astype(np.uint16), photometric="rgb", extratags=[(341, 3, 1, 4095, True)]
+    )
+    Image.fromarray(rgb8).convert("CMYK").save(src / "cmyk.tif")
+    assert tifffile.TiffFile(src / "cmyk.tif").pages.first.photometric == 5  # SEPARATED, as prepress tools write
+    out = tmp_path / "out"
+    # dpn-drive, as the paper's models are not trained to ignore exposure (dpn-universal, trained
+    # with exposure jitter, happened to tolerate the dark 12-bit image; dpn-drive found no vessels)
+    rc, err = _cli(
+        ["segment", src, "--out", out, "--model", "dpn-drive", "--fusion", "none", "--device", "cpu"], capsys
+    )
+    assert rc == 0, err
+    reference = np.asarray(Image.open(out / "eight_vessels.png")) > 0
+    assert 0.05 < reference.mean() < 0.3
+    for stem in ("twelve", "tagged", "cmyk"):
+        mask = np.asarray(Image.open(out / f"{stem}_vessels.png")) > 0
+        assert _dice(mask, reference) >= 0.9, (stem, _dice(mask, reference))
+
+
+def test_bit_depth_rules(tmp_path):
+    """The documented rules: tags first; without them 8/10/12-bit from the maximum, never 14."""
+    from napari_dpn.image_io import as_rgb, read_image
+
+    ramp = np.linspace(0, 1, 64 * 64 * 3).reshape(64, 64, 3)
+    for depth in (8, 10, 12):
+        data = np.round(ramp * (2**depth - 1)).astype(np.uint16)
+        assert as_rgb(data).max() == pytest.approx(1.0), depth
+    dim16 = np.round(ramp * 12000).astype(np.uint16)  # a dim 16-bit photograph is not stretched
+    assert as_rgb(dim16).max() == pytest.approx(12000 / 65535, abs=1e-6)
+    path = tmp_path / "fourteen.tif"  # ... but a 14-bit one whose tag says so is
+    tifffile.imwrite(path, dim16, photometric="rgb", extratags=[(341, 3, 1, 16383, True)])
+    assert as_rgb(read_image(path)).max() == pytest.approx(12000 / 16383, abs=1e-4)
+    white = tmp_path / "miniswhite.tif"
+    tifffile.imwrite(white, np.full((64, 64), 200, np.uint8), photometric="miniswhite")
+    assert read_image(white).max() == 55
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, np.zeros((64, 64, 3), np.uint8), photometric="cielab")
+    with pytest.raises(Exception, match="L\\*a\\*b"):
+        read_image(lab)
