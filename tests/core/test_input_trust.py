@@ -3,7 +3,10 @@ annotations, huge photographs), bounded memory, model-card validation, full disk
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +150,69 @@ def test_bit_depth_rules(tmp_path):
     tifffile.imwrite(lab, np.zeros((64, 64, 3), np.uint8), photometric="cielab")
     with pytest.raises(Exception, match="L\\*a\\*b"):
         read_image(lab)
+
+
+# --------------------------------------------------------------- file-system errors by errno
+@contextlib.contextmanager
+def _tmpfs(folder: Path, options: str = "size=200k"):
+    """A REAL small tmpfs at ``folder`` (skips when not root or mount fails); always unmounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    """Fill the disk to the last byte (a file that keeps the space)."""
+    with open(folder / "filler.bin", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+            f.flush()
+
+
+@pytest.mark.parametrize("name", ["map_probability.png", "map_probability.tif", "map_vessels.png", "map_vessels.tif"])
+def test_full_disk_writers_one_sentence_and_nothing_half_written(tmp_path, name):
+    from napari_dpn.errors import OutputError
+    from napari_dpn.image_io import write_mask, write_probability
+
+    rng = np.random.default_rng(0)
+    with _tmpfs(tmp_path / "disk") as disk:
+        _fill(disk)
+        before = sorted(p.name for p in disk.iterdir())
+        with pytest.raises(OutputError) as caught:
+            if "probability" in name:
+                write_probability(disk / name, rng.random((400, 400)).astype(np.float32))
+            else:
+                write_mask(disk / name, rng.random((800, 800)) > 0.5)
+        assert str(caught.value) == f"Cannot write {disk / name}: the disk is full."
+        assert sorted(p.name for p in disk.iterdir()) == before  # no temporary, no half-written file
+
+
+def test_full_disk_model_save_is_one_sentence(tmp_path):
+    """safetensors wraps the OSError in its own error ("... (os error 28)"): still the errno's sentence."""
+    from napari_dpn.errors import OutputError
+    from napari_dpn.model import build_model
+    from napari_dpn.models import ModelCard, save_model
+
+    with _tmpfs(tmp_path / "disk") as disk:
+        with pytest.raises(OutputError, match="the disk is full"):
+            save_model(build_model("dpn"), ModelCard(name="mine", architecture="dpn"), disk / "mine")
+        assert list(disk.iterdir()) == []
+
+
+def test_read_only_file_system_and_long_names_by_errno(tmp_path):
+    from napari_dpn.errors import OutputError
+    from napari_dpn.image_io import write_mask
+
+    mask = np.zeros((64, 64), bool)
+    with pytest.raises(OutputError, match="the file name is too long"):
+        write_mask(tmp_path / ("x" * 300 + ".png"), mask)
+    with _tmpfs(tmp_path / "ro", "size=200k,ro") as disk:
+        with pytest.raises(OutputError, match="the file system is read-only"):
+            write_mask(disk / "m.png", mask)
