@@ -13,6 +13,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                itemsize = np.dtype(page.dtype).itemsize if page.dtype is not None else 1
+                check_memory(path, page.imagelength, page.imagewidth, itemsize * page.samplesperpixel, "reading it")
                 arr = tif.asarray()
-                arr = _tiff_as_shown(arr, tif.pages.first, path)
+                arr = _tiff_as_shown(arr, page, path)
         else:
-            with Image.open(path) as img:
+            with _open_pillow(path) as img:
+                check_memory(path, img.height, img.width, _FULL_DECODE_BYTES * len(img.getbands()), "reading it")
                 img.load()
                 arr = _pillow_to_array(img)
     except (MemoryError, InputError):
@@ -124,6 +129,10 @@ def tiff_bit_depth(page) -> int | None:
     return None
 
 
+def _depth_of_max(top: float) -> int:
+    return next((d for d in INFERRED_DEPTHS if top <= 2**d - 1), 16)
+
+
 def data_bit_depth(arr: np.ndarray) -> int:
     """The bit depth of 16-bit samples from their maximum, when no tag says (``as_rgb``'s rule).
 
@@ -134,8 +143,7 @@ def data_bit_depth(arr: np.ndarray) -> int:
     not stretched.  The price: a 16-bit photograph whose brightest pixel is under 1/16 of full
     scale (practically black) is stretched as if it were 12-bit.
     """
-    top = int(arr.max()) if arr.size else 0
-    return next((d for d in INFERRED_DEPTHS if top <= 2**d - 1), 16)
+    return _depth_of_max(int(arr.max()) if arr.size else 0)
 
 
 def _tiff_as_shown(arr: np.ndarray, page, path: Path) -> np.ndarray:
@@ -186,6 +194,284 @@ def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
     return np.round(rgb * top).astype(cmyk.dtype)
 
 
+# ------------------------------------------------------------------ big photographs, bounded memory
+
+# Photographs whose longer side exceeds this are read block by block and averaged down to at most
+# about this side (:func:`read_photograph`): no fundus camera makes larger pictures (the largest,
+# DSLR-based, about 6000 px), and ``segment`` shrinks every photograph to its model's working scale
+# (~12 px/deg: 540 px across a 45 degree field, 2400 px across a 200 degree ultra-widefield one),
+# so the network never needed those pixels.  The maps still come back at the photograph's size.
+READ_MAX_SIDE = 8192
+# Memory per pixel of the photograph that segmenting it at full size needs whatever its reading:
+# the probability map (float32, 4 B), the FOV and vessel masks (1 B each), the 16-bit PNG (2 B) and
+# its copy inside the encoder (2 B).
+FULL_MAP_BYTES_PER_PIXEL = 10
+# ...and per pixel of the (reduced) image the pipeline works on: RGB float32, its network input,
+# the FOV estimate's and the resampling's copies.
+WORK_BYTES_PER_PIXEL = 40
+_FULL_DECODE_BYTES = 2  # Pillow's own buffer and the array copied out of it, per byte of a sample
+_GB = 1e9
+_PILLOW_LOCK = __import__("threading").Lock()
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can give now (psutil's "available": free plus reclaimable cache)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no psutil, or no /proc: the free pages
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory(path, height: int, width: int, bytes_per_pixel: float, doing: str, extra: float = 0.0) -> None:
+    """InputError with the real numbers when ``doing`` something with a height x width photograph
+    needs more memory than this machine has available (a 60000 x 60000 header asked for 10.8 GB
+    and then advised "fewer workers"); the needed bytes are ``bytes_per_pixel`` per pixel plus ``extra``."""
+    need = float(height) * float(width) * bytes_per_pixel + extra
+    have = available_memory()
+    if need > have:
+        raise InputError(
+            f"{Path(path).name} is {width:,} x {height:,} pixels ({height * width / 1e6:,.0f} megapixels): "
+            f"{doing} needs about {need / _GB:.1f} GB of memory and this machine has {have / _GB:.1f} GB "
+            "available, so it is too large for this machine; downsample it or cut it into pieces first."
+        )
+
+
+@contextlib.contextmanager
+def _open_pillow(path: Path):
+    """``Image.open`` without Pillow's decompression-bomb guard, which refused a genuine 20000 x 20000
+    JPEG as "corrupt": the callers check the real memory needed (:func:`check_memory`) instead."""
+    with _PILLOW_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield img
+    finally:
+        img.close()
+
+
+@dataclass
+class Photograph:
+    """A photograph as ``segment`` needs it: RGB float32 0..1, maybe averaged down (``reduction``)."""
+
+    rgb: np.ndarray  # float32 (h, w, 3) in 0..1
+    shape: tuple[int, int]  # the file's own (H, W): the maps are made at this size
+    grey: bool  # a greyscale photograph (is_greyscale of the file's pixels)
+    reduction: float = 1.0  # the file's pixels per pixel of ``rgb`` (1: read at full size)
+
+    @property
+    def note(self) -> str | None:
+        if self.reduction == 1.0:
+            return None
+        h, w = self.shape
+        return (
+            f"the {w:,} x {h:,} photograph was read at 1/{self.reduction:.3g} of its size (block means), "
+            f"as it is larger than {READ_MAX_SIDE} px and the network works at a far coarser scale"
+        )
+
+
+def reduction_for(shape: tuple[int, ...], max_reduction: float | None = None) -> int:
+    """The block size a photograph of ``shape`` is read with: 1 up to ``READ_MAX_SIDE``, else the
+    smallest integer that brings the longer side to at most that, but never above ``max_reduction``."""
+    k = -(-max(shape[:2]) // READ_MAX_SIDE)
+    if max_reduction is not None:
+        k = min(k, int(max_reduction))
+    return max(1, int(k))
+
+
+def read_photograph(path: str | os.PathLike, max_reduction: float | None = None) -> Photograph:
+    """Read a photograph for segmentation with memory bounded by design.
+
+    Up to ``READ_MAX_SIDE`` pixels it is :func:`read_image` + :func:`as_rgb`.  A larger one is
+    averaged down in k x k blocks while it is decoded (TIFF: memory-mapped or strip by strip /
+    tile by tile; JPEG: decoded at 1/2, 1/4 or 1/8 by the decoder itself, then block means; other
+    formats: decoded, then reduced by Pillow), so only the reduced copy and one band of rows are in
+    memory.  ``max_reduction`` caps k (1: never reduce, for ``--scale native``; a given factor f
+    allows 1/(1.5 f)).  InputError with the numbers when even the full-size maps would not fit in
+    this machine's memory.
+    """
+    path = Path(path)
+    _check_file(path)
+    height, width = header_shape(path)
+    k = reduction_for((height, width), max_reduction) if height else 1
+    if k == 1:
+        if height:
+            check_memory(
+                path, height, width, FULL_MAP_BYTES_PER_PIXEL + WORK_BYTES_PER_PIXEL, "segmenting it at full size"
+            )
+        raw = read_image(path)
+        return Photograph(as_rgb(raw), tuple(np.asarray(raw).shape[:2]), bool(is_greyscale(raw)))
+    h, w = -(-height // k), -(-width // k)
+    check_memory(
+        path,
+        height,
+        width,
+        FULL_MAP_BYTES_PER_PIXEL,
+        "segmenting it (its maps at full size)",
+        extra=WORK_BYTES_PER_PIXEL * h * w,
+    )
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            rgb, grey = _read_tiff_reduced(path, k)
+        else:
+            rgb, grey = _read_pillow_reduced(path, k)
+    except (MemoryError, InputError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+        missing = missing_codec(exc)
+        if missing:
+            raise InputError(f"Cannot read {path}: {missing}.") from exc
+        raise InputError(
+            f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__})."
+        ) from exc
+    reduction = float(np.sqrt((height / rgb.shape[0]) * (width / rgb.shape[1])))
+    return Photograph(rgb, (height, width), grey, reduction)
+
+
+def max_reduction(scale) -> float | None:
+    """How far :func:`read_photograph` may average a photograph down for ``segment``'s ``scale``:
+    not at all at the native scale; for a given factor f, as long as the finer fusion pass (1.5 f)
+    still shrinks; for the estimated scales (auto, calibre, disc) as far as ``READ_MAX_SIDE``."""
+    from .scale import DEFAULT_FUSION, parse_scale
+
+    mode = parse_scale(scale)
+    if mode == "native":
+        return 1.0
+    if isinstance(mode, str):
+        return None
+    return max(1.0, 1.0 / (float(mode) * DEFAULT_FUSION))
+
+
+def header_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) from the file's header, nothing decoded; (0, 0) for a stack, an unknown layout or an
+    unreadable file (``read_image`` then says why)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                if len(tif.series) != 1 or len(tif.series[0].pages) != 1:
+                    return 0, 0
+                page = tif.pages.first
+                return int(page.imagelength), int(page.imagewidth)
+        with _open_pillow(path) as img:
+            return int(img.height), int(img.width)
+    except Exception:  # noqa: BLE001 - any decoder error: unknown
+        return 0, 0
+
+
+class _BlockMeans:
+    """Means of k x k blocks of an image that arrives as bands of whole rows, top to bottom: only
+    the reduced image and fewer than k pending rows are kept."""
+
+    def __init__(self, height: int, width: int, k: int):
+        self.k, self.width = k, width
+        self.out: np.ndarray | None = None
+        self.height = height
+        self.row = 0  # the next output row
+        self.pending: list[np.ndarray] = []
+        self.lo, self.hi, self.grey, self.dtype = np.inf, -np.inf, True, None
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = rows if rows.ndim == 3 else rows[..., None]
+        if self.out is None:
+            self.dtype = rows.dtype
+            self.out = np.empty((-(-self.height // self.k), -(-self.width // self.k), rows.shape[-1]), np.float32)
+        if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+            raise InputError("The image contains NaN or infinite values.")
+        if rows.size:
+            self.lo, self.hi = min(self.lo, float(rows.min())), max(self.hi, float(rows.max()))
+        if self.grey and rows.shape[-1] in (3, 4):
+            self.grey = bool(np.array_equal(rows[..., 0], rows[..., 1]) and np.array_equal(rows[..., 1], rows[..., 2]))
+        self.pending.append(rows)
+        n = sum(len(r) for r in self.pending)
+        if n >= self.k:
+            band = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            m = n // self.k * self.k
+            self._reduce(band[:m])
+            self.pending = [band[m:]] if m < n else []
+
+    def _reduce(self, rows: np.ndarray) -> None:
+        k = self.k
+        x = rows.astype(np.float32)
+        sums = np.add.reduceat(np.add.reduceat(x, np.arange(0, len(x), k), axis=0), np.arange(0, self.width, k), axis=1)
+        nrows = np.minimum(k, len(x) - np.arange(0, len(x), k))
+        ncols = np.minimum(k, self.width - np.arange(0, self.width, k))
+        sums /= (nrows[:, None] * ncols[None, :]).astype(np.float32)[..., None]
+        self.out[self.row : self.row + len(sums)] = sums
+        self.row += len(sums)
+
+    def finish(self) -> tuple[np.ndarray, bool]:
+        """RGB float32 0..1 (the scaling rules of :func:`as_rgb`) and whether it is greyscale."""
+        if self.pending:
+            band = np.concatenate(self.pending)
+            self.pending = []
+            if len(band):
+                self._reduce(band)
+        if self.out is None or self.row != self.out.shape[0]:
+            raise InputError("The image ended before its last row (a truncated file).")
+        self.out /= np.float32(_unit_divisor(self.dtype, self.lo, self.hi))
+        rgb = self.out
+        if rgb.shape[-1] == 1:
+            rgb = np.repeat(rgb, 3, axis=-1)
+        elif rgb.shape[-1] == 2:  # grey + alpha
+            rgb = np.repeat(rgb[..., :1], 3, axis=-1)
+        return np.ascontiguousarray(rgb[..., :3]), self.grey or rgb.shape[-1] == 1
+
+
+def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
+    """Block means of a TIFF's first page, read a band of rows at a time (memory-mapped where the
+    file allows, else strip by strip or tile by tile) and turned to RGB as ``read_image`` does."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        height, width = int(page.imagelength), int(page.imagewidth)
+        means = _BlockMeans(height, width, k)
+        band_rows = max(k, (1 << 24) // max(1, width * page.samplesperpixel) // k * k)  # ~16 M samples a band
+        if page.is_memmappable and page.planarconfig == 1:
+            data = tifffile.memmap(path, page=0, mode="r")
+            for r0 in range(0, height, band_rows):
+                means.add(_tiff_as_shown(np.asarray(data[r0 : r0 + band_rows]), page, path))
+            del data
+        elif page.planarconfig == 1:
+            band, band_y = None, -1
+            for data, index, _ in page.segments(sort=True):
+                y, x = int(index[-3]), int(index[-2])
+                tile = data.reshape(data.shape[-3:])  # (rows, cols, samples)
+                if y != band_y:
+                    if band is not None:
+                        means.add(_tiff_as_shown(band, page, path))
+                    band_y = y
+                    band = np.zeros((min(tile.shape[0], height - y), width, tile.shape[-1]), tile.dtype)
+                cols = min(tile.shape[1], width - x)
+                band[:, x : x + cols] = tile[: band.shape[0], :cols]
+            if band is not None:
+                means.add(_tiff_as_shown(band, page, path))
+        else:  # planes stored apart (rare): the whole page, as read_image does
+            means.add(read_image(path))
+        return means.finish()
+
+
+def _read_pillow_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
+    """Block means of a JPEG/PNG/...: a JPEG is decoded at 1/2, 1/4 or 1/8 by libjpeg itself (DCT
+    scaling, the most memory-frugal decoding there is), the rest reduced by Pillow after decoding."""
+    with _open_pillow(path) as img:
+        width, height = img.size
+        if img.format == "JPEG":
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-width // k), -(-height // k)))
+        img.load()
+        arr = _pillow_to_array(img)
+    scale = width / arr.shape[1]  # what the decoder already did (1, 2, 4 or 8)
+    rest = max(1, int(k // scale))
+    means = _BlockMeans(arr.shape[0], arr.shape[1], rest)
+    rows = max(rest, (1 << 24) // max(1, arr[0].size) // rest * rest)
+    for r0 in range(0, arr.shape[0], rows):
+        means.add(arr[r0 : r0 + rows])
+    return means.finish()
+
+
 def missing_codec(exc: BaseException) -> str | None:
     """The half-sentence naming the missing decoder when ``exc`` says one is missing, else None.
 
@@ -220,28 +506,36 @@ def is_greyscale(array: np.ndarray) -> bool:
     return False
 
 
-def _to_unit(arr: np.ndarray) -> np.ndarray:
-    """Scale pixel values to float32 0..1 (see :func:`as_rgb` for the rules)."""
-    if arr.dtype == bool:
-        return arr.astype(np.float32)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / float(2 ** data_bit_depth(arr) - 1)
-    if arr.dtype.kind in "iu":
-        lo, hi = int(arr.min()), int(arr.max())
+def _unit_divisor(dtype: np.dtype, lo: float, hi: float) -> float:
+    """What pixel values of this type and range are divided by to lie in 0..1 (:func:`as_rgb`'s rules)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return 1.0
+    if dtype == np.uint8:
+        return 255.0
+    if dtype.kind in "iu":
         if lo < 0 or hi > 65535:
-            raise InputError(f"Integer image values must lie in 0..65535, got {lo}..{hi}.")
-        return arr.astype(np.float32) / float(2 ** data_bit_depth(arr) - 1)
-    if arr.dtype.kind == "f":
-        arr = arr.astype(np.float32)
-        if not np.isfinite(arr).all():
-            raise InputError("The image contains NaN or infinite values.")
-        lo, hi = float(arr.min()), float(arr.max())
+            raise InputError(f"Integer image values must lie in 0..65535, got {int(lo)}..{int(hi)}.")
+        return float(2 ** _depth_of_max(hi) - 1)
+    if dtype.kind == "f":
         if lo < 0 or hi > 255:
             raise InputError(f"Float image values must lie in 0..1 (or 0..255), got {lo:g}..{hi:g}.")
-        return arr if hi <= 1.0 else arr / 255.0
-    raise InputError(f"Unsupported pixel type {arr.dtype}.")
+        return 1.0 if hi <= 1.0 else 255.0
+    raise InputError(f"Unsupported pixel type {dtype}.")
+
+
+def _to_unit(arr: np.ndarray) -> np.ndarray:
+    """Scale pixel values to float32 0..1 (see :func:`as_rgb` for the rules)."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError("The image contains NaN or infinite values.")
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"Unsupported pixel type {arr.dtype}.")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.dtype.kind in "iuf" else (0.0, 1.0)
+    divisor = _unit_divisor(arr.dtype, lo, hi)
+    out = arr.astype(np.float32)
+    if divisor != 1.0:
+        out /= np.float32(divisor)
+    return out
 
 
 def _channels_last(arr: np.ndarray) -> np.ndarray:
