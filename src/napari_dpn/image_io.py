@@ -198,10 +198,12 @@ def cmyk_to_rgb(cmyk: np.ndarray) -> np.ndarray:
 
 # Photographs whose longer side exceeds this are read block by block and averaged down to at most
 # about this side (:func:`read_photograph`): no fundus camera makes larger pictures (the largest,
-# DSLR-based, about 6000 px), and ``segment`` shrinks every photograph to its model's working scale
+# DSLR-based, 6000 x 4000), and ``segment`` shrinks every photograph to its model's working scale
 # (~12 px/deg: 540 px across a 45 degree field, 2400 px across a 200 degree ultra-widefield one),
 # so the network never needed those pixels.  The maps still come back at the photograph's size.
-READ_MAX_SIDE = 8192
+# Not larger: a FOV wider than 6750 px at the 45 degree guess would need a factor under
+# scale.MIN_FACTOR, which is taken as implausible and falls back to the native scale.
+READ_MAX_SIDE = 6000
 # Memory per pixel of the photograph that segmenting it at full size needs whatever its reading:
 # the probability map (float32, 4 B), the FOV and vessel masks (1 B each), the 16-bit PNG (2 B) and
 # its copy inside the encoder (2 B).
@@ -287,8 +289,8 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
     """Read a photograph for segmentation with memory bounded by design.
 
     Up to ``READ_MAX_SIDE`` pixels it is :func:`read_image` + :func:`as_rgb`.  A larger one is
-    averaged down in k x k blocks while it is decoded (TIFF: memory-mapped or strip by strip /
-    tile by tile; JPEG: decoded at 1/2, 1/4 or 1/8 by the decoder itself, then block means; other
+    averaged down in k x k blocks while it is decoded (TIFF: a band of rows, a strip or a tile
+    at a time; JPEG: decoded at 1/2, 1/4 or 1/8 by the decoder itself, then block means; other
     formats: decoded, then reduced by Pillow), so only the reduced copy and one band of rows are in
     memory.  ``max_reduction`` caps k (1: never reduce, for ``--scale native``; a given factor f
     allows 1/(1.5 f)).  InputError with the numbers when even the full-size maps would not fit in
@@ -318,7 +320,7 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
         if path.suffix.lower() in TIFF_SUFFIXES:
             rgb, grey = _read_tiff_reduced(path, k)
         else:
-            rgb, grey = _read_pillow_reduced(path, k)
+            rgb, grey = _read_pillow_reduced(path, k, max_reduction)
     except (MemoryError, InputError):
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
@@ -423,18 +425,28 @@ class _BlockMeans:
 
 
 def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
-    """Block means of a TIFF's first page, read a band of rows at a time (memory-mapped where the
-    file allows, else strip by strip or tile by tile) and turned to RGB as ``read_image`` does."""
+    """Block means of a TIFF's first page, read a band of rows at a time (uncompressed: plain reads;
+    else strip by strip or tile by tile) and turned to RGB as ``read_image`` does."""
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         height, width = int(page.imagelength), int(page.imagewidth)
         means = _BlockMeans(height, width, k)
         band_rows = max(k, (1 << 24) // max(1, width * page.samplesperpixel) // k * k)  # ~16 M samples a band
-        if page.is_memmappable and page.planarconfig == 1:
-            data = tifffile.memmap(path, page=0, mode="r")
-            for r0 in range(0, height, band_rows):
-                means.add(_tiff_as_shown(np.asarray(data[r0 : r0 + band_rows]), page, path))
-            del data
+        if page.is_contiguous and page.compression == 1 and page.planarconfig == 1 and page.bitspersample % 8 == 0:
+            # uncompressed: read a band of rows at a time (plain reads, not a memory map, whose
+            # pages would stay resident and count against the process)
+            dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
+            samples = int(page.samplesperpixel)
+            offset = int(page.dataoffsets[0])  # contiguous: the strips follow each other
+            with open(path, "rb") as f:
+                for r0 in range(0, height, band_rows):
+                    n = min(band_rows, height - r0)
+                    f.seek(offset + r0 * width * samples * dtype.itemsize)
+                    band = np.fromfile(f, dtype=dtype, count=n * width * samples)
+                    if band.size != n * width * samples:
+                        raise InputError(f"Cannot read {path}: the file ends before its last row (a truncated file).")
+                    band = band.reshape(n, width, samples).astype(dtype.newbyteorder("="), copy=False)
+                    means.add(_tiff_as_shown(band, page, path))
         elif page.planarconfig == 1:
             band, band_y = None, -1
             for data, index, _ in page.segments(sort=True):
@@ -454,17 +466,24 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
         return means.finish()
 
 
-def _read_pillow_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
+def _read_pillow_reduced(path: Path, k: int, cap: float | None = None) -> tuple[np.ndarray, bool]:
     """Block means of a JPEG/PNG/...: a JPEG is decoded at 1/2, 1/4 or 1/8 by libjpeg itself (DCT
-    scaling, the most memory-frugal decoding there is), the rest reduced by Pillow after decoding."""
+    scaling, the most memory-frugal decoding there is), then averaged down the rest of the way
+    (in all by k, or the next power of two when ``cap`` allows); other formats are decoded whole."""
+    limit = float("inf") if cap is None else float(cap)
     with _open_pillow(path) as img:
         width, height = img.size
         if img.format == "JPEG":
-            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-width // k), -(-height // k)))
+            s = 1
+            while s < k and s * 2 <= min(8.0, limit):
+                s *= 2
+            img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-width // s), -(-height // s)))
         img.load()
         arr = _pillow_to_array(img)
-    scale = width / arr.shape[1]  # what the decoder already did (1, 2, 4 or 8)
-    rest = max(1, int(k // scale))
+    scale = round(width / arr.shape[1])  # what the decoder already did (1, 2, 4 or 8)
+    rest = max(1, -(-k // scale))
+    if scale * rest > limit:
+        rest = max(1, int(k // scale))
     means = _BlockMeans(arr.shape[0], arr.shape[1], rest)
     rows = max(rest, (1 << 24) // max(1, arr[0].size) // rest * rest)
     for r0 in range(0, arr.shape[0], rows):
@@ -775,13 +794,26 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, on_value: int = 255, o
         raise InputError(f"A mask must be a non-empty 2-D array, got shape {mask.shape}.")
     if not 0 < int(on_value) <= 255:
         raise InputError(f"on_value must be in 1..255, got {on_value}.")
-    out = np.where(mask.astype(bool), np.uint8(on_value), np.uint8(0))
+    out = mask.astype(np.uint8)  # one byte per pixel, no temporaries (maps of huge photographs)
+    if mask.dtype != bool:
+        np.not_equal(mask, 0, out=out, casting="unsafe")
+    out *= np.uint8(on_value)
     with atomic_write(path, overwrite=overwrite) as tmp:
         if kind == "png":
             Image.fromarray(out).save(tmp, format="PNG")
         else:
             tifffile.imwrite(tmp, out, compression="zlib")
     return path
+
+
+def _to_uint16(prob: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """round(p * 65535) as uint16, a band of rows at a time: the 16-bit copy is the only big array."""
+    out = np.empty(prob.shape, np.uint16)
+    for r0 in range(0, prob.shape[0], rows):
+        band = prob[r0 : r0 + rows] * np.float32(65535.0)
+        np.round(band, out=band)
+        out[r0 : r0 + rows] = band
+    return out
 
 
 def write_probability(path: str | os.PathLike, prob: np.ndarray, overwrite: bool = True) -> Path:
@@ -795,13 +827,14 @@ def write_probability(path: str | os.PathLike, prob: np.ndarray, overwrite: bool
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2 or prob.size == 0:
         raise InputError(f"A probability map must be a non-empty 2-D array, got {prob.shape}.")
-    if not np.isfinite(prob).all():
+    lo, hi = float(prob.min()), float(prob.max())  # NaN-propagating, no temporary
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("The probability map contains NaN or infinite values.")
-    if prob.min() < 0 or prob.max() > 1:
+    if lo < 0 or hi > 1:
         raise InputError("Probabilities must lie in 0..1.")
     with atomic_write(path, overwrite=overwrite) as tmp:
         if kind == "png":
-            Image.fromarray(np.round(prob * 65535.0).astype(np.uint16)).save(tmp, format="PNG")
+            Image.fromarray(_to_uint16(prob)).save(tmp, format="PNG")
         else:
             tifffile.imwrite(tmp, prob, compression="zlib")
     return path
