@@ -216,3 +216,56 @@ def test_read_only_file_system_and_long_names_by_errno(tmp_path):
     with _tmpfs(tmp_path / "ro", "size=200k,ro") as disk:
         with pytest.raises(OutputError, match="the file system is read-only"):
             write_mask(disk / "m.png", mask)
+
+
+# ------------------------------------------------------------- big photographs, bounded memory
+def test_a_huge_header_is_refused_with_the_real_reason(tmp_path, capsys):
+    """A 100000 x 100000 TIFF (a header and sparse data): not "out of memory ... fewer workers" but
+    the photograph is too large for this machine's memory, with the numbers."""
+    src = tmp_path / "in"
+    src.mkdir()
+    tifffile.imwrite(src / "huge.tif", shape=(100_000, 100_000, 3), dtype=np.uint8, photometric="rgb")
+    rc, err = _cli(["segment", src, "--out", tmp_path / "out", "--device", "cpu"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "100,000 x 100,000 pixels" in err and "GB of memory" in err and "too large for this machine" in err, err
+    assert "fewer workers" not in err
+
+
+def _pillow_too_big_jpeg(path: Path) -> tuple[int, int]:
+    """A genuine JPEG above Pillow's decompression-bomb limit (2 x 89.5 Mpx): a synthetic fundus
+    enlarged to 13,600 x 13,500 (greyscale, to keep the test's own memory small)."""
+    rgb, _, _ = fundus(400, seed=3)
+    small = Image.fromarray((rgb[..., 1] * 255).astype(np.uint8))
+    size = (13_600, 13_500)
+    assert size[0] * size[1] > 2 * Image.MAX_IMAGE_PIXELS
+    small.resize(size, Image.BILINEAR).save(path, quality=85)
+    return size[1], size[0]
+
+
+def test_a_genuine_big_jpeg_is_segmented_in_bounded_memory(tmp_path):
+    """The 184-Mpx JPEG was refused as "corrupt" (Pillow's bomb guard); now it is segmented, its
+    maps at its own size, and the process's peak memory stays within ~12 bytes per pixel of the
+    photograph plus the fixed cost of Python, torch and the model (reading it whole and as float
+    RGB alone would take 4 + 12 bytes per pixel)."""
+    import resource
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    h, w = _pillow_too_big_jpeg(src / "big.jpg")
+    out = tmp_path / "out"
+    code = (
+        "import sys; from napari_dpn.cli import main; "
+        f"sys.exit(main(['segment', {str(src)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--quiet']))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # kB on Linux
+    assert done.returncode == 0, done.stderr
+    assert "corrupt" not in done.stderr
+    with Image.open(out / "big_vessels.png") as vessels:
+        assert vessels.size == (w, h)
+        mask = np.asarray(vessels) > 0
+    assert 0.0 < mask.mean() < 0.3
+    fixed = 700e6  # Python, torch and the model (about 0.3-0.5 GB)
+    assert peak < fixed + 12 * h * w, f"peak {peak / 1e9:.2f} GB for {h * w / 1e6:.0f} Mpx"
