@@ -269,3 +269,26 @@ def test_a_genuine_big_jpeg_is_segmented_in_bounded_memory(tmp_path):
     assert 0.0 < mask.mean() < 0.3
     fixed = 700e6  # Python, torch and the model (about 0.3-0.5 GB)
     assert peak < fixed + 12 * h * w, f"peak {peak / 1e9:.2f} GB for {h * w / 1e6:.0f} Mpx"
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{}, {"compression": "zlib", "rowsperstrip": 7}, {"compression": "zlib", "tile": (64, 64)}, {"byteorder": ">"}],
+    ids=["uncompressed", "strips", "tiles", "big-endian"],
+)
+def test_big_tiffs_are_block_means_read_band_by_band(tmp_path, monkeypatch, layout):
+    """Every TIFF layout gives exactly the k x k block means of the full read (ragged edges too)."""
+    import napari_dpn.image_io as image_io
+
+    monkeypatch.setattr(image_io, "READ_MAX_SIDE", 100)
+    rng = np.random.default_rng(4)
+    rgb = (rng.random((451, 333, 3)) * 4095).astype(np.uint16)  # 12-bit data: the depth rule applies too
+    tifffile.imwrite(tmp_path / "big.tif", rgb, photometric="rgb", **layout)
+    photo = image_io.read_photograph(tmp_path / "big.tif")
+    k = 5
+    padded = np.full((455, 335, 3), np.nan)
+    padded[:451, :333] = rgb
+    expected = np.nanmean(padded.reshape(91, k, 67, k, 3), axis=(1, 3)) / 4095
+    assert photo.shape == (451, 333) and photo.rgb.shape == (91, 67, 3) and not photo.grey
+    np.testing.assert_allclose(photo.rgb, expected, atol=1e-6)
+    assert image_io.read_photograph(tmp_path / "big.tif", max_reduction=1).rgb.shape == (451, 333, 3)
