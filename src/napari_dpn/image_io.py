@@ -626,7 +626,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"The mask {path} contains NaN or infinite values.")
     if arr.dtype.kind == "f" and float(arr.max()) <= 1.0:
         return arr > 0.5
-    scale = 65535.0 if (arr.dtype == np.uint16 or float(arr.max()) > 255) else 255.0
+    # half of the data's bit depth (as_rgb's rule), so a 16-bit mask holding 0/255 or 0/4095 works
+    top = float(arr.max())
+    scale = 255.0 if arr.dtype == np.uint8 or top <= 255 else 2.0 ** _depth_of_max(top) - 1.0
     return arr.astype(np.float32) > 127.0 * scale / 255.0
 
 

@@ -292,3 +292,13 @@ def test_big_tiffs_are_block_means_read_band_by_band(tmp_path, monkeypatch, layo
     assert photo.shape == (451, 333) and photo.rgb.shape == (91, 67, 3) and not photo.grey
     np.testing.assert_allclose(photo.rgb, expected, atol=1e-6)
     assert image_io.read_photograph(tmp_path / "big.tif", max_reduction=1).rgb.shape == (451, 333, 3)
+
+
+@pytest.mark.parametrize("on", [255, 4095, 65535])
+def test_sixteen_bit_masks_by_their_bit_depth(tmp_path, on):
+    """A 16-bit annotation holding 0/255 or 0/4095 is not empty (it was read against 65535)."""
+    from napari_dpn.image_io import read_mask
+
+    _, label, _ = fundus(96, seed=5)
+    tifffile.imwrite(tmp_path / "eye_vessels.tif", label.astype(np.uint16) * on)
+    np.testing.assert_array_equal(read_mask(tmp_path / "eye_vessels.tif"), label)
