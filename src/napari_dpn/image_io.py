@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ FULL_MAP_BYTES_PER_PIXEL = 10
 WORK_BYTES_PER_PIXEL = 40
 _FULL_DECODE_BYTES = 2  # Pillow's own buffer and the array copied out of it, per byte of a sample
 _GB = 1e9
-_PILLOW_LOCK = __import__("threading").Lock()
+_PILLOW_LOCK = threading.Lock()
 
 
 def available_memory() -> int:
