@@ -266,16 +266,6 @@ class Photograph:
     grey: bool  # a greyscale photograph (is_greyscale of the file's pixels)
     reduction: float = 1.0  # the file's pixels per pixel of ``rgb`` (1: read at full size)
 
-    @property
-    def note(self) -> str | None:
-        if self.reduction == 1.0:
-            return None
-        h, w = self.shape
-        return (
-            f"the {w:,} x {h:,} photograph was read at 1/{self.reduction:.3g} of its size (block means), "
-            f"as it is larger than {READ_MAX_SIDE} px and the network works at a far coarser scale"
-        )
-
 
 def reduction_for(shape: tuple[int, ...], max_reduction: float | None = None) -> int:
     """The block size a photograph of ``shape`` is read with: 1 up to ``READ_MAX_SIDE``, else the
