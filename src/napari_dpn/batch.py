@@ -63,13 +63,15 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         from . import scale as scale_mod
         from .fov import estimate_fov
-        from .image_io import as_rgb, is_greyscale, read_image
+        from .image_io import as_rgb, header_shape, is_greyscale, max_reduction, read_image, reduction_for
         from .preprocess import normalise
         from .segmentation import choose_scale
 
         t0 = time.perf_counter()
         s = self.settings
         try:
+            if reduction_for(header_shape(self.jobs[i].image), max_reduction(s.scale)) > 1:
+                return {"index": i, "single": True}  # a huge photograph: the per-image path reads it reduced
             raw = read_image(self.jobs[i].image)
             grey = bool(is_greyscale(raw))
             rgb = as_rgb(raw)

@@ -187,7 +187,7 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
     Raises only for what stops the whole run: the model cannot be loaded, or the output folder
     cannot be written (a full disk, a read-only folder).
     """
-    from .image_io import as_rgb, is_greyscale, read_image
+    from .image_io import max_reduction, read_photograph
     from .segmentation import segment
 
     earlier = receipt_of(job, run_dir) or resume_job(run_dir, job)
@@ -201,12 +201,12 @@ def segment_job(job: Job, settings: Settings, run_dir: str | None = None) -> Res
             torch.set_num_threads(settings.torch_threads)
     loaded = worker_model(settings)
     try:
-        raw = read_image(job.image)
-        grey = bool(is_greyscale(raw))
-        rgb = as_rgb(raw)
+        photo = read_photograph(job.image, max_reduction(settings.scale))  # a huge one averaged down as read
+        grey = photo.grey
         seg = segment(
             loaded,
-            rgb,
+            photo.rgb,
+            shape=photo.shape,
             threshold=settings.threshold,
             scale=settings.scale,
             field_angle=settings.field_angle,

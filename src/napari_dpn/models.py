@@ -86,6 +86,25 @@ def _check_card_fields(card: ModelCard) -> None:
             raise bad(f"input.{key}", "a list of 3 numbers" + (" above 0" if positive else ""), v)
     if not isinstance(inp.get("clahe"), bool):
         raise bad("input.clahe", "true or false", inp.get("clahe"))
+    _check_scale_block(card.scale, bad)
+
+
+# The numbers of a card's ``scale`` block that inference reads (scale.py), and their rules.
+_SCALE_NUMBERS = ("working_ppd", "trained_ppd", "vessel_calibre_px")
+
+
+def _check_scale_block(block, bad) -> None:
+    """The ``scale`` block is a JSON object whose numbers are numbers: a hand-edited ``"big"``
+    must be one sentence here, not an AttributeError deep inside a segmentation."""
+    if not isinstance(block, dict):
+        raise bad("scale", 'a JSON object such as {"working_ppd": 12.0}', block)
+    for key in _SCALE_NUMBERS:
+        value = block.get(key)
+        if value is not None and not (_is_number(value) and value > 0):
+            raise bad(f"scale.{key}", "a number above 0 (or absent)", value)
+    fusion = block.get("fusion")
+    if fusion is not None and not (_is_number(fusion) and 1.0 <= fusion <= 3.0):
+        raise bad("scale.fusion", "a number between 1 and 3 (or absent)", fusion)
 
 
 @dataclass
@@ -141,7 +160,7 @@ class ModelCard:
         if card.input is not None and not isinstance(card.input, dict):
             raise WeightsError(f"the model card's 'input' must be a JSON object, got {card.input!r}")
         card.input = {**FRESH_INPUT, **(card.input or {})}
-        for key in ("training", "metrics"):
+        for key in ("training", "metrics", "scale"):
             if getattr(card, key) is None:
                 setattr(card, key, {})
         _check_card_fields(card)

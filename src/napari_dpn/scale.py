@@ -59,6 +59,7 @@ class Scale:
     fused_coarser: float | None = None  # with a guessed field angle, a coarser pass averaged in too
     disc_diameter: float | None = None  # pixels, in the original image (method 'disc')
     disc_degrees: float | None = None  # the degrees of retina that diameter is taken to span
+    read_reduction: float | None = None  # a huge photograph read averaged down this much (image_io.read_photograph)
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""
@@ -71,7 +72,12 @@ class Scale:
                 f"; averaged with passes at x{self.fused_factor:.3g} and x{self.fused_coarser:.3g}, "
                 "as the field angle is a guess"
             )
-        return self._describe_scale() + fused
+        read = (
+            ""
+            if not self.read_reduction
+            else f"; read at 1/{self.read_reduction:.3g} of its size, as it is larger than any fundus camera's"
+        )
+        return self._describe_scale() + fused + read
 
     def _describe_scale(self) -> str:
         if self.method == "native":

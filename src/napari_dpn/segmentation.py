@@ -198,6 +198,7 @@ def segment(
     progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     fusion: float | str | None = "auto",
+    shape: tuple[int, int] | None = None,
 ) -> Segmentation:
     """Segment one photograph (any layout ``image_io.as_rgb`` accepts) at the model's working scale.
 
@@ -208,9 +209,17 @@ def segment(
     field angle is guessed (45 degrees), a pass at the chosen scale divided by ``fusion`` is
     averaged in too: the guess may be too fine as well as too coarse.  ValueError for an invalid
     ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
+    ``shape``: the photograph's own (H, W) when ``image`` is a copy of it averaged down as it was
+    read (``image_io.read_photograph``): a given factor counts in the photograph's pixels, and the
+    maps and the scale come back in them.
     """
     fusion = check_fusion(fusion, loaded.card)
     rgb = as_rgb(image)
+    reduction = _read_reduction(rgb.shape, shape)
+    if reduction != 1.0 and not isinstance(scale_mod.parse_scale(scale), str):
+        scale = scale_mod.parse_scale(scale) * reduction
+    if fov is not None and reduction != 1.0:
+        fov = scale_mod.resample_mask(fov, rgb.shape[:2])
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
     finer = coarser = None
@@ -237,6 +246,36 @@ def segment(
             sc, fused_factor=round(finer, 4), fused_coarser=None if coarser is None else round(coarser, 4)
         )
     t = float(loaded.card.threshold if threshold is None else threshold)
-    return Segmentation(
-        probability=prob.astype(np.float32, copy=False), fov=fov, threshold=t, scale=sc, prediction=pred
+    prob = prob.astype(np.float32, copy=False)
+    if reduction != 1.0:
+        prob, fov, sc = _at_full_size(prob, fov, sc, tuple(shape), reduction)
+    return Segmentation(probability=prob, fov=fov, threshold=t, scale=sc, prediction=pred)
+
+
+def _read_reduction(work_shape, shape) -> float:
+    """How much smaller (per side) the image is than the photograph it was read from (1: not)."""
+    if shape is None or tuple(shape[:2]) == tuple(work_shape[:2]):
+        return 1.0
+    return float(np.sqrt(shape[0] / work_shape[0] * shape[1] / work_shape[1]))
+
+
+def _at_full_size(prob, fov, sc: Scale, shape: tuple[int, int], r: float):
+    """The maps of a photograph read averaged down, at its own size (bilinear, as every pass's map
+    is brought back), and the scale in its pixels.  Memory: the maps themselves and one float copy."""
+    fov = scale_mod.resample_mask(fov, shape)
+    prob = scale_mod.resample_image(prob, shape)  # stays within the map's own range: no clip copy
+
+    def times(value, f):
+        return None if value is None else value * f
+
+    sc = dataclasses.replace(
+        sc,
+        factor=sc.factor / r,
+        ppd=times(sc.ppd, r),
+        fov_diameter=times(sc.fov_diameter, r),
+        disc_diameter=times(sc.disc_diameter, r),
+        fused_factor=None if sc.fused_factor is None else round(sc.fused_factor / r, 4),
+        fused_coarser=None if sc.fused_coarser is None else round(sc.fused_coarser / r, 4),
+        read_reduction=round(r, 4),
     )
+    return prob, fov, sc
