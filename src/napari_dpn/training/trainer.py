@@ -63,10 +63,13 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def summarise_metrics(report: dict) -> dict:
-    """auc and the Youden-point se, sp, acc, f1, threshold of a ``metrics.evaluate`` report."""
+def summarise_metrics(report: dict, at: str | None = None) -> dict:
+    """auc, se, sp, acc, f1 and threshold of a ``metrics.evaluate`` report: at the threshold it was
+    given (``train_threshold``; ``at`` says whose, e.g. "the card's threshold") when there is one,
+    else at the Youden point; ``youden_threshold`` always."""
     pooled = report["pooled"]
-    y = pooled["youden"]
+    given = pooled.get("train_threshold")
+    y = given or pooled["youden"]
     return {
         "auc": pooled["auc"],
         "threshold": y["threshold"],
@@ -74,6 +77,8 @@ def summarise_metrics(report: dict) -> dict:
         "sp": y["sp"],
         "acc": y["acc"],
         "f1": y["f1"],
+        "at": (at or "the given threshold") if given else "the Youden point",
+        "youden_threshold": pooled["youden"]["threshold"],
     }
 
 
@@ -170,6 +175,9 @@ class _Trainer:
         # Data.
         self.train = prepare_pairs(train_pairs, "training", self.emit)
         self.val = prepare_pairs(val_pairs, "validation", self.emit) if val_pairs else []
+        self.working_ppd = None  # the base model's working scale the images were resampled to
+        if config.scale is not None:
+            self._to_working_scale()
         crop = config.crop or augment.default_crop(self.train[0].rgb.shape)
         self.config.crop = crop
         t0 = time.perf_counter()
@@ -242,6 +250,26 @@ class _Trainer:
         self.stopped_early: str | None = None
         self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
 
+    def _to_working_scale(self) -> None:
+        """Resample the pairs as ``segment`` will resample photographs for the base model."""
+        from ..models import LoadedModel, ModelCard
+        from ..scale import working_ppd
+        from .data import to_working_scale
+
+        card = ModelCard.from_dict(self.base_card) if self.base_card else None
+        ppd = working_ppd(card) if card is not None else None
+        if ppd is None:
+            what = f"the base model {card.name} records" if card is not None else "a fresh network has"
+            self.emit(MessageEvent(f"{what} no working scale: training on the images at their own scale"))
+            return
+        loaded = LoadedModel(model=self.model, card=card)
+        try:
+            self.train = to_working_scale(self.train, loaded, self.config.scale, self.config.field_angle, self.emit)
+            self.val = to_working_scale(self.val, loaded, self.config.scale, self.config.field_angle, self.emit)
+        finally:
+            self.model.train()
+        self.working_ppd = ppd
+
     # ---------------------------------------------------------------- pieces
 
     def batch(self, step: int):
@@ -272,28 +300,65 @@ class _Trainer:
         finally:
             self.model.train()
 
-    def evaluate(self, pairs: list[Pair]) -> dict | None:
+    def evaluate(self, pairs: list[Pair], threshold=None, at=None, probs=None) -> dict | None:
+        """Metrics on ``pairs`` at ``threshold`` (labelled ``at``), or at their Youden point."""
         from .. import metrics
         from ..errors import DPNError
 
-        probs = self.predict(pairs)
+        probs = self.predict(pairs) if probs is None else probs
         try:
             report = metrics.evaluate(
-                probs, [p.label for p in pairs], [p.fov for p in pairs], names=[p.name for p in pairs]
+                probs,
+                [p.label for p in pairs],
+                [p.fov for p in pairs],
+                names=[p.name for p in pairs],
+                train_threshold=threshold,
             )
         except DPNError as exc:
             self.emit(MessageEvent(f"validation skipped: {exc}"))
             return None
-        return summarise_metrics(report)
+        return summarise_metrics(report, at)
 
     def validate(self) -> dict | None:
+        """Metrics of the weights at this step: before training at the base model's own threshold
+        (the one it is used with), during training at the Youden point."""
         if not self.val:
             return None
-        m = self.evaluate(self.val)
+        base_t = (self.base_card or {}).get("threshold")
+        if self.step == 0 and isinstance(base_t, (int, float)):
+            m = self.evaluate(self.val, float(base_t), f"the threshold of {self.base_card.get('name', 'the base')}")
+        else:
+            m = self.evaluate(self.val)
         if m is not None:
             self.history.append({"step": self.step, **m})
             self.emit(ValidationEvent(self.step, m))
         return m
+
+    def final_metrics(self) -> tuple[dict | None, float, str]:
+        """(validation metrics at the card's threshold, that threshold, its rule) for these weights:
+        the threshold by ``config.threshold_rule`` on the validation images (else the training
+        images), and the validation metrics at exactly that threshold."""
+        from .. import metrics
+        from ..errors import DPNError
+
+        rule = self.config.threshold_rule
+        pairs, which = (self.val, "validation") if self.val else (self.train, "training")
+        self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
+        probs = self.predict(pairs)
+        what = "Youden point" if rule == "youden" else "accuracy-maximising point"
+        scale = f" at {self.working_ppd:g} px/deg" if self.working_ppd else ""
+        try:
+            t = float(metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs], rule=rule))
+            text = f"{what} on the {len(pairs)} {which} images{scale}"
+        except DPNError:
+            t, text = 0.5, "default 0.5 (the annotations hold a single class)"
+        after = None
+        if self.val:
+            after = self.evaluate(self.val, t, "the card's threshold", probs=probs)
+            if after is not None:
+                self.history.append({"step": self.step, **after})
+                self.emit(ValidationEvent(self.step, after))
+        return after, t, text
 
     def checkpoint(self) -> Path:
         step = self.step
@@ -371,7 +436,9 @@ class _Trainer:
                 if self.should_stop():
                     path = self.checkpoint()
                     self.emit(CancelledEvent(self.step, path))
-                    return self.result(cancelled=True)
+                    # What these weights would be worth saved (the widget's before/after table).
+                    after, t = self.final_metrics()[:2] if self.val else (None, None)
+                    return self.result(cancelled=True, after=after, threshold=t)
                 t0 = time.perf_counter()
                 values = self.train_step()
                 if self.step % FLUSH_EVERY == 0:
@@ -423,8 +490,7 @@ class _Trainer:
 
     def finish(self) -> TrainResult:
         path = self.checkpoint()
-        after = self.validate() if self.val else None
-        threshold, rule = self.recommend_threshold(after)
+        after, threshold, rule = self.final_metrics()
         card = self.make_card(after, threshold, rule)
         card.scale = self.scale_block(threshold)
         model_path = self.save(card)
@@ -432,14 +498,16 @@ class _Trainer:
         return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
 
     def scale_block(self, threshold: float) -> dict:
-        """The card's ``scale``: the working scale the images were resampled to (else the base
-        model's), and the network's own thickest-vessel calibre there, measured on the training
-        images with a circular FOV (the reference of the calibre scale estimate)."""
+        """The card's ``scale``: the working scale the images were resampled to (``working_ppd`` of
+        the dataset run, or the base model's for a fine-tune at its scale; else the base model's,
+        inherited), the base's two-scale fusion when the new model works at the base's scale, and
+        the network's own thickest-vessel calibre there, measured on the training images with a
+        circular FOV (the reference of the calibre scale estimate)."""
         from ..scale import fov_diameter
         from ..segmentation import vessel_calibre
 
         base = dict((self.base_card or {}).get("scale") or {})
-        ppd = self.config.working_ppd or base.get("working_ppd")
+        ppd = self.config.working_ppd or self.working_ppd or base.get("working_ppd")
         if not ppd:
             return {}
         disc = [p for p in self.train if fov_diameter(p.fov) is not None][:8] or self.train[:8]
@@ -448,12 +516,16 @@ class _Trainer:
             for p, prob in zip(disc, self.predict(disc))
             if (c := vessel_calibre(prob >= threshold, p.fov)) is not None
         ]
-        how = (
-            f"training images resampled to {ppd:g} px/deg"
-            if self.config.working_ppd
-            else f"inherited from {base.get('name', 'the base model')}"
-        )
-        return {
+        if self.config.working_ppd:
+            how = f"training images resampled to {ppd:g} px/deg"
+        elif self.working_ppd:
+            how = (
+                f"training images resampled to {ppd:g} px/deg (the working scale of "
+                f"{base.get('name') or self.base_card.get('name')}) as segment resamples photographs"
+            )
+        else:
+            how = f"inherited from {base.get('name') or (self.base_card or {}).get('name', 'the base model')}"
+        block = {
             "working_ppd": float(ppd),
             "trained_ppd": float(ppd),
             "source": how,
@@ -461,6 +533,12 @@ class _Trainer:
             "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
             f"mean over {len(calibres)} training images",
         }
+        if base.get("fusion") is not None and math.isclose(float(ppd), float(base.get("working_ppd") or 0)):
+            # The same scale as the base: its measured two-scale setting holds for the new model too.
+            block["fusion"] = base["fusion"]
+            src = base.get("fusion_source")
+            block["fusion_source"] = f"inherited from {self.base_card.get('name')}" + (f": {src}" if src else "")
+        return block
 
     def save(self, card) -> Path:
         """Save the model as ``<name>.safetensors``; without ``overwrite`` an existing model of that
@@ -481,25 +559,6 @@ class _Trainer:
                         f"kept it and saving this one as {card.name}"
                     )
                 )
-
-    def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
-        """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""
-        from .. import metrics
-        from ..errors import DPNError
-
-        if self.config.threshold_rule == "youden" and after is not None:
-            return after["threshold"], f"Youden point on the {len(self.val)} validation images"
-        pairs, which = (self.val, "validation") if self.val else (self.train, "training")
-        self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
-        probs = self.predict(pairs)
-        try:
-            t = metrics.choose_train_threshold(
-                probs, [p.label for p in pairs], [p.fov for p in pairs], rule=self.config.threshold_rule
-            )
-        except DPNError:
-            return 0.5, "default 0.5 (the annotations hold a single class)"
-        what = "Youden point" if self.config.threshold_rule == "youden" else "accuracy-maximising point"
-        return float(t), f"{what} on the {len(pairs)} {which} images"
 
     def make_card(self, after: dict | None, threshold: float, rule: str):
         from ..models import ModelCard
@@ -527,6 +586,17 @@ class _Trainer:
             "validation_history": self.history,
             "lr_changes": self.lr_changes,
         }
+        if self.working_ppd:
+            training["image_scales"] = [  # what the network saw: each image at the working scale
+                {
+                    "name": p.name,
+                    "factor": round(float(p.scale["factor"]), 4),
+                    "trained_shape": list(p.label.shape),
+                    "how": p.scale["description"],
+                }
+                for p in self.train + self.val
+                if p.scale
+            ]
         averaged = self.weights_averaged()
         if averaged:
             training["weights_averaged_over_steps"] = averaged
