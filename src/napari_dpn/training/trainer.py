@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import augment
-from ..errors import TrainingError
+from ..errors import OutputError, OutputExistsError, TrainingError
 from ..model import build_model, flush_denormals_
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -151,7 +151,13 @@ class _Trainer:
             self.input = dict(ck["input"])
             torch.manual_seed(config.seed)
             model = build_model(self.arch)
-            model.load_state_dict(ck["model"])
+            try:
+                model.load_state_dict(ck["model"])
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise TrainingError(
+                    f"{Path(resume).name} cannot be resumed: its weights do not fit a {self.arch} network "
+                    f"({str(exc).strip().splitlines()[0][:160]})"
+                ) from None
         else:
             model, card, warnings = _load_init(init, self.device)
             for text in warnings:
@@ -214,13 +220,10 @@ class _Trainer:
         self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
         self.averaged_steps: list[int] | None = None  # the weights are the mean of these steps' (average_checkpoints)
         if ck is not None:
-            self.opt.load_state_dict(ck["optimizer"])
+            self._restore_state(ck, Path(resume).name)
             saved_lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0].get("lr_mult", 1.0)
             for group in self.opt.param_groups:  # load_state_dict brings back the old rate; --lr must win
                 group["lr"] = config.lr * group.get("lr_mult", 1.0)
-            if self.scaler is not None and ck.get("scaler"):
-                self.scaler.load_state_dict(ck["scaler"])
-            torch.set_rng_state(ck["torch_rng"])
             self.step = int(ck["step"])
             self.losses = list(ck["losses"])
             self.metrics_before = ck.get("metrics_before")
@@ -248,7 +251,22 @@ class _Trainer:
             flush_denormals_(self.model)  # subnormal weights (e.g. in the release's) slow x86 convolutions ~100x
         self.good = _LastGood(self.model, self.opt)  # weights to fall back to on divergence
         self.stopped_early: str | None = None
+        self.saved_step: int | None = int(ck["step"]) if ck is not None else None  # last checkpoint written
         self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
+
+    def _restore_state(self, ck: dict, name: str) -> None:
+        """The optimiser, gradient scaler and random state of a checkpoint; TrainingError with one
+        sentence when they do not fit this run (a damaged or foreign file)."""
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.scaler is not None and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(
+                f"{name} cannot be resumed: its optimiser or random state does not fit this network ({text})"
+            ) from None
 
     def _to_working_scale(self) -> None:
         """Resample the pairs as ``segment`` will resample photographs for the base model."""
@@ -383,7 +401,17 @@ class _Trainer:
         }
         if self.weights_averaged():
             payload["averaged_steps"] = self.averaged_steps
-        _save_checkpoint(self.ckpt_path, payload)
+        try:
+            _save_checkpoint(self.ckpt_path, payload)
+        except OutputError as exc:  # a full disk, a read-only folder: errno-based, one sentence
+            kept = (
+                f"the checkpoint of step {self.saved_step} is kept: free some space and continue with "
+                f"--resume {self.ckpt_path} (or Resume in the Fine-tune widget)"
+                if self.saved_step is not None
+                else "no checkpoint had been written yet"
+            )
+            raise OutputError(f"training stopped at step {step}: {str(exc).rstrip('.')}; {kept}") from None
+        self.saved_step = step
         self.emit(CheckpointEvent(step, self.ckpt_path))
         return self.ckpt_path
 
@@ -543,7 +571,6 @@ class _Trainer:
     def save(self, card) -> Path:
         """Save the model as ``<name>.safetensors``; without ``overwrite`` an existing model of that
         name (one that appeared while this run trained) is kept and this one gets ``<name>-2``..."""
-        from ..errors import OutputExistsError
         from ..models import save_model
 
         base, n = self.name, 1
@@ -559,6 +586,12 @@ class _Trainer:
                         f"kept it and saving this one as {card.name}"
                     )
                 )
+            except OutputError as exc:  # a full disk (errno-based, in atomic_write)
+                raise OutputError(
+                    f"the model was not saved: {str(exc).rstrip('.')}; its weights are in the checkpoint "
+                    f"{self.ckpt_path} (step {self.step}): free some space and save them with "
+                    f"napari-dpn train --resume {self.ckpt_path} (or Resume in the Fine-tune widget)"
+                ) from None
 
     def make_card(self, after: dict | None, threshold: float, rule: str):
         from ..models import ModelCard
