@@ -413,12 +413,14 @@ class Session:
         out_dir=None,
         should_stop=None,
         callback=None,
+        field_angle: float | None = None,
     ):
-        """Fine-tune ``init`` (a model name or path) on the saved annotations; the new model is
-        saved with its card in the user models folder (or ``out_dir``) and recorded with the
-        images it saw.  Returns the engine's ``TrainResult``."""
+        """Fine-tune ``init`` (a model name or path) on the saved annotations at its working scale
+        (``field_angle``: the camera's, as given to segment; None: the 45 degree guess); the new
+        model is saved with its card in the user models folder (or ``out_dir``) and recorded with
+        the images it saw.  Returns the engine's ``TrainResult``."""
         from .models import user_models_dir
-        from .training import TrainConfig, train
+        from .training import finetune_config, train
 
         pairs = self.training_pairs()
         if not pairs:
@@ -426,14 +428,14 @@ class Session:
         seen = [e.name for e in self.entries if e.state == "saved"]
         side = min(min(p[0].shape[:2]) for p in pairs)
         name = name or f"{self.folder.name}-ft{len(self.models) + 1}"
-        config = TrainConfig(
+        # The shared fine-tune settings: the base model's working scale (as segment resamples), its
+        # fusion carried over, the shipped threshold rule (max accuracy), lr 1e-4.
+        config = finetune_config(
             steps=int(steps),
             crop=min(512, side // 16 * 16),
-            lr=1e-4,
-            threshold_rule="max_acc",  # the fewest pixels for the grader to change
+            field_angle=field_angle,
             device=device,
             name=name,
-            val_every=0,
             checkpoint_every=max(1, int(steps)),
         )
         out = Path(out_dir) if out_dir else user_models_dir()

@@ -286,7 +286,8 @@ class _Trainer:
             self.val = to_working_scale(self.val, loaded, self.config.scale, self.config.field_angle, self.emit)
         finally:
             self.model.train()
-        self.working_ppd = ppd
+        if any(p.scale and p.scale["method"] != "fallback" for p in self.train):
+            self.working_ppd = ppd  # else segment too keeps such photographs at their own scale
 
     # ---------------------------------------------------------------- pieces
 
@@ -366,7 +367,9 @@ class _Trainer:
         what = "Youden point" if rule == "youden" else "accuracy-maximising point"
         scale = f" at {self.working_ppd:g} px/deg" if self.working_ppd else ""
         try:
-            t = float(metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs], rule=rule))
+            t = float(
+                metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs], rule=rule)
+            )
             text = f"{what} on the {len(pairs)} {which} images{scale}"
         except DPNError:
             t, text = 0.5, "default 0.5 (the annotations hold a single class)"
