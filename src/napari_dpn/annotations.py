@@ -212,13 +212,13 @@ def _no_pairs_message(images: Path, labels) -> str:
     where = Path(labels).expanduser() if labels else images
     text = (
         f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
-        f"in {where} (and optionally IMAGE{FOV_SUFFIX}), or exactly one label there sharing the "
-        "image's leading number (as DRIVE's 21_manual1.gif for 21_training.tif)"
+        f"in {where} (optionally IMAGE{FOV_SUFFIX}) or one label sharing its leading number "
+        "(21_manual1.gif for 21_training.tif)"
     )
     layout = detect_layout(images)
     if layout:
         key, root = layout
-        return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
+        return text + f"; for the {DATASETS[key].folder} release use --dataset {key} --root {root}"
     entries = list(images.iterdir())
     if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(
         p.is_dir() for p in entries
