@@ -264,6 +264,12 @@ class PairsMixin:
         )
 
     @classmethod
+    def _release_pairs(cls, folder: Path) -> list:
+        """A dataset release folder's samples, or [] (then ``folder_pairs``, with its checks, applies)."""
+        found = cls._folder_pairs(folder)[0]
+        return found if found and hasattr(found[0], "dataset") else []
+
+    @classmethod
     def _folder_text(cls, folder: Path | None) -> str:
         if folder is None:
             return "Folder: none"
@@ -294,12 +300,12 @@ class PairsMixin:
         for image, vessels, fov in self._checked_entries(self.train_list):
             train.append(self._layer_pair(image, vessels, fov))
         if self._train_folder is not None:
-            train += self._folder_pairs(self._train_folder)[0] or folder_pairs(self._train_folder)
+            train += self._release_pairs(self._train_folder) or folder_pairs(self._train_folder)
         if not train:
             raise InputError(NO_PAIRS_MESSAGE)
         for image, gt, fov in self._checked_entries(self.val_list):
             val.append(self._layer_pair(image, gt, fov))
         if self._val_folder is not None:
-            val += self._folder_pairs(self._val_folder)[0] or folder_pairs(self._val_folder)
+            val += self._release_pairs(self._val_folder) or folder_pairs(self._val_folder)
         no_fov = [p.name for p in train + val if getattr(p, "fov", None) is None and not hasattr(p, "dataset")]
         return train, val, no_fov
