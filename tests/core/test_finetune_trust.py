@@ -94,6 +94,8 @@ def test_cli_finetune_trains_at_the_base_models_working_scale_and_keeps_its_card
     assert card.scale["working_ppd"] == WORKING_PPD and card.scale["trained_ppd"] == WORKING_PPD
     assert card.scale["fusion"] == 1.5 and "base-ft" in card.scale["fusion_source"]
     assert "resampled" in card.scale["source"]
+    # Scaled with the 45 degree guess: the calibre reference stays the base's, measured at a known scale.
+    assert card.scale["vessel_calibre_px"] == 2.0 and "inherited from base-ft" in card.scale["vessel_calibre_rule"]
     (scale,) = card.training["image_scales"]
     assert abs(scale["trained_shape"][0] - expected) <= 2 and scale["factor"] == pytest.approx(
         expected / (128 * upscale), rel=0.02

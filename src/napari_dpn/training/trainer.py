@@ -564,6 +564,15 @@ class _Trainer:
             "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
             f"mean over {len(calibres)} training images",
         }
+        guessed = [p.name for p in self.train if p.scale and p.scale["method"] == "default-angle"]
+        if self.working_ppd and guessed and base.get("vessel_calibre_px"):
+            # Images scaled with the 45 degree guess are at 12 px/deg only if the guess is right: their
+            # calibre is no reference for the calibre estimate; the base's, measured at a known scale, is.
+            block["vessel_calibre_px"] = base["vessel_calibre_px"]
+            block["vessel_calibre_rule"] = (
+                f"inherited from {self.base_card.get('name')} ({len(guessed)} training image(s) were scaled "
+                "with the 45 degree field-angle guess, so their own calibre is not at a known scale)"
+            )
         if base.get("fusion") is not None and math.isclose(float(ppd), float(base.get("working_ppd") or 0)):
             # The same scale as the base: its measured two-scale setting holds for the new model too.
             block["fusion"] = base["fusion"]
