@@ -132,7 +132,38 @@ def find_pairs(
         _, fov = annotation_paths(image, fovs_dir)
         if label.is_file():
             pairs.append((image, label, fov if fov.is_file() else None))
+        elif (label := _by_number(image, labels_dir, "label")) is not None:
+            # Dataset-style names (DRIVE: 21_training.tif, 21_manual1.gif, 21_training_mask.gif).
+            pairs.append((image, label, fov if fov.is_file() else _by_number(image, fovs_dir, "fov")))
     return pairs
+
+
+_LEADING_NUMBER = re.compile(r"^(\d+)(?=\D|$)")
+_FOV_STEM = re.compile(r".*(_mask|_fov)", re.IGNORECASE)
+
+
+def _by_number(image: Path, folder: Path, what: str) -> Path | None:
+    """The one file of ``folder`` that shares ``image``'s leading number and is a vessel label
+    (``what='label'``) or a FOV mask (``'fov'``); None when there is none or more than one.
+    In the image's own folder only files named as annotations count (not other photographs)."""
+    m = _LEADING_NUMBER.match(image.stem)
+    if not m or not folder.is_dir():
+        return None
+    number, suffixes = int(m.group(1)), _image_suffixes()
+    found = []
+    for p in folder.iterdir():
+        n = _LEADING_NUMBER.match(p.stem)
+        if not n or int(n.group(1)) != number or p == image or not p.is_file() or p.suffix.lower() not in suffixes:
+            continue
+        if p.name.startswith(".") or any(p.name.lower().endswith(s) for s in PROBABILITY_SUFFIXES):
+            continue
+        is_fov = bool(_FOV_STEM.fullmatch(p.stem))
+        if (what == "fov") != is_fov:
+            continue
+        if folder == image.parent and not_a_photograph(p) is None:
+            continue  # another photograph of the same number, not an annotation
+        found.append(p)
+    return found[0] if len(found) == 1 else None
 
 
 # ------------------------------------------------------------------ training pairs on disk
@@ -181,12 +212,13 @@ def _no_pairs_message(images: Path, labels) -> str:
     where = Path(labels).expanduser() if labels else images
     text = (
         f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
-        f"in {where} (and optionally IMAGE{FOV_SUFFIX})"
+        f"in {where} (optionally IMAGE{FOV_SUFFIX}) or one label sharing its leading number "
+        "(21_manual1.gif for 21_training.tif)"
     )
     layout = detect_layout(images)
     if layout:
         key, root = layout
-        return text + f"; this looks like the {DATASETS[key].folder} release, so use --dataset {key} --root {root}"
+        return text + f"; for the {DATASETS[key].folder} release use --dataset {key} --root {root}"
     entries = list(images.iterdir())
     if not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in entries) and any(
         p.is_dir() for p in entries

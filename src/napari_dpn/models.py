@@ -422,7 +422,7 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, overw
     """Write ``path`` (.safetensors, with the card embedded) and its ``.json`` card, each atomically;
     the ``.json`` gets the file's sha256.  With ``overwrite=False`` nothing is written if either
     file exists (OutputExistsError), not even one that appears meanwhile."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from .image_io import atomic_write, ensure_output_folder
 
@@ -439,9 +439,15 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, overw
     card.architecture = getattr(model, "architecture", card.architecture)
     embedded = dataclasses.replace(card, sha256="")
     _check_card_fields(embedded)
+    # Serialised in memory and written with Python's I/O: a full disk is then an OSError with its
+    # errno (atomic_write's OutputError says why), not a SafetensorError carrying only a message.
+    data = save(state, metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
     with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(state, str(tmp), metadata={_CARD_KEY: json.dumps(embedded.to_dict())})
-        os.chmod(tmp, 0o644)  # safetensors writes 0600 files; weights are meant to be shared
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
     card.sha256 = file_sha256(path)
     try:
         with atomic_write(beside, overwrite=overwrite) as tmp:

@@ -155,6 +155,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def _finetune_scale(angle) -> dict:
+    """The folder's field-of-view setting as fine-tune settings: train at the scale it segments at."""
+    return {"scale": "native"} if angle == "native" else {"field_angle": angle}
+
+
 def free_model_name(stem: str, out_dir=None, first: int = 1) -> str:
     """``<stem>-ft<N>`` with the first N from ``first`` that no model has: no weights, card or
     checkpoint of that name in ``out_dir`` (default: the user models folder) and no listed or
@@ -748,12 +753,15 @@ class Session:
         out_dir=None,
         should_stop=None,
         callback=None,
+        field_angle: float | str | None = None,
     ):
-        """Fine-tune ``init`` (a model name or path) on the saved annotations; the new model is
-        saved with its card in the user models folder (or ``out_dir``) and recorded with the
-        images it saw.  Returns the engine's ``TrainResult``."""
+        """Fine-tune ``init`` (a model name or path) on the saved annotations at its working scale
+        (``field_angle``: the camera's, as given to segment; None: the folder's setting, else the
+        45 degree guess; 'native': no resampling, as the folder was segmented); the new
+        model is saved with its card in the user models folder (or ``out_dir``) and recorded with
+        the images it saw.  Returns the engine's ``TrainResult``."""
         from .models import user_models_dir
-        from .training import TrainConfig, train
+        from .training import finetune_config, train
 
         pairs = self.training_pairs()
         if not pairs:
@@ -761,14 +769,14 @@ class Session:
         seen = [self.entries[i].name for i in self.corrected_indices if self.vessels_path(i).is_file()]
         side = min(min(p[0].shape[:2]) for p in pairs)
         name = name or free_model_name(self.folder.name, out_dir, len(self.models) + 1)
-        config = TrainConfig(
+        # The shared fine-tune settings: the base model's working scale (as segment resamples), its
+        # fusion carried over, the shipped threshold rule (max accuracy), lr 1e-4.
+        config = finetune_config(
             steps=int(steps),
             crop=min(512, side // 16 * 16),
-            lr=1e-4,
-            threshold_rule="max_acc",  # the fewest pixels for the grader to change
+            **_finetune_scale(self.field_angle if field_angle is None else field_angle),
             device=device,
             name=name,
-            val_every=0,
             checkpoint_every=max(1, int(steps)),
         )
         out = Path(out_dir) if out_dir else user_models_dir()

@@ -1,10 +1,15 @@
 """``napari-dpn train``: train or fine-tune on a public dataset or on a folder of annotated images.
 
     napari-dpn train --dataset drive --root DATASETS [--split default] [--steps N] ...
-    napari-dpn train --images DIR [--labels DIR] [--fovs DIR] [--init dpn-release-drive] ...
+    napari-dpn train --images DIR [--labels DIR] [--fovs DIR] [--init MODEL|none] ...
 
-Folder mode pairs ``IMAGE.ext`` with ``IMAGE_vessels.png`` (and ``IMAGE_fov.png``; estimated when
-absent), the convention the napari Save button writes (``annotations.py``).
+Folder mode fine-tunes the default model (``models.DEFAULT_MODEL``; ``--init none``: a fresh network)
+at its working scale, as ``segment`` resamples photographs (``training.finetune_config``).  It pairs
+``IMAGE.ext`` with ``IMAGE_vessels.png`` (and ``IMAGE_fov.png``; estimated when absent), the
+convention the napari Save button writes (``annotations.py``), or, failing that, with the one label
+sharing the image's leading number (DRIVE's ``21_manual1.gif`` beside ``21_training.tif``).
+``--dataset`` training keeps the paper's protocol: a fresh network at the images' own scale unless
+``--init`` / ``--working-ppd`` are given.
 
 A model is never replaced without ``--overwrite``: an existing ``NAME.safetensors``/``.json`` (or an
 earlier run's ``NAME.ckpt.pt``) in the output folder stops the command before step 1; default names
@@ -56,7 +61,27 @@ def register(subparsers) -> argparse.ArgumentParser:
     val.add_argument("--val-fovs", metavar="DIR")
     val.add_argument("--val-every", type=int, default=None, metavar="N", help="validate every N steps (default 500)")
     run = p.add_argument_group("model and schedule")
-    run.add_argument("--init", metavar="MODEL", help="fine-tune this model (name or path); default: a fresh network")
+    run.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="the model to fine-tune (name or path), or 'none' for a fresh network; default with "
+        "--images: the default model (dpn-universal); with --dataset: a fresh network (the paper's protocol)",
+    )
+    run.add_argument(
+        "--scale",
+        default=None,
+        metavar="auto|native|FACTOR",
+        help="with --images and a base model: resample the images to the base model's working scale "
+        "as segment does (auto, the default: FOV diameter / field angle), keep them as they are "
+        "(native), or by a factor",
+    )
+    run.add_argument(
+        "--field-angle",
+        type=float,
+        default=None,
+        metavar="DEG",
+        help="the camera's field angle in degrees, for --scale auto (default: the 45 degree guess, as segment)",
+    )
     run.add_argument("--arch", choices=("dpn", "dpn-release"), default="dpn", help="architecture of a fresh network")
     run.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (give the same data again)")
     run.add_argument(
@@ -72,7 +97,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--lr",
         type=float,
         default=None,
-        help="Adam learning rate (default 1e-3); with --resume, the rate from there on",
+        help="Adam learning rate (default 1e-4 when fine-tuning with --images, else 1e-3); with "
+        "--resume, the rate from there on",
     )
     run.add_argument("--weight-decay", type=float, default=None, help="L2 on conv weights (default 5e-4)")
     run.add_argument("--batch-size", type=int, default=None, help="crops per step (default 1, as the paper)")
@@ -95,7 +121,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         choices=("youden", "max_acc"),
         default=None,
         help="how the saved card's threshold is chosen, on the validation images if any, else the "
-        "training images (default youden, the ROC-optimal point)",
+        "training images (default max_acc, the accuracy-maximising point, as for every shipped "
+        "model; youden: the ROC-optimal point)",
     )
     run.add_argument(
         "--time-limit",
@@ -187,10 +214,22 @@ def _data(args):
     return train, val, f"{len(train)} annotated image(s) from {Path(args.images).expanduser()}", None
 
 
-def _config(args, key):
-    from .training import TrainConfig, load_checkpoint
+def _resolve_init(args) -> str | None:
+    """The model to start from: ``--init``; 'none' for a fresh network; without ``--init``, the
+    default model for ``--images`` (a user fine-tuning corrections expects the shipped model, not
+    a network that knows nothing) and a fresh network for ``--dataset`` (the paper's protocol)."""
+    from .models import DEFAULT_MODEL
 
-    base = TrainConfig()
+    if args.init is not None:
+        return None if str(args.init).strip().lower() in ("none", "") else args.init
+    return DEFAULT_MODEL if args.images and not args.resume else None
+
+
+def _config(args, key):
+    from .training import TrainConfig, finetune_config, load_checkpoint
+
+    # Fine-tuning a model on one's own images: its working scale, the shipped threshold rule, lr 1e-4.
+    base = finetune_config() if args.images and args.init else TrainConfig()
     if args.resume:
         saved = load_checkpoint(args.resume)["config"]
         base = TrainConfig(**saved)
@@ -229,6 +268,8 @@ def _config(args, key):
         time_limit=args.time_limit,
         augment_mode=pick(args.augment_mode, base.augment_mode),
         working_ppd=pick(args.working_ppd, base.working_ppd),
+        scale=pick(args.scale, base.scale),
+        field_angle=pick(args.field_angle, base.field_angle),
         augment_off=tuple(p.strip() for p in args.augment_off.split(",") if p.strip())
         if args.augment_off is not None
         else base.augment_off,
@@ -242,9 +283,10 @@ def _dataset_keys() -> tuple[str, ...]:
 
 
 def _format_metrics(m: dict) -> str:
+    at = m.get("at") or "the Youden point"
     return (
         f"AUC {m['auc']:.4f}  Se {m['se']:.4f}  Sp {m['sp']:.4f}  Acc {m['acc']:.4f}  F1 {m['f1']:.4f}"
-        f"  (Youden threshold {m['threshold']:.3f})"
+        f"  (threshold {m['threshold']:.3f}: {at})"
     )
 
 
@@ -402,6 +444,7 @@ def cmd_train(args) -> int:
     from .training import load_checkpoint, train
 
     _check_numbers(args)
+    args.init = _resolve_init(args)
     if args.name is not None:
         validate_model_name(args.name, shipped_ok=True)  # the form first; shipped names below
     train_pairs, val_pairs, desc, key = _data(args)

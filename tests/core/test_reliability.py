@@ -665,7 +665,8 @@ def test_two_runs_in_the_same_second_get_two_models(pairs, tmp_path, capsys, mon
     assert rc == 0
     unchanged(first, models, new_allowed=set(snapshot(models)) - set(first))
     names = sorted(p.stem for p in models.glob("*.safetensors"))
-    assert names == ["dpn-train-20300102-030405", "dpn-train-20300102-030405-2"]
+    # issue #20 item 3: --images fine-tunes the default model, whose name starts the default name
+    assert names == ["dpn-universal-train-20300102-030405", "dpn-universal-train-20300102-030405-2"]
     assert not list(models.glob(".*lock"))
 
 

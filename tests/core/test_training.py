@@ -260,7 +260,7 @@ def test_main_head_only_and_fine_tune_keep_the_base_input_convention(tmp_path):
     card = load_model(result.model_path).card
     assert card.architecture == "dpn-release" and card.base_model == "base"
     assert card.input["channel_order"] == "BGR" and card.input["scale"] == 255.0
-    assert card.threshold_rule.startswith("Youden point on the 3 training images")
+    assert card.threshold_rule.startswith("accuracy-maximising point on the 3 training images")  # issue #20 item 4
     for k, v in base.model.state_dict().items():  # the caller's model is not modified
         torch.testing.assert_close(v, before[k])
 

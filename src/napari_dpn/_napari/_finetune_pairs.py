@@ -16,7 +16,7 @@ from napari.layers import Labels
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QToolButton
 
-from napari_dpn.errors import InputError
+from napari_dpn.errors import DPNError, InputError
 
 from . import _roles
 from ._dock import wrapped_label
@@ -40,6 +40,7 @@ class LayerPair:
     image: np.ndarray
     label: np.ndarray
     fov: np.ndarray | None
+    field_angle: float | None = None  # the camera's, when the layer records it (training's scale)
 
     def load(self):
         from napari_dpn.image_io import as_rgb
@@ -229,15 +230,50 @@ class PairsMixin:
             self.set_val_folder(folder)
 
     @staticmethod
-    def _folder_text(folder: Path | None) -> str:
+    def _folder_pairs(folder: Path) -> tuple[list, str]:
+        """(pairs, what they are) of a folder: saved annotations (``<image>_vessels.png``, or one
+        label sharing an image's leading number, as DRIVE's ``21_manual1.gif``); else, in a
+        DRIVE/STARE/CHASE_DB1 release folder, that split part's images with their manual labels."""
+        from napari_dpn.annotations import FilePair, find_pairs
+        from napari_dpn.datasets import DATASETS, detect_layout, load_split
+
+        found = find_pairs(folder)
+        if found:
+            no_fov = sum(1 for p in found if p[2] is None)
+            extra = f", {no_fov} without FOV mask (estimated)" if no_fov else ""
+            return [FilePair(i.stem, i, lab, fov) for i, lab, fov in found], f"{len(found)} annotated image(s){extra}"
+        layout = detect_layout(folder)
+        if layout:
+            key, root = layout
+            try:
+                split = load_split(key, root)
+            except DPNError:
+                split = None
+            if split is not None:
+                test = "test" in {p.lower() for p in folder.resolve().relative_to(root.resolve()).parts}
+                samples = split.test if test else split.train
+                if samples:
+                    what = "test" if test else "training"
+                    return samples, (
+                        f"the {DATASETS[key].folder} release: its {len(samples)} {what} images with their manual labels"
+                    )
+        return [], (
+            "0 annotated image(s): looked for <image>_vessels.png beside each image, or one label "
+            "sharing the image's leading number (as DRIVE's 21_manual1.gif beside 21_training.tif); "
+            "none found (images in sub-folders are not searched)"
+        )
+
+    @classmethod
+    def _release_pairs(cls, folder: Path) -> list:
+        """A dataset release folder's samples, or [] (then ``folder_pairs``, with its checks, applies)."""
+        found = cls._folder_pairs(folder)[0]
+        return found if found and hasattr(found[0], "dataset") else []
+
+    @classmethod
+    def _folder_text(cls, folder: Path | None) -> str:
         if folder is None:
             return "Folder: none"
-        from napari_dpn.annotations import find_pairs
-
-        pairs = find_pairs(folder)
-        no_fov = sum(1 for p in pairs if p[2] is None)
-        extra = f", {no_fov} without FOV mask (estimated)" if no_fov else ""
-        return f"Folder: {folder} — {len(pairs)} annotated image(s){extra}"
+        return f"Folder: {folder} — {cls._folder_pairs(folder)[1]}"
 
     def set_train_folder(self, folder) -> None:
         self._train_folder = Path(folder).expanduser() if folder else None
@@ -253,7 +289,8 @@ class PairsMixin:
         data = SegmentWidget.image_data(image)  # checks only; converted in the worker
         label = _layer_data(masks) > 0
         fov_mask = _layer_data(fov) > 0 if fov is not None else None
-        return LayerPair(image.name, data, label, fov_mask)
+        angle = _roles.info_of(masks).get("field_angle") or _roles.info_of(image).get("field_angle")
+        return LayerPair(image.name, data, label, fov_mask, angle if isinstance(angle, (int, float)) else None)
 
     def collect_pairs(self) -> tuple[list, list, list[str]]:
         """(training pairs, validation pairs, names without a FOV mask); InputError if unusable."""
@@ -263,12 +300,12 @@ class PairsMixin:
         for image, vessels, fov in self._checked_entries(self.train_list):
             train.append(self._layer_pair(image, vessels, fov))
         if self._train_folder is not None:
-            train += folder_pairs(self._train_folder)
+            train += self._release_pairs(self._train_folder) or folder_pairs(self._train_folder)
         if not train:
             raise InputError(NO_PAIRS_MESSAGE)
         for image, gt, fov in self._checked_entries(self.val_list):
             val.append(self._layer_pair(image, gt, fov))
         if self._val_folder is not None:
-            val += folder_pairs(self._val_folder)
-        no_fov = [p.name for p in train + val if p.fov is None]
+            val += self._release_pairs(self._val_folder) or folder_pairs(self._val_folder)
+        no_fov = [p.name for p in train + val if getattr(p, "fov", None) is None and not hasattr(p, "dataset")]
         return train, val, no_fov

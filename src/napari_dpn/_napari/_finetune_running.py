@@ -46,6 +46,7 @@ class _Run:
     before: dict | None = None
     after: dict | None = None
     saved: bool = False
+    overwrite: bool = True  # a new run the user confirmed; a resumed one never replaces a model
 
 
 class _Bridge(QObject):
@@ -63,9 +64,10 @@ class RunningMixin:
     """
 
     def make_config(self):
-        """The TrainConfig of the settings; InputError for unusable values."""
+        """The TrainConfig of the settings (``training.finetune_config``: the base model's working
+        scale and fusion, the shipped threshold rule); InputError for unusable values."""
         from napari_dpn.models import list_models, shipped_models_dir
-        from napari_dpn.training import TrainConfig
+        from napari_dpn.training import finetune_config
 
         text = self.lr_edit.text().strip()
         try:
@@ -86,14 +88,13 @@ class RunningMixin:
         ):
             raise InputError(f"'{name}' is a shipped model; choose another name for the fine-tuned one.")
         steps = int(self.steps_spin.value())
-        return TrainConfig(
+        return finetune_config(
             steps=steps,
             crop=int(self.crop_spin.value()),
             lr=lr,
             augment=self.augment_check.isChecked(),
             device=self.device_combo.currentText() or "auto",
             checkpoint_every=CHECKPOINT_EVERY,
-            val_every=0,
             name=name,
         )
 
@@ -147,6 +148,7 @@ class RunningMixin:
             run.out_dir,
             resume,
             run.description,
+            run.overwrite,
             returned=self._on_returned,
             finished=self._on_finished,
         )
@@ -160,12 +162,18 @@ class RunningMixin:
         self.progress.setRange(0, 0)  # busy until the first step
         self.progress.setFormat("preparing…")
         self.status.setText(
-            f"{'Saving' if resume else 'Fine-tuning'} '{config.name}' from {Path(str(run.init)).stem} on "
+            f"{self._verb(config, resume)} '{config.name}' from {Path(str(run.init)).stem} on "
             f"{len(run.train_pairs)} image(s)"
             + (f", validating on {len(run.val_pairs)}" if run.val_pairs else ", no validation images")
             + f" ({config.device})…"
         )
         worker.start()
+
+    def _verb(self, config, resume) -> str:
+        if resume is None:
+            return "Fine-tuning"
+        done = self.run_info.result
+        return "Saving" if done is not None and config.steps == done.steps else "Resuming"
 
     def cancel(self, *_) -> None:
         """Stop before the next step; the engine writes a checkpoint."""
@@ -204,11 +212,16 @@ class RunningMixin:
             self.val_folder_clear,
             self.val_add_button,
             self.save_button,
+            self.resume_button,
         ):
             w.setEnabled(not running)
 
-    def _job(self, config, train_pairs, val_pairs, init, out_dir, resume, description, should_stop) -> _Outcome:
-        """Background work: train (or finish from a checkpoint).  Never raises."""
+    def _job(
+        self, config, train_pairs, val_pairs, init, out_dir, resume, description, overwrite, should_stop
+    ) -> _Outcome:
+        """Background work: train (or finish from a checkpoint).  Never raises.  The engine gives
+        the metrics before (at the base model's threshold) and after (at the new card's, also for
+        a cancelled run's weights)."""
         from napari_dpn.training import train
 
         try:
@@ -222,11 +235,9 @@ class RunningMixin:
                 callback=self._bridge.event.emit,
                 should_stop=should_stop,
                 description=description,
+                overwrite=overwrite,
             )
-            after = result.metrics_after
-            if result.cancelled and val_pairs and self.alive:
-                after = self._evaluate(result, val_pairs, config.device)
-            return _Outcome(result=result, after=after)
+            return _Outcome(result=result, after=result.metrics_after)
         except DPNError as exc:
             return _Outcome(error=str(exc))
         except MemoryError:
@@ -236,26 +247,6 @@ class RunningMixin:
             if "out of memory" in text.lower():
                 return _Outcome(error=f"Out of memory on {config.device}: choose a smaller crop or 'cpu' as device.")
             return _Outcome(error=f"Fine-tuning failed ({type(exc).__name__}: {text}).")
-
-    @staticmethod
-    def _evaluate(result, val_pairs, device) -> dict | None:
-        """Validation metrics of a cancelled run's weights (the engine validates only at the end)."""
-        from napari_dpn import metrics, training
-        from napari_dpn.inference import predict
-        from napari_dpn.models import LoadedModel, ModelCard
-
-        try:
-            ck = training.load_checkpoint(result.checkpoint)
-            pairs = training.prepare_pairs(val_pairs, "validation")
-            card = ModelCard(name="checkpoint", architecture=ck["architecture"], input=dict(ck["input"]))
-            loaded = LoadedModel(model=result.model, card=card)
-            probs = [predict(loaded, p.rgb, device=device).probability for p in pairs]
-            report = metrics.evaluate(
-                probs, [p.label for p in pairs], [p.fov for p in pairs], names=[p.name for p in pairs]
-            )
-            return training.summarise_metrics(report)
-        except DPNError:
-            return None
 
     # ------------------------------------------------------------------ events (GUI thread)
 
@@ -321,10 +312,14 @@ class RunningMixin:
             self.progress.setFormat(f"cancelled at step {res.steps}/{run.config.steps}")
             text = f"Cancelled at step {res.steps}; the checkpoint is kept: {res.checkpoint}. No model was saved."
             if run.after:
-                text += f" These weights' ROC-optimal threshold on the validation images: {run.after['threshold']:.3f}."
+                text += (
+                    f" Saved, these weights would get the threshold {run.after['threshold']:.3f} "
+                    "(max accuracy on the validation images); the table uses it."
+                )
             self.result_label.setText(text)
             self.status.setText(
-                f"Cancelled at step {res.steps}. 'Save model from checkpoint' keeps these weights as a model."
+                f"Cancelled at step {res.steps}. 'Resume' trains on to the Steps set; "
+                "'Save model from checkpoint' keeps these weights as a model."
             )
             self.save_button.setText(f"Save model from checkpoint (step {res.steps})")
             self.save_button.setVisible(True)
@@ -336,7 +331,7 @@ class RunningMixin:
         self.progress.setValue(res.steps)
         self.progress.setFormat(f"done · {res.steps} steps")
         card = res.card
-        rule = getattr(card, "threshold_rule", "") or "ROC-optimal"
+        rule = getattr(card, "threshold_rule", "") or "max accuracy"
         self.result_label.setText(
             f"Recommended threshold {res.threshold:.3f} ({rule}); stored in the model card.\n"
             f"Saved '{card.name}' to {res.model_path} — pick it in 'Segment vessels'."
@@ -353,8 +348,63 @@ class RunningMixin:
         from dataclasses import replace
 
         config = replace(run.config, steps=int(run.result.steps))
+        run.overwrite = False
         self._start(config, resume=run.result.checkpoint)
         return self._worker
+
+    def resume(self, *_, checkpoint=None):
+        """Continue a run from its checkpoint up to the Steps set: the last cancelled (or finished)
+        run of this widget, else a checkpoint file the user picks (``checkpoint`` in scripts),
+        trained on the ticked pairs.  The new model never replaces an existing one."""
+        if self._worker is not None:
+            return None
+        from dataclasses import replace
+
+        from napari_dpn import training
+
+        run = self.run_info
+        if checkpoint is None and run is not None and run.result is not None:
+            checkpoint = run.result.checkpoint
+        elif checkpoint is None:
+            checkpoint = self._ask_checkpoint()
+            if checkpoint is None:
+                return None
+        try:
+            ck = training.load_checkpoint(checkpoint)
+            steps = int(self.steps_spin.value())
+            if steps <= ck["step"]:
+                raise InputError(
+                    f"The checkpoint is at step {ck['step']}: set Steps above {ck['step']} to train on from it."
+                )
+            if run is None or run.result is None or Path(run.result.checkpoint) != Path(checkpoint):
+                train, val, _ = self.collect_pairs()
+                run = self.run_info = _Run(
+                    config=training.TrainConfig(**ck["config"]),
+                    train_pairs=train,
+                    val_pairs=val,
+                    init=(ck.get("base_card") or {}).get("name") or ck["architecture"],
+                    out_dir=Path(checkpoint).parent,
+                    description=ck.get("description") or f"{len(train)} corrected image(s)",
+                )
+        except DPNError as exc:
+            self._error(str(exc))
+            return None
+        run.overwrite = False
+        config = replace(run.config, steps=steps, device=self.device_combo.currentText() or "auto")
+        run.config = config
+        self._start(config, resume=Path(checkpoint))
+        return self._worker
+
+    def _ask_checkpoint(self):
+        """Ask for a checkpoint file (``*.ckpt.pt``); tests replace this method."""
+        from qtpy.QtWidgets import QFileDialog
+
+        from napari_dpn.models import user_models_dir
+
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Resume from a checkpoint", str(user_models_dir()), "Checkpoints (*.ckpt.pt)"
+        )
+        return Path(path) if path else None
 
     def _announce_model(self, name: str) -> None:
         """Make the new model appear in every model list at once (ours and Segment vessels')."""

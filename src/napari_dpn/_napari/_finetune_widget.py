@@ -11,9 +11,11 @@ ground truth stays a validation image (its corrected layer is listed for trainin
 The run uses :func:`napari_dpn.training.train` in a napari worker thread: a progress bar with
 the ETA, a live loss plot, Cancel (stops before the next step and keeps the checkpoint).  The
 model and its card are written to the user models folder under the chosen name, so the
-"Segment vessels" widget lists it at once.  At the end (and after a cancel) a table compares
-Se, Sp, Acc, AUC and F1 inside the FOV on the validation images before and after, and shows the
-ROC-optimal (Youden) threshold the new model's card recommends.  Closing the viewer or the dock
+"Segment vessels" widget lists it at once.  Training runs at the base model's working scale, as
+segmentation resamples photographs (``training.finetune_config``), and the card keeps the base's
+scale, fusion and threshold rule.  At the end (and after a cancel) a table compares Se, Sp, Acc,
+AUC and F1 inside the FOV on the validation images before and after, each model at the threshold
+it is used with.  *Resume…* trains on from a cancelled or finished run's checkpoint.  Closing the viewer or the dock
 during a run cancels it the same way (see :mod:`._dock`): no model is saved after the window
 is gone, and the checkpoint is the last good state.
 
@@ -200,7 +202,13 @@ class FinetuneWidget(PairsMixin, RunningMixin, ResultsMixin, DockWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.setToolTip("Stop before the next step; the checkpoint is kept.")
+        self.resume_button = QPushButton("Resume…")
+        self.resume_button.setToolTip(
+            "Train on from a checkpoint up to the Steps set: the last cancelled or finished run, "
+            "else a .ckpt.pt file you pick (trained on the ticked pairs). Never replaces a model."
+        )
         row.addWidget(self.run_button, 1)
+        row.addWidget(self.resume_button)
         row.addWidget(self.cancel_button)
         v.addLayout(row)
         self.progress = QProgressBar()
@@ -239,9 +247,10 @@ class FinetuneWidget(PairsMixin, RunningMixin, ResultsMixin, DockWidget):
         self.table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.table.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Fixed)
         self.table.setToolTip(
-            "Inside the FOV, pooled over the validation images, at each "
-            "model's ROC-optimal (Youden) threshold; AUC is threshold-free. "
-            "Threshold: that Youden threshold."
+            "Inside the FOV, pooled over the validation images at the model's working scale, each "
+            "model at the threshold it is used with: Before at the base model's card threshold, "
+            "After at the new card's (max accuracy on the validation images, the rule of the "
+            "shipped models); AUC is threshold-free."
         )
         self.table.setFixedHeight(ROW_HEIGHT + 2 + ROW_HEIGHT * len(METRIC_ROWS) + 2 * self.table.frameWidth() + 2)
         v.addWidget(self.table)
@@ -277,6 +286,7 @@ class FinetuneWidget(PairsMixin, RunningMixin, ResultsMixin, DockWidget):
         self.name_edit.textEdited.connect(self._on_name_edited)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.resume_button.clicked.connect(self.resume)
         self.save_button.clicked.connect(self.save_checkpoint_as_model)
 
     def _update_settings_summary(self, *_) -> None:

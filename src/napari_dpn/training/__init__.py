@@ -32,8 +32,8 @@ What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what w
 """
 
 from .checkpoint import CHECKPOINT_FORMAT, average_checkpoints, load_checkpoint
-from .config import MAX_CROP, RUN_CONTROL, TrainConfig
-from .data import Pair, check_annotation, network_input, prepare_pairs
+from .config import MAX_CROP, RUN_CONTROL, TrainConfig, finetune_config
+from .data import Pair, check_annotation, network_input, prepare_pairs, to_working_scale
 from .events import (
     CancelledEvent,
     CheckpointEvent,
@@ -66,10 +66,12 @@ __all__ = [
     "check_annotation",
     "class_balance_beta",
     "dpn_loss",
+    "finetune_config",
     "load_checkpoint",
     "network_input",
     "param_groups",
     "prepare_pairs",
     "summarise_metrics",
+    "to_working_scale",
     "train",
 ]

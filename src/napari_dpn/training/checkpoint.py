@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -48,22 +49,73 @@ class _LastGood:
 
 
 def _save_checkpoint(path: Path, payload: dict) -> Path:
-    from ..errors import OutputError
+    """Write ``payload`` atomically.  Serialised in memory first and written with plain file I/O,
+    so a full disk is an OSError with its errno (torch's own zip writer reports only a message)
+    and the OutputError says why in one sentence; the previous checkpoint stays as it was."""
+    import io
+
     from ..image_io import atomic_write, ensure_output_folder
 
     ensure_output_folder(path.parent)
-    try:
-        with atomic_write(path) as tmp:
-            torch.save(payload, tmp)
-    except RuntimeError as exc:  # torch's zip writer reports a failed write (e.g. a full disk) this way
-        if "write" not in str(exc).lower():
-            raise
-        raise OutputError(f"Cannot write {path}: the write failed (is the disk full?).") from None
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())  # a full disk can surface only here (delayed allocation)
     return path
 
 
+def _newer(fmt) -> bool:
+    """True for a napari-dpn checkpoint format newer than this version reads."""
+    if not (isinstance(fmt, str) and fmt.startswith("napari-dpn-checkpoint/")):
+        return False
+    try:
+        return int(fmt.rsplit("/", 1)[1]) > int(CHECKPOINT_FORMAT.rsplit("/", 1)[1])
+    except ValueError:
+        return False
+
+
+def _bad_field(ck: dict) -> str | None:
+    """What is wrong with a checkpoint's fields, in a few words (None: they look usable)."""
+    from dataclasses import fields
+
+    from ..model import ARCHITECTURES
+    from .config import TrainConfig
+
+    step = ck.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"its step is {step!r}, not a whole number of 0 or more"
+    if ck.get("architecture") not in ARCHITECTURES:
+        return f"its architecture {ck.get('architecture')!r} is not one of {', '.join(ARCHITECTURES)}"
+    model = ck.get("model")
+    if not isinstance(model, dict) or not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return "its weights ('model') are not a set of tensors"
+    for key in ("optimizer", "config", "input"):
+        if not isinstance(ck.get(key), dict):
+            return f"its '{key}' is not a mapping"
+    if not isinstance(ck.get("torch_rng"), torch.Tensor) or ck["torch_rng"].dtype != torch.uint8:
+        return "its random-number state is not a byte tensor"
+    losses = ck.get("losses")
+    if not isinstance(losses, list) or not all(isinstance(v, (int, float)) for v in losses):
+        return "its loss history is not a list of numbers"
+    if ck.get("base_card") is not None and not isinstance(ck["base_card"], dict):
+        return "its base model card is not a mapping"
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(ck["config"]) - known)
+    if unknown:
+        return f"its settings include {', '.join(unknown)}, unknown to this version (written by a newer napari-dpn?)"
+    try:
+        TrainConfig(**ck["config"]).check()
+    except (TypeError, ValueError, TrainingError) as exc:
+        return f"its settings are not valid ({str(exc).rstrip('.')})"
+    return None
+
+
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`train` (tensors on the CPU)."""
+    """Read a checkpoint written by :func:`train` (tensors on the CPU); TrainingError with one
+    sentence for a file that is not one, one from a newer version, or one with malformed fields."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise TrainingError(f"checkpoint not found: {path}")
@@ -71,8 +123,17 @@ def load_checkpoint(path) -> dict:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TrainingError(f"{path.name} is not a readable checkpoint ({exc})") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+    fmt = ck.get("format") if isinstance(ck, dict) else None
+    if _newer(fmt):
+        raise TrainingError(
+            f"{path.name} was written by a newer napari-dpn ({fmt}; this version reads "
+            f"{CHECKPOINT_FORMAT}): update napari-dpn to resume it"
+        )
+    if fmt != CHECKPOINT_FORMAT:
         raise TrainingError(f"{path.name} is not a napari-dpn training checkpoint")
+    problem = _bad_field(ck)
+    if problem:
+        raise TrainingError(f"{path.name} cannot be resumed: {problem}")
     return ck
 
 

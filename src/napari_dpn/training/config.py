@@ -48,11 +48,18 @@ class TrainConfig:
     architecture: str = "dpn"  # for fresh models
     threads: int | None = None  # torch CPU threads (None: torch's default)
     name: str | None = None  # name of the saved model (default: architecture + date)
-    threshold_rule: str = "youden"  # the card's threshold: youden (ROC-optimal) | max_acc
+    # The card's threshold, chosen on the validation images (else the training images): max_acc (the
+    # accuracy-maximising point, the rule of every shipped model) | youden (ROC-optimal).
+    threshold_rule: str = "max_acc"
     time_limit: float | None = None  # seconds of training in this session; then finish at the step reached
     augment_mode: str = "paper"  # paper: the 11 offline views + mirror; robust: any-camera (augment.RobustSampler)
     working_ppd: float | None = None  # pixels per degree the training images were resampled to (scale.py)
     augment_off: tuple[str, ...] = ()  # robust mode: parts of augment.AUGMENT_PARTS left out (an ablation)
+    # Fine-tuning: resample every training and validation image as ``segment`` would for the base
+    # model (segmentation.choose_scale: 'auto' = FOV diameter / field angle to the card's working
+    # scale; a number: that factor); None trains on the images as given (the paper's protocol).
+    scale: str | float | None = None
+    field_angle: float | None = None  # degrees, with scale 'auto' (None: the 45 degree guess, as segment)
 
     def check(self) -> None:
         if self.steps < 0:
@@ -83,6 +90,16 @@ class TrainConfig:
             )
         if self.working_ppd is not None and not self.working_ppd > 0:
             raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
+        if self.scale is not None:
+            from ..scale import check_field_angle, parse_scale
+
+            try:
+                self.scale = parse_scale(self.scale)
+                self.field_angle = check_field_angle(self.field_angle)
+            except (TypeError, ValueError) as exc:
+                raise TrainingError(str(exc)) from None
+            if self.scale == "native":
+                self.scale = None
         if self.amp not in AMP_MODES:
             raise TrainingError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.crop is not None and self.crop > MAX_CROP:
@@ -100,3 +117,14 @@ class TrainConfig:
                 raise TrainingError(
                     f"{key.replace('_', '-')} must be 0 (never) or more steps, got {getattr(self, key)}"
                 )
+
+
+def finetune_config(**settings) -> TrainConfig:
+    """The settings of a fine-tune on a user's annotations, shared by ``train --images``, the
+    Fine-tune widget and ``Session.finetune``: images resampled to the base model's working scale
+    as ``segment`` resamples photographs (``scale='auto'``, the same field-angle rule), so the card's
+    scale and fusion stay true; the shipped models' threshold rule (max accuracy); a gentle
+    learning rate (1e-4: 1e-3 from a trained model undoes it in a few steps).  ``settings``
+    override any field."""
+    base = dict(scale="auto", threshold_rule="max_acc", lr=1e-4, val_every=0)
+    return TrainConfig(**{**base, **settings})

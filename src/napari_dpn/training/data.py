@@ -22,6 +22,8 @@ class Pair:
     rgb: np.ndarray
     label: np.ndarray
     fov: np.ndarray
+    field_angle: float | None = None  # degrees, when the caller knows this photograph's camera
+    scale: dict | None = None  # how it was resampled for training (to_working_scale), as Scale.to_dict
 
 
 def _as_bool(mask) -> np.ndarray:
@@ -134,7 +136,35 @@ def prepare_pairs(pairs, what: str = "training", emit: Callable[[Any], None] | N
         if not fov.any():
             raise TrainingError(f"{name}: the FOV mask is empty")
         check_annotation(name, label, fov)
-        out.append(Pair(name, rgb, label, fov))
+        out.append(Pair(name, rgb, label, fov, field_angle=getattr(p, "field_angle", None)))
+    return out
+
+
+def to_working_scale(pairs: list[Pair], loaded, scale, field_angle, emit=None) -> list[Pair]:
+    """The pairs resampled (image, label and FOV) exactly as ``segmentation.segment`` resamples a
+    photograph for ``loaded`` (its ``choose_scale``: the card's working scale, the FOV diameter and
+    the field angle, 45 degrees when unknown), so a fine-tuned network learns vessels at the pixel
+    size it will see them at.  A pair's own ``field_angle`` wins over ``field_angle``."""
+    from ..scale import resample_image, resample_mask, resampled_shape
+    from ..segmentation import choose_scale
+
+    out = []
+    for p in pairs:
+        angle = p.field_angle if p.field_angle is not None else field_angle
+        sc, _ = choose_scale(loaded, p.rgb, p.fov, scale, angle, device="cpu")
+        size = resampled_shape(p.rgb.shape, sc.factor)
+        if min(size) < MIN_SIDE:
+            raise TrainingError(
+                f"{p.name}: at the model's working scale (x{sc.factor:.3g}) the image would be "
+                f"{size[1]}x{size[0]}; both sides must be at least {MIN_SIDE} pixels"
+            )
+        rgb, label, fov = p.rgb, p.label, p.fov
+        if sc.factor != 1.0:
+            rgb, label, fov = resample_image(rgb, size), resample_mask(label, size), resample_mask(fov, size)
+            check_annotation(f"{p.name} (resampled x{sc.factor:.3g})", label, fov)
+        if emit:
+            emit(MessageEvent(f"{p.name}: {sc.describe()}"))
+        out.append(Pair(p.name, rgb, label, fov, field_angle=p.field_angle, scale=sc.to_dict()))
     return out
 
 

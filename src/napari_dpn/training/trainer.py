@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import augment
-from ..errors import TrainingError
+from ..errors import OutputError, OutputExistsError, TrainingError
 from ..model import build_model, flush_denormals_
 from .checkpoint import (
     CHECKPOINT_FORMAT,
@@ -63,10 +63,13 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def summarise_metrics(report: dict) -> dict:
-    """auc and the Youden-point se, sp, acc, f1, threshold of a ``metrics.evaluate`` report."""
+def summarise_metrics(report: dict, at: str | None = None) -> dict:
+    """auc, se, sp, acc, f1 and threshold of a ``metrics.evaluate`` report: at the threshold it was
+    given (``train_threshold``; ``at`` says whose, e.g. "the card's threshold") when there is one,
+    else at the Youden point; ``youden_threshold`` always."""
     pooled = report["pooled"]
-    y = pooled["youden"]
+    given = pooled.get("train_threshold")
+    y = given or pooled["youden"]
     return {
         "auc": pooled["auc"],
         "threshold": y["threshold"],
@@ -74,6 +77,8 @@ def summarise_metrics(report: dict) -> dict:
         "sp": y["sp"],
         "acc": y["acc"],
         "f1": y["f1"],
+        "at": (at or "the given threshold") if given else "the Youden point",
+        "youden_threshold": pooled["youden"]["threshold"],
     }
 
 
@@ -146,7 +151,13 @@ class _Trainer:
             self.input = dict(ck["input"])
             torch.manual_seed(config.seed)
             model = build_model(self.arch)
-            model.load_state_dict(ck["model"])
+            try:
+                model.load_state_dict(ck["model"])
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise TrainingError(
+                    f"{Path(resume).name} cannot be resumed: its weights do not fit a {self.arch} network "
+                    f"({str(exc).strip().splitlines()[0][:160]})"
+                ) from None
         else:
             model, card, warnings = _load_init(init, self.device)
             for text in warnings:
@@ -170,6 +181,9 @@ class _Trainer:
         # Data.
         self.train = prepare_pairs(train_pairs, "training", self.emit)
         self.val = prepare_pairs(val_pairs, "validation", self.emit) if val_pairs else []
+        self.working_ppd = None  # the base model's working scale the images were resampled to
+        if config.scale is not None:
+            self._to_working_scale()
         crop = config.crop or augment.default_crop(self.train[0].rgb.shape)
         self.config.crop = crop
         t0 = time.perf_counter()
@@ -206,13 +220,10 @@ class _Trainer:
         self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
         self.averaged_steps: list[int] | None = None  # the weights are the mean of these steps' (average_checkpoints)
         if ck is not None:
-            self.opt.load_state_dict(ck["optimizer"])
+            self._restore_state(ck, Path(resume).name)
             saved_lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0].get("lr_mult", 1.0)
             for group in self.opt.param_groups:  # load_state_dict brings back the old rate; --lr must win
                 group["lr"] = config.lr * group.get("lr_mult", 1.0)
-            if self.scaler is not None and ck.get("scaler"):
-                self.scaler.load_state_dict(ck["scaler"])
-            torch.set_rng_state(ck["torch_rng"])
             self.step = int(ck["step"])
             self.losses = list(ck["losses"])
             self.metrics_before = ck.get("metrics_before")
@@ -240,7 +251,43 @@ class _Trainer:
             flush_denormals_(self.model)  # subnormal weights (e.g. in the release's) slow x86 convolutions ~100x
         self.good = _LastGood(self.model, self.opt)  # weights to fall back to on divergence
         self.stopped_early: str | None = None
+        self.saved_step: int | None = int(ck["step"]) if ck is not None else None  # last checkpoint written
         self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
+
+    def _restore_state(self, ck: dict, name: str) -> None:
+        """The optimiser, gradient scaler and random state of a checkpoint; TrainingError with one
+        sentence when they do not fit this run (a damaged or foreign file)."""
+        try:
+            self.opt.load_state_dict(ck["optimizer"])
+            if self.scaler is not None and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
+            torch.set_rng_state(ck["torch_rng"])
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise TrainingError(
+                f"{name} cannot be resumed: its optimiser or random state does not fit this network ({text})"
+            ) from None
+
+    def _to_working_scale(self) -> None:
+        """Resample the pairs as ``segment`` will resample photographs for the base model."""
+        from ..models import LoadedModel, ModelCard
+        from ..scale import working_ppd
+        from .data import to_working_scale
+
+        card = ModelCard.from_dict(self.base_card) if self.base_card else None
+        ppd = working_ppd(card) if card is not None else None
+        if ppd is None:
+            what = f"the base model {card.name} records" if card is not None else "a fresh network has"
+            self.emit(MessageEvent(f"{what} no working scale: training on the images at their own scale"))
+            return
+        loaded = LoadedModel(model=self.model, card=card)
+        try:
+            self.train = to_working_scale(self.train, loaded, self.config.scale, self.config.field_angle, self.emit)
+            self.val = to_working_scale(self.val, loaded, self.config.scale, self.config.field_angle, self.emit)
+        finally:
+            self.model.train()
+        if any(p.scale and p.scale["method"] != "fallback" for p in self.train):
+            self.working_ppd = ppd  # else segment too keeps such photographs at their own scale
 
     # ---------------------------------------------------------------- pieces
 
@@ -272,28 +319,67 @@ class _Trainer:
         finally:
             self.model.train()
 
-    def evaluate(self, pairs: list[Pair]) -> dict | None:
+    def evaluate(self, pairs: list[Pair], threshold=None, at=None, probs=None) -> dict | None:
+        """Metrics on ``pairs`` at ``threshold`` (labelled ``at``), or at their Youden point."""
         from .. import metrics
         from ..errors import DPNError
 
-        probs = self.predict(pairs)
+        probs = self.predict(pairs) if probs is None else probs
         try:
             report = metrics.evaluate(
-                probs, [p.label for p in pairs], [p.fov for p in pairs], names=[p.name for p in pairs]
+                probs,
+                [p.label for p in pairs],
+                [p.fov for p in pairs],
+                names=[p.name for p in pairs],
+                train_threshold=threshold,
             )
         except DPNError as exc:
             self.emit(MessageEvent(f"validation skipped: {exc}"))
             return None
-        return summarise_metrics(report)
+        return summarise_metrics(report, at)
 
     def validate(self) -> dict | None:
+        """Metrics of the weights at this step: before training at the base model's own threshold
+        (the one it is used with), during training at the Youden point."""
         if not self.val:
             return None
-        m = self.evaluate(self.val)
+        base_t = (self.base_card or {}).get("threshold")
+        if self.step == 0 and isinstance(base_t, (int, float)):
+            m = self.evaluate(self.val, float(base_t), f"the threshold of {self.base_card.get('name', 'the base')}")
+        else:
+            m = self.evaluate(self.val)
         if m is not None:
             self.history.append({"step": self.step, **m})
             self.emit(ValidationEvent(self.step, m))
         return m
+
+    def final_metrics(self) -> tuple[dict | None, float, str]:
+        """(validation metrics at the card's threshold, that threshold, its rule) for these weights:
+        the threshold by ``config.threshold_rule`` on the validation images (else the training
+        images), and the validation metrics at exactly that threshold."""
+        from .. import metrics
+        from ..errors import DPNError
+
+        rule = self.config.threshold_rule
+        pairs, which = (self.val, "validation") if self.val else (self.train, "training")
+        self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
+        probs = self.predict(pairs)
+        what = "Youden point" if rule == "youden" else "accuracy-maximising point"
+        scale = f" at {self.working_ppd:g} px/deg" if self.working_ppd else ""
+        try:
+            t = float(
+                metrics.choose_train_threshold(probs, [p.label for p in pairs], [p.fov for p in pairs], rule=rule)
+            )
+            text = f"{what} on the {len(pairs)} {which} images{scale}"
+        except DPNError:
+            t, text = 0.5, "default 0.5 (the annotations hold a single class)"
+        after = None
+        if self.val:
+            after = self.evaluate(self.val, t, "the card's threshold", probs=probs)
+            if after is not None:
+                self.history.append({"step": self.step, **after})
+                self.emit(ValidationEvent(self.step, after))
+        return after, t, text
 
     def checkpoint(self) -> Path:
         step = self.step
@@ -318,7 +404,17 @@ class _Trainer:
         }
         if self.weights_averaged():
             payload["averaged_steps"] = self.averaged_steps
-        _save_checkpoint(self.ckpt_path, payload)
+        try:
+            _save_checkpoint(self.ckpt_path, payload)
+        except OutputError as exc:  # a full disk, a read-only folder: errno-based, one sentence
+            kept = (
+                f"the checkpoint of step {self.saved_step} is kept: free some space and continue with "
+                f"--resume {self.ckpt_path} (or Resume in the Fine-tune widget)"
+                if self.saved_step is not None
+                else "no checkpoint had been written yet"
+            )
+            raise OutputError(f"training stopped at step {step}: {str(exc).rstrip('.')}; {kept}") from None
+        self.saved_step = step
         self.emit(CheckpointEvent(step, self.ckpt_path))
         return self.ckpt_path
 
@@ -371,7 +467,9 @@ class _Trainer:
                 if self.should_stop():
                     path = self.checkpoint()
                     self.emit(CancelledEvent(self.step, path))
-                    return self.result(cancelled=True)
+                    # What these weights would be worth saved (the widget's before/after table).
+                    after, t = self.final_metrics()[:2] if self.val else (None, None)
+                    return self.result(cancelled=True, after=after, threshold=t)
                 t0 = time.perf_counter()
                 values = self.train_step()
                 if self.step % FLUSH_EVERY == 0:
@@ -423,8 +521,7 @@ class _Trainer:
 
     def finish(self) -> TrainResult:
         path = self.checkpoint()
-        after = self.validate() if self.val else None
-        threshold, rule = self.recommend_threshold(after)
+        after, threshold, rule = self.final_metrics()
         card = self.make_card(after, threshold, rule)
         card.scale = self.scale_block(threshold)
         model_path = self.save(card)
@@ -432,14 +529,16 @@ class _Trainer:
         return self.result(cancelled=False, after=after, threshold=threshold, card=card, model_path=model_path)
 
     def scale_block(self, threshold: float) -> dict:
-        """The card's ``scale``: the working scale the images were resampled to (else the base
-        model's), and the network's own thickest-vessel calibre there, measured on the training
-        images with a circular FOV (the reference of the calibre scale estimate)."""
+        """The card's ``scale``: the working scale the images were resampled to (``working_ppd`` of
+        the dataset run, or the base model's for a fine-tune at its scale; else the base model's,
+        inherited), the base's two-scale fusion when the new model works at the base's scale, and
+        the network's own thickest-vessel calibre there, measured on the training images with a
+        circular FOV (the reference of the calibre scale estimate)."""
         from ..scale import fov_diameter
         from ..segmentation import vessel_calibre
 
         base = dict((self.base_card or {}).get("scale") or {})
-        ppd = self.config.working_ppd or base.get("working_ppd")
+        ppd = self.config.working_ppd or self.working_ppd or base.get("working_ppd")
         if not ppd:
             return {}
         disc = [p for p in self.train if fov_diameter(p.fov) is not None][:8] or self.train[:8]
@@ -448,12 +547,16 @@ class _Trainer:
             for p, prob in zip(disc, self.predict(disc))
             if (c := vessel_calibre(prob >= threshold, p.fov)) is not None
         ]
-        how = (
-            f"training images resampled to {ppd:g} px/deg"
-            if self.config.working_ppd
-            else f"inherited from {base.get('name', 'the base model')}"
-        )
-        return {
+        if self.config.working_ppd:
+            how = f"training images resampled to {ppd:g} px/deg"
+        elif self.working_ppd:
+            how = (
+                f"training images resampled to {ppd:g} px/deg (the working scale of "
+                f"{base.get('name') or self.base_card.get('name')}) as segment resamples photographs"
+            )
+        else:
+            how = f"inherited from {base.get('name') or (self.base_card or {}).get('name', 'the base model')}"
+        block = {
             "working_ppd": float(ppd),
             "trained_ppd": float(ppd),
             "source": how,
@@ -461,11 +564,25 @@ class _Trainer:
             "vessel_calibre_rule": f"95th percentile of the skeleton width of the map at the card's threshold, "
             f"mean over {len(calibres)} training images",
         }
+        guessed = [p.name for p in self.train if p.scale and p.scale["method"] == "default-angle"]
+        if self.working_ppd and guessed and base.get("vessel_calibre_px"):
+            # Images scaled with the 45 degree guess are at 12 px/deg only if the guess is right: their
+            # calibre is no reference for the calibre estimate; the base's, measured at a known scale, is.
+            block["vessel_calibre_px"] = base["vessel_calibre_px"]
+            block["vessel_calibre_rule"] = (
+                f"inherited from {self.base_card.get('name')} ({len(guessed)} training image(s) were scaled "
+                "with the 45 degree field-angle guess, so their own calibre is not at a known scale)"
+            )
+        if base.get("fusion") is not None and math.isclose(float(ppd), float(base.get("working_ppd") or 0)):
+            # The same scale as the base: its measured two-scale setting holds for the new model too.
+            block["fusion"] = base["fusion"]
+            src = base.get("fusion_source")
+            block["fusion_source"] = f"inherited from {self.base_card.get('name')}" + (f": {src}" if src else "")
+        return block
 
     def save(self, card) -> Path:
         """Save the model as ``<name>.safetensors``; without ``overwrite`` an existing model of that
         name (one that appeared while this run trained) is kept and this one gets ``<name>-2``..."""
-        from ..errors import OutputExistsError
         from ..models import save_model
 
         base, n = self.name, 1
@@ -481,25 +598,12 @@ class _Trainer:
                         f"kept it and saving this one as {card.name}"
                     )
                 )
-
-    def recommend_threshold(self, after: dict | None) -> tuple[float, str]:
-        """The card's threshold: ``config.threshold_rule`` on the validation images, else the training images."""
-        from .. import metrics
-        from ..errors import DPNError
-
-        if self.config.threshold_rule == "youden" and after is not None:
-            return after["threshold"], f"Youden point on the {len(self.val)} validation images"
-        pairs, which = (self.val, "validation") if self.val else (self.train, "training")
-        self.emit(MessageEvent(f"choosing the threshold on the {len(pairs)} {which} image(s)"))
-        probs = self.predict(pairs)
-        try:
-            t = metrics.choose_train_threshold(
-                probs, [p.label for p in pairs], [p.fov for p in pairs], rule=self.config.threshold_rule
-            )
-        except DPNError:
-            return 0.5, "default 0.5 (the annotations hold a single class)"
-        what = "Youden point" if self.config.threshold_rule == "youden" else "accuracy-maximising point"
-        return float(t), f"{what} on the {len(pairs)} {which} images"
+            except OutputError as exc:  # a full disk (errno-based, in atomic_write)
+                raise OutputError(
+                    f"the model was not saved: {str(exc).rstrip('.')}; its weights are in the checkpoint "
+                    f"{self.ckpt_path} (step {self.step}): free some space and save them with "
+                    f"napari-dpn train --resume {self.ckpt_path} (or Resume in the Fine-tune widget)"
+                ) from None
 
     def make_card(self, after: dict | None, threshold: float, rule: str):
         from ..models import ModelCard
@@ -527,6 +631,17 @@ class _Trainer:
             "validation_history": self.history,
             "lr_changes": self.lr_changes,
         }
+        if self.working_ppd:
+            training["image_scales"] = [  # what the network saw: each image at the working scale
+                {
+                    "name": p.name,
+                    "factor": round(float(p.scale["factor"]), 4),
+                    "trained_shape": list(p.label.shape),
+                    "how": p.scale["description"],
+                }
+                for p in self.train + self.val
+                if p.scale
+            ]
         averaged = self.weights_averaged()
         if averaged:
             training["weights_averaged_over_steps"] = averaged
