@@ -105,3 +105,69 @@ def test_other_click_tools_stay_local():
     changed = on | off
     assert changed.any() and not changed[:260].any() and not changed[320:].any()
     assert not changed[:, :260].any() and not changed[:, 320:].any()
+
+
+# ----------------------------------------------------------------------------- item 11: Cancel stops a pass
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from napari_dpn.models import load_model
+    from widget_setup import save_random_model
+
+    return load_model(save_random_model(tmp_path_factory.mktemp("models")))
+
+
+def _stop_after(seconds):
+    import time
+
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0 > seconds
+
+
+def test_cancel_stops_a_single_untiled_pass_between_layers(tiny_model):
+    import time
+
+    from napari_dpn.inference import predict
+
+    rgb = np.random.default_rng(0).random((640, 640, 3), dtype=np.float32)
+    t0 = time.perf_counter()
+    predict(tiny_model, rgb, device="cpu")
+    full = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with pytest.raises(InterruptedError):
+        predict(tiny_model, rgb, device="cpu", should_stop=_stop_after(0.1 * full))
+    assert time.perf_counter() - t0 < 0.6 * full, "it stopped inside the pass, not after it"
+    # The model still runs whole passes afterwards (in this thread, without a check).
+    assert predict(tiny_model, rgb[:64, :64], device="cpu").probability.shape == (64, 64)
+
+
+def test_cancel_stops_the_fused_segmentation_between_passes(tiny_model, monkeypatch):
+    import napari_dpn.inference as inference
+    from napari_dpn.segmentation import segment
+
+    calls = []
+    real = inference.predict
+
+    def counted(loaded, rgb, **kw):
+        calls.append(rgb.shape)
+        return real(loaded, rgb, **kw)
+
+    monkeypatch.setattr(inference, "predict", counted)
+    stop = {"now": False}
+
+    def progress(f):
+        stop["now"] = stop["now"] or f >= 0.2  # the first pass is over
+
+    rgb = np.random.default_rng(0).random((96, 96, 3), dtype=np.float32)
+    with pytest.raises(InterruptedError):
+        segment(
+            tiny_model,
+            rgb,
+            scale="native",
+            fusion=1.5,
+            device="cpu",
+            progress=progress,
+            should_stop=lambda: stop["now"],
+        )
+    assert len(calls) == 1, "the second pass never started"
