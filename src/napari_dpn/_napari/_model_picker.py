@@ -21,7 +21,6 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dpn.errors import DPNError, InputError
-from napari_dpn.models import DEFAULT_MODEL
 
 from ._dock import one_line_label
 
@@ -88,7 +87,7 @@ class ModelPicker(QWidget):
 
     def refresh(self, *_) -> None:
         """List shipped and user models (and files added with Browse…), keeping the choice."""
-        from napari_dpn.models import list_models
+        from napari_dpn.models import DEFAULT_MODEL, list_models
 
         combo = self.combo
         keep = combo.currentData()
@@ -180,6 +179,7 @@ class DeviceCombo(QComboBox):
     def __init__(self, tooltip: str, parent=None):
         super().__init__(parent)
         self.setToolTip(tooltip)
+        self.addItems(["auto", "cpu"])  # until refresh() asks torch (imported in the background)
 
     def refresh(self) -> None:
         """Re-list the devices, keeping the choice when it is still present."""

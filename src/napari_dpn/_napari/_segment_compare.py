@@ -16,7 +16,7 @@ import numpy as np
 from napari_dpn import comparison
 
 from . import _roles
-from ._segment_state import FN_COLOUR, FP_COLOUR, INLINE_PIXELS, NO_GT, _label_colormap, _light_worker, _Result
+from ._segment_state import INLINE_PIXELS, NO_GT, _light_worker, _Result
 
 
 @dataclass
@@ -173,8 +173,7 @@ class CompareMixin:
             _roles.errors_name(res.name),
             out["errors"],
             "labels",
-            opacity=0.9,
-            colormap=_label_colormap({1: FP_COLOUR, 2: FN_COLOUR}),
+            **_roles.style("errors"),
         )
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None and self.viewer.layers.selection.active is not vessels:

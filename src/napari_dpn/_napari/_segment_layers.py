@@ -11,7 +11,7 @@ import numpy as np
 from napari.layers import Labels
 
 from . import _roles
-from ._segment_state import BRUSH_SIZE, VESSEL_COLOUR, _label_colormap, _Result
+from ._segment_state import BRUSH_SIZE, _Result
 
 
 class LayersMixin:
@@ -74,10 +74,7 @@ class LayersMixin:
             _roles.probability_name(res.name),
             res.prob,
             "image",
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            opacity=0.7,
-            blending="additive",
+            **_roles.style("probability"),
         )
 
     def _put_fov(self, res: _Result, fov_layer) -> None:
@@ -91,8 +88,8 @@ class LayersMixin:
                 res.fov.astype(np.uint8),
                 "labels",
                 visible=False,
-                opacity=0.3,
                 metadata=_roles.meta("fov", image=res.name, source="estimated"),
+                **_roles.style("fov"),
             )
 
     def _put_vessels(self, res: _Result, mask: np.ndarray) -> None:
@@ -105,8 +102,7 @@ class LayersMixin:
             _roles.vessels_name(res.name),
             mask,
             "labels",
-            opacity=0.8,
-            colormap=_label_colormap({1: VESSEL_COLOUR}),
+            **_roles.style("vessels"),
         )
         _roles.set_info(vessels, corrected=None, saved=None)
         res.edited = False
