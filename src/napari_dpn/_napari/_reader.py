@@ -114,8 +114,22 @@ def get_reader(path):
     return None
 
 
+def _arrange_viewer() -> None:
+    """Whatever the opening order, the viewer stacks the layers by role and selects the vessels
+    layer (``_roles.keep_arranged``), with or without a napari-dpn widget docked."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (a script): nothing to arrange
+        return
+    if viewer is not None:
+        _roles.keep_arranged(getattr(viewer, "__wrapped__", viewer))
+
+
 def read_files(path):
     p = _single_path(path)
+    _arrange_viewer()
     return [file_layer(p)]
 
 
@@ -209,6 +223,7 @@ def read_folder(path, index: int = 0):
         return []
     entry = found.entries[index]
     name = entry.name
+    _arrange_viewer()
     rgb = np.asarray(read_image(entry.image_path))
     layers = [
         (

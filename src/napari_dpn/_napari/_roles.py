@@ -245,4 +245,6 @@ def keep_arranged(viewer) -> None:
         pending.append(event.value)
 
     viewer.layers.events.inserted.connect(on_inserted)
+    for k in [k for k, r in _ARRANGED.items() if r() is None]:
+        del _ARRANGED[k]
     _ARRANGED[key] = viewer_ref

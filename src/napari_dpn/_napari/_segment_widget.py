@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -452,7 +453,16 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
         if previous is not None and previous in self.viewer.layers and getattr(previous, "ndim", 0) >= 2:
             prev_shape = tuple(round(float(v)) for v in previous.extent.world[1][-2:])
         if prev_shape != tuple(round(float(v)) for v in image.extent.world[1][-2:]):
-            self.viewer.reset_view()
+            self._fit_view(image)
+
+    def _fit_view(self, layer) -> None:
+        """Centre and zoom the camera on ``layer`` alone (napari's reset_view fits all layers)."""
+        lo, hi = (np.asarray(v, float)[-2:] for v in layer.extent.world)
+        size = np.maximum(hi - lo, 1.0)
+        self.viewer.camera.center = tuple((lo + hi) / 2 - 0.5)
+        canvas = np.asarray(getattr(self.viewer, "_canvas_size", (0, 0)), float)[-2:]
+        if canvas.min() > 0:
+            self.viewer.camera.zoom = 0.95 * float(np.min(canvas / size))
 
     # ------------------------------------------------------------------ models and devices
 
