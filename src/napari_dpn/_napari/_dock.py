@@ -15,15 +15,14 @@ checkpoint and saves no model), and the widget's slots do nothing once the widge
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari.layers import Image, Labels
 from napari.qt.threading import FunctionWorker
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -170,57 +169,6 @@ def _widget_gone(life: _Life, *_) -> None:
     life.cancel.set()
 
 
-# What listing the models and devices, running the network and comparing need: torch and
-# scikit-learn take 1-2 s each to import, far over the GUI thread's 200 ms when a widget docks.
-# The first dock imports them in a background thread; the widgets fill their model and device
-# lists when they are in (scripts and tests that ask for the models at once import them then).
-HEAVY_MODULES = ("torch", "napari_dpn.models", "napari_dpn.devices", "sklearn.metrics", "napari_dpn.session")
-
-
-class _Warm(QObject):
-    ready = Signal()
-
-
-_WARM: dict = {"thread": None, "done": threading.Event(), "signal": None}
-
-
-def heavy_ready() -> bool:
-    """True once the heavy modules are imported (by the warm-up thread or by anyone before it)."""
-    if _WARM["done"].is_set():
-        return True
-    if _WARM["thread"] is None and all(m in sys.modules for m in HEAVY_MODULES):
-        _WARM["done"].set()
-        return True
-    return False
-
-
-def _import_heavy() -> None:
-    try:
-        for name in HEAVY_MODULES:
-            importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - the widgets then import (and report) on their own
-        pass
-    finally:
-        _WARM["done"].set()
-        signal = _WARM["signal"]
-        if signal is not None:
-            signal.ready.emit()  # queued: the slots run on the GUI thread
-
-
-def when_heavy_ready(slot) -> bool:
-    """Call ``slot`` on the GUI thread once the heavy modules are imported, starting their
-    import in a background thread if need be; True when they already are (``slot`` not called)."""
-    if heavy_ready():
-        return True
-    if _WARM["signal"] is None:
-        _WARM["signal"] = _Warm()
-    _WARM["signal"].ready.connect(slot, Qt.QueuedConnection)
-    if _WARM["thread"] is None:
-        _WARM["thread"] = threading.Thread(target=_import_heavy, name="napari-dpn-imports", daemon=True)
-        _WARM["thread"].start()
-    return False
-
-
 def unstarted_worker(func, *args):
     """A napari worker for ``func(*args)``, not started yet: connect its signals, then ``start()``."""
     from napari.qt.threading import create_worker
@@ -326,22 +274,19 @@ class DockWidget(QWidget):
 
     def refresh_models(self, *_) -> None:
         """Re-read the devices and the models, keeping both choices."""
-        self._models_listed = True
+        self._models_listed, self._models_listed_at = True, time.monotonic()
         self.device_combo.refresh()
         self.model_picker.refresh()
 
     _models_listed = False
+    _models_listed_at = -1e9
 
     def refresh_models_soon(self) -> None:
-        """Re-read the models now if that is quick, else once the modules it needs are imported
-        in the background (the first dock of a session): docking never freezes the viewer."""
-        if when_heavy_ready(self._on_heavy_ready):
-            self.refresh_models()
-        elif not self._models_listed:
-            self.model_picker.combo.setPlaceholderText("loading the models…")
-
-    def _on_heavy_ready(self) -> None:
-        if self.alive and not self.is_running:
+        """Re-read the models when the widget docks or shows.  Quick: the model cards are read
+        without torch, and the devices are probed only once torch is loaded (``DeviceCombo``);
+        importing torch (1-2 s, holding the GIL even in a background thread) would freeze the
+        viewer."""
+        if time.monotonic() - self._models_listed_at > 2.0:  # not twice in one dock (init, then show)
             self.refresh_models()
 
     def _ensure_models(self) -> None:

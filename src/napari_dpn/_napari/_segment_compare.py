@@ -9,6 +9,7 @@ false positives and negatives as an ``"<image> errors"`` labels layer.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +100,8 @@ class CompareMixin:
         req = _Request(
             self._cmp_serial, res, gt_layer, pred, gt, roc=res.prob is not None and id(gt_layer) not in res.roc_cache
         )
-        if pred.size <= INLINE_PIXELS:
+        if pred.size <= INLINE_PIXELS and (not req.roc or "sklearn.metrics" in sys.modules):
+            # (the first ROC imports scikit-learn, 1-2 s: in the worker, never on the GUI thread)
             self._apply_comparison(req, self._compare(req))
             return
         self.metrics_label.setText(f"Comparing '{res.name}' with '{gt_layer.name}'…")
