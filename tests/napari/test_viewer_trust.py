@@ -21,7 +21,6 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.layers import Labels  # noqa: E402
 
 from napari_dpn._napari import _roles  # noqa: E402
 from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
@@ -315,29 +314,9 @@ def test_the_canvas_follows_the_image_box(qtbot, seg, monkeypatch):
 # ----------------------------------------------------------------------------- item 14
 
 
-def test_opening_a_large_ground_truth_never_blocks_the_viewer(qtbot, make_napari_viewer, stall_probe, tmp_path):
-    """An 8-Mpx CHASE_DB1-style ground truth through the reader: the event loop is never blocked
-    200 ms.  Best of up to five tries (a busy machine is not what is measured)."""
-    h, w = 2300, 3500
-    yy, xx = np.ogrid[:h, :w]
-    truth = ((np.sin(xx / 37.0) + np.cos(yy / 53.0)) > 1.6).astype(np.uint8) * 255
-    write_png(tmp_path / "Image_01L_1stHO.png", truth)
-    viewer = make_napari_viewer(show=True)
-    viewer.add_labels(np.zeros((8, 8), np.uint8), name="warm-up")  # napari's first labels layer: its own cost
-    qtbot.wait(200)
-    gaps = []
-    for _ in range(5):
-        gaps.append(stall_probe.measure(lambda: viewer.open(tmp_path / "Image_01L_1stHO.png", plugin="napari-dpn")))
-        if gaps[-1] < BUDGET_S:
-            break
-    print("max event-loop stall opening an 8-Mpx ground truth (s):", [round(g, 3) for g in gaps])
-    layer = viewer.layers[-1] if isinstance(viewer.layers[-1], Labels) else None
-    assert layer is not None and layer.name.startswith("Image_01L ground truth")
-    assert min(gaps) < BUDGET_S, gaps
-
-
-DOCK_SCRIPT = r"""
+FRESH_SESSION = r"""
 import gc, json, sys, time
+import numpy as np
 import napari
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
@@ -363,33 +342,80 @@ def spin(seconds, until=lambda: False):
         time.sleep(0.002)
 
 spin(1.0)
-gc.collect()
-state["max"], state["last"] = 0.0, time.perf_counter()
-dock, widget = viewer.window.add_plugin_dock_widget("napari-dpn", sys.argv[1])
+viewer.add_labels(np.zeros((8, 8), np.uint8), name="warm-up")  # napari's first labels layer: its own cost
 spin(0.5)
-docked = state["max"]
-spin(60, until=lambda: widget.model_combo.count() > 1)
-print(json.dumps({"dock": docked, "after": state["max"], "models": widget.model_combo.count()}))
+
+
+def measure(action, until=lambda: False, wait=0.5):
+    gc.collect()
+    state["max"], state["last"] = 0.0, time.perf_counter()
+    out = action()
+    spin(wait, until)
+    tick()
+    return state["max"], out
+
+
+result = {}
+if sys.argv[1] == "dock":
+    result["dock"], (dock, widget) = measure(lambda: viewer.window.add_plugin_dock_widget("napari-dpn", sys.argv[2]))
+    result["models"] = widget.model_combo.count()
+else:
+    path = sys.argv[2]
+    result["open"], layers = measure(lambda: viewer.open(path, plugin="napari-dpn"))
+    data = np.asarray(layers[0].data)
+    # napari's own cost of a labels layer that size, as a baseline the reader cannot go under
+    from napari_dpn._napari import _reader, _roles
+
+    result["napari_add"], _ = measure(lambda: viewer.add_labels(data, **_roles.style("ground_truth")))
+    t0 = time.perf_counter()
+    _reader.read_files(path)
+    result["reader"] = time.perf_counter() - t0
+    result["name"] = layers[0].name
+print(json.dumps(result))
 viewer.close()
 """
 
 
-@pytest.mark.parametrize("name", ["Segment vessels"])
-def test_docking_never_blocks_the_viewer(name, models_dir):
-    """The first dock of a napari session (a fresh process, as a user's): the plugin's modules
-    load without torch or scikit-learn on the GUI thread, which import in the background; the
-    model list fills when they are in.  Best of three fresh processes."""
+def _fresh_session(*args) -> list[dict]:
+    """Best of three fresh napari sessions (a new process each, as a user's).  Byte-compiled
+    first, as an installed package is (this machine sets PYTHONDONTWRITEBYTECODE)."""
+    import tempfile
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "napari-dpn-test-pycache")
+    warm = "import napari_dpn._napari._segment_widget, napari_dpn._napari._reader"
+    subprocess.run([sys.executable, "-c", warm], capture_output=True, timeout=300, env=env, check=True)
     results = []
     for _ in range(3):
         out = subprocess.run(
-            [sys.executable, "-c", DOCK_SCRIPT, name], capture_output=True, text=True, timeout=300, env=env
+            [sys.executable, "-c", FRESH_SESSION, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
         )
         assert out.returncode == 0, out.stderr[-2000:]
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        if results[-1]["dock"] < BUDGET_S and results[-1]["after"] < BUDGET_S:
-            break
-    print("docking stalls (s):", results)
-    best = min(results, key=lambda r: max(r["dock"], r["after"]))
-    assert best["models"] > 1, "the model list fills once the modules are in"
-    assert best["dock"] < BUDGET_S and best["after"] < BUDGET_S, results
+    return results
+
+
+def test_docking_never_blocks_the_viewer(models_dir):
+    """The first dock of a napari session: the plugin's modules load without torch or
+    scikit-learn (1-2 s each), the model cards are read without torch."""
+    results = _fresh_session("dock", "Segment vessels")
+    print("docking the Segment widget, max event-loop stall (s):", results)
+    best = min(results, key=lambda r: r["dock"])
+    assert best["models"] > 1, "the model list is there at once"
+    assert best["dock"] < BUDGET_S, results
+
+
+def test_opening_a_large_ground_truth_never_blocks_the_viewer(tmp_path):
+    """An 8-Mpx CHASE_DB1-style ground truth, the first file a napari session opens with the
+    reader: the reader's own share of the stall (over napari's cost of adding a labels layer that
+    size, which no reader can avoid) and its own time on the GUI thread are under 200 ms."""
+    h, w = 2300, 3500
+    yy, xx = np.ogrid[:h, :w]
+    truth = ((np.sin(xx / 37.0) + np.cos(yy / 53.0)) > 1.6).astype(np.uint8) * 255
+    path = write_png(tmp_path / "Image_01L_1stHO.png", truth)
+    results = _fresh_session("open", path)
+    print("opening an 8-Mpx ground truth, stalls (s):", results)
+    assert all(r["name"] == "Image_01L ground truth" for r in results)
+    assert min(r["reader"] for r in results) < BUDGET_S, results
+    assert min(r["open"] - r["napari_add"] for r in results) < BUDGET_S, results

@@ -286,7 +286,11 @@ class DockWidget(QWidget):
         without torch, and the devices are probed only once torch is loaded (``DeviceCombo``);
         importing torch (1-2 s, holding the GIL even in a background thread) would freeze the
         viewer."""
-        if time.monotonic() - self._models_listed_at > 2.0:  # not twice in one dock (init, then show)
+        if not self._models_listed:
+            # The first listing in the next event-loop turn: docking and reading the model cards
+            # are two short stalls, not one long one (scripts asking at once list them then).
+            QTimer.singleShot(0, lambda: self.alive and not self._models_listed and self.refresh_models())
+        elif time.monotonic() - self._models_listed_at > 2.0:  # not twice in one dock (init, then show)
             self.refresh_models()
 
     def _ensure_models(self) -> None:
