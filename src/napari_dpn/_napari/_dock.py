@@ -266,6 +266,7 @@ class DockWidget(QWidget):
 
     @property
     def model_combo(self) -> QComboBox:
+        self._ensure_models()  # asked before the deferred first listing: list them now
         return self.model_picker.combo
 
     @property

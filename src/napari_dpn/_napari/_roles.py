@@ -190,6 +190,15 @@ def arrange(viewer) -> None:
             layers.move(current, target)
 
 
+def add_in_place(viewer, layer):
+    """Insert ``layer`` where its role belongs in the stack (above the layers of its rank and
+    below): no move afterwards, which would cost another repaint and re-listing."""
+    r = rank(layer)
+    index = next((i for i, other in enumerate(viewer.layers) if rank(other) > r), len(viewer.layers))
+    viewer.layers.insert(index, layer)
+    return layer
+
+
 def select_vessels(viewer, added) -> None:
     """After layers were added (an open, a resume): select the vessels layer among them, else the
     vessels layer of their photograph when the selection is one of them (a FOV, a ground truth,

@@ -8,7 +8,7 @@ threshold, undoing every edit unlocks it again.
 from __future__ import annotations
 
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Image, Labels
 
 from . import _roles
 from ._segment_state import BRUSH_SIZE, _Result
@@ -52,16 +52,17 @@ class LayersMixin:
             lyr.name = name
         else:
             kwargs.setdefault("metadata", _roles.meta(kind, image=res.name))
-            add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
+            cls = Labels if layer_type == "labels" else Image
             self._putting = True  # our own output: nothing to re-list
             try:
-                lyr = add(
+                lyr = cls(
                     data,
                     name=name,
                     translate=tuple(res.image.translate[-2:]),
                     scale=tuple(res.image.scale[-2:]),
                     **kwargs,
                 )
+                _roles.add_in_place(self.viewer, lyr)  # stacked by role at once, no move later
             finally:
                 self._putting = False
         res.layers[kind] = lyr
