@@ -199,6 +199,7 @@ class RunningMixin:
             rgb = as_rgb(data)
             loaded = self._load(spec)
             import sklearn.metrics  # noqa: F401 - here, not on the GUI thread: the comparison that follows needs it
+
             card = loaded.card
             if bool(card.input.get("clahe")) != clahe:
                 card = dataclasses.replace(card, input={**card.input, "clahe": clahe})
