@@ -3,7 +3,7 @@
 One button turns a fundus photograph into three layers (``<image>`` is the photograph's layer
 name):
 
-- ``"<image> vessel probability"``  image layer, 0..1, magma, additive blending;
+- ``"<image> vessel probability"``  image layer, 0..1, grey, additive blending (colours: ``_roles.style``);
 - ``"<image> vessels"``             labels layer = probability >= threshold inside the FOV, ready to paint;
 - ``"<image> FOV"``                 field-of-view mask (from the dataset, else estimated), hidden.
 
