@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from napari_dpn.errors import InputError
-from napari_dpn.fov import estimate_fov
 from napari_dpn.image_io import IMAGE_SUFFIXES, as_rgb, read_image, read_mask
 
 
@@ -149,6 +148,8 @@ class Sample:
         elif DATASETS[self.dataset].whole_frame_fov:
             fov = np.ones(rgb.shape[:2], bool)
         else:
+            from napari_dpn.fov import estimate_fov  # scipy/skimage: not when the napari reader loads
+
             fov = estimate_fov(rgb)
         for what, arr in (("ground truth", gt), ("FOV mask", fov)):
             if arr.shape != rgb.shape[:2]:

@@ -22,7 +22,10 @@ import tifffile
 from PIL import Image
 
 from napari_dpn.errors import InputError, OutputError, OutputExistsError
-from napari_dpn.model import MIN_SIDE
+
+# Smallest side the networks accept (``model.MIN_SIDE``, which is this one): defined here so that
+# reading an image (the napari reader) never imports torch, 1-2 s on a GUI thread.
+MIN_SIDE = 8
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 # Pillow opens these by content, so a STARE label named .ppm that is really greyscale P5 works.

@@ -22,7 +22,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from napari_dpn.errors import InputError
 
@@ -156,6 +155,8 @@ def _roc_from_hist(hist: np.ndarray, bins: int):
     if not _has_both_classes(hist):
         raise InputError("The ROC curve needs both vessel and background pixels inside the FOV.")
     labels, scores, weights = _weighted(hist, bins)
+    from sklearn.metrics import roc_curve  # 1.5 s to import: not when a widget docks
+
     return roc_curve(labels, scores, sample_weight=weights, drop_intermediate=False)
 
 
@@ -164,6 +165,8 @@ def _auc_from_hist(hist: np.ndarray, bins: int) -> float:
     if not _has_both_classes(hist):
         return math.nan
     labels, scores, weights = _weighted(hist, bins)
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, scores, sample_weight=weights))
 
 

@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("dpn", "dpn-release")
-
 # Smallest side the networks accept: the 1/4 branch must keep at least one pixel
-# after the release's un-padded 5x5 pooling.
-MIN_SIDE = 8
+# after the release's un-padded 5x5 pooling (defined in the torch-free image_io).
+from .image_io import MIN_SIDE as MIN_SIDE  # noqa: E402
+from .models import ARCHITECTURES as ARCHITECTURES  # noqa: E402 - the torch-free list of the networks below
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:

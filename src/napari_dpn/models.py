@@ -22,13 +22,19 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import InputError, OutputExistsError, WeightsError
-from .model import ARCHITECTURES, build_model, flush_denormals_
 from .outputs import sha256_of as file_sha256  # one file hash for weights and outputs (torch-free there)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# The networks of model.py (``model.ARCHITECTURES`` is this tuple).  This module lists and reads
+# model cards without importing torch: the widgets list the models when they dock, and torch takes
+# 1-2 s to import, holding the GIL (a frozen viewer even from a background thread).
+ARCHITECTURES = ("dpn", "dpn-release")
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "dpn-universal"  # what the CLI and the widgets use when the user picks none (docs/scale.md)
@@ -295,7 +301,7 @@ def _embedded_card(weights_path: Path) -> str | None:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(weights_path), framework="pt") as f:
+        with safe_open(str(weights_path), framework="numpy") as f:  # the header only: no torch
             meta = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise WeightsError(f"{weights_path.name} is not a valid weights file ({exc})") from None
@@ -400,6 +406,8 @@ def read_card(weights_path: str | os.PathLike) -> ModelCard:
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Build the card's architecture, load the weights, put it in evaluation mode on ``device``."""
     path = resolve_model_path(name_or_path)
+    from .model import build_model, flush_denormals_
+
     card, warnings = inspect_card(path)
     model = build_model(card.architecture)
     try:
@@ -422,6 +430,7 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, overw
     """Write ``path`` (.safetensors, with the card embedded) and its ``.json`` card, each atomically;
     the ``.json`` gets the file's sha256.  With ``overwrite=False`` nothing is written if either
     file exists (OutputExistsError), not even one that appears meanwhile."""
+    import torch
     from safetensors.torch import save
 
     from .image_io import atomic_write, ensure_output_folder

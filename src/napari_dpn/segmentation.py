@@ -113,12 +113,18 @@ def _fuse(runs: list[tuple[np.ndarray, Prediction]]) -> tuple[np.ndarray, Predic
     return sum(m for m, _ in runs) / float(len(runs)), combined
 
 
+def _check(should_stop) -> None:
+    """Between two passes (and before the first): InterruptedError once ``should_stop()`` is true."""
+    if should_stop is not None and should_stop():
+        raise InterruptedError("segmentation cancelled")
+
+
 def _scaled_progress(progress, start: float, share: float):
     return None if progress is None else (lambda f: progress(start + share * f))
 
 
 def scale_from_calibre(
-    loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, device="auto", precision: str = "auto"
+    loaded: LoadedModel, rgb: np.ndarray, fov: np.ndarray, device="auto", precision: str = "auto", should_stop=None
 ) -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
     """Estimate the scale without metadata: coarse passes until the thickest vessels of the
     network's own map are as wide as on its training images at its working scale.
@@ -135,7 +141,10 @@ def scale_from_calibre(
     factor = min(1.0, COARSE_SIDE / max(rgb.shape[:2]))
     for _ in range(4):
         size = scale_mod.resampled_shape(rgb.shape, factor)
-        pred = inference.predict(loaded, scale_mod.resample_image(rgb, size), device=device, precision=precision)
+        _check(should_stop)
+        pred = inference.predict(
+            loaded, scale_mod.resample_image(rgb, size), device=device, precision=precision, should_stop=should_stop
+        )
         calibre = vessel_calibre(pred.probability >= loaded.card.threshold, scale_mod.resample_mask(fov, size))
         if calibre is None:
             return scale_mod.fallback("too few vessels were found to estimate the scale from their calibre"), None
@@ -157,6 +166,7 @@ def choose_scale(
     field_angle: float | None = None,
     device="auto",
     precision: str = "auto",
+    should_stop=None,
 ) -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
     """The ``Scale`` for this photograph (see ``scale.py`` for the order of the rules), and the
     probability already computed at it, if the estimate needed one."""
@@ -168,7 +178,7 @@ def choose_scale(
     if scale_mod.working_ppd(loaded.card) is None:
         return scale_mod.fallback(f"the model card of {loaded.card.name} records no working scale"), None
     if mode == "calibre":
-        return scale_from_calibre(loaded, rgb, fov, device, precision)
+        return scale_from_calibre(loaded, rgb, fov, device, precision, should_stop)
     if mode == "disc":
         from .disc import scale_from_disc
 
@@ -207,13 +217,16 @@ def segment(
     that many times the chosen scale ('auto', the default of the CLI and the widgets too: what the
     model card recommends; None: one pass, as ``evaluate`` runs the paper's protocol).  When the
     field angle is guessed (45 degrees), a pass at the chosen scale divided by ``fusion`` is
-    averaged in too: the guess may be too fine as well as too coarse.  ValueError for an invalid
+    averaged in too: the guess may be too fine as well as too coarse.  ``should_stop``: asked
+    before and between the passes, between tiles and between the network's layers;
+    InterruptedError once it is true.  ValueError for an invalid
     ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
     ``shape``: the photograph's own (H, W) when ``image`` is a copy of it averaged down as it was
     read (``image_io.read_photograph``): a given factor counts in the photograph's pixels, and the
     maps and the scale come back in them.
     """
     fusion = check_fusion(fusion, loaded.card)
+    _check(should_stop)
     rgb = as_rgb(image)
     reduction = _read_reduction(rgb.shape, shape)
     if reduction != 1.0 and not isinstance(scale_mod.parse_scale(scale), str):
@@ -221,7 +234,8 @@ def segment(
     if fov is not None and reduction != 1.0:
         fov = scale_mod.resample_mask(fov, rgb.shape[:2])
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
-    sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision)
+    _check(should_stop)
+    sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision, should_stop)
     finer = coarser = None
     if fusion is not None:
         h, w = scale_mod.resampled_shape(rgb.shape, sc.factor * fusion)
@@ -237,8 +251,10 @@ def segment(
     starts = np.concatenate([[0.0], np.cumsum(weights)[:-1]]) / weights.sum()
     shares = weights / weights.sum()
     kwargs = dict(device=device, precision=precision, max_pixels=max_pixels, should_stop=should_stop)
+    _check(should_stop)
     runs = [done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, shares[0]), **kwargs)]
     for f, start, share in zip(factors[1:], starts[1:], shares[1:]):
+        _check(should_stop)  # between passes: Cancel never waits for the next one
         runs.append(_run(loaded, rgb, f, progress=_scaled_progress(progress, float(start), float(share)), **kwargs))
     prob, pred = _fuse(runs) if len(runs) > 1 else runs[0]
     if finer is not None:

@@ -937,6 +937,14 @@ def _fmt(value) -> str:
 # ----------------------------------------------------------------------------- tools
 
 
+# How far a click may be from what a click tool acts on (px): a click in empty space does nothing.
+CLICK_REACH = 6
+# The halo of the tree: candidate pixels this close to the existing vessels are not followed by
+# *Add vessel here* (they ring the whole tree at a low threshold), only joined where the new
+# segment meets the tree.
+HALO_PX = 3
+
+
 def _neighbours(skel: np.ndarray) -> np.ndarray:
     k = np.ones((3, 3), np.int32)
     k[1, 1] = 0
@@ -945,7 +953,8 @@ def _neighbours(skel: np.ndarray) -> np.ndarray:
 
 def branch_pixels(mask: np.ndarray, point) -> np.ndarray:
     """The pixels of the skeleton segment nearest to ``point`` (row, col), cut at its junctions:
-    every vessel pixel whose nearest skeleton pixel lies on that segment (bool mask)."""
+    every vessel pixel whose nearest skeleton pixel lies on that segment (bool mask).  Nothing when
+    no vessel lies within ``CLICK_REACH`` px of the click."""
     from skimage.morphology import skeletonize
 
     mask = np.asarray(mask, bool)
@@ -955,9 +964,16 @@ def branch_pixels(mask: np.ndarray, point) -> np.ndarray:
     comps, _ = ndimage.label(mask, structure=_EIGHT)
     r, c = (int(round(v)) for v in point)
     r, c = min(max(r, 0), mask.shape[0] - 1), min(max(c, 0), mask.shape[1] - 1)
-    if comps[r, c] == 0:  # the nearest vessel pixel's component
-        _, (ir, ic) = ndimage.distance_transform_edt(comps == 0, return_indices=True)
-        r, c = int(ir[r, c]), int(ic[r, c])
+    if comps[r, c] == 0:  # the nearest vessel pixel's component, if the click is beside one
+        y0, x0 = max(0, r - CLICK_REACH), max(0, c - CLICK_REACH)
+        near = comps[y0 : r + CLICK_REACH + 1, x0 : c + CLICK_REACH + 1]
+        if not near.any():
+            return out  # a click in empty space removes nothing (not the nearest vessel anywhere)
+        dist, (ir, ic) = ndimage.distance_transform_edt(near == 0, return_indices=True)
+        rr, cc = r - y0, c - x0
+        if dist[rr, cc] > CLICK_REACH:
+            return out
+        r, c = int(ir[rr, cc]) + y0, int(ic[rr, cc]) + x0
     comp = comps == comps[r, c]
     skel = skeletonize(comp)
     if not skel.any():
@@ -984,25 +1000,52 @@ def remove_branch(mask: np.ndarray, point) -> np.ndarray:
     return mask & ~branch_pixels(mask, point)
 
 
-def vessel_region(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.ndarray:
-    """The pixels *Add vessel here* adds: the connected region of ``prob >= low`` around the click
-    (the nearest such pixel within 3 px), minus what is already vessel."""
+def click_radius(shape) -> int:
+    """Half the side of the window a click tool may change: about one vessel segment between two
+    junctions (4% of the longer side, at least 40 px: 40 px on DRIVE, 140 px on a 3500-px photo)."""
+    return max(40, int(round(0.04 * max(shape[:2]))))
+
+
+def vessel_region(prob: np.ndarray, mask: np.ndarray, point, low: float, radius: int | None = None) -> np.ndarray:
+    """The pixels *Add vessel here* adds: the missed vessel segment at the click, nothing else.
+
+    The connected region of ``prob >= low`` that is not vessel yet, grown from the click (the
+    nearest such pixel within 3 px) inside a window of ``radius`` px around it
+    (:func:`click_radius`).  It does not run along the halo of the existing vessels (the pixels
+    within ``HALO_PX`` of them, which at a low threshold ring the whole tree) except at the click;
+    where the segment meets the tree the halo between them is added, so the new segment joins it.
+    """
     prob = np.asarray(prob)
     mask = np.asarray(mask, bool)
+    out = np.zeros(prob.shape, bool)
     r, c = (int(round(v)) for v in point)
     h, w = prob.shape
     if not (0 <= r < h and 0 <= c < w):
-        return np.zeros(prob.shape, bool)
-    above = prob >= low
-    if not above[r, c]:
-        r0, r1, c0, c1 = max(0, r - 3), min(h, r + 4), max(0, c - 3), min(w, c + 4)
-        win = np.where(above[r0:r1, c0:c1], prob[r0:r1, c0:c1], -1)
+        return out
+    rad = int(radius) if radius else click_radius(prob.shape)
+    y0, y1, x0, x1 = max(0, r - rad), min(h, r + rad + 1), max(0, c - rad), min(w, c + rad + 1)
+    p, m = prob[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    cand = (p >= low) & ~m
+    r, c = r - y0, c - x0
+    if not cand[r, c]:
+        a0, a1, b0, b1 = max(0, r - 3), min(cand.shape[0], r + 4), max(0, c - 3), min(cand.shape[1], c + 4)
+        win = np.where(cand[a0:a1, b0:b1], p[a0:a1, b0:b1], -1)
         if win.max() < 0:
-            return np.zeros(prob.shape, bool)
+            return out
         dr, dc = np.unravel_index(np.argmax(win), win.shape)
-        r, c = r0 + dr, c0 + dc
-    labels, _ = ndimage.label(above, structure=_EIGHT)
-    return (labels == labels[r, c]) & ~mask
+        r, c = a0 + dr, b0 + dc
+    if m.any():
+        near = (ndimage.distance_transform_edt(~m) <= HALO_PX) & cand
+    else:
+        near = np.zeros(m.shape, bool)
+    yy, xx = np.ogrid[: m.shape[0], : m.shape[1]]
+    at_click = (yy - r) ** 2 + (xx - c) ** 2 <= (HALO_PX + 2) ** 2
+    labels, _ = ndimage.label(cand & (~near | at_click), structure=_EIGHT)
+    region = labels == labels[r, c]
+    # Join the segment to the vessels it meets: the halo pixels next to its ends.
+    region |= ndimage.binary_dilation(region, structure=_EIGHT, iterations=HALO_PX + 1) & near
+    out[y0:y1, x0:x1] = region
+    return out
 
 
 def trace_pixels(prob: np.ndarray, mask: np.ndarray, start, end, width: int = 1) -> np.ndarray:
@@ -1033,9 +1076,9 @@ def trace_pixels(prob: np.ndarray, mask: np.ndarray, start, end, width: int = 1)
     return out & ~np.asarray(mask, bool)
 
 
-def add_vessel(prob: np.ndarray, mask: np.ndarray, point, low: float) -> np.ndarray:
-    """The mask plus the hysteresis region of the probability map around ``point``."""
-    return np.asarray(mask, bool) | vessel_region(prob, mask, point, low)
+def add_vessel(prob: np.ndarray, mask: np.ndarray, point, low: float, radius: int | None = None) -> np.ndarray:
+    """The mask plus the missed vessel segment at ``point`` (:func:`vessel_region`)."""
+    return np.asarray(mask, bool) | vessel_region(prob, mask, point, low, radius)
 
 
 def threshold_box(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -202,12 +203,13 @@ class DockWidget(QWidget):
         self._docked = False
         self._tabified = False
         self.destroyed.connect(functools.partial(_widget_gone, self._life))
+        _roles.keep_arranged(self.viewer)  # layers stacked by role, the vessels layer selected
 
     def _start_up(self) -> None:
         self._build_ui()
         self._connect_viewer()
         self.refresh_layers()
-        self.refresh_models()
+        self.refresh_models_soon()
 
     # ------------------------------------------------------------------ viewer
 
@@ -264,6 +266,7 @@ class DockWidget(QWidget):
 
     @property
     def model_combo(self) -> QComboBox:
+        self._ensure_models()  # asked before the deferred first listing: list them now
         return self.model_picker.combo
 
     @property
@@ -272,17 +275,40 @@ class DockWidget(QWidget):
 
     def refresh_models(self, *_) -> None:
         """Re-read the devices and the models, keeping both choices."""
+        self._models_listed, self._models_listed_at = True, time.monotonic()
         self.device_combo.refresh()
         self.model_picker.refresh()
 
+    _models_listed = False
+    _models_listed_at = -1e9
+
+    def refresh_models_soon(self) -> None:
+        """Re-read the models when the widget docks or shows.  Quick: the model cards are read
+        without torch, and the devices are probed only once torch is loaded (``DeviceCombo``);
+        importing torch (1-2 s, holding the GIL even in a background thread) would freeze the
+        viewer."""
+        if not self._models_listed:
+            # The first listing in the next event-loop turn: docking and reading the model cards
+            # are two short stalls, not one long one (scripts asking at once list them then).
+            QTimer.singleShot(0, lambda: self.alive and not self._models_listed and self.refresh_models())
+        elif time.monotonic() - self._models_listed_at > 2.0:  # not twice in one dock (init, then show)
+            self.refresh_models()
+
+    def _ensure_models(self) -> None:
+        if not self._models_listed:
+            self.refresh_models()
+
     def add_model_file(self, path) -> bool:
         """Add a weights file to the model list and select it (what Browse… does)."""
+        self._ensure_models()
         return self.model_picker.add_model_file(path)
 
     def current_card(self):
+        self._ensure_models()
         return self.model_picker.current_card()
 
     def select_model(self, name: str) -> None:
+        self._ensure_models()
         self.model_picker.select_model(name)
 
     # ------------------------------------------------------------------ dialogs and running

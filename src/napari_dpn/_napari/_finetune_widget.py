@@ -312,7 +312,7 @@ class FinetuneWidget(PairsMixin, RunningMixin, ResultsMixin, DockWidget):
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         if not self.is_running:
-            self.refresh_models()
+            self.refresh_models_soon()
 
     def _on_model_changed(self, *_) -> None:
         if not self._name_edited:

@@ -8,6 +8,7 @@ shows them in its own status line.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from qtpy.QtCore import QObject, Qt, Signal
@@ -21,7 +22,6 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dpn.errors import DPNError, InputError
-from napari_dpn.models import DEFAULT_MODEL
 
 from ._dock import one_line_label
 
@@ -88,7 +88,7 @@ class ModelPicker(QWidget):
 
     def refresh(self, *_) -> None:
         """List shipped and user models (and files added with Browse…), keeping the choice."""
-        from napari_dpn.models import list_models
+        from napari_dpn.models import DEFAULT_MODEL, list_models
 
         combo = self.combo
         keep = combo.currentData()
@@ -180,9 +180,16 @@ class DeviceCombo(QComboBox):
     def __init__(self, tooltip: str, parent=None):
         super().__init__(parent)
         self.setToolTip(tooltip)
+        self.addItems(["auto", "cpu"])  # until torch is loaded (see refresh)
 
-    def refresh(self) -> None:
-        """Re-list the devices, keeping the choice when it is still present."""
+    def refresh(self, probe: bool = False) -> None:
+        """Re-list the devices, keeping the choice when it is still present.  The GPUs are probed
+        only once torch is loaded (a run loads it) or with ``probe`` (opening the list): importing
+        torch takes 1-2 s, which docking a widget must not cost; 'auto' picks a GPU anyway."""
+        if not probe and "torch" not in sys.modules:
+            if self.count() == 0:
+                self.addItems(["auto", "cpu"])
+            return
         try:
             from napari_dpn.devices import available_devices
 
@@ -194,6 +201,11 @@ class DeviceCombo(QComboBox):
         self.addItems(devices)
         if keep in devices:
             self.setCurrentText(keep)
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt API
+        if "napari_dpn.devices" not in sys.modules:
+            self.refresh(probe=True)  # the user asks for the list: probe the GPUs now
+        super().showPopup()
 
 
 def _disconnect(slot) -> None:

@@ -114,8 +114,22 @@ def get_reader(path):
     return None
 
 
+def _arrange_viewer() -> None:
+    """Whatever the opening order, the viewer stacks the layers by role and selects the vessels
+    layer (``_roles.keep_arranged``), with or without a napari-dpn widget docked."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no viewer (a script): nothing to arrange
+        return
+    if viewer is not None:
+        _roles.keep_arranged(getattr(viewer, "__wrapped__", viewer))
+
+
 def read_files(path):
     p = _single_path(path)
+    _arrange_viewer()
     return [file_layer(p)]
 
 
@@ -139,17 +153,20 @@ def _two_valued(arr: np.ndarray) -> np.ndarray | None:
         arr = luma
     if arr.ndim != 2:
         return None
-    values = np.unique(arr)
-    if len(values) > 2:
+    # Two passes over the pixels (min/max, then a count), not np.unique's sort: an 8-Mpx
+    # ground truth is read on the GUI thread.
+    lo, hi = arr.min(), arr.max()
+    if lo != hi and np.count_nonzero(arr == lo) + np.count_nonzero(arr == hi) != arr.size:
         return None
+    values = np.array([lo] if lo == hi else [lo, hi], dtype=arr.dtype)
     if len(values) == 2:
-        return (arr > (float(values[0]) + float(values[1])) / 2).astype(np.uint8)
+        return (arr > (float(values[0]) + float(values[1])) / 2).view(np.uint8)  # bool -> 0/1, no copy
     top = (
         1.0
         if arr.dtype == bool or (arr.dtype.kind == "f" and values[0] <= 1)
         else (65535 if arr.dtype == np.uint16 else 255)
     )
-    return (arr > top / 2).astype(np.uint8)
+    return (arr > top / 2).view(np.uint8)
 
 
 def file_layer(p: Path):
@@ -171,16 +188,12 @@ def file_layer(p: Path):
                 corrected=True if role == "vessels" else None,
                 observer=observer if observer != 1 else None,
             )
-            kwargs = {
-                "name": annotation_layer_name(role, image, observer),
-                "metadata": meta,
-                "opacity": 0.3 if role == "fov" else 0.8 if role == "vessels" else 0.5,
-            }
+            kwargs = {"name": annotation_layer_name(role, image, observer), "metadata": meta, **_roles.style(role)}
             if role == "fov":
                 kwargs["visible"] = False
             return labels, kwargs, "labels"
         role = "fov" if "mask" in p.stem.lower() else "mask"
-        kwargs = {"name": p.stem, "opacity": 0.5, "metadata": _roles.meta(role, path=str(p), source="file")}
+        kwargs = {"name": p.stem, "metadata": _roles.meta(role, path=str(p), source="file"), **_roles.style(role)}
         return labels, kwargs, "labels"
     kwargs = {"name": p.stem, "metadata": _roles.meta("image", path=str(p))}
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
@@ -210,6 +223,7 @@ def read_folder(path, index: int = 0):
         return []
     entry = found.entries[index]
     name = entry.name
+    _arrange_viewer()
     rgb = np.asarray(read_image(entry.image_path))
     layers = [
         (
@@ -229,8 +243,8 @@ def read_folder(path, index: int = 0):
                 gt,
                 {
                     "name": _roles.ground_truth_name(name),
-                    "opacity": 0.5,
                     "metadata": _roles.meta("ground_truth", image=name, path=str(entry.label_path)),
+                    **_roles.style("ground_truth"),
                 },
                 "labels",
             )
@@ -242,8 +256,8 @@ def read_folder(path, index: int = 0):
                 fov,
                 {
                     "name": _roles.fov_name(name),
-                    "opacity": 0.3,
                     "visible": False,
+                    **_roles.style("fov"),
                     "metadata": _roles.meta("fov", image=name, source="file", path=str(entry.fov_path)),
                 },
                 "labels",

@@ -9,6 +9,7 @@ false positives and negatives as an ``"<image> errors"`` labels layer.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from napari_dpn import comparison
 
 from . import _roles
-from ._segment_state import FN_COLOUR, FP_COLOUR, INLINE_PIXELS, NO_GT, _label_colormap, _light_worker, _Result
+from ._segment_state import INLINE_PIXELS, NO_GT, _light_worker, _Result
 
 
 @dataclass
@@ -99,7 +100,8 @@ class CompareMixin:
         req = _Request(
             self._cmp_serial, res, gt_layer, pred, gt, roc=res.prob is not None and id(gt_layer) not in res.roc_cache
         )
-        if pred.size <= INLINE_PIXELS:
+        if pred.size <= INLINE_PIXELS and (not req.roc or "sklearn.metrics" in sys.modules):
+            # (the first ROC imports scikit-learn, 1-2 s: in the worker, never on the GUI thread)
             self._apply_comparison(req, self._compare(req))
             return
         self.metrics_label.setText(f"Comparing '{res.name}' with '{gt_layer.name}'…")
@@ -173,8 +175,7 @@ class CompareMixin:
             _roles.errors_name(res.name),
             out["errors"],
             "labels",
-            opacity=0.9,
-            colormap=_label_colormap({1: FP_COLOUR, 2: FN_COLOUR}),
+            **_roles.style("errors"),
         )
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None and self.viewer.layers.selection.active is not vessels:

@@ -8,10 +8,10 @@ threshold, undoing every edit unlocks it again.
 from __future__ import annotations
 
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Image, Labels
 
 from . import _roles
-from ._segment_state import BRUSH_SIZE, VESSEL_COLOUR, _label_colormap, _Result
+from ._segment_state import BRUSH_SIZE, _Result
 
 
 class LayersMixin:
@@ -52,16 +52,17 @@ class LayersMixin:
             lyr.name = name
         else:
             kwargs.setdefault("metadata", _roles.meta(kind, image=res.name))
-            add = self.viewer.add_labels if layer_type == "labels" else self.viewer.add_image
+            cls = Labels if layer_type == "labels" else Image
             self._putting = True  # our own output: nothing to re-list
             try:
-                lyr = add(
+                lyr = cls(
                     data,
                     name=name,
                     translate=tuple(res.image.translate[-2:]),
                     scale=tuple(res.image.scale[-2:]),
                     **kwargs,
                 )
+                _roles.add_in_place(self.viewer, lyr)  # stacked by role at once, no move later
             finally:
                 self._putting = False
         res.layers[kind] = lyr
@@ -74,10 +75,7 @@ class LayersMixin:
             _roles.probability_name(res.name),
             res.prob,
             "image",
-            colormap="magma",
-            contrast_limits=(0.0, 1.0),
-            opacity=0.7,
-            blending="additive",
+            **_roles.style("probability"),
         )
 
     def _put_fov(self, res: _Result, fov_layer) -> None:
@@ -91,8 +89,8 @@ class LayersMixin:
                 res.fov.astype(np.uint8),
                 "labels",
                 visible=False,
-                opacity=0.3,
                 metadata=_roles.meta("fov", image=res.name, source="estimated"),
+                **_roles.style("fov"),
             )
 
     def _put_vessels(self, res: _Result, mask: np.ndarray) -> None:
@@ -105,8 +103,7 @@ class LayersMixin:
             _roles.vessels_name(res.name),
             mask,
             "labels",
-            opacity=0.8,
-            colormap=_label_colormap({1: VESSEL_COLOUR}),
+            **_roles.style("vessels"),
         )
         _roles.set_info(vessels, corrected=None, saved=None)
         res.edited = False

@@ -137,9 +137,12 @@ class RunningMixin:
         return worker
 
     def cancel(self, *_) -> None:
+        """Stop the run: the network stops within one layer (``inference.predict``'s
+        ``should_stop``); the last result on screen stays as it was."""
         if self._worker is not None:
             self._cancel.set()
-            self.status.setText("Cancelling…")
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Stopping… the result on screen stays as it was.")
 
     def _set_running(self, running: bool) -> None:
         self.run_button.setEnabled(not running)
@@ -195,6 +198,8 @@ class RunningMixin:
 
             rgb = as_rgb(data)
             loaded = self._load(spec)
+            import sklearn.metrics  # noqa: F401 - here, not on the GUI thread: the comparison that follows needs it
+
             card = loaded.card
             if bool(card.input.get("clahe")) != clahe:
                 card = dataclasses.replace(card, input={**card.input, "clahe": clahe})

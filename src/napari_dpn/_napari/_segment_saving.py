@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer
 from napari_dpn.errors import DPNError, InputError
 
 from . import _roles
-from ._segment_state import BRUSH_SIZE, VESSEL_COLOUR, _label_colormap, _Result, looks_like_annotation
+from ._segment_state import BRUSH_SIZE, _Result, looks_like_annotation
 
 
 class SavingMixin:
@@ -109,8 +109,7 @@ class SavingMixin:
             vessels = self.viewer.add_labels(
                 mask.astype(np.uint8),
                 name=_roles.vessels_name(image.name),
-                opacity=0.8,
-                colormap=_label_colormap({1: VESSEL_COLOUR}),
+                **_roles.style("vessels"),
                 metadata=_roles.meta("vessels", image=image.name, path=source, source="file", corrected=True),
             )
             vessels.translate = image.translate[-2:]
@@ -121,8 +120,8 @@ class SavingMixin:
                     fov_layer = self.viewer.add_labels(
                         fov.astype(np.uint8),
                         name=_roles.fov_name(image.name),
-                        opacity=0.3,
                         visible=False,
+                        **_roles.style("fov"),
                         metadata=_roles.meta("fov", image=image.name, path=str(found[1]), source="file"),
                     )
                     fov_layer.translate = image.translate[-2:]

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     from napari.layers import Image
 
 NO_GT = "(none)"
-VESSEL_COLOUR = "#00e5ff"
-FP_COLOUR = "#ff00ff"
-FN_COLOUR = "#39ff14"
+VESSEL_COLOUR = _roles.VESSEL_COLOUR  # the colour scheme of every layer role is _roles.style
+FP_COLOUR = _roles.FP_COLOUR
+FN_COLOUR = _roles.FN_COLOUR
 BRUSH_SIZE = 3
 SPECK_PIXELS = 30
 # Comparisons and speck removal on images up to this many pixels run at once on the GUI thread
@@ -101,9 +101,7 @@ class _Result:
 
 
 def _label_colormap(colours: dict):
-    from napari.utils.colormaps import DirectLabelColormap
-
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", **colours})
+    return _roles.label_colormap(colours)
 
 
 def _light_worker(func, *args):

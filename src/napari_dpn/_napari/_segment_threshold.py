@@ -12,7 +12,6 @@ import numpy as np
 from napari.utils.notifications import show_warning
 
 from napari_dpn import comparison
-from napari_dpn.session import speck_components
 
 from . import _roles
 from ._segment_state import INLINE_PIXELS, _light_worker, _Result
@@ -110,6 +109,8 @@ class ThresholdMixin:
 
     def remove_specks(self, *_) -> bool:
         """Erase vessel pieces smaller than the speck size, as one undoable edit."""
+        from napari_dpn.session import speck_components
+
         res = self.current_result()
         vessels = res.layer(self.viewer, "vessels") if res is not None else None
         if vessels is None:

@@ -3,7 +3,7 @@
 One button turns a fundus photograph into three layers (``<image>`` is the photograph's layer
 name):
 
-- ``"<image> vessel probability"``  image layer, 0..1, magma, additive blending;
+- ``"<image> vessel probability"``  image layer, 0..1, grey, additive blending (colours: ``_roles.style``);
 - ``"<image> vessels"``             labels layer = probability >= threshold inside the FOV, ready to paint;
 - ``"<image> FOV"``                 field-of-view mask (from the dataset, else estimated), hidden.
 
@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -328,7 +329,7 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
         candidates = self._gt_candidates()
         self._fill_combo(self.gt_combo, candidates, old_gt, first=NO_GT)
         if self.current_image() is not old_image:
-            self._on_image_changed()
+            self._on_image_changed(show=False)  # a new layer: napari shows it already
         elif old_gt is not None and self.gt_combo.currentData() is not old_gt:
             self._on_gt_changed()
         elif any(id(lyr) not in old_candidates for lyr in candidates):
@@ -397,8 +398,10 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
             self._select_gt(gt)
             self._on_gt_changed(remember=False)
 
-    def _on_image_changed(self, *_) -> None:
+    def _on_image_changed(self, *_, show: bool = True) -> None:
         image = self.current_image()
+        if show:
+            self.show_image(image)
         # The ground truth follows the image (never the previous image's annotation).
         self._select_gt(self.paired_ground_truth(image))
         # Errors layers of the other images would lie over this one as if they were its own.
@@ -415,12 +418,58 @@ class SegmentWidget(RunningMixin, LayersMixin, ThresholdMixin, CompareMixin, Sav
         self._sync_controls()
         self._update_comparison()
 
+    def show_image(self, image) -> None:
+        """The canvas follows the Image box: the chosen photograph and its layers (probability,
+        vessels, ground truth) are shown, the other images' photographs and layers hidden (their
+        eye in the layer list brings them back; FOV layers stay as they are), its vessels layer
+        (else the photograph) is selected, and the view fits it when its size differs."""
+        if image is None:
+            return
+        previous = self.viewer.layers.selection.active
+        mine = [image]
+        res = self._results.get(id(image))
+        if res is not None:
+            mine += [res.layer(self.viewer, k) for k in ("probability", "vessels")]
+        gt = self.paired_ground_truth(image)
+        mine.append(gt)
+        mine = [lyr for lyr in mine if lyr is not None]
+        theirs = []
+        for other in self._image_layers():
+            if other is image or looks_like_annotation(other):
+                continue
+            theirs.append(other)
+            r = self._results.get(id(other))
+            if r is not None:
+                theirs += [r.layer(self.viewer, k) for k in ("probability", "vessels", "errors")]
+            theirs.append(self.paired_ground_truth(other))
+        for lyr in theirs:
+            if lyr is not None and lyr not in mine:
+                lyr.visible = False
+        for lyr in mine:
+            lyr.visible = True
+        vessels = res.layer(self.viewer, "vessels") if res is not None else None
+        self.viewer.layers.selection.active = vessels if vessels is not None else image
+        prev_shape = None
+        if previous is not None and previous in self.viewer.layers and getattr(previous, "ndim", 0) >= 2:
+            prev_shape = tuple(round(float(v)) for v in previous.extent.world[1][-2:])
+        if prev_shape != tuple(round(float(v)) for v in image.extent.world[1][-2:]):
+            self._fit_view(image)
+
+    def _fit_view(self, layer) -> None:
+        """Centre and zoom the camera on ``layer`` alone (napari's reset_view fits all layers)."""
+        lo, hi = (np.asarray(v, float)[-2:] for v in layer.extent.world)
+        size = np.maximum(hi - lo, 1.0)
+        self.viewer.camera.center = tuple((lo + hi) / 2 - 0.5)
+        canvas = np.asarray(getattr(self.viewer, "_canvas_size", (0, 0)), float)[-2:]
+        if canvas.min() > 0:
+            self.viewer.camera.zoom = 0.95 * float(np.min(canvas / size))
+
     # ------------------------------------------------------------------ models and devices
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt API
         super().showEvent(event)
         if not self.is_running:
-            self.refresh_models()
+            self.refresh_models_soon()
 
     def _on_model_changed(self, card) -> None:
         if card is not None:

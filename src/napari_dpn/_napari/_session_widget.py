@@ -52,6 +52,7 @@ from napari_dpn import session as S
 from napari_dpn.errors import DPNError
 from napari_dpn.scale import COMMON_FIELD_ANGLES
 
+from . import _roles
 from ._dock import DockWidget, Section, unstarted_worker, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
 from ._session_loop import LoopMixin
@@ -661,7 +662,9 @@ class SessionWidget(ToolsMixin, LoopMixin, DockWidget):
                 layer.name, layer.metadata = f"{name} vessels", dict(meta)
                 layer.events.paint.connect(self._on_paint)
             else:
-                layer = self.viewer.add_labels(data, name=f"{name} vessels", opacity=0.6, metadata=dict(meta))
+                layer = self.viewer.add_labels(
+                    data, name=f"{name} vessels", metadata=dict(meta), **_roles.style("vessels")
+                )
                 layer.events.paint.connect(self._on_paint)
                 layer.mouse_drag_callbacks.append(self._on_click)
                 self.layers["vessels"] = layer
