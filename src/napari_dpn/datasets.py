@@ -101,6 +101,8 @@ DATASETS: dict[str, DatasetInfo] = {
         whole_frame_fov=True,
     ),
 }
+
+
 def _whole_frame(dataset: str) -> bool:
     info = DATASETS.get(dataset)
     return bool(info and info.whole_frame_fov)

@@ -13,7 +13,8 @@ from PIL import Image
 from napari_dpn import annotations, layouts, session
 from napari_dpn.datasets import DATASETS, dataset_key, find_dataset, folder_samples, load_split
 from napari_dpn.layouts import AnnotationName, DatasetLayout
-from paths import DATASETS as STAGED, REPO
+from paths import DATASETS as STAGED
+from paths import REPO
 
 # A newcomer's dataset: photos/eye1.png, truth/eye1_truth.png, discs/eye1_disc.png.
 TOY = DatasetLayout(
