@@ -23,7 +23,8 @@ class AnnotationName:
 
     ``suffix`` is a regex of the end of the file's stem (``_1stHO``; DRIVE ``_manual(?P<observer>\\d)``
     takes the observer from the name); ``image`` a regex of the part before it that names the
-    photograph (DRIVE: only its number).
+    photograph.  A narrower ``image`` than ``.+`` (DRIVE: only its number) means the part is not
+    the photograph's name: the layout's ``label_image_name`` gives that.
     """
 
     suffix: str
