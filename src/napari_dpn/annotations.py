@@ -13,15 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .layouts import DRIVE, fov_suffix_regex, label_suffix_regex
 
 VESSELS_SUFFIX = "_vessels.png"
 FOV_SUFFIX = "_fov.png"
 PROBABILITY_SUFFIXES = ("_probability.png", "_probability.tif", "_probability.tiff")
 _MASK_SUFFIXES = (VESSELS_SUFFIX, FOV_SUFFIX, *PROBABILITY_SUFFIXES)
-# Ground truth and FOV masks as the public datasets name them (matched on the stem, any case):
-# DRIVE NN_manual1 / NN_manual2 / NN_training_mask, STARE imNNNN.ah / imNNNN.vk / imNNNN_mask,
-# CHASE_DB1 Image_NNX_1stHO / _2ndHO, HRF NN_x_mask.
-_DATASET_LABEL = re.compile(r".*(_manual\d|_mask|_[12](st|nd)ho|\.ah|\.vk)", re.IGNORECASE)
 
 
 def _image_suffixes() -> tuple[str, ...]:
@@ -46,9 +43,10 @@ def is_annotation(path: str | os.PathLike) -> bool:
 
 
 def is_dataset_label(path: str | os.PathLike) -> bool:
-    """True for ground-truth and FOV-mask files named as DRIVE, STARE and CHASE_DB1 name them
-    (``21_manual1.gif``, ``21_training_mask.gif``, ``im0001.ah.ppm``, ``Image_01L_1stHO.png``...)."""
-    return bool(_DATASET_LABEL.fullmatch(Path(path).stem))
+    """True for ground-truth and FOV-mask files named as a dataset layout names them
+    (``21_manual1.gif``, ``21_training_mask.gif``, ``im0001.ah.ppm``, ``Image_01L_1stHO.png``...;
+    HRF's ``NN_x_mask`` too); the names come from :mod:`napari_dpn.layouts`."""
+    return bool(re.fullmatch(f".*({label_suffix_regex()})", Path(path).stem, re.IGNORECASE))
 
 
 def not_a_photograph(path: str | os.PathLike) -> str | None:
@@ -133,13 +131,13 @@ def find_pairs(
         if label.is_file():
             pairs.append((image, label, fov if fov.is_file() else None))
         elif (label := _by_number(image, labels_dir, "label")) is not None:
-            # Dataset-style names (DRIVE: 21_training.tif, 21_manual1.gif, 21_training_mask.gif).
+            # Dataset-style names (DRIVE: 21_training.tif, 21_manual1.gif, 21_training_mask.gif):
+            # a label named by the photograph's leading number, as the layouts' "{id}" names.
             pairs.append((image, label, fov if fov.is_file() else _by_number(image, fovs_dir, "fov")))
     return pairs
 
 
 _LEADING_NUMBER = re.compile(r"^(\d+)(?=\D|$)")
-_FOV_STEM = re.compile(r".*(_mask|_fov)", re.IGNORECASE)
 
 
 def _by_number(image: Path, folder: Path, what: str) -> Path | None:
@@ -150,6 +148,7 @@ def _by_number(image: Path, folder: Path, what: str) -> Path | None:
     if not m or not folder.is_dir():
         return None
     number, suffixes = int(m.group(1)), _image_suffixes()
+    fov_stem = re.compile(f".*({fov_suffix_regex()}|{re.escape(Path(FOV_SUFFIX).stem)})", re.IGNORECASE)
     found = []
     for p in folder.iterdir():
         n = _LEADING_NUMBER.match(p.stem)
@@ -157,7 +156,7 @@ def _by_number(image: Path, folder: Path, what: str) -> Path | None:
             continue
         if p.name.startswith(".") or any(p.name.lower().endswith(s) for s in PROBABILITY_SUFFIXES):
             continue
-        is_fov = bool(_FOV_STEM.fullmatch(p.stem))
+        is_fov = bool(fov_stem.fullmatch(p.stem))
         if (what == "fov") != is_fov:
             continue
         if folder == image.parent and not_a_photograph(p) is None:
@@ -213,7 +212,7 @@ def _no_pairs_message(images: Path, labels) -> str:
     text = (
         f"no annotated images in {images}: each image IMAGE.ext needs IMAGE{VESSELS_SUFFIX} "
         f"in {where} (optionally IMAGE{FOV_SUFFIX}) or one label sharing its leading number "
-        "(21_manual1.gif for 21_training.tif)"
+        f"({DRIVE.label_name('21_training')}.gif for 21_training.tif)"
     )
     layout = detect_layout(images)
     if layout:

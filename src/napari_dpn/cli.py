@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import layouts
 from .devices import PRECISIONS
 from .errors import DPNError, InputError
 from .models import DEFAULT_MODEL
@@ -458,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="the paper's metrics inside the FOV on a dataset's test split")
-    p.add_argument("--dataset", required=True, help="drive, stare, chase or avwide")
+    p.add_argument("--dataset", required=True, help=layouts.keys_text())
     p.add_argument(
-        "--root", required=True, metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (or the dataset folder)"
+        "--root", required=True, metavar="DIR", help=f"folder holding {layouts.folders_text()} (or the dataset folder)"
     )
     p.add_argument("--split", default=None, help="drive: default|all; stare: 10/10|loo-K|all; chase: 20/8|14/14|all")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH")

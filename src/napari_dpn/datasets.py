@@ -1,13 +1,7 @@
 """DRIVE, STARE, CHASE_DB1 and AV-WIDE in their release layouts, with the paper's splits (section 4.1).
 
-Layouts (see SOURCES.md of the datasets folder):
-- DRIVE:     ``{training,test}/images/NN_{training,test}.tif``, ``1st_manual/NN_manual1.gif``,
-             ``mask/NN_{training,test}_mask.gif``
-- STARE:     ``images/imNNNN.ppm``, ``labels-ah/imNNNN.ah.ppm``, ``mask/imNNNN_mask.pgm``
-             (the masks are third-party; without them the FOV is estimated)
-- CHASE_DB1: flat ``Image_NNX.jpg`` + ``Image_NNX_1stHO.png``; no FOV masks (estimated)
-- AV-WIDE:   ``images/wide_image_NN.png`` + ``manual/wide_image_NN_vessels.png``; ultra-widefield,
-             no circular FOV: the FOV is the whole frame
+File layouts: :mod:`napari_dpn.layouts` (one ``DatasetLayout`` per dataset; see SOURCES.md of
+the datasets folder).  This module adds what the paper used per dataset and the splits.
 
 Splits: ``"default"`` (DRIVE's official 20/20), ``"A/B"`` (first A images in sorted order train,
 the remaining B test; e.g. STARE "10/10", CHASE "20/8", "14/14"), ``"loo-K"`` (leave-one-out:
@@ -26,6 +20,7 @@ import numpy as np
 
 from napari_dpn.errors import InputError
 from napari_dpn.image_io import IMAGE_SUFFIXES, as_rgb, read_image, read_mask
+from napari_dpn.layouts import LAYOUTS, DatasetLayout, layout_for
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "drive": DatasetInfo(
         "drive",
-        "DRIVE",
+        LAYOUTS["drive"].name,
         512,
         False,
         100_000,
@@ -68,7 +63,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "stare": DatasetInfo(
         "stare",
-        "STARE",
+        LAYOUTS["stare"].name,
         512,
         True,
         30_000,
@@ -80,7 +75,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "chase": DatasetInfo(
         "chase",
-        "CHASE_DB1",
+        LAYOUTS["chase"].name,
         736,
         False,
         100_000,
@@ -92,7 +87,7 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "avwide": DatasetInfo(
         "avwide",
-        "AV-WIDE",
+        LAYOUTS["avwide"].name,
         512,
         False,
         30_000,
@@ -106,20 +101,11 @@ DATASETS: dict[str, DatasetInfo] = {
         whole_frame_fov=True,
     ),
 }
-_ALIASES = {
-    "chase_db1": "chase",
-    "chasedb1": "chase",
-    "chase-db1": "chase",
-    "av-wide": "avwide",
-    "av_wide": "avwide",
-    "wide": "avwide",
-}
-_FOLDER_NAMES = {
-    "drive": ("DRIVE",),
-    "stare": ("STARE",),
-    "chase": ("CHASE_DB1", "CHASEDB1", "CHASE-DB1", "CHASE"),
-    "avwide": ("AV-WIDE", "AV_WIDE", "AVWIDE"),
-}
+
+
+def _whole_frame(dataset: str) -> bool:
+    info = DATASETS.get(dataset)
+    return bool(info and info.whole_frame_fov)
 
 
 @dataclass(frozen=True)
@@ -137,7 +123,7 @@ class Sample:
         """'mask' (a FOV mask file), 'whole frame' (AV-WIDE) or 'estimated' (``fov.estimate_fov``)."""
         if self.fov_path:
             return "mask"
-        return "whole frame" if DATASETS[self.dataset].whole_frame_fov else "estimated"
+        return "whole frame" if _whole_frame(self.dataset) else "estimated"
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb float32 (H, W, 3) in 0..1, ground truth bool, FOV bool); FOV estimated if absent."""
@@ -145,7 +131,7 @@ class Sample:
         gt = read_mask(self.label_path)
         if self.fov_path:
             fov = read_mask(self.fov_path)
-        elif DATASETS[self.dataset].whole_frame_fov:
+        elif _whole_frame(self.dataset):
             fov = np.ones(rgb.shape[:2], bool)
         else:
             from napari_dpn.fov import estimate_fov  # scipy/skimage: not when the napari reader loads
@@ -208,16 +194,16 @@ class Split:
 
 
 def dataset_key(dataset: str) -> str:
-    """Normalise a dataset name: case-insensitive, with CHASE_DB1 aliases."""
-    key = str(dataset).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in DATASETS:
-        raise InputError(f"Unknown dataset '{dataset}'; use drive, stare, chase or avwide.")
-    return key
+    """Normalise a dataset name: case-insensitive, with the layouts' aliases (CHASE_DB1, AV-WIDE)."""
+    layout = layout_for(dataset)
+    if layout is None or layout.key not in DATASETS:
+        *others, last = DATASETS
+        raise InputError(f"Unknown dataset '{dataset}'; use {', '.join(others)} or {last}.")
+    return layout.key
 
 
 # ------------------------------------------------------------------------------- file finding
-def _find(folder: Path, stem: str) -> Path | None:
+def find_file(folder: Path, stem: str) -> Path | None:
     """The image file called ``stem`` plus any supported suffix, or None."""
     for suffix in IMAGE_SUFFIXES:
         for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
@@ -227,7 +213,7 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 
 def _require(folder: Path, stem: str, what: str) -> Path:
-    path = _find(folder, stem)
+    path = find_file(folder, stem)
     if path is None:
         raise InputError(f"Missing {what}: no {folder / stem}.* file.")
     return path
@@ -243,29 +229,37 @@ def _images(folder: Path, pattern: str) -> list[Path]:
     return found
 
 
+def _looks_like(layout: DatasetLayout, folder: Path) -> bool:
+    """True when ``folder`` is a dataset folder of ``layout`` (its parts, or one part folder)."""
+    if layout.parts:
+        return all((folder / part).is_dir() for part in layout.parts)
+    if not all((folder / sub).is_dir() for sub in layout.required_dirs):
+        return False
+    try:
+        samples = part_samples(layout, folder, require_labels=False)
+    except InputError:
+        return False
+    return bool(layout.labels_dir) or any(s.label_path for s in samples)
+
+
 def _dataset_dir(key: str, root: Path) -> Path:
-    """Accept the folder holding DRIVE/STARE/CHASE_DB1, or the dataset folder itself."""
+    """Accept the folder holding DRIVE/STARE/CHASE_DB1/AV-WIDE, or the dataset folder itself."""
     if not root.is_dir():
         raise InputError(f"The datasets folder {root} does not exist.")
+    layout = LAYOUTS[key]
     children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
-    for name in _FOLDER_NAMES[key]:
+    for name in layout.all_folder_names:
         if name.lower() in children:
             return children[name.lower()]
-    looks_like = {
-        "drive": (root / "training").is_dir() and (root / "test").is_dir(),
-        "stare": (root / "images").is_dir() and (root / "labels-ah").is_dir(),
-        "chase": any(root.glob("Image_*_1stHO.*")),
-        "avwide": (root / "manual").is_dir() and any((root / "images").glob("wide_image_*")),
-    }[key]
-    if looks_like:
+    if _looks_like(layout, root):
         return root
-    raise InputError(f"No {DATASETS[key].folder} folder in {root}.")
+    raise InputError(f"No {layout.name} folder in {root}.")
 
 
 def detect_layout(folder: str | Path) -> tuple[str, Path] | None:
-    """(dataset key, folder to give as ``--root``) when ``folder`` is a DRIVE/STARE/CHASE_DB1
-    release folder, one of its sub-folders (DRIVE ``training/``, ``test/``, ``images/``...), or the
-    folder holding them; else None.  For messages that suggest ``--dataset``."""
+    """(dataset key, folder to give as ``--root``) when ``folder`` is a dataset release folder, one
+    of its sub-folders (DRIVE ``training/``, ``test/``, ``images/``...), or the folder holding
+    them; else None.  For messages that suggest ``--dataset``."""
     folder = Path(folder).expanduser()
     candidates = [folder, folder.parent, folder.parent.parent]
     for cand in candidates:
@@ -281,69 +275,39 @@ def detect_layout(folder: str | Path) -> tuple[str, Path] | None:
     return None
 
 
-def _label(folder: Path, stem: str, what: str, required: bool) -> Path | None:
-    return _require(folder, stem, what) if required else _find(folder, stem)
-
-
-def _drive_part(base: Path, part: str, required: bool = True) -> list[Sample]:
-    """One DRIVE split folder (``training`` or ``test``; ``part`` is a regex of the two)."""
+def part_samples(layout: DatasetLayout, folder: Path, require_labels: bool = True) -> list[Sample]:
+    """The samples of one part folder of ``layout`` (a DRIVE split folder, the STARE folder...)."""
     samples = []
-    for img in _images(base / "images", rf"\d+_{part}"):
-        number = img.stem.split("_")[0]
-        label = _label(base / "1st_manual", f"{number}_manual1", f"DRIVE label for {img.name}", required)
-        samples.append(Sample(img.stem, img, label, _find(base / "mask", f"{img.stem}_mask"), "drive"))
+    for img in _images(folder / layout.images_dir, layout.image_pattern):
+        stem = layout.label_name(img.stem) or img.stem
+        what = f"{layout.name} label for {img.name}"
+        labels = folder / layout.labels_dir
+        label = _require(labels, stem, what) if require_labels else find_file(labels, stem)
+        fov_stem = layout.fov_name(img.stem)
+        fov = find_file(folder / layout.fov_dir, fov_stem) if fov_stem else None
+        samples.append(Sample(img.stem, img, label, fov, layout.key))
     return samples
-
-
-def _drive(root: Path) -> dict[str, list[Sample]]:
-    return {part: _drive_part(root / part, part) for part in ("training", "test")}
-
-
-def _stare(root: Path, required: bool = True) -> list[Sample]:
-    samples = []
-    for img in _images(root / "images", r"im\d+"):
-        label = _label(root / "labels-ah", f"{img.stem}.ah", f"STARE label for {img.name}", required)
-        samples.append(Sample(img.stem, img, label, _find(root / "mask", f"{img.stem}_mask"), "stare"))
-    return samples
-
-
-def _chase(root: Path, required: bool = True) -> list[Sample]:
-    samples = []
-    for img in _images(root, r"Image_\d+[LR]"):
-        label = _label(root, f"{img.stem}_1stHO", f"CHASE_DB1 label for {img.name}", required)
-        samples.append(Sample(img.stem, img, label, None, "chase"))
-    return samples
-
-
-def _avwide(root: Path, required: bool = True) -> list[Sample]:
-    samples = []
-    for img in _images(root / "images", r"wide_image_\d+"):
-        label = _label(root / "manual", f"{img.stem}_vessels", f"AV-WIDE label for {img.name}", required)
-        samples.append(Sample(img.stem, img, label, None, "avwide"))
-    return samples
-
-
-_FLAT = {"stare": _stare, "chase": _chase, "avwide": _avwide}
 
 
 def folder_samples(key: str, folder: str | Path, require_labels: bool = True) -> list[Sample]:
     """The samples of one folder as released: a DRIVE split folder (``training/`` or ``test/``),
-    the STARE folder or the CHASE_DB1 folder.  InputError when the layout is not there; with
+    the STARE, CHASE_DB1 or AV-WIDE folder.  InputError when the layout is not there; with
     ``require_labels=False`` an image without its annotation gets ``label_path=None``."""
-    folder = Path(folder)
-    if key == "drive":
-        return _drive_part(folder, "(training|test)", require_labels)
-    return _FLAT[key](folder, require_labels)
+    return part_samples(LAYOUTS[key], Path(folder), require_labels)
+
+
+def _parts(key: str, folder: Path) -> dict[str, list[Sample]]:
+    """Each split part's samples (DRIVE: training, test); one "" part for a flat dataset."""
+    layout = LAYOUTS[key]
+    if not layout.parts:
+        return {"": part_samples(layout, folder)}
+    return {part: part_samples(layout, folder / part) for part in layout.parts}
 
 
 def list_samples(dataset: str, root: str | Path) -> list[Sample]:
     """All samples of a dataset in sorted order (DRIVE: training then test)."""
     key = dataset_key(dataset)
-    folder = _dataset_dir(key, Path(root))
-    if key == "drive":
-        parts = _drive(folder)
-        return parts["training"] + parts["test"]
-    return _FLAT[key](folder)
+    return [s for part in _parts(key, _dataset_dir(key, Path(root))).values() for s in part]
 
 
 # -------------------------------------------------------------------------------------- splits
@@ -363,9 +327,9 @@ def load_split(dataset: str, root: str | Path, split: str | None = None) -> Spli
     if split == "default":
         split = DATASETS[key].default_split
     folder = _dataset_dir(key, Path(root))
-    if key == "drive" and split == "default":
-        parts = _drive(folder)
-        return Split(train=parts["training"], test=parts["test"])
+    if len(LAYOUTS[key].parts) == 2 and split == "default":  # DRIVE's official training/test
+        train, test = _parts(key, folder).values()
+        return Split(train=train, test=test)
     samples = list_samples(key, folder)
     if split == "all":
         return Split(train=[], test=samples)
@@ -402,45 +366,39 @@ def leave_one_out(dataset: str, root: str | Path) -> Iterator[tuple[str, Split]]
 class DatasetFolder:
     """A dataset folder as the napari reader opens it: its name, where its images are, its samples."""
 
-    dataset: str  # "DRIVE", "STARE" or "CHASE_DB1"
+    dataset: str  # the layout's name: "DRIVE", "STARE", "CHASE_DB1", "AV-WIDE"
     root: Path  # the folder that holds the images
     entries: list[Sample]
 
 
-# (key, shown name, sub-folders that must be there): a DRIVE split or STARE folder is
-# recognised by its annotation folder; CHASE_DB1 (flat) by at least one annotated image.
-_LAYOUTS = (
-    ("drive", "DRIVE", ("images", "1st_manual")),
-    ("stare", "STARE", ("images", "labels-ah")),
-    ("chase", "CHASE_DB1", ()),
-)
-
-
-def _detect(folder: Path, key: str, name: str, needs: tuple[str, ...]) -> DatasetFolder | None:
-    if not all((folder / sub).is_dir() for sub in needs):
+def _detect(folder: Path, layout: DatasetLayout) -> DatasetFolder | None:
+    """A part folder of ``layout`` is recognised by its sub-folders (a DRIVE split, STARE,
+    AV-WIDE), a flat one (CHASE_DB1) by at least one annotated image."""
+    if not all((folder / sub).is_dir() for sub in layout.required_dirs):
         return None
     try:
-        samples = folder_samples(key, folder, require_labels=False)
+        samples = part_samples(layout, folder, require_labels=False)
     except InputError:  # not this layout (no images of its naming)
         return None
-    if not needs and not any(s.label_path for s in samples):
+    if not layout.required_dirs and not any(s.label_path for s in samples):
         return None
-    return DatasetFolder(name, samples[0].image_path.parent, samples)
+    return DatasetFolder(layout.name, samples[0].image_path.parent, samples)
 
 
 def find_dataset(folder: str | Path) -> DatasetFolder | None:
-    """The dataset layout of ``folder`` (or of its parent / its test split), else None."""
+    """The dataset layout of ``folder`` (or of its parent / its last split part, DRIVE's test), else None."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     candidates = [folder]
-    if folder.name in ("images", "1st_manual", "mask", "labels-ah", "labels-vk"):
+    if any(folder.name in layout.dir_names for layout in LAYOUTS.values()):
         candidates.append(folder.parent)
-    # a dataset root: prefer the test split, then training
-    candidates += [folder / "test", folder / "training"]
+    # a dataset root: prefer the last part (DRIVE's test split), then the others
+    parts = dict.fromkeys(p for layout in LAYOUTS.values() for p in reversed(layout.parts))
+    candidates += [folder / part for part in parts]
     for cand in candidates:
-        for layout in _LAYOUTS:
-            found = _detect(cand, *layout) if cand.is_dir() else None
+        for layout in LAYOUTS.values():
+            found = _detect(cand, layout) if cand.is_dir() else None
             if found is not None:
                 return found
     return None

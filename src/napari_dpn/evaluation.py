@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from . import metrics
+from . import layouts, metrics
 from .models import LoadedModel
 from .segmentation import segment
 
@@ -24,7 +24,9 @@ def fov_note(samples: Sequence) -> str | None:
     if not estimated:
         return None
     datasets = {getattr(s, "dataset", "") for s in samples}
-    why = "CHASE_DB1 has no official FOV masks" if datasets == {"chase"} else "no FOV mask file was found for them"
+    layout = layouts.LAYOUTS.get(next(iter(datasets))) if len(datasets) == 1 else None
+    shipped = layout is None or layout.fov_stem is not None  # CHASE_DB1 ships none
+    why = "no FOV mask file was found for them" if shipped else f"{layout.name} has no official FOV masks"
     which = (
         f"all {len(samples)} images"
         if len(estimated) == len(samples)

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from . import layouts
 from .annotations import annotation_paths, is_annotation
+from .datasets import find_file
 from .errors import InputError
 
 SESSION_FILE = ".napari-dpn-session.json"
@@ -56,8 +58,9 @@ LABELS = {  # what the list and the status line call each state
 _VERSION = 2
 # Free bytes a save needs beyond the mask's own size (FOV file, session file, file-system blocks).
 _SAVE_MARGIN = 64 * 1024
-# Files beside the photographs that are annotations of a dataset, not photographs to correct.
-_NOT_PHOTOS = re.compile(r"(_gt|_1stHO|_2ndHO|_manual\d|_mask|\.ah|\.vk|_probability)$", re.IGNORECASE)
+# Ground truth beside a photograph by this plugin's own convention (the datasets' names: layouts.py).
+_GT_SUFFIX = "_gt"
+_GT_EXTENSIONS = (".png", ".gif", ".tif", ".tiff", ".bmp")
 CSV_COLUMNS = (
     "image",
     "state",
@@ -94,6 +97,12 @@ class SessionDamaged(InputError):
 # ----------------------------------------------------------------------------- files
 
 
+def _not_photo(stem: str) -> bool:
+    """Annotations of a dataset (``layouts``), our ``_gt`` ground truth and probability maps."""
+    ends = f"{_GT_SUFFIX}|{layouts.label_suffix_regex()}|_probability"
+    return re.search(f"({ends})$", stem, re.IGNORECASE) is not None
+
+
 def list_photographs(folder: str | Path) -> list[Path]:
     """The photographs of a folder, by name: annotations, probability maps and dataset ground
     truths / FOV masks are left out."""
@@ -110,37 +119,43 @@ def list_photographs(folder: str | Path) -> list[Path]:
         and not p.name.startswith(".")
         and p.suffix.lower() in suffixes
         and not is_annotation(p)
-        and not _NOT_PHOTOS.search(p.stem)
+        and not _not_photo(p.stem)
     )
 
 
+def _layout_file(image: Path, stem: str, sub: str, beside: bool) -> Path | None:
+    """``stem`` in a layout's sub-folder ``sub`` (next to the photograph's folder, or in it) or,
+    where ``beside``, in the photograph's own folder; any image suffix."""
+    folder = image.parent
+    places = [folder.parent / sub, folder, folder / sub] if sub else [folder]
+    for where in places:
+        if (beside or where != folder) and where.is_dir() and (found := find_file(where, stem)) is not None:
+            return found
+    return None
+
+
 def ground_truth_path(image: str | Path) -> Path | None:
-    """The ground truth of a photograph when one is known: ``<stem>_gt.*`` beside it, or the
-    DRIVE / STARE / CHASE_DB1 naming (``NN_manual1.gif``, ``imNNNN.ah.ppm``, ``<stem>_1stHO.png``)."""
+    """The ground truth of a photograph when one is known: ``<stem>_gt.*`` beside it, or a dataset
+    layout's first-observer label (``NN_manual1.gif``, ``imNNNN.ah.ppm``, ``<stem>_1stHO.png``...)."""
     image = Path(image)
     folder, stem = image.parent, image.stem
-    candidates = [folder / f"{stem}_gt{s}" for s in (".png", ".gif", ".tif", ".tiff", ".bmp")]
-    candidates += [
-        folder / f"{stem}_1stHO.png",
-        folder / f"{stem}.ah.ppm",
-        folder.parent / "labels-ah" / f"{stem}.ah.ppm",
-    ]
-    m = re.match(r"^(\d+)_(test|training)$", stem)
-    if m:  # DRIVE: images/21_training.tif and 1st_manual/21_manual1.gif, or both in one folder
-        for where in (folder.parent / "1st_manual", folder, folder / "1st_manual"):
-            candidates += [where / f"{m.group(1)}_manual1{s}" for s in (".gif", ".png", ".tif")]
-    return next((c for c in candidates if c.is_file()), None)
+    found = next((c for c in (folder / f"{stem}{_GT_SUFFIX}{s}" for s in _GT_EXTENSIONS) if c.is_file()), None)
+    for layout in layouts.LAYOUTS.values():
+        label = layout.label_name(stem)
+        if found is None and label is not None:
+            found = _layout_file(image, label, layout.labels_dir, layout.labels_beside_images)
+    return found
 
 
 def dataset_fov_path(image: str | Path) -> Path | None:
     """A dataset's own FOV mask of a photograph (DRIVE ``mask/NN_test_mask.gif``, STARE
-    ``mask/imNNNN_mask.pgm``), or None."""
+    ``mask/imNNNN_mask.pgm``: the layouts' ``fov_stem``), or None."""
     image = Path(image)
-    for folder in (image.parent, image.parent.parent / "mask"):
-        for suffix in (".gif", ".pgm", ".png", ".tif"):
-            p = folder / f"{image.stem}_mask{suffix}"
-            if p.is_file():
-                return p
+    for layout in layouts.LAYOUTS.values():
+        name = layout.fov_name(image.stem)
+        found = _layout_file(image, name, layout.fov_dir, True) if name else None
+        if found is not None:
+            return found
     return None
 
 

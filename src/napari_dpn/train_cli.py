@@ -25,6 +25,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from . import layouts
 from .annotations import folder_pairs
 from .errors import InputError
 from .text import duration
@@ -41,10 +42,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     src = p.add_argument_group("training data (one of --dataset or --images)")
     src.add_argument(
         "--dataset",
-        help="drive, stare, chase or avwide (the paper's splits); several joined by "
+        help=f"{layouts.keys_text()} (the paper's splits); several joined by "
         "commas train one model on all of them (with --working-ppd)",
     )
-    src.add_argument("--root", metavar="DIR", help="folder holding DRIVE/, STARE/, CHASE_DB1/ (with --dataset)")
+    src.add_argument("--root", metavar="DIR", help=f"folder holding {layouts.folders_text()} (with --dataset)")
     src.add_argument("--split", default=None, help="drive: default; stare: 10/10|loo-K; chase: 20/8|14/14")
     src.add_argument("--images", metavar="DIR", help="folder of your images")
     src.add_argument("--labels", metavar="DIR", help="folder of IMAGE_vessels.png masks (default: --images)")

@@ -8,9 +8,10 @@
   annotation it is (:func:`annotation_of`), the labels layer is named and tagged as the
   widgets name theirs: ``"<image> vessels"`` (a saved correction, which *Segment vessels*
   resumes), ``"<image> FOV"``, ``"<image> ground truth"``.
-- A folder in the DRIVE, STARE or CHASE_DB1 layout opens its **first** image (sorted by name)
-  as three layers: the photograph, ``"<name> ground truth"`` (first observer) and
-  ``"<name> FOV"`` (hidden; only DRIVE and STARE ship masks).  A notification says how many
+- A folder in a dataset's layout (:mod:`napari_dpn.layouts`: DRIVE, STARE, CHASE_DB1, AV-WIDE)
+  opens its **first** image (sorted by name) as up to three layers: the photograph,
+  ``"<name> ground truth"`` (first observer) and ``"<name> FOV"`` (hidden; only DRIVE and STARE
+  ship masks).  A notification says how many
   images the folder holds and where they are.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_dpn import layouts
 from napari_dpn.datasets import find_dataset
 
 from . import _roles
@@ -29,35 +31,21 @@ FILE_SUFFIXES = (".ppm", ".pgm", ".gif")
 # Suffixes an annotation named by :func:`annotation_of` may have to be opened by this reader.
 ANNOTATION_SUFFIXES = (".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm")
 
-# File stems of annotations: (pattern, role, observer).  Our own names (annotations.py), then the
-# datasets' (datasets.py): DRIVE NN_manual1 / NN_test_mask, STARE imNNNN.ah / imNNNN_mask,
-# CHASE_DB1 Image_NNX_1stHO.
-_ANNOTATION_STEMS = (
-    (re.compile(r"^(?P<image>.+)_vessels$", re.I), "vessels", 1),
-    (re.compile(r"^(?P<image>.+)_fov$", re.I), "fov", 1),
-    (re.compile(r"^(?P<image>.+)_mask$", re.I), "fov", 1),
-    (re.compile(r"^(?P<image>.+)_1stHO$", re.I), "ground_truth", 1),
-    (re.compile(r"^(?P<image>.+)_2ndHO$", re.I), "ground_truth", 2),
-    (re.compile(r"^(?P<image>\d+)_manual(?P<observer>[12])$", re.I), "ground_truth", None),
-    (re.compile(r"^(?P<image>.+)\.ah$", re.I), "ground_truth", 1),
-    (re.compile(r"^(?P<image>.+)\.vk$", re.I), "ground_truth", 2),
+# File stems of our own annotations (annotations.py); the datasets' come from their layouts.
+_OWN_STEMS = (
+    (re.compile(r"^(?P<image>.+)_vessels$", re.I), "vessels", 1, None),
+    (re.compile(r"^(?P<image>.+)_fov$", re.I), "fov", 1, None),
 )
 
 
-def _drive_image_name(number: str, path: Path | None) -> str:
-    """DRIVE names the annotation NN_manual1.gif and its photograph NN_test.tif / NN_training.tif:
-    the split is the folder above 1st_manual, else a photograph of that number beside it, else
-    DRIVE's numbering (01-20 test, 21-40 training)."""
-    if path is not None:
-        split = path.parent.parent.name.lower()
-        if split in ("test", "training"):
-            return f"{number}_{split}"
-        images = path.parent.parent / "images"
-        if images.is_dir():
-            for cand in sorted(images.glob(f"{number}_*")):
-                return cand.stem
-    n = int(number)
-    return f"{number}_test" if 1 <= n <= 20 else f"{number}_training" if 21 <= n <= 40 else number
+def _annotation_stems():
+    """(pattern, role, observer, image-name hook) for our names, then every dataset layout's
+    (DRIVE NN_manual1 / NN_test_mask, STARE imNNNN.ah / imNNNN_mask, CHASE_DB1 Image_NNX_1stHO...)."""
+    stems = list(_OWN_STEMS)
+    for a, layout in layouts.annotation_names():
+        pattern = re.compile(f"^(?P<image>{a.image}){a.suffix}$", re.I)
+        stems.append((pattern, a.role, a.observer, layout.label_image_name if a.image != ".+" else None))
+    return stems
 
 
 def annotation_of(path_or_name) -> tuple[str, str, int] | None:
@@ -71,14 +59,15 @@ def annotation_of(path_or_name) -> tuple[str, str, int] | None:
     stem = path.stem if path is not None else text
     if path is None and Path(text).suffix.lower() in ANNOTATION_SUFFIXES:
         stem = Path(text).stem
-    for pattern, role, observer in _ANNOTATION_STEMS:
+    for pattern, role, observer, image_name in _annotation_stems():
         m = pattern.match(stem)
         if m is None:
             continue
         image = m.group("image")
-        if observer is None:  # DRIVE
+        if not observer:  # the name says which observer (DRIVE's NN_manual2)
             observer = int(m.group("observer"))
-            image = _drive_image_name(image, path)
+        if image_name is not None:  # a label named by a number (DRIVE): its photograph's name
+            image = image_name(image, path)
         return role, image, observer
     return None
 
@@ -207,7 +196,7 @@ def file_layer(p: Path):
 
 
 def get_folder_reader(path):
-    """npe2 reader for a DRIVE / STARE / CHASE_DB1 folder (at any level of the layout)."""
+    """npe2 reader for a dataset folder in one of the layouts (at any level of the layout)."""
     p = _single_path(path)
     if p is None or not p.is_dir() or find_dataset(p) is None:
         return None
