@@ -3,12 +3,12 @@ s/step, ETA), the status line, the live loss plot and a short log.
 
 The buttons are wired by the widget (it owns the worker); the panel follows the run through
 :class:`FinetuneState`'s ``running`` and ``outcome`` signals and the training events that reach it
-through :attr:`RunPanel.reported` (a queued signal: the worker thread emits, the GUI thread draws).
+through :meth:`RunPanel.reporter` (a queued signal: the worker thread emits, the GUI thread draws).
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QVBoxLayout
 
 from napari_dpn.text import duration
@@ -19,10 +19,15 @@ from ._finetune_state import FinetuneState, Outcome
 from ._loss_plot import LossPlot
 
 
+class _Bridge(QObject):
+    """Carries training events from the worker thread to the GUI thread (queued signal).  It has
+    no Qt parent: closing the viewer deletes the panel, never the object the worker emits on."""
+
+    event = Signal(object)
+
+
 class RunPanel(Section):
     """Buttons, progress, status, loss and log of one :class:`FinetuneState`'s runs."""
-
-    reported = Signal(object)  # a training event, emitted from the worker thread
 
     def __init__(self, state: FinetuneState, theme: str | None = None, alive=lambda: True, parent=None):
         super().__init__("Run", parent=parent)
@@ -59,11 +64,16 @@ class RunPanel(Section):
         self.log.setStyleSheet("font-size: small;")
         self.log.setVisible(False)  # shown once a run has something to say
         v.addWidget(self.log)
-        self.reported.connect(self.on_event)
+        self._bridge = _Bridge()
+        self._bridge.event.connect(self.on_event)
         state.events.running.connect(self._set_running)
         state.events.outcome.connect(self._on_outcome)
 
     # ------------------------------------------------------------------ a run
+
+    def reporter(self):
+        """The training callback for the worker thread: it hands each event to the GUI thread."""
+        return self._bridge.event.emit
 
     def started(self, text: str, fresh: bool) -> None:
         """A run starts (``fresh``: not resumed): busy bar, ``text`` in the status line."""

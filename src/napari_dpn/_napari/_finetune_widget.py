@@ -163,7 +163,7 @@ class FinetuneWidget(DockWidget):
             resume,
             run.description,
             run.overwrite,
-            self.run_panel.reported.emit,
+            self.run_panel.reporter(),
             returned=self._on_returned,
             finished=self._on_finished,
         )
