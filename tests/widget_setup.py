@@ -24,9 +24,9 @@ def configure_finetune(w):
     """The Fine-tune widget set for a quick CPU run of the shipped release model; confirmations accepted."""
     w.select_model("dpn-release-drive")
     w.device_combo.setCurrentText("cpu")
-    w.crop_spin.setValue(48)
-    w.lr_edit.setText("1e-4")
-    w.name_edit.setText("ft-test")
-    w._on_name_edited("ft-test")
+    w.settings.crop_spin.setValue(48)
+    w.settings.lr_edit.setText("1e-4")
+    w.settings.name_edit.setText("ft-test")
+    w.settings._on_name_edited("ft-test")
     w._confirm = lambda *a, **k: True
     return w

@@ -129,21 +129,21 @@ def _widget(folder: Path, out: Path, steps: int) -> Path:
     try:
         w.select_model("dpn-universal")
         w.device_combo.setCurrentText("cpu")
-        w.steps_spin.setValue(steps)
-        w.crop_spin.setValue(512)  # the CLI's and the session's crop for these images
-        w.lr_edit.setText("1e-4")
-        w.name_edit.setText("widget-ft")
-        w._on_name_edited("widget-ft")
+        w.settings.steps_spin.setValue(steps)
+        w.settings.crop_spin.setValue(512)  # the CLI's and the session's crop for these images
+        w.settings.lr_edit.setText("1e-4")
+        w.settings.name_edit.setText("widget-ft")
+        w.settings._on_name_edited("widget-ft")
         w._confirm = lambda *a, **k: True
-        w.set_train_folder(folder)
+        w.pairs.set_train_folder(folder)
         if w.run() is None:
-            raise SystemExit(f"the widget did not start: {w.last_error}")
+            raise SystemExit(f"the widget did not start: {w.state.last_error}")
         while w.is_running:
             QApplication.processEvents()
             time.sleep(0.05)
-        res = w.run_info.result
+        res = w.state.run.result
         if res is None or res.model_path is None:
-            raise SystemExit(f"the widget's run failed: {w.last_error}")
+            raise SystemExit(f"the widget's run failed: {w.state.last_error}")
         return res.model_path
     finally:
         viewer.close()

@@ -68,21 +68,21 @@ def running_shot(viewer, out: Path, steps_in_shot: int) -> None:
     dock.raise_()
     w.select_model("dpn-release-drive")
     w.device_combo.setCurrentText("cpu")
-    w.steps_spin.setValue(300)
-    w.crop_spin.setValue(128)
-    w.name_edit.setText("retina-ft")
-    w._on_name_edited("retina-ft")
+    w.settings.steps_spin.setValue(300)
+    w.settings.crop_spin.setValue(128)
+    w.settings.name_edit.setText("retina-ft")
+    w.settings._on_name_edited("retina-ft")
     w.run()
-    ok = wait_until(lambda: w.loss_plot.n_steps >= steps_in_shot or not w.is_running, 1800)
-    print("steps so far:", w.loss_plot.n_steps, ok, w.status.text())
-    w.loss_plot.redraw(force=True)
-    w.scroll.ensureWidgetVisible(w.log)  # scrolled down to the run, as a user watching it
+    ok = wait_until(lambda: w.run_panel.loss_plot.n_steps >= steps_in_shot or not w.is_running, 1800)
+    print("steps so far:", w.run_panel.loss_plot.n_steps, ok, w.run_panel.status.text())
+    w.run_panel.loss_plot.redraw(force=True)
+    w.scroll.ensureWidgetVisible(w.run_panel.log)  # scrolled down to the run, as a user watching it
     viewer.reset_view()
     process(1.0)
     shot(viewer, out / "finetune-running.png")
     w.cancel()
     wait_until(lambda: not w.is_running, 600)
-    print(w.result_label.text())
+    print(w.results.result_label.text())
     return w
 
 
@@ -113,16 +113,16 @@ def results_shot(viewer, w, out: Path, root: Path, steps: int) -> None:
             metadata=_roles.meta("fov", image=name, source="file"),
         )
     w.select_model("dpn-release-drive")
-    w.steps_spin.setValue(steps)
-    w.crop_spin.setValue(128)
-    w.name_edit.setText("dpn-release-drive-stare-ft")
-    w._on_name_edited("dpn-release-drive-stare-ft")
-    w.loss_plot.every_steps = 1
+    w.settings.steps_spin.setValue(steps)
+    w.settings.crop_spin.setValue(128)
+    w.settings.name_edit.setText("dpn-release-drive-stare-ft")
+    w.settings._on_name_edited("dpn-release-drive-stare-ft")
+    w.run_panel.loss_plot.every_steps = 1
     w.run()
     wait_until(lambda: not w.is_running, 3600)
-    print(w.status.text())
-    print(w.result_label.text())
-    print(w.table_values())
+    print(w.run_panel.status.text())
+    print(w.results.result_label.text())
+    print(w.results.table_values())
     process(1.0)
     path = out / "finetune-results.png"
     w.body.grab().save(str(path))  # the whole panel, not only the scrolled part

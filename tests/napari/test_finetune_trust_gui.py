@@ -69,65 +69,65 @@ def test_the_card_keeps_the_shipped_rule_and_the_table_compares_at_each_models_t
     base = load_model("dpn-release-drive").card
     add_pair(widget.viewer, "eye")
     add_validation(widget.viewer)
-    widget.steps_spin.setValue(2)
-    assert widget.run() is not None, widget.last_error
+    widget.settings.steps_spin.setValue(2)
+    assert widget.run() is not None, widget.state.last_error
     wait_idle(qtbot, widget)
     assert notes["error"] == [], notes["error"]
-    card = load_model(widget.run_info.result.model_path).card
+    card = load_model(widget.state.run.result.model_path).card
     # The shipped models' rule, on the validation images, not the Youden point.
     assert card.threshold_rule.startswith("accuracy-maximising point on the 1 validation images")
     assert card.training["settings"]["scale"] == "auto"  # trained as segment resamples for the base
     assert card.scale["working_ppd"] == base.scale["working_ppd"]
-    values = widget.table_values()
+    values = widget.results.table_values()
     assert values["threshold"][0] == pytest.approx(base.threshold, abs=5e-5)  # Before: the base as used
     assert values["threshold"][1] == pytest.approx(card.threshold, abs=5e-5)  # After: the new card's
-    assert "max accuracy" in widget.table.toolTip()
+    assert "max accuracy" in widget.results.table.toolTip()
 
 
 def test_resume_a_cancelled_run_up_to_the_steps_set(qtbot, widget, notes, models_dir):
     add_pair(widget.viewer, "eye")
-    widget.steps_spin.setValue(500)
+    widget.settings.steps_spin.setValue(500)
     assert widget.run() is not None
-    qtbot.waitUntil(lambda: widget.loss_plot.n_steps >= 1, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.run_panel.loss_plot.n_steps >= 1, timeout=TIMEOUT_MS)
     widget.cancel()
     wait_idle(qtbot, widget)
-    stopped = widget.run_info.result
-    assert stopped.cancelled and "Resume" in widget.status.text()
-    assert widget.resume_button.isEnabled()
-    widget.steps_spin.setValue(stopped.steps + 2)
-    qtbot.mouseClick(widget.resume_button, Qt.LeftButton)
+    stopped = widget.state.run.result
+    assert stopped.cancelled and "Resume" in widget.run_panel.status.text()
+    assert widget.run_panel.resume_button.isEnabled()
+    widget.settings.steps_spin.setValue(stopped.steps + 2)
+    qtbot.mouseClick(widget.run_panel.resume_button, Qt.LeftButton)
     wait_idle(qtbot, widget)
     assert notes["error"] == [], notes["error"]
-    done = widget.run_info.result
+    done = widget.state.run.result
     assert not done.cancelled and done.steps == stopped.steps + 2
     assert load_model(done.model_path).card.training["steps"] == stopped.steps + 2
 
 
 def test_resume_from_a_checkpoint_file_never_replaces_a_model(qtbot, widget, notes, models_dir):
     add_pair(widget.viewer, "eye")
-    widget.steps_spin.setValue(2)
+    widget.settings.steps_spin.setValue(2)
     assert widget.run() is not None
     wait_idle(qtbot, widget)
-    first = widget.run_info.result
+    first = widget.state.run.result
     before = first.model_path.read_bytes()
     # Later (the widget reopened): pick the checkpoint file and train on to step 4.
-    widget.run_info = None
+    widget.state.run = None
     widget._ask_checkpoint = lambda: first.checkpoint
-    widget.steps_spin.setValue(4)
-    widget.resume_button.click()
+    widget.settings.steps_spin.setValue(4)
+    widget.run_panel.resume_button.click()
     wait_idle(qtbot, widget)
     assert notes["error"] == [], notes["error"]
-    again = widget.run_info.result
+    again = widget.state.run.result
     assert again.steps == 4 and again.model_path != first.model_path
     assert first.model_path.read_bytes() == before
 
 
 def test_resume_at_too_few_steps_says_so(qtbot, widget, notes):
     add_pair(widget.viewer, "eye")
-    widget.steps_spin.setValue(2)
+    widget.settings.steps_spin.setValue(2)
     assert widget.run() is not None
     wait_idle(qtbot, widget)
-    widget.resume_button.click()
+    widget.run_panel.resume_button.click()
     assert "set Steps above 2" in notes["error"][-1]
     assert not widget.is_running
 
@@ -135,8 +135,8 @@ def test_resume_at_too_few_steps_says_so(qtbot, widget, notes):
 def test_a_folder_without_pairs_says_what_it_looked_for(widget, tmp_path):
     rgb = fundus(64)[0]
     Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp_path / "21_training.tif")
-    widget.set_train_folder(tmp_path)
-    text = widget.train_folder_label.text()
+    widget.pairs.set_train_folder(tmp_path)
+    text = widget.pairs.train_folder_label.text()
     assert "0 annotated image(s)" in text and "<image>_vessels.png" in text and "21_manual1.gif" in text
 
 
@@ -144,13 +144,13 @@ def test_drive_style_labels_in_a_folder_are_pairs(widget, tmp_path):
     rgb, label, _ = fundus(64)
     Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp_path / "21_training.tif")
     Image.fromarray(label.astype(np.uint8) * 255).save(tmp_path / "21_manual1.gif")
-    widget.set_train_folder(tmp_path)
-    assert "1 annotated image(s)" in widget.train_folder_label.text()
+    widget.pairs.set_train_folder(tmp_path)
+    assert "1 annotated image(s)" in widget.pairs.train_folder_label.text()
 
 
 @pytest.mark.skipif(not (DATASETS / "DRIVE" / "training" / "images").is_dir(), reason="DRIVE is not installed")
 def test_the_drive_release_folder_gives_its_training_pairs(widget):
-    widget.set_train_folder(DATASETS / "DRIVE" / "training" / "images")
-    assert "DRIVE release: its 20 training images" in widget.train_folder_label.text()
-    train, _, _ = widget.collect_pairs()
+    widget.pairs.set_train_folder(DATASETS / "DRIVE" / "training" / "images")
+    assert "DRIVE release: its 20 training images" in widget.pairs.train_folder_label.text()
+    train, _, _ = widget.pairs.collect_pairs()
     assert len(train) == 20

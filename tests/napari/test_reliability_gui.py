@@ -247,20 +247,20 @@ def test_an_unedited_segmentation_is_not_training_data(qtbot, both, tmp_path):
     viewer = seg.viewer
     add_eye(viewer, "eye")
     segment(qtbot, seg)
-    assert ft.train_candidates() == []
-    assert ft.train_list.item(0).text() == "(none in the viewer)"
+    assert ft.pairs.train_candidates() == []
+    assert ft.pairs.train_list.item(0).text() == "(none in the viewer)"
     viewer.layers["eye vessels"].paint((2, 2), 1)  # corrected: now it is an annotation
-    assert [(i.name, v.name) for i, v, _ in ft.train_candidates()] == [("eye", "eye vessels")]
-    assert ft.train_list.item(0).checkState() == Qt.Checked
+    assert [(i.name, v.name) for i, v, _ in ft.pairs.train_candidates()] == [("eye", "eye vessels")]
+    assert ft.pairs.train_list.item(0).checkState() == Qt.Checked
     # Saved as it is: the user accepted it as an annotation.
     add_eye(viewer, "other", seed=2, metadata=_roles.meta("image"))
     seg.set_image(viewer.layers["other"])
     segment(qtbot, seg)
-    assert [i.name for i, _, _ in ft.train_candidates()] == ["eye"]
+    assert [i.name for i, _, _ in ft.pairs.train_candidates()] == ["eye"]
     seg.set_save_folder(tmp_path)
     seg._ask_folder = lambda *a: tmp_path
     assert seg.save_annotation() is not None
-    assert [i.name for i, _, _ in ft.train_candidates()] == ["eye", "other"]
+    assert [i.name for i, _, _ in ft.pairs.train_candidates()] == ["eye", "other"]
 
 
 def test_segmenting_a_validation_image_keeps_it_in_validation(qtbot, both):
@@ -271,17 +271,17 @@ def test_segmenting_a_validation_image_keeps_it_in_validation(qtbot, both):
     viewer.add_labels(
         disc.astype(np.uint8), name=_roles.fov_name("val"), metadata=_roles.meta("fov", image="val", source="file")
     )
-    assert ft.val_list.item(0).checkState() == Qt.Checked
+    assert ft.pairs.val_list.item(0).checkState() == Qt.Checked
     segment(qtbot, seg)
-    assert ft.train_candidates() == []
-    val_item = ft.val_list.item(0)
+    assert ft.pairs.train_candidates() == []
+    val_item = ft.pairs.val_list.item(0)
     assert val_item.text().startswith("val") and val_item.checkState() == Qt.Checked
     viewer.layers["val vessels"].paint((2, 2), 1)
     # Listed for training once corrected, but unticked: it is a validation image.
-    train_item = ft.train_list.item(0)
+    train_item = ft.pairs.train_list.item(0)
     assert train_item.text().startswith("val")
     assert train_item.checkState() == Qt.Unchecked
-    assert ft.val_list.item(0).checkState() == Qt.Checked
+    assert ft.pairs.val_list.item(0).checkState() == Qt.Checked
 
 
 # ----------------------------------------------------------------------------- 4. closing during a run
@@ -303,10 +303,10 @@ def test_closing_the_viewer_during_finetuning_stops_it_and_keeps_the_checkpoint(
     viewer.add_labels(
         disc.astype(np.uint8), name="eye FOV", metadata=_roles.meta("fov", image="eye", source="estimated")
     )
-    w.steps_spin.setValue(100_000)
+    w.settings.steps_spin.setValue(100_000)
     worker = w.run()
-    assert worker is not None, w.last_error
-    qtbot.waitUntil(lambda: w.loss_plot.n_steps >= 2, timeout=TIMEOUT_MS)
+    assert worker is not None, w.state.last_error
+    qtbot.waitUntil(lambda: w.run_panel.loss_plot.n_steps >= 2, timeout=TIMEOUT_MS)
     viewer.close()
     closed = time.monotonic()
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
@@ -329,9 +329,9 @@ def test_closing_the_finetune_dock_cancels_the_run(qtbot, make_napari_viewer, mo
     viewer.add_labels(
         vessels.astype(np.uint8), name="eye vessels", metadata=_roles.meta("vessels", image="eye", corrected=True)
     )
-    w.steps_spin.setValue(100_000)
+    w.settings.steps_spin.setValue(100_000)
     worker = w.run()
-    qtbot.waitUntil(lambda: w.loss_plot.n_steps >= 1, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: w.run_panel.loss_plot.n_steps >= 1, timeout=TIMEOUT_MS)
     viewer.window.remove_dock_widget(dock)  # what the dock's close button does
     qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
     qtbot.wait(200)
@@ -435,7 +435,7 @@ def test_opening_a_photograph_resumes_its_saved_annotation(qtbot, both, tmp_path
     res = seg.current_result()
     assert res is not None and res.edited and seg.save_button.isEnabled()
     assert any("Resumed" in m for m in notes["info"])
-    assert [(i.name, v.name) for i, v, _ in ft.train_candidates()] == [("eye", "eye vessels")]
+    assert [(i.name, v.name) for i, v, _ in ft.pairs.train_candidates()] == [("eye", "eye vessels")]
     # Segmenting now adds a probability map and leaves the annotation alone.
     segment(qtbot, seg)
     assert viewer.layers["eye vessels"] is vessels

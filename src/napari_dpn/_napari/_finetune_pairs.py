@@ -1,56 +1,41 @@
-"""The Fine-tune widget's training and validation pairs: from viewer layers and from folders.
+"""The Fine-tune widget's pairs panel: which images train and which validate.
 
-:class:`PairsMixin` lists every image whose vessels layer the user *corrected* (a bare network
-output is never a training pair) and every image with a ground truth, keeps the user's ticks
-across refreshes, and turns the ticked ones (plus a folder of saved annotations) into pairs for
-the training engine when a run starts.
+Two foldable sections (training data, validation) list the viewer's candidate pairs with the
+user's ticks (kept in :class:`FinetuneState`), a folder row each, and the combos that add a
+validation pair by hand.  :meth:`PairsPanel.collect_pairs` turns the ticked ones and the
+folders into pairs for the engine when a run starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
-from napari.layers import Labels
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QToolButton
-
-from napari_dpn.errors import DPNError, InputError
-
-from . import _roles
-from ._dock import wrapped_label
-
-NO_PAIRS_MESSAGE = (
-    "No training pairs: segment an image with 'Segment vessels' and correct its "
-    "'<image> vessels' layer, or choose a folder of saved annotations."
+from napari.layers import Image
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
 )
 
+from napari_dpn.errors import InputError
 
-@dataclass(frozen=True)
-class LayerPair:
-    """An image with its masks, taken from viewer layers when a run starts (``load()`` as
-    :class:`napari_dpn.annotations.FilePair`, so the engine names it in its messages).
-
-    ``image`` is the layer's pixels as they are: the engine calls ``load()`` in the worker
-    thread, where the float conversion of a large photograph does not stall the viewer.
-    """
-
-    name: str
-    image: np.ndarray
-    label: np.ndarray
-    fov: np.ndarray | None
-    field_angle: float | None = None  # the camera's, when the layer records it (training's scale)
-
-    def load(self):
-        from napari_dpn.image_io import as_rgb
-
-        return as_rgb(self.image), self.label, self.fov
-
-
-def _layer_data(layer) -> np.ndarray:
-    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
-    return np.asarray(data)
+from . import _finetune_tips as tips
+from . import _roles
+from ._dock import Section, wrapped_label
+from ._finetune_data import (
+    NO_PAIRS_MESSAGE,
+    folder_text,
+    layer_pair,
+    pairs_of_folder,
+    train_candidates,
+    val_candidates,
+)
+from ._finetune_state import FinetuneState
 
 
 def _pair_list(tooltip: str) -> QListWidget:
@@ -64,80 +49,116 @@ def _pair_list(tooltip: str) -> QListWidget:
     return lst
 
 
-def _folder_row(box_layout, tooltip: str) -> tuple[QLabel, QToolButton, QToolButton]:
-    """'Folder: none'  […] [×] under a pair list; returns (label, choose button, clear button)."""
-    row = QHBoxLayout()
-    label = wrapped_label("Folder: none")
-    choose = QToolButton()
-    choose.setText("…")
-    choose.setToolTip(tooltip)
-    clear = QToolButton()
-    clear.setText("×")
-    clear.setToolTip("Do not use a folder.")
-    row.addWidget(label, 1)
-    row.addWidget(choose)
-    row.addWidget(clear)
-    box_layout.addLayout(row)
-    return label, choose, clear
+class _FolderRow(QHBoxLayout):
+    """'Folder: none'  […] [×] under a pair list."""
+
+    def __init__(self, tooltip: str):
+        super().__init__()
+        self.label = wrapped_label("Folder: none")
+        self.choose = QToolButton()
+        self.choose.setText("…")
+        self.choose.setToolTip(tooltip)
+        self.clear = QToolButton()
+        self.clear.setText("×")
+        self.clear.setToolTip(tips.FOLDER_CLEAR)
+        self.addWidget(self.label, 1)
+        self.addWidget(self.choose)
+        self.addWidget(self.clear)
+        self.buttons = (self.choose, self.clear)
 
 
-class PairsMixin:
-    """Which images train and which validate (part of :class:`FinetuneWidget`).
+class PairsPanel(QWidget):
+    """Training and validation pairs of one :class:`FinetuneState`, from ``viewer``'s layers.
 
-    Uses the widget's ``viewer``, ``_image_layers``, ``_gt_candidates``, ``_ask_folder``, ``_error``,
-    ``_manual_val``, ``_checked``, ``_train_folder``, ``_val_folder`` and the list, combo and
-    folder controls built in ``_build_ui``.
+    ``error`` carries a sentence for the user; ``ask_folder(title)`` returns a folder or None.
     """
+
+    error = Signal(str)
+
+    def __init__(self, state: FinetuneState, viewer, ask_folder=lambda title: None, parent=None):
+        super().__init__(parent)
+        self.state, self.viewer, self._ask_folder = state, viewer, ask_folder
+        self._unfold_after_run: list | None = None
+        self._gt: list = []
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.train_section = Section("Training data (corrected annotations)")
+        v = QVBoxLayout(self.train_section.body)
+        v.setContentsMargins(4, 0, 0, 0)
+        self.train_list = _pair_list(tips.TRAIN_LIST)
+        v.addWidget(self.train_list)
+        self.train_folder = _FolderRow(tips.TRAIN_FOLDER)
+        v.addLayout(self.train_folder)
+        lay.addWidget(self.train_section)
+        self.val_section = Section("Validation (ground truth, optional)")
+        v = QVBoxLayout(self.val_section.body)
+        v.setContentsMargins(4, 0, 0, 0)
+        self.val_list = _pair_list(tips.VAL_LIST)
+        v.addWidget(self.val_list)
+        v.addLayout(self._add_row())
+        self.val_folder = _FolderRow(tips.VAL_FOLDER)
+        v.addLayout(self.val_folder)
+        lay.addWidget(self.val_section)
+        self.train_folder_label, self.val_folder_label = self.train_folder.label, self.val_folder.label
+        self._connect()
+
+    def _add_row(self) -> QHBoxLayout:
+        row = QHBoxLayout()
+        self.val_image_combo = QComboBox()
+        self.val_image_combo.setToolTip(tips.VAL_IMAGE)
+        self.val_gt_combo = QComboBox()
+        self.val_gt_combo.setToolTip(tips.VAL_GT)
+        for combo in (self.val_image_combo, self.val_gt_combo):
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(6)
+            row.addWidget(combo, 1)
+        self.val_add_button = QPushButton("Add")
+        self.val_add_button.setToolTip(tips.VAL_ADD)
+        row.addWidget(self.val_add_button)
+        return row
+
+    def _connect(self) -> None:
+        self.train_folder.choose.clicked.connect(lambda *_: self.choose_folder("train"))
+        self.train_folder.clear.clicked.connect(lambda *_: self.set_train_folder(None))
+        self.val_folder.choose.clicked.connect(lambda *_: self.choose_folder("val"))
+        self.val_folder.clear.clicked.connect(lambda *_: self.set_val_folder(None))
+        self.val_add_button.clicked.connect(self.add_validation_pair)
+        self.train_list.itemChanged.connect(self._on_item_changed)
+        self.val_list.itemChanged.connect(self._on_item_changed)
+        self.state.events.pairs.connect(self.refresh)
+        self.state.events.running.connect(self._set_running)
+
+    def _set_running(self, running: bool) -> None:
+        """The lists are locked during a run, and folded so the loss plot fits the screen."""
+        for w in (
+            self.train_list,
+            self.val_list,
+            self.val_add_button,
+            *self.train_folder.buttons,
+            *self.val_folder.buttons,
+        ):
+            w.setEnabled(not running)
+        if running and self._unfold_after_run is None:
+            self._unfold_after_run = [s for s in (self.train_section, self.val_section) if s.is_expanded()]
+            for section in self._unfold_after_run:
+                section.set_expanded(False)
+        elif not running and self._unfold_after_run is not None:
+            for section in self._unfold_after_run:
+                section.set_expanded(True)
+            self._unfold_after_run = None
 
     # ------------------------------------------------------------------ viewer -> lists
 
-    def _linked_labels(self, image, role: str, name: str):
-        """The labels layer of ``role`` belonging to ``image`` (by metadata, else by name)."""
-        by_name = None
-        for lyr in self.viewer.layers:
-            if not isinstance(lyr, Labels):
-                continue
-            info = _roles.info_of(lyr)
-            if info.get("role") == role and info.get("image") == image.name:
-                return lyr
-            if lyr.name == name and info.get("role") in (role, None):
-                by_name = lyr
-        return by_name
-
-    def vessels_layer(self, image):
-        return self._linked_labels(image, "vessels", _roles.vessels_name(image.name))
-
-    def fov_layer(self, image):
-        return self._linked_labels(image, "fov", _roles.fov_name(image.name))
-
-    def ground_truth_layer(self, image):
-        return self._linked_labels(image, "ground_truth", _roles.ground_truth_name(image.name))
+    def _images(self) -> list:
+        return [lyr for lyr in self.viewer.layers if _is_image(lyr)]
 
     def train_candidates(self) -> list[tuple]:
-        """(image, vessels layer, FOV layer or None) for every image with a *corrected* vessels
-        layer: edited, saved, or opened from a saved annotation.  A network output nobody
-        looked at is not an annotation."""
-        out = []
-        for image in self._image_layers():
-            vessels = self.vessels_layer(image)
-            if vessels is not None and _roles.is_corrected(vessels):
-                out.append((image, vessels, self.fov_layer(image)))
-        return out
+        """(image, vessels layer, FOV layer or None) for every image with a corrected vessels layer."""
+        return train_candidates(self.viewer.layers, self._images())
 
     def val_candidates(self) -> list[tuple]:
         """(image, ground truth, FOV layer or None): linked ones, then those added by hand."""
-        layers = list(self.viewer.layers)
-        out, seen = [], set()
-        for image in self._image_layers():
-            gt = self.ground_truth_layer(image)
-            if gt is not None:
-                out.append((image, gt, self.fov_layer(image)))
-                seen.add((id(image), id(gt)))
-        for image, gt in self._manual_val:
-            if image in layers and gt in layers and (id(image), id(gt)) not in seen:
-                out.append((image, gt, self.fov_layer(image)))
-                seen.add((id(image), id(gt)))
-        return out
+        return val_candidates(self.viewer.layers, self._images(), self.state.manual_val)
 
     def _fill_list(self, lst: QListWidget, key: str, entries, default) -> None:
         lst.blockSignals(True)
@@ -148,7 +169,7 @@ class PairsMixin:
             item = QListWidgetItem(f"{image.name}  —  {what}")
             item.setToolTip(item.text())
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            checked = self._checked.get((key, id(image), id(masks)), default(entry))
+            checked = self.state.is_checked(key, image, masks, default(entry))
             item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
             item.setData(Qt.UserRole, (key, entry))
             lst.addItem(item)
@@ -162,22 +183,22 @@ class PairsMixin:
         data = item.data(Qt.UserRole)
         if data:
             key, (image, masks, _) = data
-            self._checked[(key, id(image), id(masks))] = item.checkState() == Qt.Checked
+            self.state.set_checked(key, image, masks, item.checkState() == Qt.Checked)
 
-    def refresh_layers(self) -> None:
-        """Re-list the training and validation pairs and the validation combos."""
-        train = self.train_candidates()
-        val = self.val_candidates()
+    def refresh(self, gt_candidates=None) -> None:
+        """Re-list the pairs, the folders' lines and the validation combos (``gt_candidates``:
+        labels layers offered as ground truth; the last ones given when None)."""
+        if gt_candidates is not None:
+            self._gt = gt_candidates
+        train, val = self.train_candidates(), self.val_candidates()
         val_ids = {id(e[0]) for e in val}
         # An image with a ground truth is a validation image: it stays ticked there, and its
         # corrected layer is offered for training unticked (never both by default).
         self._fill_list(self.train_list, "train", train, lambda e: id(e[0]) not in val_ids)
         self._fill_list(self.val_list, "val", val, lambda e: True)
-        n_train = sum(1 for e in self._checked_entries(self.train_list))
-        n_val = sum(1 for e in self._checked_entries(self.val_list))
-        self.train_section.set_summary(f"{n_train} ticked")
-        self.val_section.set_summary(f"{n_val} ticked")
-        for combo, layers in ((self.val_image_combo, self._image_layers()), (self.val_gt_combo, self._gt_candidates())):
+        self.train_section.set_summary(f"{len(_checked_entries(self.train_list))} ticked")
+        self.val_section.set_summary(f"{len(_checked_entries(self.val_list))} ticked")
+        for combo, layers in ((self.val_image_combo, self._images()), (self.val_gt_combo, self._gt)):
             keep = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
@@ -186,15 +207,6 @@ class PairsMixin:
             idx = next((i for i in range(combo.count()) if combo.itemData(i) is keep), 0)
             combo.setCurrentIndex(idx if combo.count() else -1)
             combo.blockSignals(False)
-
-    def _checked_entries(self, lst: QListWidget) -> list[tuple]:
-        out = []
-        for i in range(lst.count()):
-            item = lst.item(i)
-            data = item.data(Qt.UserRole)
-            if data and item.checkState() == Qt.Checked:
-                out.append(data[1])
-        return out
 
     def set_checked(self, which: str, image_name: str, checked: bool) -> None:
         """Tick or untick the pair of ``image_name`` in the 'train' or 'val' list."""
@@ -210,102 +222,58 @@ class PairsMixin:
         image = image if image is not None else self.val_image_combo.currentData()
         gt = ground_truth if ground_truth is not None else self.val_gt_combo.currentData()
         if image is None or gt is None:
-            self._error("Choose an image layer and its ground-truth labels layer to add a validation pair.")
+            self.error.emit("Choose an image layer and its ground-truth labels layer to add a validation pair.")
             return False
-        self._manual_val.append((image, gt))
-        self._checked[("val", id(image), id(gt))] = True
-        self.refresh_layers()
+        self.state.add_validation(image, gt)
         return True
 
     # ------------------------------------------------------------------ folders
 
-    def choose_train_folder(self, *_) -> None:
-        folder = self._ask_folder("Folder of images with saved annotations")
+    def choose_folder(self, which: str) -> None:
+        title = {
+            "train": "Folder of images with saved annotations",
+            "val": "Folder of validation images with ground truth",
+        }[which]
+        folder = self._ask_folder(title)
         if folder is not None:
-            self.set_train_folder(folder)
-
-    def choose_val_folder(self, *_) -> None:
-        folder = self._ask_folder("Folder of validation images with ground truth")
-        if folder is not None:
-            self.set_val_folder(folder)
-
-    @staticmethod
-    def _folder_pairs(folder: Path) -> tuple[list, str]:
-        """(pairs, what they are) of a folder: saved annotations (``<image>_vessels.png``, or one
-        label sharing an image's leading number, as DRIVE's ``21_manual1.gif``); else, in a
-        DRIVE/STARE/CHASE_DB1 release folder, that split part's images with their manual labels."""
-        from napari_dpn.annotations import FilePair, find_pairs
-        from napari_dpn.datasets import DATASETS, detect_layout, load_split
-
-        found = find_pairs(folder)
-        if found:
-            no_fov = sum(1 for p in found if p[2] is None)
-            extra = f", {no_fov} without FOV mask (estimated)" if no_fov else ""
-            return [FilePair(i.stem, i, lab, fov) for i, lab, fov in found], f"{len(found)} annotated image(s){extra}"
-        layout = detect_layout(folder)
-        if layout:
-            key, root = layout
-            try:
-                split = load_split(key, root)
-            except DPNError:
-                split = None
-            if split is not None:
-                test = "test" in {p.lower() for p in folder.resolve().relative_to(root.resolve()).parts}
-                samples = split.test if test else split.train
-                if samples:
-                    what = "test" if test else "training"
-                    return samples, (
-                        f"the {DATASETS[key].folder} release: its {len(samples)} {what} images with their manual labels"
-                    )
-        return [], (
-            "0 annotated image(s): looked for <image>_vessels.png beside each image, or one label "
-            "sharing the image's leading number (as DRIVE's 21_manual1.gif beside 21_training.tif); "
-            "none found (images in sub-folders are not searched)"
-        )
-
-    @classmethod
-    def _release_pairs(cls, folder: Path) -> list:
-        """A dataset release folder's samples, or [] (then ``folder_pairs``, with its checks, applies)."""
-        found = cls._folder_pairs(folder)[0]
-        return found if found and hasattr(found[0], "dataset") else []
-
-    @classmethod
-    def _folder_text(cls, folder: Path | None) -> str:
-        if folder is None:
-            return "Folder: none"
-        return f"Folder: {folder} — {cls._folder_pairs(folder)[1]}"
+            self.state.set_folder(which, folder)
+            self._show_folders()
 
     def set_train_folder(self, folder) -> None:
-        self._train_folder = Path(folder).expanduser() if folder else None
-        self.train_folder_label.setText(self._folder_text(self._train_folder))
+        self.state.set_folder("train", folder)
+        self._show_folders()
 
     def set_val_folder(self, folder) -> None:
-        self._val_folder = Path(folder).expanduser() if folder else None
-        self.val_folder_label.setText(self._folder_text(self._val_folder))
+        self.state.set_folder("val", folder)
+        self._show_folders()
 
-    def _layer_pair(self, image, masks, fov) -> LayerPair:
-        from ._segment_widget import SegmentWidget
-
-        data = SegmentWidget.image_data(image)  # checks only; converted in the worker
-        label = _layer_data(masks) > 0
-        fov_mask = _layer_data(fov) > 0 if fov is not None else None
-        angle = _roles.info_of(masks).get("field_angle") or _roles.info_of(image).get("field_angle")
-        return LayerPair(image.name, data, label, fov_mask, angle if isinstance(angle, (int, float)) else None)
+    def _show_folders(self) -> None:
+        self.train_folder.label.setText(folder_text(self.state.train_folder))
+        self.val_folder.label.setText(folder_text(self.state.val_folder))
 
     def collect_pairs(self) -> tuple[list, list, list[str]]:
         """(training pairs, validation pairs, names without a FOV mask); InputError if unusable."""
-        from napari_dpn.annotations import folder_pairs
-
-        train, val, no_fov = [], [], []
-        for image, vessels, fov in self._checked_entries(self.train_list):
-            train.append(self._layer_pair(image, vessels, fov))
-        if self._train_folder is not None:
-            train += self._release_pairs(self._train_folder) or folder_pairs(self._train_folder)
+        train = [layer_pair(*entry) for entry in _checked_entries(self.train_list)]
+        if self.state.train_folder is not None:
+            train += pairs_of_folder(self.state.train_folder)
         if not train:
             raise InputError(NO_PAIRS_MESSAGE)
-        for image, gt, fov in self._checked_entries(self.val_list):
-            val.append(self._layer_pair(image, gt, fov))
-        if self._val_folder is not None:
-            val += self._release_pairs(self._val_folder) or folder_pairs(self._val_folder)
+        val = [layer_pair(*entry) for entry in _checked_entries(self.val_list)]
+        if self.state.val_folder is not None:
+            val += pairs_of_folder(self.state.val_folder)
         no_fov = [p.name for p in train + val if getattr(p, "fov", None) is None and not hasattr(p, "dataset")]
         return train, val, no_fov
+
+
+def _is_image(layer) -> bool:
+    return isinstance(layer, Image) and _roles.role_of(layer) not in ("probability",)
+
+
+def _checked_entries(lst: QListWidget) -> list[tuple]:
+    out = []
+    for i in range(lst.count()):
+        item = lst.item(i)
+        data = item.data(Qt.UserRole)
+        if data and item.checkState() == Qt.Checked:
+            out.append(data[1])
+    return out
