@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from .devices import PRECISIONS
-from .errors import DPNError, InputError
-from .models import DEFAULT_MODEL
+from ..devices import PRECISIONS
+from ..errors import DPNError, InputError
+from ..models import DEFAULT_MODEL
 
 
 def _warn(lines) -> None:
@@ -31,10 +31,10 @@ def _some(lines: list[str], limit: int = 10) -> list[str]:
 def cmd_segment(args) -> int:
     from tqdm import tqdm
 
-    from .cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
-    from .devices import select_device
-    from .image_io import ensure_output_folder
-    from .outputs import MANIFEST_NAME, images_in
+    from ..cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
+    from ..devices import select_device
+    from ..image_io import ensure_output_folder
+    from ..outputs import MANIFEST_NAME, images_in
 
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
     batch_size, loader_workers = getattr(args, "batch_size", None), getattr(args, "loader_workers", None)
@@ -172,8 +172,8 @@ def _json_target(text: str | None, overwrite: bool = False) -> Path | None:
     """The --json file, checked before a long run: not a folder, its folder writable, and no file
     there unless --overwrite (``--json photo.png`` replaced a photograph; a report from an earlier
     run is kept too, as every output is: nothing is overwritten without asking)."""
-    from .errors import OutputError, OutputExistsError
-    from .image_io import ensure_output_folder
+    from ..errors import OutputError, OutputExistsError
+    from ..image_io import ensure_output_folder
 
     if not text:
         return None
@@ -191,7 +191,7 @@ def _json_target(text: str | None, overwrite: bool = False) -> Path | None:
 
 def _write_json(path: Path, data: dict, overwrite: bool = False) -> Path:
     """Atomically; without ``overwrite`` never over a file (not even one that appeared during the run)."""
-    from .image_io import atomic_write
+    from ..image_io import atomic_write
 
     with atomic_write(path, overwrite=overwrite) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=1) + "\n")
@@ -199,7 +199,7 @@ def _write_json(path: Path, data: dict, overwrite: bool = False) -> Path:
 
 
 def _scale_arg(text: str):
-    from .scale import parse_scale
+    from ..scale import parse_scale
 
     try:
         return parse_scale(text)
@@ -208,7 +208,7 @@ def _scale_arg(text: str):
 
 
 def _fusion_arg(text: str):
-    from .scale import check_fusion
+    from ..scale import check_fusion
 
     try:
         return check_fusion(text)
@@ -217,7 +217,7 @@ def _fusion_arg(text: str):
 
 
 def _angle_arg(text: str) -> float:
-    from .scale import check_field_angle
+    from ..scale import check_field_angle
 
     try:
         value = float(text)
@@ -236,11 +236,11 @@ def _dataset_angle_arg(text: str):
 
 
 def cmd_evaluate(args) -> int:
-    from . import metrics
-    from .datasets import load_split
-    from .devices import select_device
-    from .evaluation import evaluate_model, fov_note
-    from .models import load_model
+    from .. import metrics
+    from ..datasets import load_split
+    from ..devices import select_device
+    from ..evaluation import evaluate_model, fov_note
+    from ..models import load_model
 
     json_path = _json_target(args.json, args.overwrite)
     split = load_split(args.dataset, args.root, args.split)
@@ -306,7 +306,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_import_caffe(args) -> int:
-    from .convert import import_caffe
+    from ..convert import import_caffe
 
     path = import_caffe(args.src, args.dst, overwrite=args.overwrite)
     print(f"wrote {path} and {path.with_suffix('.json')}")
@@ -318,7 +318,7 @@ def cmd_demo(args) -> int:
     from PIL import Image
     from skimage import data
 
-    from .image_io import atomic_write, ensure_output_folder
+    from ..image_io import atomic_write, ensure_output_folder
 
     out = ensure_output_folder(args.out, "--out")
     sample = out / "retina.png"
@@ -345,7 +345,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import list_models, user_models_dir
+    from ..models import list_models, user_models_dir
 
     for card in list_models():
         print(f"{card.name:<28} {card.summary}")
@@ -354,9 +354,9 @@ def cmd_models(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cohort import SCHEDULER_TIMEOUT
-    from .devices import available_devices
-    from .outputs import MANIFEST_NAME
+    from ..cohort import SCHEDULER_TIMEOUT
+    from ..devices import available_devices
+    from ..outputs import MANIFEST_NAME
 
     parser = argparse.ArgumentParser(prog="napari-dpn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the shipped and user models")
     p.set_defaults(func=cmd_models)
 
-    from . import train_cli
+    from . import train as train_cli
 
     train_cli.register(sub)
     return parser
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         print("napari-dpn: error: out of memory; try --device cpu or a smaller image", file=sys.stderr)
         return 2
     except OSError as exc:  # a file-system failure no command turned into a sentence: still one line
-        from .image_io import os_error_message
+        from ..image_io import os_error_message
 
         where = exc.filename or "a file"
         print(f"napari-dpn: error: {os_error_message(exc, where, 'use')}", file=sys.stderr)

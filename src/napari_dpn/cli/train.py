@@ -25,10 +25,10 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .annotations import folder_pairs
-from .errors import InputError
-from .text import duration
-from .training.config import AMP_MODES
+from ..annotations import folder_pairs
+from ..errors import InputError
+from ..text import duration
+from ..training.config import AMP_MODES
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -184,7 +184,7 @@ def _data(args):
     if bool(args.dataset) == bool(args.images):
         raise InputError("give either --dataset (with --root) or --images")
     if args.dataset:
-        from .datasets import DATASETS, ScaledSample, dataset_key, load_split
+        from ..datasets import DATASETS, ScaledSample, dataset_key, load_split
 
         if not args.root:
             raise InputError("--dataset needs --root, the folder holding the dataset")
@@ -218,7 +218,7 @@ def _resolve_init(args) -> str | None:
     """The model to start from: ``--init``; 'none' for a fresh network; without ``--init``, the
     default model for ``--images`` (a user fine-tuning corrections expects the shipped model, not
     a network that knows nothing) and a fresh network for ``--dataset`` (the paper's protocol)."""
-    from .models import DEFAULT_MODEL
+    from ..models import DEFAULT_MODEL
 
     if args.init is not None:
         return None if str(args.init).strip().lower() in ("none", "") else args.init
@@ -226,7 +226,7 @@ def _resolve_init(args) -> str | None:
 
 
 def _config(args, key):
-    from .training import TrainConfig, finetune_config, load_checkpoint
+    from ..training import TrainConfig, finetune_config, load_checkpoint
 
     # Fine-tuning a model on one's own images: its working scale, the shipped threshold rule, lr 1e-4.
     base = finetune_config() if args.images and args.init else TrainConfig()
@@ -234,7 +234,7 @@ def _config(args, key):
         saved = load_checkpoint(args.resume)["config"]
         base = TrainConfig(**saved)
     elif key and key in _dataset_keys():
-        from .datasets import DATASETS
+        from ..datasets import DATASETS
 
         info = DATASETS[key]
         base.steps, base.crop = info.iterations, info.crop_size
@@ -277,7 +277,7 @@ def _config(args, key):
 
 
 def _dataset_keys() -> tuple[str, ...]:
-    from .datasets import DATASETS
+    from ..datasets import DATASETS
 
     return tuple(DATASETS)
 
@@ -304,7 +304,7 @@ class _Progress:
         self.tqdm.write(text, file=sys.stderr)
 
     def __call__(self, event) -> None:
-        from . import training as t
+        from .. import training as t
 
         if isinstance(event, t.StepEvent):
             if self.bar is None:
@@ -389,7 +389,7 @@ def _lock_path(out: Path, name: str) -> Path:
 
 def _reserve_default_name(out: Path, stem: str) -> tuple[str, Path]:
     """The first of STEM, STEM-2, ... with no model, card, checkpoint or running run in ``out``."""
-    from .models import model_files
+    from ..models import model_files
 
     for n in range(1, 1000):
         name = stem if n == 1 else f"{stem}-{n}"
@@ -407,8 +407,8 @@ def _claim_name(out: Path, name: str, args) -> tuple[Path, bool]:
     Refuses (before step 1) an existing model or card of that name, and an earlier run's checkpoint
     that is not the one being resumed, unless --overwrite; resuming replaces the model the same run
     saved before (a run continued after its time limit)."""
-    from .errors import OutputExistsError
-    from .models import model_files
+    from ..errors import OutputExistsError
+    from ..models import model_files
 
     weights, card = model_files(out, name)
     ckpt = out / f"{name}.ckpt.pt"
@@ -439,9 +439,9 @@ def _check_numbers(args) -> None:
 
 
 def cmd_train(args) -> int:
-    from .image_io import ensure_output_folder
-    from .models import user_models_dir, validate_model_name
-    from .training import load_checkpoint, train
+    from ..image_io import ensure_output_folder
+    from ..models import user_models_dir, validate_model_name
+    from ..training import load_checkpoint, train
 
     _check_numbers(args)
     args.init = _resolve_init(args)
