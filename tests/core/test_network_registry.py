@@ -72,7 +72,8 @@ def test_a_registered_network_is_offered_built_and_trained_through_the_cli(toy, 
     loaded = load_model(out / "toy.safetensors", device="cpu")
     assert isinstance(loaded.model, ToyNet) and loaded.card.architecture == "toy-net"
     assert loaded.card.input["mean"] == [0.4, 0.4, 0.4]  # the entry's input convention reached the card
-    prob = loaded.model(torch.rand(1, 3, 40, 48))
+    with torch.no_grad():
+        prob = loaded.model(torch.rand(1, 3, 40, 48))
     assert prob.shape == (1, 1, 40, 48) and 0 <= float(prob.min()) <= float(prob.max()) <= 1
 
 
