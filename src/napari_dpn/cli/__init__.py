@@ -40,7 +40,3 @@ def main(argv: list[str] | None = None) -> int:
     except (DPNError, MemoryError, OSError) as exc:
         print(f"napari-dpn: error: {sentence(exc, out_of_memory=OUT_OF_MEMORY)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
-from .. import metrics
+from .. import evaluation, metrics
 from ..datasets import load_split
 from ..devices import select_device
 from ..errors import InputError
-from ..evaluation import evaluate_model, fov_note
+from ..evaluation import fov_note
 from ..models import load_model
 from . import options as o
 
@@ -74,7 +74,7 @@ def cmd_evaluate(args) -> int:
             print(f"  {name}: {sec:.2f} s", file=sys.stderr)
 
     angle = None if args.field_angle == "unknown" else args.field_angle
-    result = evaluate_model(
+    result = evaluation.evaluate_model(
         loaded,
         split.test,
         train,

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
+import tqdm  # tqdm.tqdm is looked up at each run: a test stands in for the bar
 
 from ..cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
 from ..devices import available_devices, select_device
@@ -217,13 +217,14 @@ def _segment_all(run: _Run, cohort, plan) -> None:
             print(f"napari-dpn: {text}", file=sys.stderr)
 
     results = cohort.run(plan.jobs, on_cluster=on_cluster, **run.run_options)
-    for result in tqdm(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
+    bar = tqdm.tqdm
+    for result in bar(results, total=len(plan.jobs), desc="segmenting", unit="image", disable=args.quiet):
         if result.status == "failed":
             run.failed.append(f"{result.name}: {result.row['error']}")
             continue
         if result.status == "skipped":  # an output appeared while the batch ran (e.g. saved from napari)
             run.skipped.append(f"{result.name}: {result.row['error']}")
-            tqdm.write(f"napari-dpn: skipped {run.skipped[-1]}", file=sys.stderr)
+            bar.write(f"napari-dpn: skipped {run.skipped[-1]}", file=sys.stderr)
             continue
         if result.grey:
             run.grey.append(result.name)
@@ -231,9 +232,9 @@ def _segment_all(run: _Run, cohort, plan) -> None:
         run.devices.append(result.row["device"])
         run.report[result.name] = result.summary
         for note in result.notes:
-            tqdm.write(f"{result.name}: {note}")
+            bar.write(f"{result.name}: {note}")
         if not args.quiet:
-            tqdm.write(f"{result.name}: {result.describe}")
+            bar.write(f"{result.name}: {result.describe}")
 
 
 def _finish(run: _Run, loaded, threshold: float, total: float) -> int:

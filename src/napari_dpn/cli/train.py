@@ -24,13 +24,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from .. import training
 from ..annotations import folder_pairs
 from ..datasets import DATASETS, ScaledSample, dataset_key, load_split
 from ..errors import InputError
 from ..image_io import ensure_output_folder
 from ..model import NETWORKS
 from ..models import DEFAULT_MODEL, user_models_dir, validate_model_name
-from ..training import TrainConfig, finetune_config, load_checkpoint, train
+from ..training import TrainConfig, finetune_config, load_checkpoint
 from ..training.config import AMP_MODES
 from . import options
 from .model_names import claim_name, reserve_default_name
@@ -334,7 +335,7 @@ def cmd_train(args) -> int:
         config.name, lock = reserve_default_name(out, _default_name_stem(args, key))
         overwrite = False
     try:
-        return _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train)
+        return _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, training.train)
     finally:
         lock.unlink(missing_ok=True)
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import metrics
+from .. import inference, metrics
 from ..errors import DPNError
-from ..inference import predict
 from ..models import LoadedModel, ModelCard
 from .data import Pair
 from .events import MessageEvent, ValidationEvent
@@ -38,7 +37,7 @@ def predict_pairs(run, pairs: list[Pair]) -> list[np.ndarray]:
     loaded = LoadedModel(model=run.model, card=card)
     try:
         # fp32: validation metrics and the card's threshold must not depend on the CPU's bf16 support
-        return [predict(loaded, p.rgb, device=run.device, precision="fp32").probability for p in pairs]
+        return [inference.predict(loaded, p.rgb, device=run.device, precision="fp32").probability for p in pairs]
     finally:
         run.model.train()
 
