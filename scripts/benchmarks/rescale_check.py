@@ -21,9 +21,8 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import write_report  # noqa: E402
-from napari_dpn.cli import DEFAULT_MODEL  # noqa: E402
 from napari_dpn.datasets import load_split  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
+from napari_dpn.models import DEFAULT_MODEL, load_model  # noqa: E402
 from napari_dpn.scale import resample_image  # noqa: E402
 from napari_dpn.segmentation import segment  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The two DPN networks.
+"""The networks (the two DPNs) and their registry: architecture name -> class, input convention, output contract.
 
 ``dpn``          the paper's network (Guo, section 3): 95,988 parameters.
 ``dpn-release``  the network of the official Caffe release, whose DRIVE weights we import.
@@ -11,6 +11,10 @@ main one); in evaluation mode it returns the main head's probability map.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +22,7 @@ from torch import nn
 # Smallest side the networks accept: the 1/4 branch must keep at least one pixel
 # after the release's un-padded 5x5 pooling (defined in the torch-free image_io).
 from .image_io import MIN_SIDE as MIN_SIDE  # noqa: E402
-from .models import ARCHITECTURES as ARCHITECTURES  # noqa: E402 - the torch-free list of the networks below
+from .models import ARCHITECTURES, FRESH_INPUT  # noqa: E402 - the torch-free list of the networks below
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:
@@ -276,13 +280,62 @@ def flush_denormals_(model: nn.Module) -> int:
     return n
 
 
+# --------------------------------------------------------------------------- registry
+
+
+class SegmentationNetwork(Protocol):
+    """The output contract every registered network keeps (what training, inference and the
+    checkpoints rely on).
+
+    Input: a float tensor ``(N, 3, H, W)`` prepared by the card's input convention
+    (``Network.input`` for a fresh network: channel order, scale, mean, std, CLAHE), any
+    ``H, W >= MIN_SIDE``; the output has the input's ``H, W`` (full resolution, no cropping), and
+    a pixel's answer does not depend on where the image is cut (tiled inference relies on it).
+
+    ``forward`` in training mode (``model.train()``): a list of four logit maps ``(N, 1, H, W)``,
+    three auxiliary heads then the main one, in the order of ``training.HEAD_NAMES``
+    (``dpn_loss`` weighs them; ``--no-aux`` trains the last alone).  In evaluation mode
+    (``model.eval()``): the main head's vessel probability ``(N, 1, H, W)`` in 0..1 (a sigmoid
+    applied), the map ``segment`` thresholds.  ``architecture`` names its registry entry (saved
+    in the model card and in checkpoints).
+    """
+
+    architecture: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Network:
+    """A registry entry: how to build a fresh network of this architecture and how it reads images."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    input: dict  # the input convention of a fresh network (a model card's ``input``)
+    summary: str = ""
+
+
+NETWORKS: dict[str, Network] = {}
+
+
+def register_network(name: str, build: Callable[[], nn.Module], input: dict | None = None, summary: str = "") -> None:
+    """Add a network: ``build()`` returns a fresh :class:`SegmentationNetwork` whose ``architecture``
+    is ``name``; it is then a choice of ``napari-dpn train --arch`` and a model card's architecture."""
+    NETWORKS[name] = Network(name, build, dict(FRESH_INPUT if input is None else input), summary)
+    if name not in ARCHITECTURES:
+        ARCHITECTURES.append(name)  # the torch-free list models.py checks cards against
+
+
+register_network("dpn", DPN, summary="the paper's network (Guo, section 3)")
+register_network("dpn-release", DPNRelease, summary="the network of the official Caffe release")
+
+
 def build_model(architecture: str) -> nn.Module:
-    """A freshly initialised network of the named architecture."""
-    if architecture == "dpn":
-        return DPN()
-    if architecture == "dpn-release":
-        return DPNRelease()
-    raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    """A freshly initialised network of the named architecture (see :data:`NETWORKS`)."""
+    network = NETWORKS.get(architecture)
+    if network is None:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(NETWORKS)}")
+    return network.build()
 
 
 def count_parameters(model: nn.Module, learnable_only: bool = True) -> int:

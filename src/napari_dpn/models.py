@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# The networks of model.py (``model.ARCHITECTURES`` is this tuple).  This module lists and reads
-# model cards without importing torch: the widgets list the models when they dock, and torch takes
-# 1-2 s to import, holding the GIL (a frozen viewer even from a background thread).
-ARCHITECTURES = ("dpn", "dpn-release")
+# The names of model.py's registered networks (``model.register_network`` adds to this list;
+# ``model.ARCHITECTURES`` is this list).  This module lists and reads model cards without importing
+# torch: the widgets list the models when they dock, and torch takes 1-2 s to import, holding the
+# GIL (a frozen viewer even from a background thread).
+ARCHITECTURES = ["dpn", "dpn-release"]
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "dpn-universal"  # what the CLI and the widgets use when the user picks none (docs/scale.md)

@@ -650,7 +650,7 @@ TRAIN = [*TRAIN_BASE, "--threads", "1"]
 def test_two_runs_in_the_same_second_get_two_models(pairs, tmp_path, capsys, monkeypatch):
     import datetime as real
 
-    import napari_dpn.train_cli as train_cli
+    import napari_dpn.cli.train as train_cli
 
     class Frozen(real.datetime):
         @classmethod

@@ -44,7 +44,8 @@ from .events import (
     ValidationEvent,
 )
 from .loss import HEAD_NAMES, balanced_bce, class_balance_beta, dpn_loss, param_groups
-from .trainer import FLUSH_EVERY, summarise_metrics, train
+from .trainer import FLUSH_EVERY, train
+from .validation import summarise_metrics
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..augment import AUGMENT_PARTS
 from ..errors import TrainingError
 from ..model import ARCHITECTURES, MIN_SIDE
+from ..scale import check_field_angle, parse_scale
 
 # Fields of TrainConfig that may change when a run is resumed; the others define the run.
 RUN_CONTROL = (
@@ -62,6 +64,14 @@ class TrainConfig:
     field_angle: float | None = None  # degrees, with scale 'auto' (None: the 45 degree guess, as segment)
 
     def check(self) -> None:
+        """TrainingError with one sentence for the first setting that cannot be used; normalises
+        ``augment_off`` and ``scale`` (a parsed scale; 'native' is None)."""
+        self._check_schedule()
+        self._check_augment()
+        self._check_scale()
+        self._check_limits()
+
+    def _check_schedule(self) -> None:
         if self.steps < 0:
             raise TrainingError(f"steps must be 0 or more, got {self.steps}")
         if self.crop is not None and self.crop < MIN_SIDE:
@@ -78,8 +88,8 @@ class TrainConfig:
             raise TrainingError(f"the time limit must be positive seconds, got {self.time_limit}")
         if self.augment_mode not in ("paper", "robust"):
             raise TrainingError(f"augment_mode must be paper or robust, got {self.augment_mode!r}")
-        from ..augment import AUGMENT_PARTS
 
+    def _check_augment(self) -> None:
         self.augment_off = tuple(sorted(set(self.augment_off)))
         unknown = [p for p in self.augment_off if p not in AUGMENT_PARTS]
         if unknown:
@@ -88,11 +98,11 @@ class TrainConfig:
             raise TrainingError(
                 "leaving out augmentation parts needs the any-camera augmentation (augment_mode robust)"
             )
+
+    def _check_scale(self) -> None:
         if self.working_ppd is not None and not self.working_ppd > 0:
             raise TrainingError(f"the working scale must be positive pixels per degree, got {self.working_ppd}")
         if self.scale is not None:
-            from ..scale import check_field_angle, parse_scale
-
             try:
                 self.scale = parse_scale(self.scale)
                 self.field_angle = check_field_angle(self.field_angle)
@@ -100,6 +110,8 @@ class TrainConfig:
                 raise TrainingError(str(exc)) from None
             if self.scale == "native":
                 self.scale = None
+
+    def _check_limits(self) -> None:
         if self.amp not in AMP_MODES:
             raise TrainingError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.crop is not None and self.crop > MAX_CROP:

@@ -19,17 +19,23 @@ carry the date and time to the second and are made unique in the output folder.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import layouts
-from .annotations import folder_pairs
-from .errors import InputError
-from .text import duration
-from .training.config import AMP_MODES
+from .. import layouts, training
+from ..annotations import folder_pairs
+from ..datasets import DATASETS, ScaledSample, dataset_key, load_split
+from ..errors import InputError
+from ..image_io import ensure_output_folder
+from ..model import NETWORKS
+from ..models import DEFAULT_MODEL, user_models_dir, validate_model_name
+from ..training import TrainConfig, finetune_config, load_checkpoint
+from ..training.config import AMP_MODES
+from . import options
+from .model_names import claim_name, reserve_default_name
+from .progress import Progress, format_metrics
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -39,7 +45,17 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="train or fine-tune DPN on a dataset or on your annotated images",
         description=__doc__.split("\n\n")[0],
     )
-    src = p.add_argument_group("training data (one of --dataset or --images)")
+    _add_data_options(p.add_argument_group("training data (one of --dataset or --images)"))
+    _add_validation_options(p.add_argument_group("validation"))
+    run = p.add_argument_group("model and schedule")
+    _add_model_options(run)
+    _add_schedule_options(run)
+    _add_output_options(run)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def _add_data_options(src) -> None:
     src.add_argument(
         "--dataset",
         help=f"{layouts.keys_text()} (the paper's splits); several joined by "
@@ -50,7 +66,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR", help="folder of your images")
     src.add_argument("--labels", metavar="DIR", help="folder of IMAGE_vessels.png masks (default: --images)")
     src.add_argument("--fovs", metavar="DIR", help="folder of IMAGE_fov.png masks (default: --labels)")
-    val = p.add_argument_group("validation")
+
+
+def _add_validation_options(val) -> None:
     val.add_argument(
         "--val",
         choices=("test", "train", "none"),
@@ -61,7 +79,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     val.add_argument("--val-labels", metavar="DIR")
     val.add_argument("--val-fovs", metavar="DIR")
     val.add_argument("--val-every", type=int, default=None, metavar="N", help="validate every N steps (default 500)")
-    run = p.add_argument_group("model and schedule")
+
+
+def _add_model_options(run) -> None:
+    """Where the weights start and at which scale the images are seen."""
     run.add_argument(
         "--init",
         metavar="MODEL",
@@ -76,15 +97,17 @@ def register(subparsers) -> argparse.ArgumentParser:
         "as segment does (auto, the default: FOV diameter / field angle), keep them as they are "
         "(native), or by a factor",
     )
-    run.add_argument(
-        "--field-angle",
+    options.add_field_angle(
+        run,
+        "the camera's field angle in degrees, for --scale auto (default: the 45 degree guess, as segment)",
         type=float,
-        default=None,
-        metavar="DEG",
-        help="the camera's field angle in degrees, for --scale auto (default: the 45 degree guess, as segment)",
     )
-    run.add_argument("--arch", choices=("dpn", "dpn-release"), default="dpn", help="architecture of a fresh network")
+    run.add_argument("--arch", choices=tuple(NETWORKS), default="dpn", help="architecture of a fresh network")
     run.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (give the same data again)")
+
+
+def _add_schedule_options(run) -> None:
+    """Steps, optimiser, augmentation, device: what one run does."""
     run.add_argument(
         "--steps",
         type=int,
@@ -114,9 +137,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     run.add_argument("--whole-crop", action="store_true", help="count every crop pixel in the loss, not only the FOV")
     run.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help="default 500")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    options.add_device(run, "auto, cpu, cuda or mps")
     run.add_argument("--amp", choices=AMP_MODES, default="auto")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    _add_schedule_extras(run)
+
+
+def _add_schedule_extras(run) -> None:
     run.add_argument(
         "--threshold-rule",
         choices=("youden", "max_acc"),
@@ -155,20 +182,19 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="with --augment-mode robust, leave these parts out to measure what each is worth: "
         "exposure, blur, noise, jpeg, scale, rotation",
     )
+
+
+def _add_output_options(run) -> None:
     run.add_argument(
         "--name",
         help="name of the saved model: letters, digits, '.', '_', '-', '+' "
         "(default: BASE-DATA-DATE-TIME, unique in the output folder)",
     )
-    run.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace a model (and checkpoint) of the same name in the output folder",
-    )
+    options.add_overwrite(run, "replace a model (and checkpoint) of the same name in the output folder")
     run.add_argument(
         "--out", metavar="DIR", help="where the model and checkpoints go (default: the user models folder)"
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    options.add_quiet(run, "no progress bar")
     run.add_argument(
         "--log-every",
         type=int,
@@ -176,8 +202,6 @@ def register(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="also print a line with the loss and the time per step every N steps (for log files)",
     )
-    p.set_defaults(func=cmd_train)
-    return p
 
 
 def _data(args):
@@ -185,8 +209,6 @@ def _data(args):
     if bool(args.dataset) == bool(args.images):
         raise InputError("give either --dataset (with --root) or --images")
     if args.dataset:
-        from .datasets import DATASETS, ScaledSample, dataset_key, load_split
-
         if not args.root:
             raise InputError("--dataset needs --root, the folder holding the dataset")
         keys = [dataset_key(k) for k in str(args.dataset).split(",") if k.strip()]
@@ -219,24 +241,18 @@ def _resolve_init(args) -> str | None:
     """The model to start from: ``--init``; 'none' for a fresh network; without ``--init``, the
     default model for ``--images`` (a user fine-tuning corrections expects the shipped model, not
     a network that knows nothing) and a fresh network for ``--dataset`` (the paper's protocol)."""
-    from .models import DEFAULT_MODEL
-
     if args.init is not None:
         return None if str(args.init).strip().lower() in ("none", "") else args.init
     return DEFAULT_MODEL if args.images and not args.resume else None
 
 
 def _config(args, key):
-    from .training import TrainConfig, finetune_config, load_checkpoint
-
     # Fine-tuning a model on one's own images: its working scale, the shipped threshold rule, lr 1e-4.
     base = finetune_config() if args.images and args.init else TrainConfig()
     if args.resume:
         saved = load_checkpoint(args.resume)["config"]
         base = TrainConfig(**saved)
     elif key and key in _dataset_keys():
-        from .datasets import DATASETS
-
         info = DATASETS[key]
         base.steps, base.crop = info.iterations, info.crop_size
         base.clahe = info.clahe if not args.init else None
@@ -278,70 +294,7 @@ def _config(args, key):
 
 
 def _dataset_keys() -> tuple[str, ...]:
-    from .datasets import DATASETS
-
     return tuple(DATASETS)
-
-
-def _format_metrics(m: dict) -> str:
-    at = m.get("at") or "the Youden point"
-    return (
-        f"AUC {m['auc']:.4f}  Se {m['se']:.4f}  Sp {m['sp']:.4f}  Acc {m['acc']:.4f}  F1 {m['f1']:.4f}"
-        f"  (threshold {m['threshold']:.3f}: {at})"
-    )
-
-
-class _Progress:
-    """Turns training events into a tqdm bar and log lines."""
-
-    def __init__(self, total: int, quiet: bool, log_every: int = 0):
-        from tqdm import tqdm
-
-        self.tqdm, self.total, self.quiet, self.log_every = tqdm, total, quiet, log_every
-        self.bar = None  # made at the first step, so data preparation does not count in its rate
-        self.last_ckpt = None
-
-    def write(self, text: str) -> None:
-        self.tqdm.write(text, file=sys.stderr)
-
-    def __call__(self, event) -> None:
-        from . import training as t
-
-        if isinstance(event, t.StepEvent):
-            if self.bar is None:
-                self.bar = self.tqdm(
-                    total=event.total,
-                    initial=event.step - 1,
-                    desc="training",
-                    unit="step",
-                    disable=self.quiet,
-                    dynamic_ncols=True,
-                    file=sys.stderr,
-                )
-            self.bar.n = event.step
-            self.bar.set_postfix_str(
-                f"loss {event.loss:.4f}, {event.seconds_per_step:.2f} s/step, ETA {duration(event.eta_seconds)}",
-                refresh=False,
-            )
-            self.bar.refresh()
-            if self.log_every and event.step % self.log_every == 0:
-                self.write(
-                    f"step {event.step}/{event.total}: loss {event.loss:.4f}, "
-                    f"{event.seconds_per_step * 1000:.1f} ms/step"
-                )
-        elif isinstance(event, t.ValidationEvent):
-            self.write(f"step {event.step}: {_format_metrics(event.metrics)}")
-        elif isinstance(event, t.CheckpointEvent):
-            self.last_ckpt = event.path
-        elif isinstance(event, t.MessageEvent):
-            self.write(event.text)
-        elif isinstance(event, t.CancelledEvent):
-            self.write(f"stopped at step {event.step}; checkpoint {event.checkpoint}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
 
 
 def _default_name_stem(args, key) -> str:
@@ -353,97 +306,12 @@ def _default_name_stem(args, key) -> str:
     return f"{stem[:60]}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _take_lock(lock: Path) -> bool:
-    """Create ``lock`` holding our process id; False if a live process holds it (a stale lock, left
-    by a killed run, is taken over)."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
-                return False
-            lock.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _lock_path(out: Path, name: str) -> Path:
-    return out / f".{name}.training.lock"
-
-
-def _reserve_default_name(out: Path, stem: str) -> tuple[str, Path]:
-    """The first of STEM, STEM-2, ... with no model, card, checkpoint or running run in ``out``."""
-    from .models import model_files
-
-    for n in range(1, 1000):
-        name = stem if n == 1 else f"{stem}-{n}"
-        if any(p.exists() for p in (*model_files(out, name), out / f"{name}.ckpt.pt")):
-            continue
-        lock = _lock_path(out, name)
-        if _take_lock(lock):
-            return name, lock
-    raise InputError(f"cannot find a free model name {stem}-N in {out}; give one with --name")
-
-
-def _claim_name(out: Path, name: str, args) -> tuple[Path, bool]:
-    """Check that ``name`` may be written to ``out`` and take its lock: (lock, overwrite for the engine).
-
-    Refuses (before step 1) an existing model or card of that name, and an earlier run's checkpoint
-    that is not the one being resumed, unless --overwrite; resuming replaces the model the same run
-    saved before (a run continued after its time limit)."""
-    from .errors import OutputExistsError
-    from .models import model_files
-
-    weights, card = model_files(out, name)
-    ckpt = out / f"{name}.ckpt.pt"
-    resuming_here = bool(args.resume) and Path(args.resume).expanduser().resolve() == ckpt.resolve()
-    overwrite = bool(args.overwrite)
-    if not overwrite:
-        existing = [p for p in (weights, card) if p.exists()]
-        if existing and not resuming_here:
-            raise OutputExistsError(
-                f"a model named '{name}' already exists in {out} ({existing[0].name}); "
-                "choose another --name, or pass --overwrite to replace it"
-            )
-        if ckpt.exists() and not resuming_here:
-            raise OutputExistsError(
-                f"{ckpt} holds an earlier run named '{name}'; continue it with --resume "
-                f"{ckpt}, choose another --name, or pass --overwrite to start again"
-            )
-        overwrite = resuming_here and bool(existing)
-    lock = _lock_path(out, name)
-    if not _take_lock(lock):
-        raise InputError(f"another training run named '{name}' is writing to {out} (if none is, delete {lock})")
-    return lock, overwrite
-
-
 def _check_numbers(args) -> None:
     if args.log_every is not None and args.log_every < 0:
         raise InputError(f"--log-every must be 0 (never) or more steps, got {args.log_every}")
 
 
 def cmd_train(args) -> int:
-    from .image_io import ensure_output_folder
-    from .models import user_models_dir, validate_model_name
-    from .training import load_checkpoint, train
-
     _check_numbers(args)
     args.init = _resolve_init(args)
     if args.name is not None:
@@ -462,19 +330,19 @@ def cmd_train(args) -> int:
         config.name = validate_model_name(config.name, shipped_ok=not in_registry)
     ensure_output_folder(out, "--out" if args.out else "the output folder")
     if config.name:
-        lock, overwrite = _claim_name(out, config.name, args)
+        lock, overwrite = claim_name(out, config.name, args)
     else:
-        config.name, lock = _reserve_default_name(out, _default_name_stem(args, key))
+        config.name, lock = reserve_default_name(out, _default_name_stem(args, key))
         overwrite = False
     try:
-        return _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train)
+        return _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, training.train)
     finally:
         lock.unlink(missing_ok=True)
 
 
 def _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkpoint, train) -> int:
     start = int(load_checkpoint(args.resume)["step"]) if args.resume else 0
-    progress = _Progress(config.steps, args.quiet, args.log_every)
+    progress = Progress(config.steps, args.quiet, args.log_every)
     progress.write(
         f"training {config.name}: {len(train_pairs)} training / {len(val_pairs)} validation images, "
         f"{config.steps} steps" + (f" from step {start}" if start else "") + f"; output in {out}"
@@ -501,9 +369,9 @@ def _run(args, config, train_pairs, val_pairs, desc, out, overwrite, load_checkp
     finally:
         progress.close()
     if result.metrics_before and result.metrics_after:
-        print(f"validation before: {_format_metrics(result.metrics_before)}")
+        print(f"validation before: {format_metrics(result.metrics_before)}")
     if result.metrics_after:
-        print(f"validation after:  {_format_metrics(result.metrics_after)}")
+        print(f"validation after:  {format_metrics(result.metrics_after)}")
     print(
         f"saved {result.card.name} ({result.steps} steps, threshold {result.threshold:.3f}) to {result.model_path}; "
         f"checkpoint {result.checkpoint}"
