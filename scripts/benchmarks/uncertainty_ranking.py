@@ -2,8 +2,8 @@
 
 For every test image of DRIVE, STARE and CHASE_DB1: segment it with a shipped model (the mask is
 probability >= the model card's threshold inside the FOV), compute the uncertainty map
-(napari_dpn.session.uncertainty, and optionally flip-TTA disagreement), rank the non-overlapping
-64x64 regions (session.rank_regions) and measure which share of the FP+FN pixels (inside the FOV)
+(napari_dpn.uncertainty.uncertainty, and optionally flip-TTA disagreement), rank the non-overlapping
+64x64 regions (uncertainty.rank_regions) and measure which share of the FP+FN pixels (inside the FOV)
 the 10 highest-ranked regions hold, against their share of the FOV's area.  Enrichment = error
 share / area share; the target is >= 3.  "oracle" ranks the regions by their true error
 count: the ceiling any uncertainty map could reach at this region size and count.
