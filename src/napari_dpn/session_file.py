@@ -161,6 +161,23 @@ def _describe_json(value) -> str:
     return {dict: "an object", list: "a list", str: "a text", bool: "true/false"}.get(type(value), "a number")
 
 
+def _entry_problem(item) -> str | None:
+    """What is wrong with one image of a session file (the end of a sentence), or None."""
+    if not isinstance(item, dict):
+        return f"is {_describe_json(item)}, not an object"
+    for key, types in _ENTRY_TYPES.items():
+        if key in item and (not isinstance(item[key], types) or isinstance(item[key], bool)):
+            return f'has "{key}" {_describe_json(item[key])}'
+    if "name" not in item:
+        return 'has no "name"'
+    visited = item.get("visited", [])
+    if not all(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for v in visited):
+        return 'has "visited" regions that are not [row, column] pairs'
+    if item.get("state", "new") not in STATES:
+        return f'has the unknown state "{item["state"]}" (one of {", ".join(STATES)})'
+    return None
+
+
 def parse_session_data(data, path: Path) -> tuple[dict, str | None, list, object, int]:
     """(entries by name, current name, models, field angle, version) of a session file's JSON;
     SessionDamaged with one sentence saying what is wrong when it is not a session."""
@@ -180,18 +197,9 @@ def parse_session_data(data, path: Path) -> tuple[dict, str | None, list, object
         raise bad(f"it was written by a newer napari-dpn (version {version}); update napari-dpn to open it")
     entries = {}
     for n, item in enumerate(images, 1):
-        if not isinstance(item, dict):
-            raise bad(f"image {n} is {_describe_json(item)}, not an object")
-        for key, types in _ENTRY_TYPES.items():
-            if key in item and (not isinstance(item[key], types) or isinstance(item[key], bool)):
-                raise bad(f'image {n} has "{key}" {_describe_json(item[key])}')
-        if "name" not in item:
-            raise bad(f'image {n} has no "name"')
-        visited = item.get("visited", [])
-        if not all(isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v) for v in visited):
-            raise bad(f'image {n} has "visited" regions that are not [row, column] pairs')
-        if item.get("state", "new") not in STATES:
-            raise bad(f'image {n} has the unknown state "{item["state"]}" (one of {", ".join(STATES)})')
+        problem = _entry_problem(item)
+        if problem:
+            raise bad(f"image {n} {problem}")
         entries[item["name"]] = Entry(**{k: item[k] for k in _ENTRY_TYPES if k in item})
     current = data.get("current")
     models = data.get("models", [])

@@ -84,17 +84,23 @@ def finetune_session(
         overwrite=False,  # never replace a model: a name taken meanwhile becomes <name>-2
     )
     if result.model_path is not None:
-        with session.lock:
-            session.models.append(
-                {
-                    "name": result.card.name,  # the name it was saved under
-                    "path": str(result.model_path),
-                    "sha256": result.card.sha256,
-                    "base": str(init),
-                    "images": seen,
-                    "steps": result.steps,
-                    "at": now_stamp(),
-                }
-            )
-            session.write()
+        _record(session, result, init, seen)
     return result
+
+
+def _record(session, result, init, seen: list[str]) -> None:
+    """Add the saved model to the session's list (the name it was saved under, its base and
+    the images it saw) and write the session file."""
+    with session.lock:
+        session.models.append(
+            {
+                "name": result.card.name,
+                "path": str(result.model_path),
+                "sha256": result.card.sha256,
+                "base": str(init),
+                "images": seen,
+                "steps": result.steps,
+                "at": now_stamp(),
+            }
+        )
+        session.write()

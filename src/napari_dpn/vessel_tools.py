@@ -112,10 +112,7 @@ def vessel_region(prob: np.ndarray, mask: np.ndarray, point, low: float, radius:
             return out
         dr, dc = np.unravel_index(np.argmax(win), win.shape)
         r, c = a0 + dr, b0 + dc
-    if m.any():
-        near = (ndimage.distance_transform_edt(~m) <= HALO_PX) & cand
-    else:
-        near = np.zeros(m.shape, bool)
+    near = (ndimage.distance_transform_edt(~m) <= HALO_PX) & cand if m.any() else np.zeros(m.shape, bool)
     yy, xx = np.ogrid[: m.shape[0], : m.shape[1]]
     at_click = (yy - r) ** 2 + (xx - c) ** 2 <= (HALO_PX + 2) ** 2
     labels, _ = ndimage.label(cand & (~near | at_click), structure=_EIGHT)

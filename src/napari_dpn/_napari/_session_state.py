@@ -10,6 +10,7 @@ does before an image can be shown: read it, segment it (or read the kept map), i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -165,10 +166,8 @@ def prepare_image(session: Session, index: int, job: dict) -> Prepared | str:
             )
             if job["stale"]():  # re-segmenting or another folder meanwhile
                 return "cancelled"
-            try:
+            with contextlib.suppress(DPNError, OSError):  # a full disk: the map stays in memory
                 session.store_probability(index, seg)
-            except (DPNError, OSError):
-                pass  # a full disk: the map stays in memory; it is made again next time
         elif not seg.model:  # a cache written before it recorded its model
             seg.model = session.entries[index].model or ""
         mask, resumed = _resumed_mask(session, index, seg)

@@ -30,6 +30,7 @@ CSV) runs in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from pathlib import Path
 
@@ -191,10 +192,8 @@ class SessionWidget(DockWidget):
 
     def _unbind_keys(self) -> None:
         for key in KEYS.values():
-            try:
+            with contextlib.suppress(KeyError, ValueError, TypeError):
                 self.viewer.bind_key(key, None)
-            except (KeyError, ValueError, TypeError):
-                pass
 
     # ------------------------------------------------------------------ what scripts and tests read
 
@@ -293,11 +292,11 @@ class SessionWidget(DockWidget):
                 self.saver.save_or_rescue(layer, can_keep_open=False)
                 self.state.shown = None
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         self._watch_window()
 
-    def event(self, ev) -> bool:  # noqa: D102 - Qt API
+    def event(self, ev) -> bool:
         if ev.type() == QEvent.ParentChange and self.parent() is not None:
             QTimer.singleShot(0, self._watch_window)
         return super().event(ev)
@@ -311,14 +310,14 @@ class SessionWidget(DockWidget):
             window.installEventFilter(self)
             self._filtered = weakref.ref(window)  # a strong one would keep the window alive
 
-    def eventFilter(self, obj, ev) -> bool:  # noqa: N802 - Qt API
+    def eventFilter(self, obj, ev) -> bool:
         """Closing napari saves the corrections on screen; when they cannot be saved (a full
         disk, a file that is not ours) the close is vetoed unless they went to another folder or
         the user chose to drop them."""
-        if ev.type() == QEvent.Close and obj is self._filtered() and self.alive:
-            if not self.saver.save_or_rescue(can_keep_open=True):
-                ev.ignore()
-                return True
+        closing = ev.type() == QEvent.Close and obj is self._filtered() and self.alive
+        if closing and not self.saver.save_or_rescue(can_keep_open=True):
+            ev.ignore()
+            return True
         return False
 
     def shutdown(self) -> None:
