@@ -75,7 +75,7 @@ def test_the_state_says_what_changed(session):
     assert heard["said"] == ["No."] and heard["notified"] == ["error"]
     state.set_worker("csv", object())
     assert state.busy
-    state.set_worker("csv", None)
+    state.worker_done("csv", alive=True)
     assert not state.busy
     session.write_error = "Cannot write the session file."
     state.warn_write()

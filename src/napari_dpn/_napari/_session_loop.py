@@ -148,8 +148,9 @@ class LoopPanel(QWidget):
         self.training_panel().set_expanded(False)
 
     def _on_ft_finished(self) -> None:
-        self.state.set_worker("finetune", None)
-        if self.layers.alive():
+        alive = self.layers.alive()
+        self.state.worker_done("finetune", alive)
+        if alive:
             self._make_room(False)
 
     def _on_finetuned(self, session, out, pending=None) -> None:
@@ -220,7 +221,7 @@ class LoopPanel(QWidget):
 
         worker = unstarted_worker(job)
         worker.returned.connect(self._on_exported)
-        worker.finished.connect(lambda: st.set_worker("csv", None))
+        worker.finished.connect(lambda: st.worker_done("csv", self.layers.alive()))
         st.set_worker("csv", worker)
         worker.start()
         return True

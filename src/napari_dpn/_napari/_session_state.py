@@ -123,12 +123,16 @@ class FolderState:
                 del self.ready[i]
 
     def set_worker(self, name: str, worker) -> None:
-        """Record (or with None, forget) the running worker of a kind and update the buttons."""
-        if worker is None:
-            self.workers.pop(name, None)
-        else:
-            self.workers[name] = worker
+        """Record the running worker of a kind ('tool', 'csv', 'finetune') and update the buttons."""
+        self.workers[name] = worker
         self.changed.emit()
+
+    def worker_done(self, name: str, alive: bool) -> None:
+        """The worker of a kind finished; the buttons are updated only while the widget lives
+        (a late worker must not touch deleted Qt objects)."""
+        self.workers.pop(name, None)
+        if alive:
+            self.changed.emit()
 
 
 class ModelCache:

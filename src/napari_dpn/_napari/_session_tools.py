@@ -134,7 +134,7 @@ class ToolsPanel(QWidget):
 
     def _run(self, worker, on_result) -> None:
         worker.returned.connect(on_result)
-        worker.finished.connect(lambda: self.state.set_worker("tool", None))
+        worker.finished.connect(lambda: self.state.worker_done("tool", self.layers.alive()))
         self.state.set_worker("tool", worker)
         worker.start()
 
