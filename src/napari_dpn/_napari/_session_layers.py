@@ -14,7 +14,7 @@ from qtpy.QtCore import QTimer
 from . import _roles
 from ._session_state import FolderState, Prepared
 
-META = "napari_dpn_session"
+META = _roles.SESSION_KEY  # marks the layers as the session's
 KINDS = ("image", "uncertainty", "vessels")
 
 
