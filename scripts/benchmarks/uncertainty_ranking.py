@@ -2,8 +2,8 @@
 
 For every test image of DRIVE, STARE and CHASE_DB1: segment it with a shipped model (the mask is
 probability >= the model card's threshold inside the FOV), compute the uncertainty map
-(napari_dpn.session.uncertainty, and optionally flip-TTA disagreement), rank the non-overlapping
-64x64 regions (session.rank_regions) and measure which share of the FP+FN pixels (inside the FOV)
+(napari_dpn.uncertainty.uncertainty, and optionally flip-TTA disagreement), rank the non-overlapping
+64x64 regions (uncertainty.rank_regions) and measure which share of the FP+FN pixels (inside the FOV)
 the 10 highest-ranked regions hold, against their share of the FOV's area.  Enrichment = error
 share / area share; the target is >= 3.  "oracle" ranks the regions by their true error
 count: the ceiling any uncertainty map could reach at this region size and count.
@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _provenance import commit, cpu_model
-from napari_dpn import session as S
+from napari_dpn import uncertainty as U
 from napari_dpn.datasets import load_split
 from napari_dpn.image_io import atomic_write
 from napari_dpn.inference import predict
@@ -35,7 +35,7 @@ MODELS = {"drive": "dpn-drive", "stare": "dpn-stare", "chase": "dpn-chase"}
 
 
 def score(u, fov, errors, top, size):
-    regions = S.rank_regions(u, fov, size)[:top]
+    regions = U.rank_regions(u, fov, size)[:top]
     sel = np.zeros(fov.shape, bool)
     for y0, x0, y1, x1, _ in regions:
         sel[y0:y1, x0:x1] = True
@@ -90,12 +90,12 @@ def main(argv=None) -> int:
                 "seconds": round(time.perf_counter() - t0, 2),
                 "error_pixels": int(errors.sum()),
                 "fov_pixels": int(fov.sum()),
-                "distance": score(S.uncertainty(prob, t), fov, errors, args.top, args.size),
+                "distance": score(U.uncertainty(prob, t), fov, errors, args.top, args.size),
             }
             # The ceiling: regions ranked by their true error count (what no ranking can beat).
             row["oracle"] = score(errors.astype(np.float32), fov, errors, args.top, args.size)
             if args.tta:
-                row["tta"] = score(S.tta_uncertainty(loaded, rgb, device="cpu"), fov, errors, args.top, args.size)
+                row["tta"] = score(U.tta_uncertainty(loaded, rgb, device="cpu"), fov, errors, args.top, args.size)
             rows.append(row)
             print(ds, sample.name, {k: v for k, v in row.items() if k in ("distance", "tta", "oracle")}, flush=True)
         summary = {}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_dpn import annotations, layouts, session
+from napari_dpn import annotations, layouts, session_file
 from napari_dpn.datasets import DATASETS, dataset_key, find_dataset, folder_samples, load_split
 from napari_dpn.layouts import AnnotationName, DatasetLayout
 from paths import DATASETS as STAGED
@@ -71,12 +71,12 @@ def test_a_registered_toy_layout_is_found_everywhere(toy, tmp_path):
     assert [s.name for s in folder_samples("toy", root)] == ["eye1", "eye2"]
     # the folder session's lookups
     photo = root / "photos" / "eye1.png"
-    assert session.ground_truth_path(photo) == root / "truth" / "eye1_truth.png"
-    assert session.dataset_fov_path(photo) == root / "discs" / "eye1_disc.png"
+    assert session_file.ground_truth_path(photo) == root / "truth" / "eye1_truth.png"
+    assert session_file.dataset_fov_path(photo) == root / "discs" / "eye1_disc.png"
     # its labels are not photographs, wherever they lie
     _png(root / "photos" / "eye2_truth.png", np.eye(20, 24) * 255)
     _png(root / "photos" / "eye2_disc.png", np.full((20, 24), 255))
-    assert [p.name for p in session.list_photographs(root / "photos")] == ["eye1.png", "eye2.png"]
+    assert [p.name for p in session_file.list_photographs(root / "photos")] == ["eye1.png", "eye2.png"]
     assert annotations.is_dataset_label("eye2_truth.png") and annotations.not_a_photograph("eye2_disc.png")
     assert [p.name for p in annotations.photographs_in(root / "photos")] == ["eye1.png", "eye2.png"]
     # help texts name it
@@ -86,7 +86,7 @@ def test_a_registered_toy_layout_is_found_everywhere(toy, tmp_path):
 def test_without_the_toy_layout_nothing_is_found(tmp_path):
     root = make_toy(tmp_path / "TOY")
     assert find_dataset(root) is None
-    assert session.ground_truth_path(root / "photos" / "eye1.png") is None
+    assert session_file.ground_truth_path(root / "photos" / "eye1.png") is None
     assert not annotations.is_dataset_label("eye2_truth.png")
 
 
@@ -108,11 +108,11 @@ def test_avwide_folder_is_found_and_its_ground_truth_looked_up(tmp_path):
         assert found is not None and found.dataset == "AV-WIDE" and len(found.entries) == 2
     assert find_dataset(root).entries[0].fov_path is None  # no circular FOV: the whole frame
     photo = root / "images" / "wide_image_01.png"
-    assert session.ground_truth_path(photo) == root / "manual" / "wide_image_01_vessels.png"
+    assert session_file.ground_truth_path(photo) == root / "manual" / "wide_image_01_vessels.png"
     # beside the photograph, <stem>_vessels.png is the user's own saved annotation, not ground truth
     flat = make_avwide(tmp_path / "flat")
     (flat / "manual" / "wide_image_01_vessels.png").rename(flat / "images" / "wide_image_01_vessels.png")
-    assert session.ground_truth_path(flat / "images" / "wide_image_01.png") is None
+    assert session_file.ground_truth_path(flat / "images" / "wide_image_01.png") is None
 
 
 def _staged() -> Path | None:

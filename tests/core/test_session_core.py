@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from napari_dpn import session as S
+from napari_dpn import session_file, vessel_tools
+from napari_dpn import uncertainty as U
 from napari_dpn.image_io import write_mask
 from synthetic_fundus import fundus, y_tree
 
@@ -16,7 +18,7 @@ from synthetic_fundus import fundus, y_tree
 @pytest.mark.parametrize("width", [1, 3])
 def test_remove_branch_removes_one_arm_only(width):
     m = y_tree(width=width)
-    out = S.remove_branch(m, (15, 17))  # on the up-left arm
+    out = vessel_tools.remove_branch(m, (15, 17))  # on the up-left arm
     removed = m & ~out
     assert removed.any()
     assert not removed[:, 45:].any(), "the right arm is untouched"
@@ -27,12 +29,12 @@ def test_remove_branch_removes_one_arm_only(width):
 
 def test_remove_branch_clicked_beside_the_vessel_and_a_lone_segment():
     m = y_tree()
-    out = S.remove_branch(m, (70, 43))  # 3 px right of the trunk
+    out = vessel_tools.remove_branch(m, (70, 43))  # 3 px right of the trunk
     assert not out[70, 40] and out[12, 14] and out[12, 66]
     lone = np.zeros((30, 30), bool)
     lone[10, 3:25] = True
-    assert not S.remove_branch(lone, (10, 12)).any()
-    assert not S.remove_branch(np.zeros((5, 5), bool), (2, 2)).any()
+    assert not vessel_tools.remove_branch(lone, (10, 12)).any()
+    assert not vessel_tools.remove_branch(np.zeros((5, 5), bool), (2, 2)).any()
 
 
 def test_add_vessel_adds_the_connected_region_above_low():
@@ -40,34 +42,34 @@ def test_add_vessel_adds_the_connected_region_above_low():
     prob[20, 5:35] = 0.35  # a faint vessel
     prob[5, 5:35] = 0.35  # another, not touching
     mask = np.zeros((40, 40), bool)
-    out = S.add_vessel(prob, mask, (21, 12), low=0.3)  # 1 px off the ridge
+    out = vessel_tools.add_vessel(prob, mask, (21, 12), low=0.3)  # 1 px off the ridge
     assert out[20, 5:35].all() and not out[5].any()
-    assert not S.add_vessel(prob, mask, (30, 30), low=0.3).any()
-    assert not S.add_vessel(prob, mask, (20, 12), low=0.5).any()
+    assert not vessel_tools.add_vessel(prob, mask, (30, 30), low=0.3).any()
+    assert not vessel_tools.add_vessel(prob, mask, (20, 12), low=0.5).any()
 
 
 def test_remove_specks_keeps_large_components():
     m = y_tree()
     m[2:4, 2:4] = True  # a 4 px speck
-    out = S.remove_specks(m, 10)
+    out = vessel_tools.remove_specks(m, 10)
     assert not out[2:4, 2:4].any() and (out == y_tree()).all()
-    assert S.speck_pixels(m, 10).sum() == 4
+    assert vessel_tools.speck_pixels(m, 10).sum() == 4
 
 
 def test_uncertainty_and_ranking_find_the_hazy_region():
     prob = np.zeros((256, 256), np.float32)
     prob[130:190, 70:120] = 0.5  # the model hesitates here
     prob[10:20, 10:200] = 1.0  # and is sure here
-    u = S.uncertainty(prob, 0.5)
+    u = U.uncertainty(prob, 0.5)
     assert u.max() <= 1 and u.min() >= 0
     fov = np.ones_like(prob, bool)
-    regions = S.rank_regions(u, fov, size=64)
+    regions = U.rank_regions(u, fov, size=64)
     assert len(regions) == 16
     y0, x0, y1, x1, score = regions[0]
     assert 128 <= y0 < 192 and 64 <= x0 < 128
     assert [r[4] for r in regions] == sorted((r[4] for r in regions), reverse=True)
     fov[:, 128:] = False
-    assert all(r[1] < 128 for r in S.rank_regions(u, fov, 64))
+    assert all(r[1] < 128 for r in U.rank_regions(u, fov, 64))
 
 
 def make_folder(folder, n=3, size=64):
@@ -92,8 +94,8 @@ def test_photographs_exclude_annotations(tmp_path):
     write_mask(tmp_path / "eye1_vessels.png", np.ones((4, 4)))
     (tmp_path / "eye2_probability.png").write_bytes(b"")
     assert [p.name for p in S.list_photographs(tmp_path)] == ["eye0.png", "eye1.png", "eye2.png"]
-    assert S.ground_truth_path(tmp_path / "eye0.png").name == "eye0_gt.png"
-    assert S.ground_truth_path(tmp_path / "eye1.png") is None
+    assert session_file.ground_truth_path(tmp_path / "eye0.png").name == "eye0_gt.png"
+    assert session_file.ground_truth_path(tmp_path / "eye1.png") is None
 
 
 def test_session_resumes_and_never_overwrites_a_foreign_file(tmp_path):
@@ -191,9 +193,9 @@ def test_threshold_box_changes_only_the_box():
     mask = np.zeros((20, 20), bool)
     mask[0, 0] = True
     mask[5, 5] = True
-    on, off = S.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.3)
+    on, off = vessel_tools.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.3)
     assert on[4:10, 4:10].sum() == 35 and not on[0, 0] and on.sum() == 35
-    on, off = S.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.5)
+    on, off = vessel_tools.threshold_box(prob, mask, None, (4, 4, 10, 10), 0.5)
     assert off[5, 5] and off.sum() == 1 and not on.any()
 
 
@@ -201,6 +203,6 @@ def test_trace_follows_the_ridge_between_two_points():
     prob = np.full((60, 60), 0.05, np.float32)
     prob[10, 10:50] = 0.6  # an L-shaped faint vessel
     prob[10:50, 49] = 0.6
-    path = S.trace_pixels(prob, np.zeros((60, 60), bool), (10, 12), (45, 49))
+    path = vessel_tools.trace_pixels(prob, np.zeros((60, 60), bool), (10, 12), (45, 49))
     assert path[10, 12:49].all() and path[11:45, 49].all()
     assert path.sum() < 90, "along the ridge, not a straight cut"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from napari_dpn import session as S
+from napari_dpn import session_file, session_maps
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import write_mask
 from synthetic_fundus import fundus
@@ -229,8 +230,10 @@ def test_drive_ground_truth_beside_the_photograph(tmp_path):
     manual = tmp_path / "DRIVE" / "training" / "1st_manual"
     manual.mkdir()
     Image.fromarray(vessels.astype(np.uint8) * 255).save(manual / "21_manual1.gif")
-    assert S.ground_truth_path(tmp_path / "flat" / "21_training.tif").name == "21_manual1.gif"
-    assert S.ground_truth_path(tmp_path / "DRIVE/training/images/21_training.tif") == manual / "21_manual1.gif"
+    assert session_file.ground_truth_path(tmp_path / "flat" / "21_training.tif").name == "21_manual1.gif"
+    assert (
+        session_file.ground_truth_path(tmp_path / "DRIVE/training/images/21_training.tif") == manual / "21_manual1.gif"
+    )
     s = S.Session.open(tmp_path / "flat")
     assert [e.name for e in s.entries] == ["21_training.tif"], "the manual is not a photograph"
     s.record_segmentation(0, fake_seg())
@@ -264,9 +267,9 @@ def test_segment_photo_uses_the_field_angle(tmp_path):
     save_model(build_model("dpn"), card, tmp_path / "tiny.safetensors")
     loaded = load_model(tmp_path / "tiny.safetensors")
     rgb, _, disc = fundus(256, seed=0)
-    thirty = S.segment_photo(loaded, rgb, device="cpu", field_angle=30.0, fov=disc)
-    guess = S.segment_photo(loaded, rgb, device="cpu", fov=disc)
-    native = S.segment_photo(loaded, rgb, device="cpu", field_angle="native", fov=disc)
+    thirty = session_maps.segment_photo(loaded, rgb, device="cpu", field_angle=30.0, fov=disc)
+    guess = session_maps.segment_photo(loaded, rgb, device="cpu", fov=disc)
+    native = session_maps.segment_photo(loaded, rgb, device="cpu", field_angle="native", fov=disc)
     assert thirty.field_angle == 30.0 and "30 deg (given)" in thirty.scale_note
     assert "45 deg (assumed)" in guess.scale_note and thirty.scale != guess.scale
     assert native.scale == 1.0 and native.scale_note.startswith("native")
@@ -290,7 +293,7 @@ def test_a_full_disk_never_raises_from_bookkeeping_and_loses_no_annotation(tmp_p
         assert s.go(1) == 1 and s.write_error  # Next's bookkeeping
         with pytest.raises(OutputError) as info:
             s.save(0, fake_seg().mask(), fake_seg().fov)
-        assert S.is_disk_full(info.value), "recognised by errno, not by its words"
+        assert session_file.is_disk_full(info.value), "recognised by errno, not by its words"
         assert s.entries[0].state == "corrected" and not s.vessels_path(0).exists()
         assert not s.room_to_save(0, (64, 64))
         # Another folder takes them; the session's state is unchanged.

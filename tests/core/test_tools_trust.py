@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 from skimage.draw import line
 
-from napari_dpn import session as S
+from napari_dpn import vessel_tools
 
 SIZE = 400
 THRESHOLD = 0.5
@@ -57,9 +57,9 @@ def _chebyshev(pixels, point):
 @pytest.mark.parametrize("low", [0.1, 0.2, 0.3, 0.4])
 def test_add_vessel_adds_the_missed_segment_and_nothing_far_away(low):
     prob, mask, centre = tree()
-    added = S.vessel_region(prob, mask, CLICK, low)
+    added = vessel_tools.vessel_region(prob, mask, CLICK, low)
     assert added.any() and not (added & mask).any()
-    radius = S.click_radius(prob.shape)
+    radius = vessel_tools.click_radius(prob.shape)
     far = _chebyshev(added, CLICK)
     assert far.max() <= radius, f"{int((far > radius).sum())} px added beyond {radius} px of the click"
     # The missed branch itself comes back, joined to the tree it leaves.
@@ -68,7 +68,7 @@ def test_add_vessel_adds_the_missed_segment_and_nothing_far_away(low):
     assert joined[CLICK] == joined[390, 200], "the new segment meets the trunk"
     # The existing vessels are not thickened beyond the junction: pixels added next to the old
     # vessels (their halo) lie where the branch meets them.
-    halo = added & (ndimage.distance_transform_edt(~mask) <= S.HALO_PX)
+    halo = added & (ndimage.distance_transform_edt(~mask) <= vessel_tools.HALO_PX)
     assert halo.sum() < 80 and _chebyshev(halo, (300, 280)).max() <= 16
 
 
@@ -76,32 +76,32 @@ def test_add_vessel_added_pixels_are_a_small_part_of_the_tree():
     """The report's numbers: one click added 18,266 px to an 18,600-px mask."""
     prob, mask, centre = tree()
     for low in (0.1, 0.3):
-        added = S.add_vessel(prob, mask, CLICK, low) & ~mask
+        added = vessel_tools.add_vessel(prob, mask, CLICK, low) & ~mask
         assert added.sum() < 0.1 * mask.sum(), (low, int(added.sum()), int(mask.sum()))
 
 
 def test_add_vessel_clicked_on_an_existing_vessel_does_not_thicken_the_tree():
     prob, mask, _ = tree()
-    added = S.vessel_region(prob, mask, (250, 200), 0.2)  # on the trunk
+    added = vessel_tools.vessel_region(prob, mask, (250, 200), 0.2)  # on the trunk
     assert added.sum() < 150 and _chebyshev(added, (250, 200)).max() <= 16
 
 
 def test_click_radius_follows_the_image_size():
-    assert S.click_radius((565, 584)) == 40
-    assert S.click_radius((2300, 3500)) == 140
+    assert vessel_tools.click_radius((565, 584)) == 40
+    assert vessel_tools.click_radius((2300, 3500)) == 140
 
 
 def test_remove_branch_in_empty_space_removes_nothing_far_away():
     _, mask, _ = tree()
-    assert not S.branch_pixels(mask, (20, 380)).any()  # far from every vessel
-    assert S.branch_pixels(mask, (250, 203)).any()  # 3 px beside the trunk
+    assert not vessel_tools.branch_pixels(mask, (20, 380)).any()  # far from every vessel
+    assert vessel_tools.branch_pixels(mask, (250, 203)).any()  # 3 px beside the trunk
 
 
 def test_other_click_tools_stay_local():
     prob, mask, _ = tree()
-    traced = S.trace_pixels(prob, mask, (298, 282), (272, 299), 2)
+    traced = vessel_tools.trace_pixels(prob, mask, (298, 282), (272, 299), 2)
     assert traced.any() and _chebyshev(traced, (285, 290)).max() <= 40
-    on, off = S.threshold_box(prob, mask, None, (260, 260, 320, 320), 0.2)
+    on, off = vessel_tools.threshold_box(prob, mask, None, (260, 260, 320, 320), 0.2)
     changed = on | off
     assert changed.any() and not changed[:260].any() and not changed[320:].any()
     assert not changed[:, :260].any() and not changed[:, 320:].any()

@@ -69,7 +69,7 @@ def open_and_wait(qtbot, w, folder, notes_dir=None, prefetch=True):
     assert w.open_folder(folder, notes_dir)
     qtbot.waitUntil(lambda: w.shown is not None, timeout=TIMEOUT_MS)
     if prefetch and w.index + 1 < len(w.session):
-        qtbot.waitUntil(lambda: (w.index + 1) in w._ready, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: (w.index + 1) in w.state.ready, timeout=TIMEOUT_MS)
 
 
 def settle(qtbot, w):
@@ -84,7 +84,7 @@ def test_next_previous_autosave_prefetch_and_no_stall(qtbot, sw, photos, stall_p
     open_and_wait(qtbot, sw, photos)
     assert sw.list.count() == 3 and "eye0_gt" not in "".join(sw.list.item(i).text() for i in range(3))
     assert session_layers(sw.viewer) == ["eye0", "eye0 uncertainty", "eye0 vessels"]
-    assert 1 in sw._ready, "the next image was segmented in the background"
+    assert 1 in sw.state.ready, "the next image was segmented in the background"
     vessels = sw.layers["vessels"]
     vessels.data_setitem((np.array([5]), np.array([5])), 1)  # a correction
     assert sw.session.entries[0].state == "corrected"
@@ -202,7 +202,7 @@ def test_next_uncertain_region_zooms_on_unvisited_regions(qtbot, sw, photos, not
     assert first == regions[0]
     cy, cx = sw.viewer.camera.center[-2:]
     assert abs(cy - (first[0] + first[2]) / 2) < 1 and abs(cx - (first[1] + first[3]) / 2) < 1
-    assert sw.viewer.camera.zoom > sw._fit_zoom
+    assert sw.viewer.camera.zoom > sw.state.fit_zoom
     second = sw.next_uncertain()
     assert second == regions[1]
     assert S.Session.open(photos).entries[0].visited == [[first[0], first[1]], [second[0], second[1]]]
@@ -274,7 +274,7 @@ def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
     sw.branch_button.click()
     world = vessels.data_to_world((15, 17))
     with pytest.raises(StopIteration):  # napari drives the callback as a generator
-        next(sw._on_click(vessels, SimpleNamespace(type="mouse_press", position=tuple(world))))
+        next(sw.tools.on_click(vessels, SimpleNamespace(type="mouse_press", position=tuple(world))))
     settle(qtbot, sw)
     assert not vessels.data[12, 14] and vessels.data[70, 40]
     sw.branch_button.click()
@@ -287,7 +287,7 @@ def test_clicks_on_the_vessels_layer_run_the_tool(qtbot, sw, photos, notes):
     sw.add_button.click()
     assert not vessels.mouse_pan
     event = SimpleNamespace(type="mouse_press", position=tuple(vessels.data_to_world((88, 12))))
-    drag = sw._on_click(vessels, event)
+    drag = sw.tools.on_click(vessels, event)
     next(drag)
     event.type, event.position = "mouse_move", tuple(vessels.data_to_world((88, 30)))
     next(drag)

@@ -15,6 +15,7 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 from napari_dpn import session as S
+from napari_dpn import session_finetune
 from synthetic_fundus import fundus
 from widget_setup import save_random_model
 
@@ -191,5 +192,5 @@ def test_a_model_named_so_meanwhile_is_never_replaced(tmp_path, models_dir):
     assert json.loads(planted[0].with_suffix(".json").read_text())["description"] == "Random weights for tests."
     assert session.models[0]["path"] == str(result.model_path) and session.models[0]["name"] == "photos-ft1-2"
     # The next run's name skips every name taken, whatever the session's own count says.
-    assert S.free_model_name("photos", models_dir) == "photos-ft2"
-    assert S.free_model_name("my photos/", models_dir) == "my-photos-ft1"
+    assert session_finetune.free_model_name("photos", models_dir) == "photos-ft2"
+    assert session_finetune.free_model_name("my photos/", models_dir) == "my-photos-ft1"

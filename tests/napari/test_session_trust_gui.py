@@ -73,7 +73,7 @@ def open_and_wait(qtbot, w, folder, notes_dir=None):
     assert w.open_folder(folder, notes_dir)
     qtbot.waitUntil(lambda: w.shown is not None, timeout=TIMEOUT_MS)
     if w.index + 1 < len(w.session):
-        qtbot.waitUntil(lambda: (w.index + 1) in w._ready, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: (w.index + 1) in w.state.ready, timeout=TIMEOUT_MS)
 
 
 def settle(qtbot, w):
@@ -156,7 +156,7 @@ def test_an_edit_undone_is_not_a_correction(qtbot, sw, photos, notes):
 def test_a_jump_to_an_image_not_prefetched_shows_progress_not_the_old_image(qtbot, sw, tmp_path, notes):
     folder = make_photos(tmp_path / "five", n=5)
     open_and_wait(qtbot, sw, folder)
-    assert 4 not in sw._ready
+    assert 4 not in sw.state.ready
     item = sw.list.item(4)
     sw.list.itemDoubleClicked.emit(item)
     # At once: a busy bar, the status names the image, the old image is hidden and not editable.
@@ -192,7 +192,7 @@ def test_field_of_view_is_remembered_per_folder_and_used(qtbot, make_napari_view
     try:
         w.field_combo.setCurrentIndex(w.field_combo.findData(30.0))
         on_image(qtbot, w, 0)
-        qtbot.waitUntil(lambda: 1 in w._ready, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: 1 in w.state.ready, timeout=TIMEOUT_MS)
         settle(qtbot, w)
     finally:
         segmentation.segment = real
@@ -294,7 +294,7 @@ def test_full_disk_keeps_the_stroke_and_next_stays_on_the_image(qtbot, sw, photo
         on_image(qtbot, sw, 1)
         assert read_mask(disk / "eye0_vessels.png")[40, 40] == bool(value)
         assert S.Session.open(photos, disk).entries[0].state == "saved"
-        sw._clear_layers()
+        sw.folder_layers.clear()
 
 
 def test_closing_napari_on_a_full_disk_keeps_the_window_and_offers_another_folder(
@@ -386,5 +386,5 @@ def test_a_save_that_fails_after_next_brings_the_corrections_back(qtbot, sw, pho
         sw.next_button.click()
         on_image(qtbot, sw, 1)
         assert read_mask(disk / "eye0_vessels.png")[8, 8]
-        assert sw.session.entries[0].state == "saved" and 0 not in sw._unsaved
-        sw._clear_layers()
+        assert sw.session.entries[0].state == "saved" and 0 not in sw.state.unsaved
+        sw.folder_layers.clear()

@@ -113,7 +113,7 @@ def test_add_vessel_click_in_the_folder_widget_changes_only_the_segment(
     sw.add_button.click()
     sw.low_spin.setValue(0.2)
     event = SimpleNamespace(type="mouse_press", position=tuple(vessels.data_to_world(CLICK)))
-    click = sw._on_click(vessels, event)
+    click = sw.tools.on_click(vessels, event)
     next(click)
     event.type = "mouse_release"
     with pytest.raises(StopIteration):

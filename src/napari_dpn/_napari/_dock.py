@@ -176,6 +176,16 @@ def unstarted_worker(func, *args):
     return create_worker(func, *args, _start_thread=False)
 
 
+def named_worker(func, description: str, *args, cancel_event: threading.Event):
+    """An unstarted :class:`CancellableWorker` for ``func(*args)``, listed by napari as
+    ``description``; napari's ``quit()`` sets ``cancel_event``."""
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(_Job(func, description, *args), _worker_class=CancellableWorker, _start_thread=False)
+    worker.cancel_event = cancel_event
+    return worker
+
+
 def ancestor(widget, cls):
     """The nearest parent widget of type ``cls`` (or None)."""
     w = widget.parentWidget() if widget is not None else None

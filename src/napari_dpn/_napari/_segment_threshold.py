@@ -109,7 +109,7 @@ class ThresholdMixin:
 
     def remove_specks(self, *_) -> bool:
         """Erase vessel pieces smaller than the speck size, as one undoable edit."""
-        from napari_dpn.session import speck_components
+        from napari_dpn.vessel_tools import speck_components
 
         res = self.current_result()
         vessels = res.layer(self.viewer, "vessels") if res is not None else None

@@ -1,68 +1,98 @@
-"""Correction tools of the Correct-a-folder widget, each one undoable step, and where to look next.
+"""The *Tools* panel of *Correct a folder*: correction tools, each one undoable step, and where
+to look next.
 
 *Remove this branch* and *Add vessel here* (a click; in 'add' a drag traces along the ridge of the
 probability map), *Remove specks*, a threshold for the region on screen only, and **Next uncertain
-region**.  The pixel work runs in a worker (:mod:`napari_dpn.session` holds it, Qt-free); the
-result is applied on the GUI thread only if the vessels did not change meanwhile.
+region**.  The pixel work runs in a worker (:mod:`napari_dpn.vessel_tools`, Qt-free); the result is
+applied on the GUI thread only if the vessels did not change meanwhile.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QPushButton, QSpinBox, QWidget
 
-from napari_dpn import session as S
+from napari_dpn import vessel_tools
 
 from ._dock import unstarted_worker
+from ._session_layers import FolderLayers
+from ._session_state import FolderState
+from ._session_tool_controls import build_controls
 
 
-class ToolsMixin:
-    """Click tools and the uncertain-region tour (part of :class:`SessionWidget`).
+class ToolsPanel(QWidget):
+    """Click tools, specks, a local threshold, the uncertain-region tour and the outline view."""
 
-    Uses the widget's ``viewer``, ``alive``, ``session``, ``shown``, ``layers``, ``edits``, ``dirty``,
-    ``mode``, ``region``, ``_tool_worker``, ``_fit_zoom``, ``_say``, ``_warn_write``, ``_refresh_list``,
-    ``_sync`` and the tool controls built in ``_build_ui``.
-    """
+    branch_button: QPushButton
+    add_button: QPushButton
+    low_spin: QDoubleSpinBox
+    speck_spin: QSpinBox
+    speck_button: QPushButton
+    outline_check: QCheckBox
+    local_spin: QDoubleSpinBox
+    local_button: QPushButton
+    uncertain_button: QPushButton
 
-    def _on_paint(self, event=None) -> None:
-        if not self.alive or self.shown is None:
+    def __init__(self, state: FolderState, layers: FolderLayers, viewer):
+        super().__init__()
+        self.state, self.layers, self.viewer = state, layers, viewer
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        build_controls(self, form)
+        self.branch_button.toggled.connect(lambda on: self.set_mode("branch" if on else None))
+        self.add_button.toggled.connect(lambda on: self.set_mode("add" if on else None))
+        self.speck_button.clicked.connect(self.remove_specks)
+        self.local_button.clicked.connect(self.threshold_region)
+        self.uncertain_button.clicked.connect(self.next_uncertain)
+        self.outline_check.toggled.connect(self.layers.set_outline)
+        state.changed.connect(self.sync)
+        state.arriving.connect(lambda: self.set_mode(None))
+        state.arrived.connect(lambda prep: self.low_spin.setValue(round(max(0.05, prep.seg.threshold / 2), 2)))
+        self.sync()
+
+    def sync(self) -> None:
+        shown = self.state.shown is not None and self.layers.vessels is not None
+        for w in (self.branch_button, self.add_button, self.speck_button, self.uncertain_button):
+            w.setEnabled(shown)
+        self.local_button.setEnabled(shown and self.state.region is not None)
+
+    def on_paint(self, event=None) -> None:
+        """A brush stroke: an edit, a correction to save (moving on alone approves nothing)."""
+        st = self.state
+        if not self.layers.alive() or st.shown is None:
             return
-        self.edits += 1
-        self.dirty = True  # an edit: a correction to save (moving on alone approves nothing)
-        self.session.mark_corrected(self.shown.index)  # never raises: a full disk keeps the stroke
-        self._warn_write()
-        self._refresh_list()
-
-    def _on_outline(self, on: bool) -> None:
-        vessels = self.layers.get("vessels")
-        if vessels is not None:
-            vessels.contour = 1 if on else 0
+        st.edits += 1
+        st.dirty = True
+        st.session.mark_corrected(st.shown.index)  # never raises: a full disk keeps the stroke
+        st.warn_write()
+        st.listed.emit()
 
     def set_mode(self, mode: str | None) -> None:
         """'branch', 'add' or None: what a click on the vessels layer does."""
-        self.mode = mode
+        self.state.mode = mode
         for button, m in ((self.branch_button, "branch"), (self.add_button, "add")):
             button.blockSignals(True)
             button.setChecked(mode == m)
             button.blockSignals(False)
-        vessels = self.layers.get("vessels")
+        vessels = self.layers.vessels
         if vessels is not None:
             vessels.mouse_pan = mode != "add"  # in 'add' a drag traces, it does not pan
         if mode is not None and vessels is not None:
             vessels.mode = "pan_zoom"  # the click is the tool's, not the brush's
             vessels.mouse_pan = mode != "add"
             self.viewer.layers.selection.active = vessels
-            self._say(
+            self.state.say(
                 "Click a false branch to remove it."
                 if mode == "branch"
                 else "Click a missed vessel to add it, or drag along it to trace it."
             )
 
-    def _on_click(self, layer, event):
+    def on_click(self, layer, event):
         """A press applies the click tool; in 'Add vessel here' a drag traces the vessel along
         the ridge of the probability map from the press to the release."""
-        if self.mode is None or event.type != "mouse_press" or layer is not self.layers.get("vessels"):
+        mode = self.state.mode
+        if mode is None or event.type != "mouse_press" or layer is not self.layers.vessels:
             return
-        mode = self.mode
         pos = layer.world_to_data(event.position)
         start = (float(pos[-2]), float(pos[-1]))
         if mode != "add":
@@ -80,56 +110,50 @@ class ToolsMixin:
 
     def apply_tool(self, mode: str, point) -> bool:
         """Run a click tool at ``point`` (row, col) in a worker; the change is one undo step."""
-        vessels, prep = self.layers.get("vessels"), self.shown
-        if vessels is None or prep is None or self._tool_worker is not None:
+        vessels, prep = self.layers.vessels, self.state.shown
+        if vessels is None or prep is None or "tool" in self.state.workers:
             return False
-        mask = np.asarray(vessels.data) > 0
-        if mode == "branch":
-            worker = unstarted_worker(S.branch_pixels, mask, point)
-            value, what = 0, "Removed a branch"
-        elif mode == "add":
-            worker = unstarted_worker(S.vessel_region, prep.seg.probability, mask, point, self.low_spin.value())
-            value, what = 1, "Added a vessel"
-        elif mode == "trace":
-            worker = unstarted_worker(S.trace_pixels, prep.seg.probability, mask, point[0], point[1], 2)
-            value, what = 1, "Traced a vessel"
-        elif mode == "specks":
-            worker = unstarted_worker(S.speck_pixels, mask, int(self.speck_spin.value()))
-            value, what = 0, f"Removed specks < {int(self.speck_spin.value())} px"
-        else:
+        mask, prob, n = np.asarray(vessels.data) > 0, prep.seg.probability, int(self.speck_spin.value())
+        jobs = {  # mode -> (the value the pixels get, what the status says, the worker's function and arguments)
+            "branch": lambda: (0, "Removed a branch", vessel_tools.branch_pixels, (mask, point)),
+            "add": lambda: (
+                1,
+                "Added a vessel",
+                vessel_tools.vessel_region,
+                (prob, mask, point, self.low_spin.value()),
+            ),
+            "trace": lambda: (1, "Traced a vessel", vessel_tools.trace_pixels, (prob, mask, point[0], point[1], 2)),
+            "specks": lambda: (0, f"Removed specks < {n} px", vessel_tools.speck_pixels, (mask, n)),
+        }
+        if mode not in jobs:
             return False
-        edits = self.edits
-        worker.returned.connect(lambda pix, v=vessels, e=edits: self._apply(v, e, pix, value, what))
-        worker.finished.connect(self._on_tool_finished)
-        self._tool_worker = worker
-        worker.start()
+        value, what, func, args = jobs[mode]()
+        edits = self.state.edits
+        self._run(unstarted_worker(func, *args), lambda pix: self._apply(vessels, edits, pix, value, what))
         return True
+
+    def _run(self, worker, on_result) -> None:
+        worker.returned.connect(on_result)
+        worker.finished.connect(lambda: self.state.worker_done("tool", self.layers.alive()))
+        self.state.set_worker("tool", worker)
+        worker.start()
 
     def remove_specks(self, *_) -> bool:
         return self.apply_tool("specks", None)
 
     def threshold_region(self, *_) -> bool:
         """Re-threshold the region on screen (from Next uncertain region) only: one undo step."""
-        vessels, prep, box = self.layers.get("vessels"), self.shown, self.region
-        if vessels is None or prep is None or box is None or self._tool_worker is not None:
+        vessels, prep, box = self.layers.vessels, self.state.shown, self.state.region
+        if vessels is None or prep is None or box is None or "tool" in self.state.workers:
             return False
-        worker = unstarted_worker(
-            S.threshold_box,
-            prep.seg.probability,
-            np.asarray(vessels.data) > 0,
-            prep.seg.fov,
-            box,
-            float(self.local_spin.value()),
-        )
-        edits, t = self.edits, float(self.local_spin.value())
-        worker.returned.connect(lambda out, v=vessels, e=edits: self._apply_pair(v, e, out, t))
-        worker.finished.connect(self._on_tool_finished)
-        self._tool_worker = worker
-        worker.start()
+        edits, t = self.state.edits, float(self.local_spin.value())
+        mask = np.asarray(vessels.data) > 0
+        worker = unstarted_worker(vessel_tools.threshold_box, prep.seg.probability, mask, prep.seg.fov, box, t)
+        self._run(worker, lambda out: self._apply_pair(vessels, edits, out, t))
         return True
 
     def _apply_pair(self, vessels, edits, out, t) -> None:
-        if not self.alive or vessels is not self.layers.get("vessels") or edits != self.edits:
+        if not self.layers.alive() or vessels is not self.layers.vessels or edits != self.state.edits:
             return
         on, off = out
         with vessels.block_history():  # one Ctrl+Z undoes both
@@ -137,46 +161,41 @@ class ToolsMixin:
                 vessels.data_setitem(np.nonzero(on), 1)
             if off.any():
                 vessels.data_setitem(np.nonzero(off), 0)
-        self._say(f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. Ctrl+Z undoes it.")
-
-    def _on_tool_finished(self) -> None:
-        self._tool_worker = None
+        self.state.say(
+            f"Threshold {t:.2f} in this region: +{int(on.sum()):,} / -{int(off.sum()):,} px. Ctrl+Z undoes it."
+        )
 
     def _apply(self, vessels, edits, pixels, value, what) -> None:
-        if not self.alive or vessels is not self.layers.get("vessels"):
+        if not self.layers.alive() or vessels is not self.layers.vessels:
             return
-        if edits != self.edits:
-            self._say("The vessels changed meanwhile; click again.")
+        if edits != self.state.edits:
+            self.state.say("The vessels changed meanwhile; click again.")
             return
         indices = np.nonzero(pixels)
         if indices[0].size == 0:
-            self._say(f"{what}: nothing to change there.")
+            self.state.say(f"{what}: nothing to change there.")
             return
         with vessels.block_history():  # one Ctrl+Z undoes it
             vessels.data_setitem(indices, value)
-        self._say(f"{what} ({indices[0].size:,} px). Ctrl+Z undoes it.")
-
-    # ------------------------------------------------------------------ where to look next
+        self.state.say(f"{what} ({indices[0].size:,} px). Ctrl+Z undoes it.")
 
     def next_uncertain(self, *_):
         """Zoom onto the most uncertain region of this image not yet visited; returns it."""
-        prep = self.shown
+        st, prep = self.state, self.state.shown
         if prep is None:
             return None
-        entry = self.session.entries[prep.index]
-        seen = {tuple(v) for v in entry.visited}
+        seen = {tuple(v) for v in st.session.entries[prep.index].visited}
         region = next((r for r in prep.regions if (r[0], r[1]) not in seen), None)
         if region is None:
-            self._say("Every region of this image was visited.")
+            st.say("Every region of this image was visited.")
             return None
         y0, x0, y1, x1, _ = region
         h, w = prep.mask.shape
         self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
-        self.viewer.camera.zoom = self._fit_zoom * max(h, w) / (1.25 * max(y1 - y0, x1 - x0))
-        self.session.visit(prep.index, region)
-        self.region = region
+        self.viewer.camera.zoom = st.fit_zoom * max(h, w) / (1.25 * max(y1 - y0, x1 - x0))
+        st.session.visit(prep.index, region)
+        st.region = region
         self.local_spin.setValue(round(float(prep.seg.threshold), 2))
-        self._sync()
-        rank = len(seen) + 1
-        self._say(f"Uncertain region {rank} of {len(prep.regions)}: rows {y0}-{y1}, columns {x0}-{x1}.")
+        st.changed.emit()
+        st.say(f"Uncertain region {len(seen) + 1} of {len(prep.regions)}: rows {y0}-{y1}, columns {x0}-{x1}.")
         return region
