@@ -34,7 +34,8 @@ def cmd_segment(args) -> int:
     from .cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
     from .devices import select_device
     from .image_io import ensure_output_folder
-    from .outputs import MANIFEST_NAME, images_in
+    from .manifest import MANIFEST_NAME
+    from .planning import images_in
 
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
     batch_size, loader_workers = getattr(args, "batch_size", None), getattr(args, "loader_workers", None)
@@ -356,7 +357,7 @@ def cmd_models(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .cohort import SCHEDULER_TIMEOUT
     from .devices import available_devices
-    from .outputs import MANIFEST_NAME
+    from .manifest import MANIFEST_NAME
 
     parser = argparse.ArgumentParser(prog="napari-dpn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

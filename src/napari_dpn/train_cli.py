@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .annotations import folder_pairs
 from .errors import InputError
+from .files import pid_alive
 from .text import duration
 from .training.config import AMP_MODES
 
@@ -363,7 +364,7 @@ def _take_lock(lock: Path) -> bool:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 return False
             lock.unlink(missing_ok=True)
             continue
@@ -371,16 +372,6 @@ def _take_lock(lock: Path) -> bool:
             f.write(str(os.getpid()))
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _lock_path(out: Path, name: str) -> Path:
