@@ -18,8 +18,8 @@ from napari_dpn.cli import main
 from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import read_mask
-from napari_dpn.models import DEFAULT_MODEL
 from napari_dpn.manifest import MANIFEST_FIELDS, MANIFEST_NAME, Manifest, read_manifest
+from napari_dpn.models import DEFAULT_MODEL
 from napari_dpn.planning import images_in
 from paths import REPO
 from synthetic_fundus import fundus
