@@ -80,6 +80,7 @@ def receipt_of(job: Job, run_dir: str | None) -> Result | None:
 
 
 def job_from(data: dict) -> Job:
+    """The ``Job`` a record's ``job`` field holds (``dataclasses.asdict`` of it, through JSON)."""
     return Job(
         **{
             **data,
