@@ -43,7 +43,7 @@ from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
 from napari_dpn.devices import resolve_precision, select_device  # noqa: E402
 from napari_dpn.model import flush_denormals_  # noqa: E402
 from napari_dpn.models import DEFAULT_MODEL, load_model  # noqa: E402
-from napari_dpn.outputs import images_in  # noqa: E402
+from napari_dpn.planning import images_in  # noqa: E402
 
 DRIVE_SIZE = (584, 565)
 
@@ -91,13 +91,13 @@ def sync(device: torch.device) -> None:
 
 
 def network_rates(model, device, precision, size, batch_sizes, iters) -> list[dict]:
-    from napari_dpn.batch import _autocast
+    from napari_dpn.batch import autocast_for
 
     out = []
     for b in batch_sizes:
         x_host = torch.rand((b, 3, *size), pin_memory=device.type == "cuda")
         x = x_host.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast_for(device, precision):
             for _ in range(2):
                 model(x)
             sync(device)

@@ -8,11 +8,12 @@ The per-image pipeline (``segmentation.segment``) split in three stages that ove
    memory with ``non_blocking`` copies, run in channels_last under fp16 autocast (bf16 on a CPU
    with native bf16, as ``inference.predict`` chooses), and copied back into pinned memory;
 3. **map back and write** in a thread pool: resample the probability to the photograph's pixels,
-   threshold inside the FOV, write the three outputs (``cohort.finish_job``: all or none, never
+   threshold inside the FOV, write the outputs (``tasks.finish_job``: all or none, never
    replacing a file) and make the manifest row.
 
-A photograph that needs the network to choose its scale (no circular FOV: the calibre estimate), or
-that is too large for one pass (tiles), goes through ``cohort.segment_job`` unchanged; a batch that
+Stages 1 and 3 are ``segmentation.prepare`` and ``segmentation.finish``, as ``segment`` runs them.
+A photograph that needs the network to choose its scale (``scale='calibre'``), or that is too large
+for one pass (tiles), goes through ``tasks.segment_job`` unchanged; a batch that
 runs out of GPU memory is retried one image at a time the same way.  Each image's probability is
 what ``segment`` computes, up to the rounding of another batch size.  Runs on the CPU too (that is
 how the tests check it), where it is not faster than one image at a time.
@@ -29,30 +30,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .cohort import (
-    Result,
-    Settings,
-    failed_result,
-    finish_job,
-    segment_job,
-    worker_model,
-)
-from .outputs import Job
+from . import segmentation
+from .devices import resolve_precision, select_device
+from .image_io import header_shape, is_greyscale, max_reduction, read_image, reduction_for
+from .inference import Prediction, max_pixels_for
+from .model import flush_denormals_
+from .planning import Job
+from .preprocess import normalise
+from .results import Result, Settings, failed_result
+from .scale import resample_image, resampled_shape
+from .tasks import finish_job, segment_job, worker_model
 
 DEFAULT_BATCH = 8  # DRIVE-sized images per batch on a GPU (the benchmark's sweet spot is larger: see docs)
 MAX_WRITERS = 8
 
 
-class _CardOnly:
-    """What ``segmentation.choose_scale`` reads of a model outside the network's passes."""
-
-    def __init__(self, card):
-        self.card = card
-
-
 class DecodedImages(torch.utils.data.Dataset):
-    """Item ``i``: job ``i`` read and prepared for the network, or why it could not be (picklable:
-    it travels to the DataLoader's worker processes)."""
+    """Item ``i``: job ``i`` read and prepared for the network (``segmentation.prepare``), or why it
+    could not be (picklable: it travels to the DataLoader's worker processes)."""
 
     def __init__(self, jobs: list[Job], card, settings: Settings):
         self.jobs, self.card, self.settings = jobs, card, settings
@@ -61,45 +56,27 @@ class DecodedImages(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> dict:
-        from . import scale as scale_mod
-        from .fov import estimate_fov
-        from .image_io import as_rgb, header_shape, is_greyscale, max_reduction, read_image, reduction_for
-        from .preprocess import normalise
-        from .segmentation import choose_scale
-
         t0 = time.perf_counter()
         s = self.settings
         try:
             if reduction_for(header_shape(self.jobs[i].image), max_reduction(s.scale)) > 1:
                 return {"index": i, "single": True}  # a huge photograph: the per-image path reads it reduced
             raw = read_image(self.jobs[i].image)
-            grey = bool(is_greyscale(raw))
-            rgb = as_rgb(raw)
-            fov = estimate_fov(rgb)
-            needs_network = (
-                scale_mod.parse_scale(s.scale) == "auto"
-                and scale_mod.working_ppd(self.card) is not None
-                and s.field_angle is None
-                and scale_mod.fov_diameter(fov) is None
-            )
-            if needs_network:  # the calibre estimate runs the network: the per-image path does it
+            prep = segmentation.prepare(self.card, raw, scale=s.scale, field_angle=s.field_angle)
+            if prep.scale is None:  # the calibre estimate runs the network: the per-image path does it
                 return {"index": i, "single": True}
-            sc, _ = choose_scale(_CardOnly(self.card), rgb, fov, s.scale, s.field_angle)
-            work = (
-                rgb
-                if sc.factor == 1.0
-                else scale_mod.resample_image(rgb, scale_mod.resampled_shape(rgb.shape, sc.factor))
-            )
+            rgb, sc = prep.rgb, prep.scale
+            work = rgb if sc.factor == 1.0 else resample_image(rgb, resampled_shape(rgb.shape, sc.factor))
             x = torch.from_numpy(normalise(work, self.card.input))
         except Exception as exc:  # noqa: BLE001 - becomes this image's manifest row
             return {"index": i, "error": exc, "t0": t0}
         return {
             "index": i,
             "x": x,
-            "fov": fov,
+            "fov": prep.fov,
             "shape": rgb.shape[:2],
             "scale": sc,
-            "grey": grey,
+            "grey": bool(is_greyscale(raw)),
             "decode_seconds": time.perf_counter() - t0,
         }
 
@@ -117,7 +94,7 @@ def default_loader_workers() -> int:
     return max(0, min(16, (os.cpu_count() or 1) - 1))
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast_for(device: torch.device, precision: str):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     if precision == "bf16":
@@ -129,7 +106,7 @@ def forward_batch(model: torch.nn.Module, xs: list[torch.Tensor], device: torch.
     """Probabilities (n, h, w) float32 for n normalised (3, h, w) tensors of one size."""
     cuda = device.type == "cuda"
     batch = torch.stack([x.to(device, non_blocking=cuda) for x in xs]).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast_for(device, precision):
         y = model(batch)[:, 0].float()
     out = torch.empty(y.shape, dtype=torch.float32, pin_memory=cuda)
     out.copy_(y, non_blocking=cuda)
@@ -139,36 +116,84 @@ def forward_batch(model: torch.nn.Module, xs: list[torch.Tensor], device: torch.
 
 
 def _post(
-    job: Job,
-    item: dict,
-    prob: np.ndarray,
-    settings: Settings,
-    threshold: float,
-    device: str,
-    precision: str,
-    net_seconds: float,
-    run_dir: str | None,
-    t0: float,
+    job: Job, item: dict, prob: np.ndarray, settings: Settings, how: dict, run_dir: str | None, t0: float
 ) -> Result:
-    """Stage 3 for one image: the probability in the photograph's pixels, its outputs and its row."""
-    from . import scale as scale_mod
-    from .inference import Prediction
-    from .segmentation import Segmentation
-
+    """Stage 3 for one image (``segmentation.finish``): the probability in the photograph's pixels,
+    its outputs and its row.  ``how``: threshold, device, precision and network seconds per image."""
     try:
-        full = prob
-        if tuple(prob.shape) != tuple(item["shape"]):
-            full = np.clip(scale_mod.resample_image(prob, tuple(item["shape"])), 0.0, 1.0)
-        seg = Segmentation(
-            probability=np.ascontiguousarray(full, np.float32),
-            fov=np.asarray(item["fov"], bool),
-            threshold=threshold,
-            scale=item["scale"],
-            prediction=Prediction(probability=prob, device=device, seconds=net_seconds, precision=precision),
-        )
-    except Exception as exc:  # noqa: BLE001 - this image's row, as in cohort.segment_job
+        full = segmentation.to_photo_pixels(prob, tuple(item["shape"]))
+        pred = Prediction(probability=prob, device=how["device"], seconds=how["seconds"], precision=how["precision"])
+        seg = segmentation.finish(full, np.asarray(item["fov"], bool), item["scale"], pred, how["threshold"])
+    except Exception as exc:  # noqa: BLE001 - this image's row, as in tasks.segment_job
         return failed_result(job, settings, exc, t0)
-    return finish_job(job, settings, seg, item["grey"], t0, run_dir, network_seconds=net_seconds)
+    return finish_job(job, settings, seg, item["grey"], t0, run_dir, network_seconds=how["seconds"])
+
+
+def _loader(jobs: list[Job], card, settings: Settings, batch_size: int, loader_workers, cuda: bool):
+    """Stage 1 in ``loader_workers`` processes (default: ``default_loader_workers``), in job order."""
+    n = default_loader_workers() if loader_workers is None else max(0, int(loader_workers))
+    return torch.utils.data.DataLoader(
+        DecodedImages(jobs, card, settings),
+        batch_size=None,
+        shuffle=False,
+        num_workers=n,
+        collate_fn=_identity,
+        pin_memory=cuda,
+        worker_init_fn=_init_loader_worker,
+        prefetch_factor=max(2, 2 * batch_size // max(1, n)) if n else None,
+    )
+
+
+class _Batches:
+    """Stage 2 in this process, stage 3 in a thread pool: ``run`` one batch of items of one size,
+    ``finished`` the results written so far (in order)."""
+
+    def __init__(self, jobs: list[Job], settings: Settings, run_dir: str | None, writers: int | None):
+        self.jobs, self.settings, self.run_dir = jobs, settings, run_dir
+        loaded = worker_model(settings)
+        self.card = loaded.card
+        self.device = device = select_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
+        flush_denormals_(self.model)
+        self.precision = "fp16" if device.type == "cuda" else resolve_precision(settings.precision, device)
+        self.threshold = float(loaded.card.threshold if settings.threshold is None else settings.threshold)
+        self.limit = max_pixels_for(device)
+        self.pool = ThreadPoolExecutor(
+            max_workers=writers or min(MAX_WRITERS, max(2, os.cpu_count() or 1)), thread_name_prefix="napari-dpn-write"
+        )
+        self.pending: deque[Future] = deque()
+
+    def run(self, items: list[dict]) -> Iterator[Result]:
+        t0 = time.perf_counter()
+        try:
+            probs = forward_batch(self.model, [it["x"] for it in items], self.device, self.precision)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            for it in items:  # one at a time, with tiles and the CPU fallback of inference.predict
+                yield segment_job(self.jobs[it["index"]], self.settings, self.run_dir)
+            return
+        how = {
+            "threshold": self.threshold,
+            "device": str(self.device),
+            "precision": self.precision,
+            "seconds": (time.perf_counter() - t0) / len(items),
+        }
+        for it, prob in zip(items, probs):
+            job = self.jobs[it["index"]]
+            start = t0 - it["decode_seconds"]
+            self.pending.append(self.pool.submit(_post, job, it, prob, self.settings, how, self.run_dir, start))
+
+    def finished(self, block: bool = False) -> Iterator[Result]:
+        while self.pending and (block or self.pending[0].done()):
+            yield self.pending.popleft().result()
+
+    def close(self) -> None:
+        for fut in self.pending:
+            fut.cancel()
+        self.pool.shutdown(wait=True)
 
 
 def batch_results(
@@ -182,71 +207,12 @@ def batch_results(
     """Segment ``jobs`` in batches on ``settings.device``; yield each image's result as it is written.
 
     Raises only for what stops a run (the model, a full or read-only output folder), like
-    ``cohort.segment_job``.
+    ``tasks.segment_job``.
     """
-    from .devices import resolve_precision, select_device
-    from .inference import _max_pixels
-    from .model import flush_denormals_
-
-    loaded = worker_model(settings)
-    device = select_device(settings.device)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    model = loaded.model.to(device).to(memory_format=torch.channels_last).eval()
-    flush_denormals_(model)
-    precision = "fp16" if device.type == "cuda" else resolve_precision(settings.precision, device)
-    threshold = float(loaded.card.threshold if settings.threshold is None else settings.threshold)
-    limit = _max_pixels(device)
-    n_loaders = default_loader_workers() if loader_workers is None else max(0, int(loader_workers))
-    loader = torch.utils.data.DataLoader(
-        DecodedImages(jobs, loaded.card, settings),
-        batch_size=None,
-        shuffle=False,
-        num_workers=n_loaders,
-        collate_fn=_identity,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_init_loader_worker,
-        prefetch_factor=max(2, 2 * batch_size // max(1, n_loaders)) if n_loaders else None,
-    )
-    pool = ThreadPoolExecutor(
-        max_workers=writers or min(MAX_WRITERS, max(2, os.cpu_count() or 1)), thread_name_prefix="napari-dpn-write"
-    )
-    pending: deque[Future] = deque()
+    batches = _Batches(jobs, settings, run_dir, writers)
+    loader = _loader(jobs, batches.card, settings, batch_size, loader_workers, batches.device.type == "cuda")
     buckets: dict[tuple[int, int], list[dict]] = {}
-
-    def run_batch(items: list[dict]) -> Iterator[Result]:
-        t0 = time.perf_counter()
-        try:
-            probs = forward_batch(model, [it["x"] for it in items], device, precision)
-        except torch.OutOfMemoryError:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            for it in items:  # one at a time, with tiles and the CPU fallback of inference.predict
-                yield segment_job(jobs[it["index"]], settings, run_dir)
-            return
-        per_image = (time.perf_counter() - t0) / len(items)
-        for it, prob in zip(items, probs):
-            job = jobs[it["index"]]
-            pending.append(
-                pool.submit(
-                    _post,
-                    job,
-                    it,
-                    prob,
-                    settings,
-                    threshold,
-                    str(device),
-                    precision,
-                    per_image,
-                    run_dir,
-                    t0 - it["decode_seconds"],
-                )
-            )
-
-    def finished(block: bool = False) -> Iterator[Result]:
-        while pending and (block or pending[0].done()):
-            yield pending.popleft().result()
-
+    limit = batches.limit
     try:
         for item in loader:
             job = jobs[item["index"]]
@@ -259,12 +225,10 @@ def batch_results(
                 bucket = buckets.setdefault(key, [])
                 bucket.append(item)
                 if len(bucket) >= max(1, min(batch_size, limit // (key[0] * key[1]))):
-                    yield from run_batch(buckets.pop(key))
-            yield from finished()
+                    yield from batches.run(buckets.pop(key))
+            yield from batches.finished()
         for key in list(buckets):
-            yield from run_batch(buckets.pop(key))
-        yield from finished(block=True)
+            yield from batches.run(buckets.pop(key))
+        yield from batches.finished(block=True)
     finally:
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=True)
+        batches.close()

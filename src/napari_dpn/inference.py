@@ -41,7 +41,8 @@ class Prediction:
     precision: str = "fp32"  # what the forward pass ran in: fp32, bf16 (CPU) or fp16 (CUDA)
 
 
-def _max_pixels(device: torch.device) -> int:
+def max_pixels_for(device: torch.device) -> int:
+    """The most pixels one pass may take on ``device`` (above: tiles)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(1_000_000, int(free * 0.6 / 1200))  # ~1.2 kB per pixel in fp16 with workspace
@@ -169,7 +170,7 @@ def predict(
     rgb = as_rgb(image)
     x = normalise(rgb, loaded.card.input)
     dev = select_device(device)
-    limit = max_pixels or _max_pixels(dev)
+    limit = max_pixels or max_pixels_for(dev)
     prec = resolve_precision(precision, dev)
     note = None
     model = loaded.model.to(dev).to(memory_format=torch.channels_last).eval()

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InputError, OutputExistsError, WeightsError
-from .outputs import sha256_of as file_sha256  # one file hash for weights and outputs (torch-free there)
+from .files import sha256_of as file_sha256  # one file hash for weights and outputs (torch-free there)
 
 if TYPE_CHECKING:
     import torch

@@ -1,8 +1,13 @@
-"""One segmentation pipeline for every caller (CLI, widgets, evaluation, the folder session):
+"""One segmentation pipeline for every caller (CLI, widgets, evaluation, the folder session, the GPU batch):
 
 photograph -> FOV -> scale -> resample -> network -> probability (original pixels) -> mask,
 by default with a second, finer pass averaged in (two-scale fusion; a third, coarser one too when the
 field angle is guessed).
+
+``segment`` runs three stages, which the GPU batch (``batch.py``) reuses around its own batched
+network: ``prepare`` (RGB, FOV, the card's scale: no network) -> ``network`` (the calibre estimate
+if needed, the passes and their fusion) -> ``finish`` (the map at the photograph's size, the mask's
+threshold).
 
 ``segment`` never raises for a scale problem: an implausible estimate falls back to the native
 scale and says so in ``Segmentation.scale.note``.
@@ -20,6 +25,7 @@ from skimage.morphology import skeletonize
 
 from . import inference
 from . import scale as scale_mod
+from .disc import scale_from_disc
 from .fov import estimate_fov
 from .image_io import as_rgb
 from .inference import Prediction
@@ -100,6 +106,14 @@ def _run(loaded: LoadedModel, rgb: np.ndarray, factor: float, **kwargs) -> tuple
     return np.clip(scale_mod.resample_image(pred.probability, rgb.shape[:2]), 0.0, 1.0), pred
 
 
+def to_photo_pixels(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A map the network made at another scale, resampled to the photograph's (H, W) (bilinear, in
+    0..1; as ``segment`` brings back each pass)."""
+    if tuple(prob.shape[:2]) == tuple(shape[:2]):
+        return prob
+    return np.clip(scale_mod.resample_image(prob, tuple(shape[:2])), 0.0, 1.0)
+
+
 def _fuse(runs: list[tuple[np.ndarray, Prediction]]) -> tuple[np.ndarray, Prediction]:
     """The mean of the maps of passes at several scales (all in the photograph's pixels)."""
     prob0, pred0 = runs[0]
@@ -158,6 +172,33 @@ def scale_from_calibre(
     return scale_mod.from_ppd(target / factor, target, "calibre", fov_diameter=scale_mod.fov_diameter(fov)), None
 
 
+def card_scale(
+    card, rgb: np.ndarray, fov: np.ndarray, scale: str | float = "auto", field_angle: float | None = None
+) -> Scale | None:
+    """The ``Scale`` for this photograph from the model card alone (see ``scale.py`` for the order
+    of the rules); None where only the network's own map can tell (``scale='calibre'``)."""
+    mode = scale_mod.parse_scale(scale)
+    if mode == "native":
+        return Scale(factor=1.0, method="native")
+    if not isinstance(mode, str):
+        return Scale(factor=float(mode), method="factor")
+    if scale_mod.working_ppd(card) is None:
+        return scale_mod.fallback(f"the model card of {card.name} records no working scale")
+    if mode == "calibre":
+        return None
+    if mode == "disc":
+        return scale_from_disc(rgb, fov, card)
+    angle = scale_mod.check_field_angle(field_angle)
+    if scale_mod.fov_diameter(fov) is None and angle is None:
+        # Measured: the calibre estimate put AV-WIDE at x0.65-0.89 where x1.26 is right, and cost
+        # dpn-universal 0.016 AUC against the native scale (docs/scale.md); so it is opt-in.
+        return scale_mod.fallback(
+            "no circular field of view, so the photograph's own scale is used (give the field angle, "
+            "a factor, or try scale 'calibre')"
+        )
+    return scale_mod.from_fov(fov, card, angle)
+
+
 def choose_scale(
     loaded: LoadedModel,
     rgb: np.ndarray,
@@ -168,30 +209,115 @@ def choose_scale(
     precision: str = "auto",
     should_stop=None,
 ) -> tuple[Scale, tuple[np.ndarray, Prediction] | None]:
-    """The ``Scale`` for this photograph (see ``scale.py`` for the order of the rules), and the
+    """The ``Scale`` for this photograph (``card_scale``, else the calibre estimate), and the
     probability already computed at it, if the estimate needed one."""
-    mode = scale_mod.parse_scale(scale)
-    if mode == "native":
-        return Scale(factor=1.0, method="native"), None
-    if not isinstance(mode, str):
-        return Scale(factor=float(mode), method="factor"), None
-    if scale_mod.working_ppd(loaded.card) is None:
-        return scale_mod.fallback(f"the model card of {loaded.card.name} records no working scale"), None
-    if mode == "calibre":
-        return scale_from_calibre(loaded, rgb, fov, device, precision, should_stop)
-    if mode == "disc":
-        from .disc import scale_from_disc
+    sc = card_scale(loaded.card, rgb, fov, scale, field_angle)
+    if sc is not None:
+        return sc, None
+    return scale_from_calibre(loaded, rgb, fov, device, precision, should_stop)
 
-        return scale_from_disc(rgb, fov, loaded.card), None
-    angle = scale_mod.check_field_angle(field_angle)
-    if scale_mod.fov_diameter(fov) is None and angle is None:
-        # Measured: the calibre estimate put AV-WIDE at x0.65-0.89 where x1.26 is right, and cost
-        # dpn-universal 0.016 AUC against the native scale (docs/scale.md); so it is opt-in.
-        return scale_mod.fallback(
-            "no circular field of view, so the photograph's own scale is used (give the field angle, "
-            "a factor, or try scale 'calibre')"
-        ), None
-    return scale_mod.from_fov(fov, loaded.card, angle), None
+
+@dataclass
+class Prepared:
+    """Stage 1 of ``segment``: a photograph ready for the network (everything before it, on a CPU)."""
+
+    rgb: np.ndarray  # float32 (h, w, 3): the photograph, or a copy averaged down as it was read
+    fov: np.ndarray  # bool (h, w)
+    scale: Scale | None  # None: the calibre estimate runs the network (stage 2)
+    reduction: float = 1.0  # how much smaller (per side) ``rgb`` is than the photograph
+    shape: tuple[int, int] | None = None  # the photograph's own (H, W) when reduced
+
+
+def prepare(
+    card,
+    image: np.ndarray,
+    *,
+    fov: np.ndarray | None = None,
+    scale: str | float = "auto",
+    field_angle: float | None = None,
+    shape: tuple[int, int] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Prepared:
+    """Stage 1: RGB, FOV (given or estimated) and the scale the model card gives (``card_scale``).
+    Needs only the card, so it runs where the model is not (the GPU batch's decode processes)."""
+    rgb = as_rgb(image)
+    reduction = _read_reduction(rgb.shape, shape)
+    if reduction != 1.0 and not isinstance(scale_mod.parse_scale(scale), str):
+        scale = scale_mod.parse_scale(scale) * reduction
+    if fov is not None and reduction != 1.0:
+        fov = scale_mod.resample_mask(fov, rgb.shape[:2])
+    fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
+    _check(should_stop)
+    sc = card_scale(card, rgb, fov, scale, field_angle)
+    return Prepared(rgb, fov, sc, reduction, None if reduction == 1.0 else tuple(shape))
+
+
+def _pass_factors(rgb_shape, sc: Scale, fusion: float | None) -> tuple[float | None, float | None]:
+    """(finer, coarser): the factors of the fused passes besides ``sc`` (None: no such pass)."""
+    finer = coarser = None
+    if fusion is not None:
+        h, w = scale_mod.resampled_shape(rgb_shape, sc.factor * fusion)
+        finer = sc.factor * fusion if h * w <= FUSION_MAX_PIXELS else None
+        if finer is not None and sc.method == "default-angle":
+            # The 45 degree guess is too fine for a 30-35 degree camera, too coarse for a 50-55:
+            # hedge with a coarser pass as well (docs/results.md, "Two-scale fusion").
+            h, w = scale_mod.resampled_shape(rgb_shape, sc.factor / fusion)
+            coarser = sc.factor / fusion if min(h, w) >= COARSER_MIN_SIDE else None
+    return finer, coarser
+
+
+def network(
+    loaded: LoadedModel,
+    prep: Prepared,
+    *,
+    fusion: float | None = None,
+    device="auto",
+    precision: str = "auto",
+    max_pixels: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, Prediction, Scale]:
+    """Stage 2: the calibre estimate if stage 1 left the scale open, then the network's passes
+    (one, or fused with a finer and perhaps a coarser one), in ``prep.rgb``'s pixels."""
+    rgb, done = prep.rgb, None
+    sc = prep.scale
+    if sc is None:
+        sc, done = scale_from_calibre(loaded, rgb, prep.fov, device, precision, should_stop)
+    finer, coarser = _pass_factors(rgb.shape, sc, fusion)
+    factors = [f for f in (sc.factor, finer, coarser) if f is not None]
+    # One progress bar over all passes, shared by pixels (a pass at x costs x^2).
+    weights = np.array([(f / sc.factor) ** 2 for f in factors])
+    starts = np.concatenate([[0.0], np.cumsum(weights)[:-1]]) / weights.sum()
+    shares = weights / weights.sum()
+    kwargs = dict(device=device, precision=precision, max_pixels=max_pixels, should_stop=should_stop)
+    _check(should_stop)
+    runs = [done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, shares[0]), **kwargs)]
+    for f, start, share in zip(factors[1:], starts[1:], shares[1:]):
+        _check(should_stop)  # between passes: Cancel never waits for the next one
+        runs.append(_run(loaded, rgb, f, progress=_scaled_progress(progress, float(start), float(share)), **kwargs))
+    prob, pred = _fuse(runs) if len(runs) > 1 else runs[0]
+    if finer is not None:
+        sc = dataclasses.replace(
+            sc, fused_factor=round(finer, 4), fused_coarser=None if coarser is None else round(coarser, 4)
+        )
+    return prob, pred, sc
+
+
+def finish(
+    prob: np.ndarray,
+    fov: np.ndarray,
+    sc: Scale,
+    pred: Prediction,
+    threshold: float,
+    reduction: float = 1.0,
+    shape: tuple[int, int] | None = None,
+) -> Segmentation:
+    """Stage 3: the ``Segmentation`` of a map in the (maybe reduced) photograph's pixels, brought
+    to the photograph's own size when it was read averaged down."""
+    prob = np.ascontiguousarray(prob, dtype=np.float32)
+    if reduction != 1.0:
+        prob, fov, sc = _at_full_size(prob, fov, sc, tuple(shape), reduction)
+    return Segmentation(probability=prob, fov=fov, threshold=float(threshold), scale=sc, prediction=pred)
 
 
 def segment(
@@ -227,45 +353,21 @@ def segment(
     """
     fusion = check_fusion(fusion, loaded.card)
     _check(should_stop)
-    rgb = as_rgb(image)
-    reduction = _read_reduction(rgb.shape, shape)
-    if reduction != 1.0 and not isinstance(scale_mod.parse_scale(scale), str):
-        scale = scale_mod.parse_scale(scale) * reduction
-    if fov is not None and reduction != 1.0:
-        fov = scale_mod.resample_mask(fov, rgb.shape[:2])
-    fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
-    _check(should_stop)
-    sc, done = choose_scale(loaded, rgb, fov, scale, field_angle, device, precision, should_stop)
-    finer = coarser = None
-    if fusion is not None:
-        h, w = scale_mod.resampled_shape(rgb.shape, sc.factor * fusion)
-        finer = sc.factor * fusion if h * w <= FUSION_MAX_PIXELS else None
-        if finer is not None and sc.method == "default-angle":
-            # The 45 degree guess is too fine for a 30-35 degree camera, too coarse for a 50-55:
-            # hedge with a coarser pass as well (docs/results.md, "Two-scale fusion").
-            h, w = scale_mod.resampled_shape(rgb.shape, sc.factor / fusion)
-            coarser = sc.factor / fusion if min(h, w) >= COARSER_MIN_SIDE else None
-    factors = [f for f in (sc.factor, finer, coarser) if f is not None]
-    # One progress bar over all passes, shared by pixels (a pass at x costs x^2).
-    weights = np.array([(f / sc.factor) ** 2 for f in factors])
-    starts = np.concatenate([[0.0], np.cumsum(weights)[:-1]]) / weights.sum()
-    shares = weights / weights.sum()
-    kwargs = dict(device=device, precision=precision, max_pixels=max_pixels, should_stop=should_stop)
-    _check(should_stop)
-    runs = [done or _run(loaded, rgb, sc.factor, progress=_scaled_progress(progress, 0.0, shares[0]), **kwargs)]
-    for f, start, share in zip(factors[1:], starts[1:], shares[1:]):
-        _check(should_stop)  # between passes: Cancel never waits for the next one
-        runs.append(_run(loaded, rgb, f, progress=_scaled_progress(progress, float(start), float(share)), **kwargs))
-    prob, pred = _fuse(runs) if len(runs) > 1 else runs[0]
-    if finer is not None:
-        sc = dataclasses.replace(
-            sc, fused_factor=round(finer, 4), fused_coarser=None if coarser is None else round(coarser, 4)
-        )
-    t = float(loaded.card.threshold if threshold is None else threshold)
-    prob = prob.astype(np.float32, copy=False)
-    if reduction != 1.0:
-        prob, fov, sc = _at_full_size(prob, fov, sc, tuple(shape), reduction)
-    return Segmentation(probability=prob, fov=fov, threshold=t, scale=sc, prediction=pred)
+    prep = prepare(
+        loaded.card, image, fov=fov, scale=scale, field_angle=field_angle, shape=shape, should_stop=should_stop
+    )
+    prob, pred, sc = network(
+        loaded,
+        prep,
+        fusion=fusion,
+        device=device,
+        precision=precision,
+        max_pixels=max_pixels,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    t = loaded.card.threshold if threshold is None else threshold
+    return finish(prob, prep.fov, sc, pred, t, prep.reduction, prep.shape)
 
 
 def _read_reduction(work_shape, shape) -> float:

@@ -18,14 +18,9 @@ from napari_dpn.cli import main
 from napari_dpn.cohort import RUN_PREFIX, Cohort, segment_job, settings_for
 from napari_dpn.errors import OutputError
 from napari_dpn.image_io import read_mask
+from napari_dpn.manifest import MANIFEST_FIELDS, MANIFEST_NAME, Manifest, read_manifest
 from napari_dpn.models import DEFAULT_MODEL
-from napari_dpn.outputs import (
-    MANIFEST_FIELDS,
-    MANIFEST_NAME,
-    Manifest,
-    images_in,
-    read_manifest,
-)
+from napari_dpn.planning import images_in
 from paths import REPO
 from synthetic_fundus import fundus
 
@@ -247,14 +242,15 @@ def test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_ou
 
 def test_a_retried_task_returns_its_receipt_and_writes_nothing(photos, tmp_path, monkeypatch):
     """What Dask does after a worker died between writing the outputs and sending the result."""
-    import napari_dpn.cohort as cohort
+    import napari_dpn.tasks as tasks
 
     out, run_dir = tmp_path / "out", tmp_path / "out" / f"{RUN_PREFIX}test"
     run_dir.mkdir(parents=True)
     settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
     plan = Cohort(out, settings).plan([photos / "eye0.png"])
     first = segment_job(plan.jobs[0], settings, str(run_dir))
-    monkeypatch.setattr(cohort, "write_outputs", lambda *a, **k: pytest.fail("written twice"))
+    monkeypatch.setattr(tasks, "write_outputs", lambda *a, **k: pytest.fail("written twice"))
+    monkeypatch.setattr(tasks, "stage_outputs", lambda *a, **k: pytest.fail("written twice"))
     again = segment_job(plan.jobs[0], settings, str(run_dir))
     assert first.status == "done" and again.row == first.row and again.summary == first.summary
 
@@ -407,11 +403,11 @@ def test_batches_run_one_pass_and_the_manifest_says_so(photos, tmp_path, capsys)
 DIE_WHILE_PLACING = """
 import os, sys
 from pathlib import Path
-import napari_dpn.image_io as image_io
+import napari_dpn.files as files
 from napari_dpn.cohort import Cohort, settings_for
 from napari_dpn.models import DEFAULT_MODEL
 
-real, placed = image_io._place_no_clobber, []
+real, placed = files.place_no_clobber, []
 
 def place_then_die(tmp, path):
     real(tmp, path)
@@ -419,7 +415,7 @@ def place_then_die(tmp, path):
     if Path(path).parent == Path(sys.argv[2]):  # (the first three calls write the staged copies)
         os._exit(3)  # the probability map is in place, the two masks are not
 
-image_io._place_no_clobber = place_then_die
+files.place_no_clobber = place_then_die
 cohort = Cohort(sys.argv[2], settings_for(DEFAULT_MODEL, device="cpu", precision="fp32"))
 for result in cohort.run(cohort.plan([Path(sys.argv[1])]).jobs):
     pass
@@ -457,11 +453,11 @@ def died_while_placing(photos, tmp_path):
 def test_a_retry_completes_the_placement_a_dead_worker_began(died_while_placing, photos):
     import json
 
-    from napari_dpn.cohort import _job_from
+    from napari_dpn.recovery import job_from
 
     out, run_dir = died_while_placing
     intent = json.loads(next(run_dir.glob("*.placing.json")).read_text())
-    job = _job_from(intent["job"])
+    job = job_from(intent["job"])
     first = (out / "eye0_probability.png").stat().st_ino
     settings = settings_for(DEFAULT_MODEL, device="cpu", precision="fp32")
     result = segment_job(job, settings, str(run_dir))  # what Dask runs on another worker

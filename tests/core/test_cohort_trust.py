@@ -25,8 +25,9 @@ from PIL import Image
 
 from napari_dpn.cli import main
 from napari_dpn.cohort import RUN_PREFIX
+from napari_dpn.lock import LOCK_NAME
+from napari_dpn.manifest import MANIFEST_NAME, read_manifest, split_names
 from napari_dpn.models import DEFAULT_MODEL
-from napari_dpn.outputs import LOCK_NAME, MANIFEST_NAME, read_manifest, split_names
 from synthetic_fundus import fundus
 
 SIZE = 96

@@ -24,9 +24,9 @@ import napari_dpn
 from napari_dpn.cli import main
 from napari_dpn.errors import InputError, TrainingError, WeightsError
 from napari_dpn.image_io import read_image, read_mask
+from napari_dpn.manifest import MANIFEST_NAME as MANIFEST
 from napari_dpn.model import build_model
 from napari_dpn.models import ModelCard, load_model, read_card, save_model
-from napari_dpn.outputs import MANIFEST_NAME as MANIFEST
 from paths import DATASETS  # noqa: E402
 from paths import REPO as ROOT  # noqa: E402
 from synthetic_fundus import fundus

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
+from ..files import pid_alive
 from ..models import model_files
 
 
@@ -21,7 +22,7 @@ def _take_lock(lock: Path) -> bool:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 return False
             lock.unlink(missing_ok=True)
             continue
@@ -29,16 +30,6 @@ def _take_lock(lock: Path) -> bool:
             f.write(str(os.getpid()))
         return True
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _lock_path(out: Path, name: str) -> Path:

@@ -14,7 +14,8 @@ from ..cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
 from ..devices import available_devices, select_device
 from ..errors import InputError
 from ..image_io import ensure_output_folder
-from ..outputs import MANIFEST_NAME, images_in
+from ..manifest import MANIFEST_NAME
+from ..planning import images_in
 from . import options as o
 
 _SCALE_HELP = (
