@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .architectures import ARCHITECTURES, FRESH_INPUT
 from .errors import InputError, OutputExistsError, WeightsError
 from .files import sha256_of as file_sha256  # one file hash for weights and outputs (torch-free there)
 
@@ -31,18 +32,14 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# The names of model.py's registered networks (``model.register_network`` adds to this list;
-# ``model.ARCHITECTURES`` is this list).  This module lists and reads model cards without importing
-# torch: the widgets list the models when they dock, and torch takes 1-2 s to import, holding the
-# GIL (a frozen viewer even from a background thread).
-ARCHITECTURES = ["dpn", "dpn-release"]
+# This module lists and reads model cards without importing torch (the network names it checks
+# cards against are in ``architectures``): the widgets list the models when they dock, and torch
+# takes 1-2 s to import, holding the GIL (a frozen viewer even from a background thread).
 
 WEIGHTS_SUFFIX = ".safetensors"
 DEFAULT_MODEL = "dpn-universal"  # what the CLI and the widgets use when the user picks none (docs/scale.md)
 _CARD_KEY = "napari_dpn_card"
 
-# Input convention of networks trained from scratch here: RGB scaled to 0..1, centred.
-FRESH_INPUT = {"channel_order": "RGB", "scale": 1.0, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "clahe": False}
 
 # Model names: what the fine-tune widget and ``napari-dpn train --name`` accept.  A plain file
 # name (no folder, no leading dot, so never outside the output folder), and not a shipped name.

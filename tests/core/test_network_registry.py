@@ -9,7 +9,8 @@ from torch import nn
 
 from napari_dpn import model as model_mod
 from napari_dpn.cli import build_parser, main
-from napari_dpn.errors import DPNError, InputError, sentence
+from napari_dpn.errors import DPNError, InputError
+from napari_dpn.messages import sentence
 from napari_dpn.model import NETWORKS, build_model, register_network
 from napari_dpn.models import ARCHITECTURES, FRESH_INPUT, load_model
 from synthetic_fundus import fundus

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import DPNError, sentence
+from ..errors import DPNError
+from ..messages import sentence
 from . import demo, evaluate, import_caffe, models, segment, train
 
 # The order of the subcommands in ``napari-dpn --help``.
