@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -88,7 +89,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 arr = _pillow_to_array(img)
     except (MemoryError, InputError):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+    except Exception as exc:
         missing = missing_codec(exc)
         if missing:
             raise InputError(f"Cannot read {path}: {missing}.") from exc
@@ -317,7 +318,7 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
             rgb, grey = _read_pillow_reduced(path, k, max_reduction)
     except (MemoryError, InputError):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+    except Exception as exc:
         missing = missing_codec(exc)
         if missing:
             raise InputError(f"Cannot read {path}: {missing}.") from exc
@@ -365,11 +366,12 @@ class _BlockMeans:
 
     def __init__(self, height: int, width: int, k: int):
         self.k, self.width = k, width
-        self.out: np.ndarray | None = None
+        self.out: Any = None  # np.ndarray once the first band came
         self.height = height
         self.row = 0  # the next output row
         self.pending: list[np.ndarray] = []
-        self.lo, self.hi, self.grey, self.dtype = np.inf, -np.inf, True, None
+        self.lo, self.hi, self.grey = np.inf, -np.inf, True
+        self.dtype: Any = None
 
     def add(self, rows: np.ndarray) -> None:
         rows = rows if rows.ndim == 3 else rows[..., None]
@@ -445,14 +447,14 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
             band, band_y = None, -1
             for data, index, _ in page.segments(sort=True):
                 y, x = int(index[-3]), int(index[-2])
-                tile = data.reshape(data.shape[-3:])  # (rows, cols, samples)
+                tile = data.reshape(data.shape[-3:])  # type: ignore[union-attr]  # (rows, cols, samples)
                 if y != band_y:
                     if band is not None:
                         means.add(_tiff_as_shown(band, page, path))
                     band_y = y
                     band = np.zeros((min(tile.shape[0], height - y), width, tile.shape[-1]), tile.dtype)
                 cols = min(tile.shape[1], width - x)
-                band[:, x : x + cols] = tile[: band.shape[0], :cols]
+                band[:, x : x + cols] = tile[: band.shape[0], :cols]  # type: ignore[index, union-attr]
             if band is not None:
                 means.add(_tiff_as_shown(band, page, path))
         else:  # planes stored apart (rare): the whole page, as read_image does

@@ -27,8 +27,8 @@ from napari_dpn.image_io import read_image, read_mask
 from napari_dpn.model import build_model
 from napari_dpn.models import ModelCard, load_model, read_card, save_model
 from napari_dpn.outputs import MANIFEST_NAME as MANIFEST
-from paths import DATASETS  # noqa: E402
-from paths import REPO as ROOT  # noqa: E402
+from paths import DATASETS
+from paths import REPO as ROOT
 from synthetic_fundus import fundus
 
 # ----------------------------------------------------------------------------- helpers

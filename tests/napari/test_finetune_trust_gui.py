@@ -12,14 +12,14 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from PIL import Image  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
+from PIL import Image
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn.models import load_model
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000

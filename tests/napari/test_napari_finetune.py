@@ -13,14 +13,14 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _finetune_widget as fw  # noqa: E402
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune  # noqa: E402
+from napari_dpn._napari import _finetune_widget as fw
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn._napari._segment_widget import SegmentWidget
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000

@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.layers import Image, Labels  # noqa: E402
+from napari.layers import Image, Labels
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from synthetic_fundus import fundus_uint8  # noqa: E402
-from widget_setup import save_random_model  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._segment_widget import SegmentWidget
+from synthetic_fundus import fundus_uint8
+from widget_setup import save_random_model
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 120_000
@@ -74,7 +74,7 @@ def test_segment_end_to_end_adds_three_layers(qtbot, widget, notes):
     assert isinstance(prob, Image) and isinstance(vessels, Labels) and isinstance(fov, Labels)
     p = np.asarray(prob.data)
     assert p.shape == (96, 96) and p.dtype == np.float32
-    assert 0.0 <= p.min() and p.max() <= 1.0
+    assert p.min() >= 0.0 and p.max() <= 1.0
     assert prob.colormap.name == _roles.PROBABILITY_COLORMAP  # issue 20: one colour scheme (was magma)
     assert tuple(prob.contrast_limits) == (0.0, 1.0)
     assert prob.blending == "additive" and 0.6 <= prob.opacity <= 0.8

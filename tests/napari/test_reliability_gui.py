@@ -19,15 +19,15 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from napari.layers import Image, Labels  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from paths import REPO  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune, save_random_model  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn._napari._segment_widget import SegmentWidget
+from paths import REPO
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune, save_random_model
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000

@@ -134,7 +134,7 @@ class CancellableWorker(FunctionWorker):
 
     cancel_event: threading.Event | None = None
 
-    def quit(self) -> None:  # noqa: A003 - Qt/superqt API
+    def quit(self) -> None:
         super().quit()
         if self.cancel_event is not None:
             self.cancel_event.set()
@@ -367,11 +367,11 @@ class DockWidget(QWidget):
         self._life.cancel.set()
         self._disconnect_viewer()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event) -> None:
         self.cancel()
         super().closeEvent(event)
 
-    def event(self, ev) -> bool:  # noqa: D102 - Qt API
+    def event(self, ev) -> bool:
         if ev.type() == QEvent.ParentChange:
             if self.parent() is not None:
                 self._docked = True
@@ -380,7 +380,7 @@ class DockWidget(QWidget):
                 self.shutdown()
         return super().event(ev)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         if not self._tabified:
             self._tabified = True

@@ -202,7 +202,7 @@ class DeviceCombo(QComboBox):
         if keep in devices:
             self.setCurrentText(keep)
 
-    def showPopup(self) -> None:  # noqa: N802 - Qt API
+    def showPopup(self) -> None:
         if "napari_dpn.devices" not in sys.modules:
             self.refresh(probe=True)  # the user asks for the list: probe the GPUs now
         super().showPopup()

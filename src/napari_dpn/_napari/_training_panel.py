@@ -125,7 +125,7 @@ class _PlotLabel(QLabel):
         super().__init__(text)
         self.size_px = [400, PLOT_HEIGHT]
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         ratio = max(1.0, float(self.devicePixelRatioF()))
         self.size_px[:] = [max(self.width(), 200) * ratio, max(self.height(), PLOT_HEIGHT) * ratio]

@@ -59,11 +59,10 @@ def _save_checkpoint(path: Path, payload: dict) -> Path:
     ensure_output_folder(path.parent)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())  # a full disk can surface only here (delayed allocation)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())  # a full disk can surface only here (delayed allocation)
     return path
 
 
