@@ -447,7 +447,7 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
             band, band_y = None, -1
             for data, index, _ in page.segments(sort=True):
                 y, x = int(index[-3]), int(index[-2])
-                tile = data.reshape(data.shape[-3:])  # type: ignore[union-attr]  # (rows, cols, samples)
+                tile = data.reshape(data.shape[-3:])  # (rows, cols, samples)
                 if y != band_y:
                     if band is not None:
                         means.add(_tiff_as_shown(band, page, path))
@@ -611,10 +611,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        else:
-            arr = arr[..., :3].max(axis=-1)  # red-on-black drawings: any colour on black is "on"
+        # red-on-black drawings: any colour on black is "on"
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3].max(axis=-1)
     _check_mask_shape(arr, path)
     if arr.dtype.kind in "iub" and np.isin(np.unique(arr), (0, 1)).all():
         return arr.astype(bool)

@@ -14,6 +14,7 @@ ignored.  Weights files without an embedded card (older ones) use the ``.json``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -217,10 +218,8 @@ def shipped_model_names() -> set[str]:
     if d.is_dir():
         for path in d.glob(f"*{WEIGHTS_SUFFIX}"):
             names.add(path.stem.lower())
-            try:
+            with contextlib.suppress(WeightsError):
                 names.add(read_card(path).name.lower())
-            except WeightsError:
-                pass
     return names
 
 
@@ -303,7 +302,7 @@ def _embedded_card(weights_path: Path) -> str | None:
     try:
         with safe_open(str(weights_path), framework="numpy") as f:  # the header only: no torch
             meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
         raise WeightsError(f"{weights_path.name} is not a valid weights file ({exc})") from None
     return meta.get(_CARD_KEY)
 
@@ -414,7 +413,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise WeightsError(f"{path.name} is corrupt or not a safetensors file ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)

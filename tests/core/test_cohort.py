@@ -397,9 +397,11 @@ def test_batches_run_one_pass_and_the_manifest_says_so(photos, tmp_path, capsys)
         "threshold=card scale=auto field_angle=- fusion=none"
     }
     images, _ = images_in([str(photos)])
-    with Cohort(tmp_path / "api", settings_for(DEFAULT_MODEL, device="cpu")) as cohort:
-        with pytest.raises(InputError, match="--fusion none"):
-            list(cohort.run(cohort.plan(images).jobs, batch_size=2))
+    with (
+        Cohort(tmp_path / "api", settings_for(DEFAULT_MODEL, device="cpu")) as cohort,
+        pytest.raises(InputError, match="--fusion none"),
+    ):
+        list(cohort.run(cohort.plan(images).jobs, batch_size=2))
 
 
 # ----------------------------------------------------------------------------- a process dies while placing outputs

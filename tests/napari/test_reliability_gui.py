@@ -640,7 +640,7 @@ def test_both_widgets_share_one_dock_area_as_tabs(qtbot, make_napari_viewer, mod
     main = viewer.window._qt_window
     try:
         qtbot.waitUntil(lambda: dock_s in main.tabifiedDockWidgets(dock_f), timeout=5_000)
-    except Exception:
+    except Exception:  # noqa: BLE001 - pytest-qt's TimeoutError derives from Exception only
         pytest.fail(f"not tabbed: {[d.windowTitle() for d in main.findChildren(QDockWidget)]}")
     assert dock_f in main.tabifiedDockWidgets(dock_s)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def test_two_folders_called_photos_each_keep_their_own_model(qtbot, sw, tmp_path
     for folder, rec, sha in records:
         (kept,) = S.Session.open(folder).models
         assert kept["path"] == rec["path"] and sha256(kept["path"]) == sha
-        card = json.loads(open(kept["path"][: -len(".safetensors")] + ".json").read())
+        card = json.loads(Path(kept["path"][: -len(".safetensors")] + ".json").read_text())
         assert card["name"] == rec["name"]
 
 

@@ -14,6 +14,7 @@ checkpoint and saves no model), and the widget's slots do nothing once the widge
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -227,16 +228,12 @@ class DockWidget(QWidget):
 
     def _disconnect_viewer(self) -> None:
         for name in self.LAYER_EVENTS:
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 getattr(self.viewer.layers.events, name).disconnect(self._on_layers_changed)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         for layer in list(self.viewer.layers):
             for name in self.LAYER_ATTR_EVENTS:
-                try:
+                with contextlib.suppress(TypeError, ValueError, RuntimeError):
                     getattr(layer.events, name).disconnect(self._on_layer_attr_changed)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
 
     def _on_layer_attr_changed(self, event=None) -> None:
         if self.alive:

@@ -8,6 +8,7 @@ shows them in its own status line.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -209,7 +210,5 @@ class DeviceCombo(QComboBox):
 
 
 def _disconnect(slot) -> None:
-    try:
+    with contextlib.suppress(TypeError, RuntimeError):  # already gone
         MODELS_CHANGED.changed.disconnect(slot)
-    except (TypeError, RuntimeError):  # already gone
-        pass

@@ -14,6 +14,7 @@ good state.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -194,10 +195,8 @@ class TrainingPanel(Section):
 
         def send(item) -> None:
             if alive():
-                try:
+                with contextlib.suppress(RuntimeError):  # the panel was deleted meanwhile
                     signal.emit(item)
-                except RuntimeError:  # the panel was deleted meanwhile
-                    pass
 
         def report(event) -> None:
             send(event)

@@ -120,7 +120,7 @@ def load_checkpoint(path) -> dict:
         raise TrainingError(f"checkpoint not found: {path}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (pickle, zip, unpickling refusals)
         raise TrainingError(f"{path.name} is not a readable checkpoint ({exc})") from None
     fmt = ck.get("format") if isinstance(ck, dict) else None
     if _newer(fmt):
