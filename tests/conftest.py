@@ -1,6 +1,13 @@
-"""Fixtures shared by the napari widget tests.
+"""Fixtures and markers shared by every test.
 
-Nothing here imports Qt or napari at import time: the core tests run with ``-p no:xvfb`` and
+- ``user_models`` (autouse): a private, empty user-models folder for every test, so no test reads
+  or writes the real one; ``models_dir``: the same with a small random-weights model, 'tiny-test'.
+- ``photos``: a folder of synthetic fundus photographs (``@pytest.mark.photos(count=, size=)``).
+- ``one_torch_thread``: bit-identical runs, and the shared machine stays usable.
+- Markers: ``gui`` (every test under tests/napari/, set here) and ``slow`` (dataset evaluations,
+  training runs, Dask clusters and subprocesses): ``pytest -m "not slow"`` is the quick loop.
+
+Nothing here imports Qt, napari or torch at import time: the core tests run with ``-p no:xvfb`` and
 without a display, and collect this file too.
 """
 
@@ -8,8 +15,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+
+from synthetic_fundus import fundus
+from widget_setup import save_random_model
 
 WIDGET_MODULES = (  # every module whose notifications the widgets show
     "napari_dpn._napari._segment_widget",
@@ -25,6 +37,17 @@ WIDGET_MODULES = (  # every module whose notifications the widgets show
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_display: opens a napari viewer (Qt needs a display)")
+    config.addinivalue_line("markers", "photos(count=3, size=96): what the ``photos`` fixture makes")
+
+
+GUI_TESTS = Path(__file__).parent / "napari"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every napari test is ``gui`` (it needs Qt, and most a display)."""
+    for item in items:
+        if GUI_TESTS in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.gui)
 
 
 def _no_display() -> bool:
@@ -35,6 +58,52 @@ def _no_display() -> bool:
 def pytest_runtest_setup(item):
     if item.get_closest_marker("needs_display") and _no_display():
         pytest.skip("a napari viewer needs a display: run with pytest-xvfb (default) or xvfb-run")
+
+
+@pytest.fixture(autouse=True)
+def user_models(tmp_path, monkeypatch) -> Path:
+    """A private user-models folder (``NAPARI_DPN_MODELS``), empty and not yet created: no test
+    sees the user's own models or saves among them."""
+    folder = tmp_path / "user-models"
+    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
+    return folder
+
+
+@pytest.fixture
+def models_dir(user_models) -> Path:
+    """The private user-models folder with a small random-weights 'dpn' model, 'tiny-test' (seed 0)."""
+    save_random_model(user_models)
+    return user_models
+
+
+def save_photos(folder: Path, count: int = 3, size: int = 96) -> Path:
+    """``folder/eye0.png`` ... ``eye{count-1}.png``: synthetic fundus photographs (seed i, size x size)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.fromarray((fundus(size, seed=i)[0] * 255).astype(np.uint8)).save(folder / f"eye{i}.png")
+    return folder
+
+
+@pytest.fixture
+def photos(request, tmp_path) -> Path:
+    """``tmp_path/photos`` with synthetic photographs eye0.png, eye1.png, ... (3 of 96 px unless a
+    ``@pytest.mark.photos(count=..., size=...)`` on the test or its module says otherwise)."""
+    marker = request.node.get_closest_marker("photos")
+    return save_photos(tmp_path / "photos", **(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: the same thread count in every run (bit-identical losses), and the shared
+    machine stays usable."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture

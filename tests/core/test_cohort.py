@@ -31,25 +31,13 @@ from synthetic_fundus import fundus
 
 SIZE = 96
 KINDS = ("probability", "vessels", "fov")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(tmp_path / "user-models"))
+pytestmark = pytest.mark.photos(count=6, size=SIZE)
 
 
 def save_photo(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((fundus(SIZE, seed=seed)[0] * 255).astype(np.uint8)).save(path)
     return path
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    d = tmp_path / "photos"
-    for i in range(6):
-        save_photo(d / f"eye{i}.png", i)
-    return d
 
 
 def outputs_of(out: Path, stems) -> dict[str, int]:

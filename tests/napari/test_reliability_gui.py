@@ -3,7 +3,7 @@
 Hostile inputs and faults, each in a real viewer (pytest-qt; Xvfb via pytest-xvfb): painting
 while the network runs, switching images under a ground truth, closing the viewer or a dock in
 the middle of a run, saved annotations opened again, the event loop's latency budget, and a
-layout that fits a 1366x768 laptop screen.  The CLI and core cases are in test_reliability.py.
+layout that fits a 1366x768 laptop screen.  The CLI and core cases are in tests/core/test_promises_*.py.
 """
 
 from __future__ import annotations
@@ -39,13 +39,10 @@ BUDGET_S = 0.200  # the longest the event loop may be blocked
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    """A private user-models folder with a small random-weights model ('tiny-test')."""
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    for seed, name in ((0, "tiny-test"), (1, "tiny-other")):
-        save_random_model(folder, name, seed)
-    return folder
+def models_dir(models_dir):
+    """conftest's private user-models folder ('tiny-test'), with a second model ('tiny-other')."""
+    save_random_model(models_dir, "tiny-other", 1)
+    return models_dir
 
 
 def _configure_segment(w):

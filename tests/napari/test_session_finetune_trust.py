@@ -24,14 +24,6 @@ SIZE = 96
 BUDGET_S = 0.200
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder)
-    return folder
-
-
 def make_photos(folder):
     from PIL import Image
 
