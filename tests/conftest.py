@@ -42,12 +42,76 @@ def pytest_configure(config):
 
 GUI_TESTS = Path(__file__).parent / "napari"
 
+# The ``slow`` tests, by function name (all their parameters): each took 1.5 s or more on the 2-core
+# CPU machine (most train, start a Dask cluster or segment a big photograph), or reads the staged
+# datasets.  Listed here, in one place, so that ``pytest -m "not slow"`` stays a one-minute loop; a new
+# test that takes seconds goes here too (``pytest --durations=20`` names them).
+SLOW = {
+    # core: a Dask cluster, the batch pipeline, a subprocess
+    "test_two_worker_cluster_segments_a_folder_with_a_manifest_and_a_rerun_skips_it",
+    "test_killing_a_worker_mid_run_still_segments_every_image_exactly_once",
+    "test_batch_pipeline_writes_what_one_image_at_a_time_writes",
+    "test_batches_run_one_pass_and_the_manifest_says_so",
+    "test_gpu_throughput_benchmark_runs_on_the_cpu",
+    "test_serial_run_writes_the_manifest_and_a_new_model_reruns_only_unchanged_outputs",
+    "test_the_next_run_completes_what_a_dead_run_left_half_placed",
+    "test_a_torn_last_line_is_ignored_and_the_manifest_rewritten_whole",
+    "test_a_retried_task_returns_its_receipt_and_writes_nothing",
+    "test_a_retry_completes_the_placement_a_dead_worker_began",
+    "test_a_full_disk_during_segment_is_one_sentence_and_each_image_all_or_none",
+    "test_ctrl_c_with_two_workers_keeps_the_rows_of_every_image_placed",
+    "test_names_with_tabs_newlines_spaces_and_semicolons_survive_the_manifest",
+    "test_a_foreign_stage_folder_is_never_removed",
+    "test_a_scheduler_that_is_not_one_is_a_sentence_within_seconds",
+    "test_a_second_run_into_the_same_folder_is_refused_and_a_dead_ones_lock_is_taken_over",
+    # core: training runs
+    "test_short_training_lowers_loss_and_raises_auc",
+    "test_averaged_checkpoints_finish_as_a_model_that_says_so",
+    "test_train_command_on_a_folder",
+    "test_same_seed_same_losses",
+    "test_cancel_leaves_checkpoint_and_resume_matches_uninterrupted",
+    "test_time_limit_finishes_at_the_step_reached_and_resume_continues",
+    "test_a_resumed_run_takes_the_learning_rate_it_is_given",
+    "test_max_accuracy_threshold_rule_and_caffe_equivalent_weight_decay",
+    "test_any_camera_training_equalises_each_crop_after_the_jitter",
+    "test_nan_loss_stops_and_keeps_last_good_weights",
+    "test_an_ablation_run_leaves_its_parts_out_and_says_so",
+    "test_ctrl_c_leaves_a_consistent_checkpoint",
+    "test_session_finetune_trains_at_the_working_scale_and_keeps_the_card",
+    "test_cli_finetune_trains_at_the_base_models_working_scale_and_keeps_its_card",
+    "test_a_newer_or_malformed_checkpoint_is_refused_in_one_sentence",
+    "test_two_runs_in_the_same_second_get_two_models",
+    "test_a_resumed_run_replaces_only_its_own_model",
+    # core: big or many segmentations
+    "test_a_genuine_big_jpeg_is_segmented_in_bounded_memory",
+    "test_twelve_bit_and_cmyk_tiffs_segment_like_the_8bit_photograph",
+    "test_tiled_equals_one_pass",
+    "test_progress_and_cancel_between_tiles",
+    "test_segment_photo_uses_the_field_angle",
+    "test_a_guessed_field_angle_hedges_with_a_coarser_pass_too",
+    "test_cancel_stops_a_single_untiled_pass_between_layers",
+    "test_evaluate_prints_the_table_and_writes_json",
+    "test_bad_image_in_a_batch_is_skipped_not_fatal",
+    "test_segment_folder_writes_probability_vessels_and_fov",
+    "test_annotation_and_dataset_label_files_are_never_segmented",
+    "test_cli_segment_scale_disc",
+    "test_annotation_paths",
+    "test_output_has_input_size",
+    # core: the staged datasets
+    "test_a_real_drive_tiff_reads",
+    "test_every_format_in_the_datasets_reads",
+    "test_a_drive_training_image",
+    "test_upscaled_drive_image_segments_as_well_as_the_original",
+}
+
 
 def pytest_collection_modifyitems(config, items):
-    """Every napari test is ``gui`` (it needs Qt, and most a display)."""
+    """Every napari test is ``gui`` (it needs Qt, and most a display); the tests in SLOW are ``slow``."""
     for item in items:
         if GUI_TESTS in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.gui)
+        if getattr(item, "originalname", item.name) in SLOW:
+            item.add_marker(pytest.mark.slow)
 
 
 def _no_display() -> bool:
