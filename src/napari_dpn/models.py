@@ -403,7 +403,35 @@ def read_card(weights_path: str | os.PathLike) -> ModelCard:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the card's architecture, load the weights, put it in evaluation mode on ``device``."""
+    """Build the card's architecture, load the weights, put it in evaluation mode on ``device``.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A model's name (shipped, or in the user-models folder: ``napari-dpn models`` lists them)
+        or the path of a ``.safetensors`` file.
+    device : str or torch.device
+        Where the network goes ("cpu", "cuda", "cuda:1", "mps").
+
+    Returns
+    -------
+    LoadedModel
+        The network with its card (the one embedded in the weights) and any warnings about it.
+
+    Raises
+    ------
+    WeightsError
+        One sentence when the name is unknown or the file is not a model.
+
+    Examples
+    --------
+    >>> from napari_dpn import load_model
+    >>> model = load_model("dpn-release-drive")
+    >>> model.card.architecture
+    'dpn-release'
+    >>> 0 < model.card.threshold < 1
+    True
+    """
     path = resolve_model_path(name_or_path)
     from .model import build_model, flush_denormals_
 
