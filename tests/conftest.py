@@ -5,7 +5,7 @@
 - ``photos``: a folder of synthetic fundus photographs (``@pytest.mark.photos(count=, size=)``).
 - ``one_torch_thread``: bit-identical runs, and the shared machine stays usable.
 - Markers: ``gui`` (every test under tests/napari/, set here) and ``slow`` (dataset evaluations,
-  training runs, Dask clusters and subprocesses): ``pytest -m "not slow"`` is the quick loop.
+  training runs, Dask clusters, subprocesses, napari viewers): ``pytest -m "not slow"`` is the quick loop.
 
 Nothing here imports Qt, napari or torch at import time: the core tests run with ``-p no:xvfb`` and
 without a display, and collect this file too.
@@ -106,11 +106,14 @@ SLOW = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """Every napari test is ``gui`` (it needs Qt, and most a display); the tests in SLOW are ``slow``."""
+    """Every napari test is ``gui`` (it needs Qt, and most a display); the tests in SLOW, and every
+    test that opens a napari viewer (1.5-50 s each, measured), are ``slow``."""
     for item in items:
         if GUI_TESTS in Path(str(item.path)).parents:
             item.add_marker(pytest.mark.gui)
-        if getattr(item, "originalname", item.name) in SLOW:
+        if getattr(item, "originalname", item.name) in SLOW or "make_napari_viewer" in getattr(
+            item, "fixturenames", ()
+        ):
             item.add_marker(pytest.mark.slow)
 
 
