@@ -113,7 +113,7 @@ def test_segment_gives_a_map_of_the_original_size_at_any_factor(drive_model):
     for factor in (0.5, 1.7):
         seg = segment(drive_model, rgb, fov=fov, scale=factor, device="cpu", precision="fp32")
         assert seg.probability.shape == (120, 120) and seg.scale.method == "factor"
-        assert seg.probability.min() >= 0.0 and seg.probability.max() <= 1.0
+        assert 0.0 <= seg.probability.min() and seg.probability.max() <= 1.0
 
 
 def test_segment_without_fov_or_calibre_falls_back_with_a_note(drive_model):

@@ -72,7 +72,7 @@ def test_segment_end_to_end_adds_three_layers(qtbot, widget, notes):
     assert isinstance(prob, Image) and isinstance(vessels, Labels) and isinstance(fov, Labels)
     p = np.asarray(prob.data)
     assert p.shape == (96, 96) and p.dtype == np.float32
-    assert p.min() >= 0.0 and p.max() <= 1.0
+    assert 0.0 <= p.min() and p.max() <= 1.0
     assert prob.colormap.name == _roles.PROBABILITY_COLORMAP  # issue 20: one colour scheme (was magma)
     assert tuple(prob.contrast_limits) == (0.0, 1.0)
     assert prob.blending == "additive" and 0.6 <= prob.opacity <= 0.8
