@@ -1,6 +1,7 @@
 # napari-dpn: two commands do all the set-up on a fresh machine.
 #   make demo   create .venv, install, segment the bundled sample fundus photograph
-#   make test   create .venv, install the test tools (and Xvfb when run as root), lint (ruff), run the tests
+#   make test   create .venv, install the test tools (and Xvfb when run as root), lint (ruff), type-check (mypy), run the tests
+#   make quick  the tests without the slow ones (pytest -m "not slow"): the edit-test loop
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ TORCH  ?= torch==2.13.0
 APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0 \
                 libxkbcommon-x11-0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 libgl1 libegl1 libdbus-1-3 libfontconfig1
 
-.PHONY: venv demo test lint xvfb clean
+.PHONY: venv demo test quick lint typecheck xvfb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +39,14 @@ lint: venv
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-test: venv xvfb lint
+typecheck: venv
+	$(PY) -m mypy
+
+test: venv xvfb lint typecheck
 	$(PY) -m pytest -q
+
+quick: venv xvfb
+	$(PY) -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

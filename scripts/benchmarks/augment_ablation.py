@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from camera_shift import TEST_SPLITS, shifted_auc  # noqa: E402
+from camera_shift import TEST_SPLITS, shifted_auc
 
-from _provenance import write_report  # noqa: E402
-from napari_dpn.augment import AUGMENT_PARTS  # noqa: E402
-from napari_dpn.datasets import load_split  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
+from _provenance import write_report
+from napari_dpn.augment import AUGMENT_PARTS
+from napari_dpn.datasets import load_split
+from napari_dpn.models import load_model
 
 VARIANTS = {"all": (), **{f"no-{p}": (p,) for p in AUGMENT_PARTS}, "none": tuple(AUGMENT_PARTS)}
 SHIFTS = (

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model, write_report  # noqa: E402
+from _provenance import commit, cpu_model, write_report
 
 
 def _double(cin: int, cout: int) -> nn.Sequential:

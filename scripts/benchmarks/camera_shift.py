@@ -28,12 +28,12 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import write_report  # noqa: E402
-from napari_dpn import metrics  # noqa: E402
-from napari_dpn.datasets import DATASETS, load_split  # noqa: E402
-from napari_dpn.image_io import as_rgb  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
-from napari_dpn.segmentation import segment  # noqa: E402
+from _provenance import write_report
+from napari_dpn import metrics
+from napari_dpn.datasets import DATASETS, load_split
+from napari_dpn.image_io import as_rgb
+from napari_dpn.models import load_model
+from napari_dpn.segmentation import segment
 
 TEST_SPLITS = {ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase")}  # the paper's test splits
 

@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
-from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
-from napari_dpn.models import DEFAULT_MODEL  # noqa: E402
-from napari_dpn.planning import images_in  # noqa: E402
+from _provenance import commit, cpu_model
+from napari_dpn.cohort import Cohort, settings_for
+from napari_dpn.models import DEFAULT_MODEL
+from napari_dpn.planning import images_in
 
 
 def run_mode(images, mode: str, model: str, device: str, precision: str) -> dict:

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import write_report  # noqa: E402
-from napari_dpn import disc  # noqa: E402
-from napari_dpn.datasets import DATASETS, DRIVE_PPD, load_split  # noqa: E402
-from napari_dpn.scale import DEFAULT_FIELD_ANGLE, fov_diameter, resample_image  # noqa: E402
+from _provenance import write_report
+from napari_dpn import disc
+from napari_dpn.datasets import DATASETS, DRIVE_PPD, load_split
+from napari_dpn.scale import DEFAULT_FIELD_ANGLE, fov_diameter, resample_image
 
 SPLITS = {ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase")}  # the paper's test splits
 AVWIDE_PPD = 1300 / 135  # datasets.py: the field-angle and the vessel-calibre routes agree on ~9.6

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import write_report  # noqa: E402
+from _provenance import write_report
 
 
 def _evaluate(model, samples) -> dict:

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model  # noqa: E402
-from napari_dpn import metrics  # noqa: E402
-from napari_dpn.datasets import DATASETS, load_split  # noqa: E402
-from napari_dpn.evaluation import predict_samples  # noqa: E402
-from napari_dpn.image_io import atomic_write  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
+from _provenance import commit, cpu_model
+from napari_dpn import metrics
+from napari_dpn.datasets import DATASETS, load_split
+from napari_dpn.evaluation import predict_samples
+from napari_dpn.image_io import atomic_write
+from napari_dpn.models import load_model
 
 TEST_SPLITS = {
     ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase", "avwide")

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import commit, cpu_model, write_report  # noqa: E402
-from napari_dpn.batch import DEFAULT_BATCH, default_loader_workers, forward_batch  # noqa: E402
-from napari_dpn.cohort import Cohort, settings_for  # noqa: E402
-from napari_dpn.devices import resolve_precision, select_device  # noqa: E402
-from napari_dpn.model import flush_denormals_  # noqa: E402
-from napari_dpn.models import DEFAULT_MODEL, load_model  # noqa: E402
-from napari_dpn.planning import images_in  # noqa: E402
+from _provenance import commit, cpu_model, write_report
+from napari_dpn.batch import DEFAULT_BATCH, default_loader_workers, forward_batch
+from napari_dpn.cohort import Cohort, settings_for
+from napari_dpn.devices import resolve_precision, select_device
+from napari_dpn.model import flush_denormals_
+from napari_dpn.models import DEFAULT_MODEL, load_model
+from napari_dpn.planning import images_in
 
 DRIVE_SIZE = (584, 565)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: _provenance
-from _provenance import commit, cpu_model  # noqa: E402
-from napari_dpn.datasets import list_samples  # noqa: E402
-from napari_dpn.fov import estimate_fov  # noqa: E402
-from napari_dpn.image_io import as_rgb, read_image, read_mask  # noqa: E402
+from _provenance import commit, cpu_model
+from napari_dpn.datasets import list_samples
+from napari_dpn.fov import estimate_fov
+from napari_dpn.image_io import as_rgb, read_image, read_mask
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,11 +20,11 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import write_report  # noqa: E402
-from napari_dpn.datasets import load_split  # noqa: E402
-from napari_dpn.models import DEFAULT_MODEL, load_model  # noqa: E402
-from napari_dpn.scale import resample_image  # noqa: E402
-from napari_dpn.segmentation import segment  # noqa: E402
+from _provenance import write_report
+from napari_dpn.datasets import load_split
+from napari_dpn.models import DEFAULT_MODEL, load_model
+from napari_dpn.scale import resample_image
+from napari_dpn.segmentation import segment
 
 
 def main() -> None:

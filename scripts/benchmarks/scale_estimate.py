@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _provenance import write_report  # noqa: E402
-from napari_dpn.datasets import DATASETS, load_split, sample_factor  # noqa: E402
-from napari_dpn.models import DEFAULT_MODEL, load_model  # noqa: E402
-from napari_dpn.scale import from_fov, resample_image, resample_mask, working_ppd  # noqa: E402
-from napari_dpn.segmentation import scale_from_calibre  # noqa: E402
+from _provenance import write_report
+from napari_dpn.datasets import DATASETS, load_split, sample_factor
+from napari_dpn.models import DEFAULT_MODEL, load_model
+from napari_dpn.scale import from_fov, resample_image, resample_mask, working_ppd
+from napari_dpn.segmentation import scale_from_calibre
 
 SPLITS = {ds: DATASETS[ds].default_split for ds in ("drive", "stare", "chase", "avwide")}  # the paper's test splits
 

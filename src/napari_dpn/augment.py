@@ -27,6 +27,7 @@ values are rounded, an error below 0.2 %) with bool masks: 4 bytes per pixel per
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from skimage.transform import rotate as _sk_rotate
@@ -208,7 +209,7 @@ def photometric_without(parts, ph: Photometric = Photometric()) -> Photometric:
     from dataclasses import replace
 
     off = set(parts)
-    changes = {}
+    changes: dict[str, Any] = {}
     if "exposure" in off:
         changes.update(brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0), saturation=(1.0, 1.0))
     for part in ("blur", "noise", "jpeg"):
@@ -292,7 +293,7 @@ class RobustSampler:
         """Crop number ``index``: (uint8 (C, C, 3), bool (C, C) label, bool (C, C) FOV)."""
         from scipy.ndimage import map_coordinates
 
-        vi = self._view_index(index)
+        vi = self._view_index(index)  # type: ignore[misc]  # PatchSampler's rule, borrowed (not a subclass)
         view = self.views[vi]
         rng = np.random.default_rng([self.seed, 2, index])
         h, w = view.label.shape
@@ -306,7 +307,7 @@ class RobustSampler:
         cy = rng.uniform(min(half, h / 2), max(h - half, h / 2))
         cx = rng.uniform(min(half, w / 2), max(w - half, w / 2))
         tile = tuple(max(8, round(t * s)) for t in self.tiles[vi]) if self.clahe else None
-        m = (max(tile) + 1) // 2 if self.clahe else 0  # context around the crop for its CLAHE tiles
+        m = (max(tile) + 1) // 2 if tile else 0  # context around the crop for its CLAHE tiles
         yy, xx = np.mgrid[0 : c + 2 * m, 0 : c + 2 * m].astype(np.float32) - (c + 2 * m - 1) / 2
         if rng.random() < 0.5:
             xx = -xx

@@ -49,6 +49,7 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
 def _fields(buf: memoryview):
     """Yield (field_number, wire_type, value) for one protobuf message."""
     pos, end = 0, len(buf)
+    val: int | memoryview
     while pos < end:
         key, pos = _varint(buf, pos)
         num, wt = key >> 3, key & 7

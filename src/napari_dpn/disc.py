@@ -146,7 +146,7 @@ def _find_disc(rgb, fov, vessels) -> DiscEstimate:
     yy, xx = np.ogrid[: lum.shape[0], : lum.shape[1]]
     dist = np.hypot(yy - centre[0], xx - centre[1])
     peak_level = float(np.percentile(closed[(dist <= PEAK_RADIUS) & fov_w], PEAK_PERCENTILE))
-    radius = FIRST_RADIUS
+    radius: float = FIRST_RADIUS
     for _ in range(N_REFINE):  # the surround is measured at a distance relative to the disc's radius
         dist = np.hypot(yy - centre[0], xx - centre[1])
         surround = fov_w & (dist >= SURROUND[0] * radius) & (dist <= SURROUND[1] * radius)

@@ -26,7 +26,11 @@ def fov_note(samples: Sequence) -> str | None:
     datasets = {getattr(s, "dataset", "") for s in samples}
     layout = layouts.LAYOUTS.get(next(iter(datasets))) if len(datasets) == 1 else None
     shipped = layout is None or layout.fov_stem is not None  # CHASE_DB1 ships none
-    why = "no FOV mask file was found for them" if shipped else f"{layout.name} has no official FOV masks"
+    why = (
+        "no FOV mask file was found for them"
+        if shipped or layout is None
+        else f"{layout.name} has no official FOV masks"
+    )
     which = (
         f"all {len(samples)} images"
         if len(estimated) == len(samples)
@@ -93,6 +97,40 @@ def evaluate_model(
     ``scale``: 'native' (the paper's protocol), 'auto' or a factor (``segmentation.segment``);
     ``field_angle``: 'dataset' (the dataset's known field angle), None (unknown: estimated) or degrees;
     ``fusion``: None (one pass, the paper's protocol) or ``segment``'s two-scale factor.  The result's ``scale`` lists what each test image was resampled by, and why.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From :func:`napari_dpn.load_model`.
+    test, train : sequence of datasets.Sample
+        The images to score, and the images rule (a) takes its threshold from; anything with a
+        ``name`` and a ``load()`` giving (rgb, ground truth, FOV) will do.
+    device, on_image, precision, scale, field_angle, fusion
+        As above; ``on_image(name, seconds)`` is called after each image.
+
+    Returns
+    -------
+    dict
+        ``pooled`` (AUC, accuracy, sensitivity, specificity... per threshold rule), ``per_image``,
+        ``per_image_summary``, ``roc``, ``scale`` and ``train_threshold_source``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from napari_dpn import evaluate, load_model
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 30**2
+    >>> rgb = np.where(fov[..., None], np.float32([0.8, 0.4, 0.2]), np.float32(0))
+    >>> truth = np.zeros((64, 64), bool)
+    >>> truth[30:33, 4:60] = True
+    >>> rgb[truth] *= 0.5
+    >>> sample = SimpleNamespace(name="eye", load=lambda: (rgb, truth, fov))  # as a datasets.Sample
+    >>> result = evaluate(load_model("dpn-release-drive"), [sample], device="cpu")
+    >>> sorted(result)
+    ['per_image', 'per_image_summary', 'pooled', 'roc', 'scale', 'train_threshold_source']
+    >>> 0 <= result["pooled"]["auc"] <= 1
+    True
     """
     threshold_source = "model card"
     train_threshold = float(loaded.card.threshold)

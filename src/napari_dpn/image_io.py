@@ -15,6 +15,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -88,7 +89,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 arr = _pillow_to_array(img)
     except (MemoryError, InputError):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+    except Exception as exc:
         missing = missing_codec(exc)
         if missing:
             raise InputError(f"Cannot read {path}: {missing}.") from exc
@@ -317,7 +318,7 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
             rgb, grey = _read_pillow_reduced(path, k, max_reduction)
     except (MemoryError, InputError):
         raise
-    except Exception as exc:  # noqa: BLE001 - decoders raise many exception types
+    except Exception as exc:
         missing = missing_codec(exc)
         if missing:
             raise InputError(f"Cannot read {path}: {missing}.") from exc
@@ -365,11 +366,12 @@ class _BlockMeans:
 
     def __init__(self, height: int, width: int, k: int):
         self.k, self.width = k, width
-        self.out: np.ndarray | None = None
+        self.out: Any = None  # np.ndarray once the first band came
         self.height = height
         self.row = 0  # the next output row
         self.pending: list[np.ndarray] = []
-        self.lo, self.hi, self.grey, self.dtype = np.inf, -np.inf, True, None
+        self.lo, self.hi, self.grey = np.inf, -np.inf, True
+        self.dtype: Any = None
 
     def add(self, rows: np.ndarray) -> None:
         rows = rows if rows.ndim == 3 else rows[..., None]
@@ -452,7 +454,7 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
                     band_y = y
                     band = np.zeros((min(tile.shape[0], height - y), width, tile.shape[-1]), tile.dtype)
                 cols = min(tile.shape[1], width - x)
-                band[:, x : x + cols] = tile[: band.shape[0], :cols]
+                band[:, x : x + cols] = tile[: band.shape[0], :cols]  # type: ignore[index, union-attr]
             if band is not None:
                 means.add(_tiff_as_shown(band, page, path))
         else:  # planes stored apart (rare): the whole page, as read_image does
@@ -609,10 +611,8 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        else:
-            arr = arr[..., :3].max(axis=-1)  # red-on-black drawings: any colour on black is "on"
+        # red-on-black drawings: any colour on black is "on"
+        arr = arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3].max(axis=-1)
     _check_mask_shape(arr, path)
     if arr.dtype.kind in "iub" and np.isin(np.unique(arr), (0, 1)).all():
         return arr.astype(bool)

@@ -68,7 +68,7 @@ def make_interruptible(model: torch.nn.Module) -> None:
     for module in model.modules():
         if next(module.children(), None) is None:
             module.register_forward_pre_hook(_stop_hook)
-    model._dpn_interruptible = True
+    model._dpn_interruptible = True  # type: ignore[assignment]  # a flag torch's stubs do not know
 
 
 def _forward(
@@ -173,7 +173,7 @@ def predict(
     limit = max_pixels or max_pixels_for(dev)
     prec = resolve_precision(precision, dev)
     note = None
-    model = loaded.model.to(dev).to(memory_format=torch.channels_last).eval()
+    model = loaded.model.to(dev).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     flush_denormals_(model)
     try:
         prob, n = predict_array(model, x, dev, limit, progress, should_stop, prec)

@@ -93,6 +93,7 @@ class FolderLock:
 
     def _write_owner(self) -> None:
         text = json.dumps({"host": hostname(), "pid": os.getpid(), "started": utc_now()}).encode()
+        assert self._fd is not None  # only called while the lock is held
         try:
             os.ftruncate(self._fd, 0)
             os.lseek(self._fd, 0, os.SEEK_SET)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -281,7 +282,7 @@ def evaluate(
     per_image = []
     for prob, gt, fov, name, hist in zip(probs, gts, fovs, names, hists):
         p, g = _fov_pixels(prob, gt, fov, name)
-        entry = {"name": str(name), "auc": _auc_from_hist(hist, bins)}
+        entry: dict[str, Any] = {"name": str(name), "auc": _auc_from_hist(hist, bins)}
         for rule in ("youden", "max_acc"):
             pooled_counts[rule] += _counts(p, g, pooled_thr[rule])
             if math.isnan(entry["auc"]):

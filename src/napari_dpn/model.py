@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import ARCHITECTURES, FRESH_INPUT  # noqa: E402 - the torch-free list of the networks below
+from .architectures import ARCHITECTURES, FRESH_INPUT
 
 # Smallest side the networks accept: the 1/4 branch must keep at least one pixel
 # after the release's un-padded 5x5 pooling (defined in the torch-free image_io).
-from .image_io import MIN_SIDE as MIN_SIDE  # noqa: E402
+from .image_io import MIN_SIDE as MIN_SIDE
 
 
 def _conv(cin: int, cout: int, k: int = 3) -> nn.Conv2d:

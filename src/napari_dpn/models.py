@@ -14,6 +14,7 @@ ignored.  Weights files without an embedded card (older ones) use the ``.json``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -215,10 +216,8 @@ def shipped_model_names() -> set[str]:
     if d.is_dir():
         for path in d.glob(f"*{WEIGHTS_SUFFIX}"):
             names.add(path.stem.lower())
-            try:
+            with contextlib.suppress(WeightsError):
                 names.add(read_card(path).name.lower())
-            except WeightsError:
-                pass
     return names
 
 
@@ -301,7 +300,7 @@ def _embedded_card(weights_path: Path) -> str | None:
     try:
         with safe_open(str(weights_path), framework="numpy") as f:  # the header only: no torch
             meta = f.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt headers
         raise WeightsError(f"{weights_path.name} is not a valid weights file ({exc})") from None
     return meta.get(_CARD_KEY)
 
@@ -402,7 +401,35 @@ def read_card(weights_path: str | os.PathLike) -> ModelCard:
 
 
 def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Build the card's architecture, load the weights, put it in evaluation mode on ``device``."""
+    """Build the card's architecture, load the weights, put it in evaluation mode on ``device``.
+
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A model's name (shipped, or in the user-models folder: ``napari-dpn models`` lists them)
+        or the path of a ``.safetensors`` file.
+    device : str or torch.device
+        Where the network goes ("cpu", "cuda", "cuda:1", "mps").
+
+    Returns
+    -------
+    LoadedModel
+        The network with its card (the one embedded in the weights) and any warnings about it.
+
+    Raises
+    ------
+    WeightsError
+        One sentence when the name is unknown or the file is not a model.
+
+    Examples
+    --------
+    >>> from napari_dpn import load_model
+    >>> model = load_model("dpn-release-drive")
+    >>> model.card.architecture
+    'dpn-release'
+    >>> 0 < model.card.threshold < 1
+    True
+    """
     path = resolve_model_path(name_or_path)
     from .model import build_model, flush_denormals_
 
@@ -412,7 +439,7 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         from safetensors.torch import load_file
 
         state = load_file(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise WeightsError(f"{path.name} is corrupt or not a safetensors file ({exc})") from None
     try:
         model.load_state_dict(state, strict=True)

@@ -350,6 +350,35 @@ def segment(
     ``shape``: the photograph's own (H, W) when ``image`` is a copy of it averaged down as it was
     read (``image_io.read_photograph``): a given factor counts in the photograph's pixels, and the
     maps and the scale come back in them.
+
+    Parameters
+    ----------
+    loaded : LoadedModel
+        From :func:`napari_dpn.load_model`.
+    image : numpy.ndarray
+        The photograph: (H, W, 3) RGB (uint8, uint16 or float 0..1), RGBA or greyscale.
+    fov, threshold, scale, field_angle, device, precision, max_pixels, progress, should_stop, fusion, shape
+        As above.
+
+    Returns
+    -------
+    Segmentation
+        ``probability`` (float32, the photograph's size), ``fov``, ``threshold`` (the card's unless
+        given), the ``scale`` the network saw; ``mask()`` is the vessel map.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_dpn import load_model, segment
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 30**2  # a round field of view...
+    >>> rgb = np.where(fov[..., None], np.float32([0.8, 0.4, 0.2]), np.float32(0))
+    >>> rgb[30:33, 4:60] *= 0.5  # ...crossed by one dark vessel
+    >>> result = segment(load_model("dpn-release-drive"), rgb, device="cpu")
+    >>> result.probability.shape, result.probability.dtype
+    ((64, 64), dtype('float32'))
+    >>> result.mask().shape
+    (64, 64)
     """
     fusion = check_fusion(fusion, loaded.card)
     _check(should_stop)

@@ -237,7 +237,7 @@ def room_for(folder: str | Path, nbytes: int) -> bool:
         return True
 
 
-def is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException | None) -> bool:
     """Whether a failed write failed for lack of space (ENOSPC / EDQUOT), by errno: the OSError
     itself or the one an OutputError was raised from."""
     seen = 0

@@ -50,7 +50,7 @@ def segment_photo(
         rgb,
         fov=fov,
         scale="native" if native else "auto",
-        field_angle=None if native else field_angle,
+        field_angle=None if native or isinstance(field_angle, str) else field_angle,
         fusion="auto",
         device=device,
         precision=precision,

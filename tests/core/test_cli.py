@@ -16,14 +16,14 @@ def _save_rgb(path, rgb):
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
 
 
+pytestmark = pytest.mark.photos(count=2)
+
+
 @pytest.fixture
-def photos(tmp_path):
-    d = tmp_path / "photos"
-    d.mkdir()
-    for i in range(2):
-        _save_rgb(d / f"eye{i}.png", fundus(96, seed=i)[0])
-    (d / "notes.txt").write_text("not an image")
-    return d
+def photos(photos):
+    """conftest's photographs, two of them, and a file that is not an image."""
+    (photos / "notes.txt").write_text("not an image")
+    return photos
 
 
 def test_segment_folder_writes_probability_vessels_and_fov(photos, tmp_path, capsys):

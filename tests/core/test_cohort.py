@@ -26,25 +26,13 @@ from synthetic_fundus import fundus
 
 SIZE = 96
 KINDS = ("probability", "vessels", "fov")
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(tmp_path / "user-models"))
+pytestmark = pytest.mark.photos(count=6, size=SIZE)
 
 
 def save_photo(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((fundus(SIZE, seed=seed)[0] * 255).astype(np.uint8)).save(path)
     return path
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    d = tmp_path / "photos"
-    for i in range(6):
-        save_photo(d / f"eye{i}.png", i)
-    return d
 
 
 def outputs_of(out: Path, stems) -> dict[str, int]:
@@ -393,9 +381,11 @@ def test_batches_run_one_pass_and_the_manifest_says_so(photos, tmp_path, capsys)
         "threshold=card scale=auto field_angle=- fusion=none"
     }
     images, _ = images_in([str(photos)])
-    with Cohort(tmp_path / "api", settings_for(DEFAULT_MODEL, device="cpu")) as cohort:
-        with pytest.raises(InputError, match="--fusion none"):
-            list(cohort.run(cohort.plan(images).jobs, batch_size=2))
+    with (
+        Cohort(tmp_path / "api", settings_for(DEFAULT_MODEL, device="cpu")) as cohort,
+        pytest.raises(InputError, match="--fusion none"),
+    ):
+        list(cohort.run(cohort.plan(images).jobs, batch_size=2))
 
 
 # ----------------------------------------------------------------------------- a process dies while placing outputs

@@ -33,25 +33,13 @@ from synthetic_fundus import fundus
 SIZE = 96
 KINDS = ("probability", "vessels", "fov")
 SEGMENT = ["--device", "cpu", "--quiet", "--precision", "fp32", "--fusion", "none"]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(tmp_path / "user-models"))
+pytestmark = pytest.mark.photos(count=4, size=SIZE)
 
 
 def save_photo(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((fundus(SIZE, seed=seed)[0] * 255).astype(np.uint8)).save(path, format="PNG")
     return path
-
-
-@pytest.fixture
-def photos(tmp_path) -> Path:
-    d = tmp_path / "photos"
-    for i in range(4):
-        save_photo(d / f"eye{i}.png", i)
-    return d
 
 
 def run(argv, capsys):

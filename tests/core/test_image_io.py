@@ -184,10 +184,9 @@ def test_write_rejects_bad_input(tmp_path):
 def test_atomic_write_cleans_up_on_failure(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
     assert list(tmp_path.iterdir()) == [target]
     with atomic_write(target) as tmp:

@@ -213,9 +213,11 @@ def test_read_only_file_system_and_long_names_by_errno(tmp_path):
     mask = np.zeros((64, 64), bool)
     with pytest.raises(OutputError, match="the file name is too long"):
         write_mask(tmp_path / ("x" * 300 + ".png"), mask)
-    with _tmpfs(tmp_path / "ro", "size=200k,ro") as disk:
-        with pytest.raises(OutputError, match="the file system is read-only"):
-            write_mask(disk / "m.png", mask)
+    with (
+        _tmpfs(tmp_path / "ro", "size=200k,ro") as disk,
+        pytest.raises(OutputError, match="the file system is read-only"),
+    ):
+        write_mask(disk / "m.png", mask)
 
 
 # ------------------------------------------------------------- big photographs, bounded memory

@@ -20,13 +20,6 @@ from napari_dpn.models import (
 from napari_dpn.preprocess import normalise
 
 
-@pytest.fixture(autouse=True)
-def user_dir(tmp_path, monkeypatch):
-    d = tmp_path / "user-models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(d))
-    return d
-
-
 def test_shipped_release_model_is_listed_and_loads():
     names = [c.name for c in list_models()]
     assert "dpn-release-drive" in names
@@ -60,12 +53,12 @@ def test_every_shipped_model_is_complete_and_honest(name):
     assert prob.shape == (24, 20) and np.isfinite(prob).all()
 
 
-def test_save_then_load_by_name_from_user_folder(user_dir):
+def test_save_then_load_by_name_from_user_folder(user_models):
     torch.manual_seed(0)
     model = build_model("dpn")
     card = ModelCard(name="my-camera", architecture="dpn", threshold=0.41, description="fine-tuned")
     path = save_model(model, card, user_models_dir() / "my-camera")
-    assert path == user_dir / "my-camera.safetensors"
+    assert path == user_models / "my-camera.safetensors"
     assert [c.name for c in list_models()][-1] == "my-camera"
     loaded = load_model("my-camera")
     assert loaded.card.threshold == pytest.approx(0.41)
@@ -119,9 +112,9 @@ def test_a_json_that_disagrees_with_the_weights_is_reported_not_used(tmp_path):
     assert len(loaded.warnings) == 1 and "architecture" in loaded.warnings[0]
 
 
-def test_unreadable_card_is_skipped_in_listing(user_dir):
-    user_dir.mkdir(parents=True)
-    (user_dir / "broken.safetensors").write_bytes(b"junk")
+def test_unreadable_card_is_skipped_in_listing(user_models):
+    user_models.mkdir(parents=True)
+    (user_models / "broken.safetensors").write_bytes(b"junk")
     assert "broken" not in [c.name for c in list_models()]
 
 

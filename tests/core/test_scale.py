@@ -12,7 +12,7 @@ from napari_dpn.cli import main
 from napari_dpn.models import load_model
 from napari_dpn.scale import card_fusion, check_fusion
 from napari_dpn.segmentation import segment, vessel_calibre
-from paths import DATASETS  # noqa: E402
+from paths import DATASETS
 from synthetic_fundus import fundus
 
 needs_drive = pytest.mark.skipif(not (DATASETS / "DRIVE").is_dir(), reason="datasets not staged")

@@ -23,14 +23,7 @@ from napari_dpn.training import (
 )
 from synthetic_fundus import fundus
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Same thread count in every run: bit-identical losses, and the 2-core machine stays usable."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bit-identical losses (conftest.py)
 
 
 TRAIN = [fundus(64, seed=s) for s in range(3)]

@@ -10,12 +10,12 @@ import pytest
 
 pytest.importorskip("napari")
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from napari_dpn import layouts  # noqa: E402
-from napari_dpn._napari import _reader  # noqa: E402
-from napari_dpn.layouts import AnnotationName, DatasetLayout  # noqa: E402
-from paths import DATASETS, REPO  # noqa: E402
+from napari_dpn import layouts
+from napari_dpn._napari import _reader
+from napari_dpn.layouts import AnnotationName, DatasetLayout
+from paths import DATASETS, REPO
 
 needs_display = pytest.mark.needs_display
 

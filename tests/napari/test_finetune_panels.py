@@ -12,12 +12,12 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari.layers import Image, Labels  # noqa: E402
+from napari.layers import Image, Labels
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_state import FinetuneState, Outcome, Run  # noqa: E402
-from napari_dpn.errors import InputError  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_state import FinetuneState, Outcome, Run
+from napari_dpn.errors import InputError
+from synthetic_fundus import fundus
 
 METRICS = {"se": 0.7, "sp": 0.97, "acc": 0.95, "auc": 0.96, "f1": 0.8, "threshold": 0.45}
 

@@ -12,14 +12,14 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from PIL import Image  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
+from PIL import Image
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn.models import load_model  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn.models import load_model
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -28,14 +28,7 @@ DATASETS = Path("/work/shared/datasets")
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    return folder
-
-
-@pytest.fixture
-def widget(dock_widget, models_dir, notes):
+def widget(dock_widget, user_models, notes):
     w = configure_finetune(dock_widget(FinetuneWidget, "Fine-tune DPN"))
     yield w
     w.cancel()
@@ -84,7 +77,7 @@ def test_the_card_keeps_the_shipped_rule_and_the_table_compares_at_each_models_t
     assert "max accuracy" in widget.results.table.toolTip()
 
 
-def test_resume_a_cancelled_run_up_to_the_steps_set(qtbot, widget, notes, models_dir):
+def test_resume_a_cancelled_run_up_to_the_steps_set(qtbot, widget, notes, user_models):
     add_pair(widget.viewer, "eye")
     widget.settings.steps_spin.setValue(500)
     assert widget.run() is not None
@@ -103,7 +96,7 @@ def test_resume_a_cancelled_run_up_to_the_steps_set(qtbot, widget, notes, models
     assert load_model(done.model_path).card.training["steps"] == stopped.steps + 2
 
 
-def test_resume_from_a_checkpoint_file_never_replaces_a_model(qtbot, widget, notes, models_dir):
+def test_resume_from_a_checkpoint_file_never_replaces_a_model(qtbot, widget, notes, user_models):
     add_pair(widget.viewer, "eye")
     widget.settings.steps_spin.setValue(2)
     assert widget.run() is not None

@@ -13,14 +13,14 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from qtpy.QtCore import Qt  # noqa: E402
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_data import NO_PAIRS_MESSAGE  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_data import NO_PAIRS_MESSAGE
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn._napari._segment_widget import SegmentWidget
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -28,14 +28,7 @@ SIZE = 96
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    return folder
-
-
-@pytest.fixture
-def widget(dock_widget, models_dir, notes):
+def widget(dock_widget, user_models, notes):
     w = configure_finetune(dock_widget(FinetuneWidget, "Fine-tune DPN"))
     yield w
     w.cancel()
@@ -121,7 +114,7 @@ def test_pairs_are_found_in_the_viewer_and_in_a_folder(widget, tmp_path):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_finetune_end_to_end_saves_a_model_segment_lists_at_once(qtbot, widget, notes, models_dir):
+def test_finetune_end_to_end_saves_a_model_segment_lists_at_once(qtbot, widget, notes, user_models):
     from napari_dpn.models import list_models, load_model
 
     viewer = widget.viewer
@@ -162,8 +155,8 @@ def test_finetune_end_to_end_saves_a_model_segment_lists_at_once(qtbot, widget, 
     assert f"{result.threshold:.3f}" in widget.results.result_label.text()
 
     # Saved to the user models folder, listed by the registry and by the Segment widget at once.
-    assert result.model_path == models_dir / "ft-test.safetensors"
-    assert (models_dir / "ft-test.json").is_file()
+    assert result.model_path == user_models / "ft-test.safetensors"
+    assert (user_models / "ft-test.json").is_file()
     assert "ft-test" in [c.name for c in list_models()]
     loaded = load_model("ft-test")
     assert loaded.card.base_model == "dpn-release-drive"
@@ -173,7 +166,7 @@ def test_finetune_end_to_end_saves_a_model_segment_lists_at_once(qtbot, widget, 
     assert any("ft-test" in m for m in notes["info"])
 
 
-def test_cancel_keeps_a_loadable_checkpoint_and_returns_to_idle(qtbot, widget, notes, models_dir):
+def test_cancel_keeps_a_loadable_checkpoint_and_returns_to_idle(qtbot, widget, notes, user_models):
     from napari_dpn.models import list_models
     from napari_dpn.training import load_checkpoint
 
@@ -279,7 +272,7 @@ def test_missing_fov_is_announced_and_estimated(qtbot, widget, notes):
     assert "training image" in widget.results.result_label.text()
 
 
-def test_docked_through_npe2_picks_up_what_segment_made(qtbot, make_napari_viewer, models_dir, notes):
+def test_docked_through_npe2_picks_up_what_segment_made(qtbot, make_napari_viewer, user_models, notes):
     """Both widgets from the manifest (napari passes proxy viewers): a segmented image becomes a
     training pair without any renaming."""
     viewer = make_napari_viewer()

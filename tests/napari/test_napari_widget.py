@@ -10,12 +10,12 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
-from napari.layers import Image, Labels  # noqa: E402
+from napari.layers import Image, Labels
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from synthetic_fundus import fundus_uint8  # noqa: E402
-from widget_setup import save_random_model  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._segment_widget import SegmentWidget
+from synthetic_fundus import fundus_uint8
+from widget_setup import save_random_model
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 120_000
@@ -25,11 +25,9 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def tiny_model(tmp_path, monkeypatch):
+def tiny_model(models_dir):
     """A small random-weights 'dpn' model saved in a private user-models folder."""
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    return save_random_model(folder)
+    return models_dir / "tiny-test.safetensors"
 
 
 @pytest.fixture
@@ -563,11 +561,9 @@ def test_shipped_model_finds_the_synthetic_vessels(qtbot, make_napari_viewer, no
 
 
 @pytest.fixture
-def scaled_model(tmp_path, monkeypatch):
+def scaled_model(user_models):
     """A small random-weights model whose card records a working scale (12 px/deg, DRIVE's)."""
-    folder = tmp_path / "scaled-models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder, "tiny-scaled", scale={"working_ppd": 12.0, "fusion": 1.5})
+    save_random_model(user_models, "tiny-scaled", scale={"working_ppd": 12.0, "fusion": 1.5})
 
 
 def test_field_of_view_choice_sets_the_scale_and_the_status_says_which(dock_widget, scaled_model, notes, qtbot):

@@ -3,7 +3,7 @@
 Hostile inputs and faults, each in a real viewer (pytest-qt; Xvfb via pytest-xvfb): painting
 while the network runs, switching images under a ground truth, closing the viewer or a dock in
 the middle of a run, saved annotations opened again, the event loop's latency budget, and a
-layout that fits a 1366x768 laptop screen.  The CLI and core cases are in test_reliability.py.
+layout that fits a 1366x768 laptop screen.  The CLI and core cases are in tests/core/test_promises_*.py.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from napari.layers import Image, Labels  # noqa: E402
-from qtpy.QtCore import Qt  # noqa: E402
+from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._finetune_widget import FinetuneWidget  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from paths import REPO  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import configure_finetune, save_random_model  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._finetune_widget import FinetuneWidget
+from napari_dpn._napari._segment_widget import SegmentWidget
+from paths import REPO
+from synthetic_fundus import fundus
+from widget_setup import configure_finetune, save_random_model
 
 pytestmark = pytest.mark.needs_display  # see conftest.py
 TIMEOUT_MS = 240_000
@@ -39,13 +39,10 @@ BUDGET_S = 0.200  # the longest the event loop may be blocked
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    """A private user-models folder with a small random-weights model ('tiny-test')."""
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    for seed, name in ((0, "tiny-test"), (1, "tiny-other")):
-        save_random_model(folder, name, seed)
-    return folder
+def models_dir(models_dir):
+    """conftest's private user-models folder ('tiny-test'), with a second model ('tiny-other')."""
+    save_random_model(models_dir, "tiny-other", 1)
+    return models_dir
 
 
 def _configure_segment(w):
@@ -640,7 +637,7 @@ def test_both_widgets_share_one_dock_area_as_tabs(qtbot, make_napari_viewer, mod
     main = viewer.window._qt_window
     try:
         qtbot.waitUntil(lambda: dock_s in main.tabifiedDockWidgets(dock_f), timeout=5_000)
-    except Exception:
+    except Exception:  # noqa: BLE001 - pytest-qt's TimeoutError derives from Exception only
         pytest.fail(f"not tabbed: {[d.windowTitle() for d in main.findChildren(QDockWidget)]}")
     assert dock_f in main.tabifiedDockWidgets(dock_s)
 

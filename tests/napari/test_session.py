@@ -17,7 +17,6 @@ pytest.importorskip("pytestqt")
 from napari_dpn import session as S
 from napari_dpn._napari._session_widget import SessionWidget
 from synthetic_fundus import fundus, y_tree
-from widget_setup import save_random_model
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 120_000
@@ -26,26 +25,12 @@ BUDGET_S = 0.200
 
 
 @pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder)
-    return folder
-
-
-@pytest.fixture
-def photos(tmp_path):
-    from PIL import Image
-
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(3):
-        rgb, vessels, _ = fundus(SIZE, seed=i)
-        Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / f"eye{i}.png")
+def photos(photos):
+    """conftest's three photographs, the first with its ground truth."""
     from napari_dpn.image_io import write_mask
 
-    write_mask(folder / "eye0_gt.png", fundus(SIZE, seed=0)[1])
-    return folder
+    write_mask(photos / "eye0_gt.png", fundus(SIZE, seed=0)[1])
+    return photos
 
 
 def make_widget(viewer_factory, qtbot):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,14 +23,6 @@ from widget_setup import save_random_model
 TIMEOUT_MS = 120_000
 SIZE = 96
 BUDGET_S = 0.200
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder)
-    return folder
 
 
 def make_photos(folder):
@@ -167,7 +160,7 @@ def test_two_folders_called_photos_each_keep_their_own_model(qtbot, sw, tmp_path
     for folder, rec, sha in records:
         (kept,) = S.Session.open(folder).models
         assert kept["path"] == rec["path"] and sha256(kept["path"]) == sha
-        card = json.loads(open(kept["path"][: -len(".safetensors")] + ".json").read())
+        card = json.loads(Path(kept["path"][: -len(".safetensors")] + ".json").read_text())
         assert card["name"] == rec["name"]
 
 

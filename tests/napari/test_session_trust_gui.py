@@ -29,14 +29,6 @@ TIMEOUT_MS = 120_000
 SIZE = 96
 
 
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder)
-    return folder
-
-
 def make_photos(folder, n=3):
     from PIL import Image
 
@@ -45,11 +37,6 @@ def make_photos(folder, n=3):
         rgb, _, _ = fundus(SIZE, seed=i)
         Image.fromarray((rgb * 255).astype(np.uint8)).save(folder / f"eye{i}.png")
     return folder
-
-
-@pytest.fixture
-def photos(tmp_path):
-    return make_photos(tmp_path / "photos")
 
 
 def make_widget(viewer_factory):

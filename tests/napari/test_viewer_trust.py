@@ -22,24 +22,15 @@ pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
 
-from napari_dpn._napari import _roles  # noqa: E402
-from napari_dpn._napari._segment_widget import SegmentWidget  # noqa: E402
-from napari_dpn._napari._session_widget import SessionWidget  # noqa: E402
-from paths import REPO  # noqa: E402
-from synthetic_fundus import fundus  # noqa: E402
-from widget_setup import save_random_model  # noqa: E402
+from napari_dpn._napari import _roles
+from napari_dpn._napari._segment_widget import SegmentWidget
+from napari_dpn._napari._session_widget import SessionWidget
+from paths import REPO
+from synthetic_fundus import fundus
 
 pytestmark = pytest.mark.needs_display
 TIMEOUT_MS = 240_000
 BUDGET_S = 0.200
-
-
-@pytest.fixture
-def models_dir(tmp_path, monkeypatch):
-    folder = tmp_path / "models"
-    monkeypatch.setenv("NAPARI_DPN_MODELS", str(folder))
-    save_random_model(folder, "tiny-test", 0)
-    return folder
 
 
 @pytest.fixture

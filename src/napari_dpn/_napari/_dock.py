@@ -14,6 +14,7 @@ checkpoint and saves no model), and the widget's slots do nothing once the widge
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -134,7 +135,7 @@ class CancellableWorker(FunctionWorker):
 
     cancel_event: threading.Event | None = None
 
-    def quit(self) -> None:  # noqa: A003 - Qt/superqt API
+    def quit(self) -> None:
         super().quit()
         if self.cancel_event is not None:
             self.cancel_event.set()
@@ -237,16 +238,12 @@ class DockWidget(QWidget):
 
     def _disconnect_viewer(self) -> None:
         for name in self.LAYER_EVENTS:
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 getattr(self.viewer.layers.events, name).disconnect(self._on_layers_changed)
-            except (TypeError, ValueError, RuntimeError):
-                pass
         for layer in list(self.viewer.layers):
             for name in self.LAYER_ATTR_EVENTS:
-                try:
+                with contextlib.suppress(TypeError, ValueError, RuntimeError):
                     getattr(layer.events, name).disconnect(self._on_layer_attr_changed)
-                except (TypeError, ValueError, RuntimeError):
-                    pass
 
     def _on_layer_attr_changed(self, event=None) -> None:
         if self.alive:
@@ -377,11 +374,11 @@ class DockWidget(QWidget):
         self._life.cancel.set()
         self._disconnect_viewer()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def closeEvent(self, event) -> None:
         self.cancel()
         super().closeEvent(event)
 
-    def event(self, ev) -> bool:  # noqa: D102 - Qt API
+    def event(self, ev) -> bool:
         if ev.type() == QEvent.ParentChange:
             if self.parent() is not None:
                 self._docked = True
@@ -390,7 +387,7 @@ class DockWidget(QWidget):
                 self.shutdown()
         return super().event(ev)
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         if not self._tabified:
             self._tabified = True

@@ -101,7 +101,7 @@ class FinetuneWidget(DockWidget):
         """Re-list the training and validation pairs and the validation combos."""
         self.pairs.refresh(self._gt_candidates())
 
-    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def showEvent(self, event) -> None:
         super().showEvent(event)
         if not self.is_running:
             self.refresh_models_soon()

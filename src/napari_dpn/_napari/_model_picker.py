@@ -8,6 +8,7 @@ shows them in its own status line.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -202,14 +203,12 @@ class DeviceCombo(QComboBox):
         if keep in devices:
             self.setCurrentText(keep)
 
-    def showPopup(self) -> None:  # noqa: N802 - Qt API
+    def showPopup(self) -> None:
         if "napari_dpn.devices" not in sys.modules:
             self.refresh(probe=True)  # the user asks for the list: probe the GPUs now
         super().showPopup()
 
 
 def _disconnect(slot) -> None:
-    try:
+    with contextlib.suppress(TypeError, RuntimeError):  # already gone
         MODELS_CHANGED.changed.disconnect(slot)
-    except (TypeError, RuntimeError):  # already gone
-        pass

@@ -14,6 +14,7 @@ good state.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ class _PlotLabel(QLabel):
         super().__init__(text)
         self.size_px = [400, PLOT_HEIGHT]
 
-    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         ratio = max(1.0, float(self.devicePixelRatioF()))
         self.size_px[:] = [max(self.width(), 200) * ratio, max(self.height(), PLOT_HEIGHT) * ratio]
@@ -194,10 +195,8 @@ class TrainingPanel(Section):
 
         def send(item) -> None:
             if alive():
-                try:
+                with contextlib.suppress(RuntimeError):  # the panel was deleted meanwhile
                     signal.emit(item)
-                except RuntimeError:  # the panel was deleted meanwhile
-                    pass
 
         def report(event) -> None:
             send(event)

@@ -59,11 +59,10 @@ def _save_checkpoint(path: Path, payload: dict) -> Path:
     ensure_output_folder(path.parent)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    with atomic_write(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())  # a full disk can surface only here (delayed allocation)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())  # a full disk can surface only here (delayed allocation)
     return path
 
 
@@ -121,7 +120,7 @@ def load_checkpoint(path) -> dict:
         raise TrainingError(f"checkpoint not found: {path}")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (pickle, zip, unpickling refusals)
         raise TrainingError(f"{path.name} is not a readable checkpoint ({exc})") from None
     fmt = ck.get("format") if isinstance(ck, dict) else None
     if _newer(fmt):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ def dpn_loss(
     Returns (total, per-head losses); without ``aux_heads`` only the main head counts.
     """
     per_head = [balanced_bce(o.float(), label, mask) for o in outputs]
-    total = sum(per_head) if aux_heads else per_head[-1]
+    total = cast(torch.Tensor, sum(per_head)) if aux_heads else per_head[-1]
     return total, per_head
 
 

@@ -64,6 +64,8 @@ def make_sampler(train: list, config: TrainConfig, clahe: bool, emit):
         else:
             rgb = augment.clahe(p.rgb) if clahe else p.rgb
             views += augment.offline_views(rgb, p.label, p.fov, augment=config.augment, name=p.name)
+    sampler: augment.RobustSampler | augment.PatchSampler
+    assert crop is not None  # the config check sets it
     if robust:
         sampler = augment.RobustSampler(views, crop, seed=config.seed, clahe=clahe, off=config.augment_off)
     else:

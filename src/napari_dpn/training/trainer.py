@@ -430,6 +430,35 @@ def train(
     the event dataclasses above; ``should_stop()`` is polled before every step.  With
     ``overwrite=False`` an existing ``<name>.safetensors`` or ``.json`` in ``out_dir`` is never
     replaced: the model is saved as ``<name>-2`` (and so on) with a message.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The run's settings (steps, crop, learning rate, device, the model's name...).
+    train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description, overwrite
+        As above.
+
+    Returns
+    -------
+    TrainResult
+        Steps done, whether it was cancelled, the saved model's path and card, the losses and the
+        metrics before and after.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from napari_dpn import TrainConfig, train
+    >>> yy, xx = np.mgrid[:64, :64]
+    >>> fov = (yy - 32) ** 2 + (xx - 32) ** 2 < 30**2
+    >>> rgb = np.where(fov[..., None], np.float32([0.8, 0.4, 0.2]), np.float32(0))
+    >>> vessels = np.zeros((64, 64), bool)
+    >>> vessels[30:33, 4:60] = True
+    >>> rgb[vessels] *= 0.5
+    >>> config = TrainConfig(steps=2, crop=32, device="cpu", name="tiny", val_every=0)
+    >>> result = train(config, [(rgb, vessels, fov)], out_dir=tempfile.mkdtemp())
+    >>> result.steps, result.cancelled, result.model_path.name
+    (2, False, 'tiny.safetensors')
     """
     return _Trainer(
         config, train_pairs, val_pairs, init, out_dir, resume, callback, should_stop, description, overwrite
