@@ -40,7 +40,7 @@ class ThresholdPanel(Section):
         self._speck_worker = None
         self._build()
         state.changed.connect(self.sync)
-        state.edit_note.connect(self.edit_status.setText)
+        state.edit_note.connect(self.note)
         state.run_info.connect(self.show_result)
         self.sync()
 
@@ -87,6 +87,10 @@ class ThresholdPanel(Section):
         self.youden_button.clicked.connect(self.apply_youden)
         self.reapply_button.clicked.connect(self.reapply_threshold)
         self.speck_button.clicked.connect(self.remove_specks)
+
+    def note(self, text: str) -> None:
+        """A line under the controls about the corrections."""
+        self.edit_status.setText(text)
 
     @property
     def threshold(self) -> float:
