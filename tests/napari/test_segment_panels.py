@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_dpn._napari._segment_compare import ComparePanel  # noqa: E402
-from napari_dpn._napari._segment_state import ImageResult, SegmentState  # noqa: E402
-from napari_dpn._napari._segment_threshold import ThresholdPanel  # noqa: E402
+from napari_dpn._napari._segment_compare import ComparePanel
+from napari_dpn._napari._segment_state import ImageResult, SegmentState
+from napari_dpn._napari._segment_threshold import ThresholdPanel
 
 needs_display = pytest.mark.needs_display
 

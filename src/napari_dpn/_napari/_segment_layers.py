@@ -8,6 +8,8 @@ panel that shows a result uses one, shared through the widget (or its own, alone
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QTimer
@@ -140,10 +142,8 @@ class ResultLayers:
 
     def unwatch(self, layer) -> None:
         for emitter, slot in ((layer.events.paint, self.on_paint), (layer.events.set_data, self.on_vessels_data)):
-            try:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):
-                pass
 
     def on_paint(self, event=None) -> None:
         state = self.state

@@ -20,7 +20,6 @@ import numpy as np
 from psygnal import Signal
 
 from . import _roles
-from ._reader import annotation_of
 
 NO_GT = "(none)"
 BRUSH_SIZE = 3
@@ -196,6 +195,8 @@ def ground_truth_mask(res: ImageResult | None, gt) -> np.ndarray | None:
 def looks_like_annotation(layer) -> bool:
     """True for an image layer that is a mask (a ground truth or saved annotation opened by
     napari's own reader, say): never preselected as the photograph to segment."""
+    from ._reader import annotation_of  # here: the reader's dataset layouts load only once an image is open
+
     if _roles.role_of(layer) in ("ground_truth", "fov", "mask", "vessels", "errors"):
         return True
     source = getattr(getattr(layer, "source", None), "path", None)
