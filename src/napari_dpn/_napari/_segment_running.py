@@ -3,24 +3,29 @@
 :class:`RunPanel` holds the choices of a run and shows how it goes: the progress bar with its
 ETA (fed from the worker thread through a queued Qt signal, :class:`Bridge`), the status line
 (each result's model, time, device and scale: ``state.run_info``) and errors.  Starting and
-stopping the run is the widget's (it owns the worker's life cycle, ``_dock.DockWidget``).
+stopping the run is the widget's (it owns the worker's life cycle, ``_dock.DockWidget``);
+:class:`Arrival` puts a finished run's result into the viewer one layer per event-loop turn.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 
-from napari.utils.notifications import show_error
-from qtpy.QtCore import QObject, Signal
+import numpy as np
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton
 
 from napari_dpn.scale import COMMON_FIELD_ANGLES, card_fusion
 from napari_dpn.text import duration
 
+from . import _roles
 from ._dock import Section, wrapped_label
 from ._model_picker import DeviceCombo, ModelPicker
-from ._segment_state import ImageResult, SegmentState
+from ._segment_layers import ResultLayers
+from ._segment_state import STEP_MS, ImageResult, Outcome, SegmentState
 
 CLAHE_TIP = (
     "Contrast equalisation of the green channel before the network; preset from the model card "
@@ -166,3 +171,92 @@ class RunPanel(Section):
         if res.note:
             text += f" Note: {res.note}"
         self.status.setText(text)
+
+
+class Arrival:
+    """Puts a new result into the viewer one layer per event-loop turn: adding a layer costs
+    napari 0.1–0.3 s, three at once stalled the viewer for over half a second.  Corrections
+    already made on the image's vessels layer are kept: the new result then goes to the
+    probability layer only."""
+
+    def __init__(self, state: SegmentState, viewer, layers: ResultLayers, panel: RunPanel, done):
+        self.state = state
+        self.viewer = viewer
+        self.layers = layers
+        self.panel = panel
+        self.done = done  # () -> None: called once the result is in place
+        self.steps: deque | None = None  # steps still to put a new result in the viewer
+
+    @property
+    def active(self) -> bool:
+        return self.steps is not None
+
+    def start(self, out: Outcome) -> None:
+        """Schedule the layers of a finished run's outcome, one per event-loop turn."""
+        res, keep = self.take(out)
+        fov_layer = out.fov_layer if out.fov_layer in self.viewer.layers else None
+        put = self.layers
+        steps = [lambda: put.put_probability(res), lambda: put.put_fov(res, fov_layer)]
+        if not keep:
+            steps.append(lambda: put.put_vessels(res, res.vessel_mask().astype(np.uint8)))
+        steps.append(lambda: self._arrived(res, keep))
+        self.steps = deque(steps)
+        QTimer.singleShot(STEP_MS, self._next)
+
+    def take(self, out: Outcome) -> tuple[ImageResult, bool]:
+        """The image's result, with the new outcome in it; True when its corrections stay
+        (made before the run or while it ran: the new result goes beside them)."""
+        layer, pred = out.layer, out.prediction
+        old = self.state.results.get(layer)
+        keep = old is not None and old.edited and old.layer(self.viewer, "vessels") is not None
+        if keep:
+            res = old
+            res.prob, res.threshold, res.card = out.prob, out.threshold, out.card
+            if res.fov is None or res.layer(self.viewer, "fov") is None:
+                res.fov = out.fov
+        else:
+            layers = dict(old.layers) if old else {}
+            res = ImageResult(
+                image=layer, name=layer.name, prob=out.prob, fov=out.fov, threshold=out.threshold, layers=layers
+            )
+            self.state.results[layer] = res
+        res.model_label, res.device = out.model_label, str(pred.device)
+        res.seconds, res.note = float(pred.seconds), getattr(pred, "note", None) or getattr(out.scale, "note", None)
+        res.scale = out.scale.describe() if out.scale is not None else ""
+        res.roc_cache = {}
+        res.mask_cache = (res.prob, res.threshold, out.mask) if res.fov is out.fov else None
+        return res, keep
+
+    def _next(self) -> None:
+        """Put a new result into the viewer one layer per event-loop turn: adding a layer costs
+        napari 0.1–0.3 s, three at once stalled the viewer for over half a second."""
+        if not self.state.alive or self.steps is None:
+            return
+        step = self.steps.popleft()
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - never leave the widget half-busy
+            self.steps = None
+            self.panel.error(f"Could not show the result ({type(exc).__name__}: {exc}).")
+        if self.steps:
+            QTimer.singleShot(STEP_MS, self._next)
+            return
+        self.steps = None
+        self.done()
+
+    def _arrived(self, res: ImageResult, kept: bool) -> None:
+        if res.image not in self.viewer.layers:
+            self.panel.status.setText("The image layer was closed while segmenting.")
+            return
+        self.state.run_info.emit(res)
+        if kept:
+            message = (
+                f"Your corrections in '{_roles.vessels_name(res.name)}' were kept; the new "
+                f"result is in '{_roles.probability_name(res.name)}'. 'Re-apply "
+                "threshold…' replaces the corrections by it."
+            )
+            self.panel.status.setText(self.panel.status.text() + " " + message)
+            show_info(message)
+        if res.note:
+            show_warning(res.note)
+        self.state.touch()

@@ -48,25 +48,20 @@ and ground-truth boxes in step with the viewer, ``_segment_resume`` resumes save
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
-from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QVBoxLayout
 
 from napari_dpn.errors import DPNError
 
-from . import _roles
 from ._dock import DockWidget
 from ._segment_compare import ComparePanel
 from ._segment_job import Request, image_data, segment_job
 from ._segment_layers import ResultLayers
 from ._segment_lists import LayerChoice
 from ._segment_resume import Resumer
-from ._segment_running import RunPanel
+from ._segment_running import Arrival, RunPanel
 from ._segment_saving import SavePanel
-from ._segment_state import STEP_MS, ImageResult, Outcome, SegmentState, image_path
+from ._segment_state import ImageResult, Outcome, SegmentState, image_path
 from ._segment_threshold import ThresholdPanel
 
 
@@ -82,7 +77,6 @@ class SegmentWidget(DockWidget):
         self.state = SegmentState(layers=self.viewer.layers, is_alive=lambda: not life.closed)
         self.result_layers = ResultLayers(self.state, self.viewer)
         self._run_serial = 0
-        self._arrival: deque | None = None  # steps still to put a new result in the viewer
         self._start_up()
 
     # ------------------------------------------------------------------ UI
@@ -101,6 +95,7 @@ class SegmentWidget(DockWidget):
         outer.addStretch(1)
         self.choice = LayerChoice(state, viewer, self.run_panel.image_combo, self.compare_panel, self._image_layers)
         self.resumer = Resumer(state, viewer, self.result_layers, self._image_layers)
+        self.arrival = Arrival(state, viewer, self.result_layers, self.run_panel, done=self._on_arrived)
         self._expose_controls()
         self.image_combo.currentIndexChanged.connect(self.choice.on_image_changed)
         self.model_picker.error.connect(self.run_panel.error)
@@ -304,7 +299,11 @@ class SegmentWidget(DockWidget):
         if not self.alive:
             return
         self._worker = None
-        if self._arrival is None:
+        if not self.arrival.active:
+            self._stop_running()
+
+    def _on_arrived(self) -> None:
+        if self._worker is None:
             self._stop_running()
 
     def _on_returned(self, out: Outcome) -> None:
@@ -319,71 +318,4 @@ class SegmentWidget(DockWidget):
         if out.layer not in self.viewer.layers:
             self.status.setText("The image layer was closed while segmenting.")
             return
-        res, keep = self._take_result(out)
-        fov_layer = out.fov_layer if out.fov_layer in self.viewer.layers else None
-        put = self.result_layers
-        steps = [lambda: put.put_probability(res), lambda: put.put_fov(res, fov_layer)]
-        if not keep:
-            steps.append(lambda: put.put_vessels(res, res.vessel_mask().astype(np.uint8)))
-        steps.append(lambda: self._arrived(res, keep))
-        self._arrival = deque(steps)
-        QTimer.singleShot(STEP_MS, self._next_arrival_step)
-
-    def _take_result(self, out: Outcome) -> tuple[ImageResult, bool]:
-        """The image's result, with the new outcome in it; True when its corrections stay
-        (made before the run or while it ran: the new result goes beside them)."""
-        layer, pred = out.layer, out.prediction
-        old = self.state.results.get(layer)
-        keep = old is not None and old.edited and old.layer(self.viewer, "vessels") is not None
-        if keep:
-            res = old
-            res.prob, res.threshold, res.card = out.prob, out.threshold, out.card
-            if res.fov is None or res.layer(self.viewer, "fov") is None:
-                res.fov = out.fov
-        else:
-            layers = dict(old.layers) if old else {}
-            res = ImageResult(
-                image=layer, name=layer.name, prob=out.prob, fov=out.fov, threshold=out.threshold, layers=layers
-            )
-            self.state.results[layer] = res
-        res.model_label, res.device = out.model_label, str(pred.device)
-        res.seconds, res.note = float(pred.seconds), getattr(pred, "note", None) or getattr(out.scale, "note", None)
-        res.scale = out.scale.describe() if out.scale is not None else ""
-        res.roc_cache = {}
-        res.mask_cache = (res.prob, res.threshold, out.mask) if res.fov is out.fov else None
-        return res, keep
-
-    def _next_arrival_step(self) -> None:
-        """Put a new result into the viewer one layer per event-loop turn: adding a layer costs
-        napari 0.1–0.3 s, three at once stalled the viewer for over half a second."""
-        if not self.alive or self._arrival is None:
-            return
-        step = self._arrival.popleft()
-        try:
-            step()
-        except Exception as exc:  # noqa: BLE001 - never leave the widget half-busy
-            self._arrival = None
-            self.run_panel.error(f"Could not show the result ({type(exc).__name__}: {exc}).")
-        if self._arrival:
-            QTimer.singleShot(STEP_MS, self._next_arrival_step)
-            return
-        self._arrival = None
-        if self._worker is None:
-            self._stop_running()
-
-    def _arrived(self, res: ImageResult, kept: bool) -> None:
-        if res.image not in self.viewer.layers:
-            self.status.setText("The image layer was closed while segmenting.")
-            return
-        self.state.run_info.emit(res)
-        if kept:
-            message = (
-                f"Your corrections in '{_roles.vessels_name(res.name)}' were kept; the new "
-                f"result is in '{_roles.probability_name(res.name)}'. 'Re-apply "
-                "threshold…' replaces the corrections by it."
-            )
-            self.status.setText(self.status.text() + " " + message)
-            show_info(message)
-        if res.note:
-            show_warning(res.note)
-        self.state.touch()
+        self.arrival.start(out)
