@@ -28,6 +28,7 @@ WIDGET_MODULES = (  # every module whose notifications the widgets show
     "napari_dpn._napari._segment_running",
     "napari_dpn._napari._segment_threshold",
     "napari_dpn._napari._segment_saving",
+    "napari_dpn._napari._segment_resume",
     "napari_dpn._napari._finetune_widget",
     "napari_dpn._napari._session_widget",
     "napari_dpn._napari._session_loop",

@@ -250,7 +250,7 @@ def test_open_folder_in_viewer_and_segment_widget_finds_truth(make_napari_viewer
     w = SegmentWidget(viewer)
     assert w.current_image().name == "01_test"
     assert w.current_ground_truth().name == "01_test ground truth"
-    assert w._loaded_fov_layer(w.current_image()).name == "01_test FOV"
+    assert w.result_layers.loaded_fov_layer(w.current_image()).name == "01_test FOV"
 
 
 @needs_display

@@ -104,9 +104,10 @@ def test_viewer_stays_responsive_and_progress_reported(qtbot, widget, monkeypatc
         return real(loaded, rgb, device=device, progress=progress, should_stop=should_stop)
 
     monkeypatch.setattr(inference, "predict", slow_predict)
-    monkeypatch.setattr(widget, "_on_progress", lambda f, orig=widget._on_progress: (seen.append(f), orig(f)))
-    widget._bridge.progress.disconnect()
-    widget._bridge.progress.connect(widget._on_progress)
+    panel = widget.run_panel
+    monkeypatch.setattr(panel, "on_progress", lambda f, orig=panel.on_progress: (seen.append(f), orig(f)))
+    panel.bridge.progress.disconnect()
+    panel.bridge.progress.connect(panel.on_progress)
     add_eye(widget.viewer)
     worker = widget.run()
     assert widget.is_running and not widget.progress.isHidden()

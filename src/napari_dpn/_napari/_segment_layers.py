@@ -1,27 +1,35 @@
-"""The Segment widget's layers: putting a result's layers into the viewer and watching paint edits.
+"""The Segment widget's layers: a result's layers in the viewer, and the lock that follows paint edits.
 
-:class:`LayersMixin` adds or updates the probability, FOV and vessels layers of a result (never
-stacking duplicates), and follows the edits on a vessels layer: the first stroke locks the
-threshold, undoing every edit unlocks it again.
+:class:`ResultLayers` adds or updates the probability, FOV, vessels and errors layers of an
+:class:`~._segment_state.ImageResult` (never stacking duplicates), and follows the edits on a
+vessels layer: the first stroke locks the threshold, undoing every edit unlocks it again.  Every
+panel that shows a result uses one, shared through the widget (or its own, alone in a test).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 
 from . import _roles
-from ._segment_state import BRUSH_SIZE, _Result
+from ._segment_state import BRUSH_SIZE, EDIT_CHECK_MS, ImageResult, SegmentState, image_shape
 
 
-class LayersMixin:
-    """The layers of each result, and the lock that follows their edits (part of :class:`SegmentWidget`).
+class ResultLayers:
+    """Puts results' layers in ``viewer`` and watches their vessels layers for edits."""
 
-    Uses the widget's ``viewer``, ``alive``, ``_results``, ``_putting``, ``_edit_timer``,
-    ``edit_status``, ``current_result()``, ``_sync_controls`` and ``_update_comparison``.
-    """
+    def __init__(self, state: SegmentState, viewer):
+        self.state = state
+        self.viewer = viewer
+        self.edit_timer = QTimer()
+        self.edit_timer.setSingleShot(True)
+        self.edit_timer.setInterval(EDIT_CHECK_MS)
+        self.edit_timer.timeout.connect(self.check_edits)
 
-    def _loaded_fov_layer(self, image):
+    def loaded_fov_layer(self, image):
         """A FOV mask opened from a file for this image (dataset folder), if any."""
         for lyr in self.viewer.layers:
             info = _roles.info_of(lyr)
@@ -30,17 +38,28 @@ class LayersMixin:
                 and info.get("role") == "fov"
                 and info.get("source") == "file"
                 and (info.get("image") == image.name or lyr.name == _roles.fov_name(image.name))
-                and tuple(lyr.data.shape) == tuple(self._image_shape(image))
+                and tuple(lyr.data.shape) == image_shape(image)
             ):
                 return lyr
         return None
 
-    @staticmethod
-    def _image_shape(image):
-        shape = (image.data[0] if image.multiscale else image.data).shape
-        return shape[:2] if image.rgb else shape[-2:]
+    def linked_labels(self, image, role: str, name: str):
+        """A labels layer of ``image``'s size that belongs to it in ``role`` (metadata or name)."""
+        shape = image_shape(image)
+        for lyr in self.viewer.layers:
+            info = _roles.info_of(lyr)
+            if (
+                isinstance(lyr, Labels)
+                and tuple(np.shape(lyr.data)) == shape
+                and (
+                    (info.get("role") == role and info.get("image") == image.name)
+                    or (lyr.name == name and info.get("role") in (role, None))
+                )
+            ):
+                return lyr
+        return None
 
-    def _put(self, res: _Result, kind: str, name: str, data, layer_type: str, **kwargs):
+    def put(self, res: ImageResult, kind: str, name: str, data, layer_type: str, **kwargs):
         """Update the result's layer of this kind, or add it (never stack duplicates)."""
         lyr = res.layer(self.viewer, kind)
         if lyr is None and name in self.viewer.layers:
@@ -53,36 +72,28 @@ class LayersMixin:
         else:
             kwargs.setdefault("metadata", _roles.meta(kind, image=res.name))
             cls = Labels if layer_type == "labels" else Image
-            self._putting = True  # our own output: nothing to re-list
+            self.state.putting = True  # our own output: nothing to re-list
             try:
+                image = res.image
                 lyr = cls(
-                    data,
-                    name=name,
-                    translate=tuple(res.image.translate[-2:]),
-                    scale=tuple(res.image.scale[-2:]),
-                    **kwargs,
+                    data, name=name, translate=tuple(image.translate[-2:]), scale=tuple(image.scale[-2:]), **kwargs
                 )
                 _roles.add_in_place(self.viewer, lyr)  # stacked by role at once, no move later
             finally:
-                self._putting = False
+                self.state.putting = False
         res.layers[kind] = lyr
         return lyr
 
-    def _put_probability(self, res: _Result) -> None:
-        self._put(
-            res,
-            "probability",
-            _roles.probability_name(res.name),
-            res.prob,
-            "image",
-            **_roles.style("probability"),
+    def put_probability(self, res: ImageResult) -> None:
+        self.put(
+            res, "probability", _roles.probability_name(res.name), res.prob, "image", **_roles.style("probability")
         )
 
-    def _put_fov(self, res: _Result, fov_layer) -> None:
+    def put_fov(self, res: ImageResult, fov_layer) -> None:
         if fov_layer is not None:
             res.layers["fov"] = fov_layer
         elif res.fov is not None and not (res.edited and res.layer(self.viewer, "fov") is not None):
-            self._put(
+            self.put(
                 res,
                 "fov",
                 _roles.fov_name(res.name),
@@ -93,55 +104,53 @@ class LayersMixin:
                 **_roles.style("fov"),
             )
 
-    def _put_vessels(self, res: _Result, mask: np.ndarray) -> None:
+    def put_vessels(self, res: ImageResult, mask: np.ndarray) -> None:
         vessels = res.layer(self.viewer, "vessels")
         if vessels is not None:
-            self._unwatch_vessels(vessels)
-        vessels = self._put(
-            res,
-            "vessels",
-            _roles.vessels_name(res.name),
-            mask,
-            "labels",
-            **_roles.style("vessels"),
-        )
+            self.unwatch(vessels)
+        vessels = self.put(res, "vessels", _roles.vessels_name(res.name), mask, "labels", **_roles.style("vessels"))
         _roles.set_info(vessels, corrected=None, saved=None)
         res.edited = False
-        self._watch_vessels(vessels)
-        vessels.selected_label = 1
-        vessels.brush_size = BRUSH_SIZE
+        self.watch(vessels)
         vessels.mode = "paint"
         self.viewer.layers.selection.active = vessels
 
-    def _show_layers(self, res: _Result, fov_layer) -> None:
+    def show_all(self, res: ImageResult) -> None:
         """All of a result's layers at once (a re-threshold whose vessels layer was deleted)."""
-        self._put_probability(res)
-        self._put_fov(res, fov_layer)
-        self._put_vessels(res, res.vessel_mask().astype(np.uint8))
+        self.put_probability(res)
+        self.put_fov(res, self.loaded_fov_layer(res.image))
+        self.put_vessels(res, res.vessel_mask().astype(np.uint8))
 
-    def _watch_vessels(self, layer) -> None:
-        self._unwatch_vessels(layer)
-        layer.events.paint.connect(self._on_paint)
-        layer.events.set_data.connect(self._on_vessels_data)
+    def put_errors(self, res: ImageResult, errors: np.ndarray) -> None:
+        self.put(res, "errors", _roles.errors_name(res.name), errors, "labels", **_roles.style("errors"))
 
-    def _unwatch_vessels(self, layer) -> None:
-        for emitter, slot in ((layer.events.paint, self._on_paint), (layer.events.set_data, self._on_vessels_data)):
-            try:
+    def remove_errors(self, res: ImageResult) -> None:
+        errors = res.layer(self.viewer, "errors")
+        if errors is not None:
+            self.viewer.layers.remove(errors)
+        res.metrics = None
+
+    # ------------------------------------------------------------------ edits and the lock
+
+    def watch(self, layer) -> None:
+        """Follow the edits of a vessels layer (and make it ready to paint)."""
+        self.unwatch(layer)
+        layer.events.paint.connect(self.on_paint)
+        layer.events.set_data.connect(self.on_vessels_data)
+        layer.selected_label = 1
+        layer.brush_size = BRUSH_SIZE
+
+    def unwatch(self, layer) -> None:
+        for emitter, slot in ((layer.events.paint, self.on_paint), (layer.events.set_data, self.on_vessels_data)):
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(slot)
-            except (TypeError, ValueError, RuntimeError):
-                pass
 
-    def _result_of_vessels(self, layer) -> _Result | None:
-        for res in self._results.values():
-            if res.layers.get("vessels") is layer:
-                return res
-        return None
-
-    def _on_paint(self, event=None) -> None:
-        if not self.alive:
+    def on_paint(self, event=None) -> None:
+        state = self.state
+        if not state.alive:
             return
         source = getattr(event, "source", None)
-        res = self._result_of_vessels(source) if source is not None else self.current_result()
+        res = state.result_of_vessels(source) if source is not None else state.current_result()
         if res is None:
             return
         res.edits += 1
@@ -150,23 +159,22 @@ class LayersMixin:
             vessels = res.layer(self.viewer, "vessels")
             if vessels is not None:
                 _roles.set_info(vessels, corrected=True)
-        self._edit_timer.start()
-        if res is self.current_result():
-            self._sync_controls()
-            self._update_comparison()
+        self.edit_timer.start()
+        state.touch(res)
 
-    def _on_vessels_data(self, event=None) -> None:
+    def on_vessels_data(self, event=None) -> None:
         # Undo and redo replace pixels without a paint event: look again shortly.
-        if self.alive:
-            self._edit_timer.start()
+        if self.state.alive:
+            self.edit_timer.start()
 
-    def _check_edits(self) -> None:
+    def check_edits(self) -> None:
         """Make the lock follow the pixels: unlock a result whose vessels layer is back to the
         thresholded mask (every stroke undone), lock one that differs from it (a redo, or a
         change made from the console)."""
-        if not self.alive:
+        state = self.state
+        if not state.alive:
             return
-        for res in list(self._results.values()):
+        for res in list(state.results.values()):
             vessels = res.layer(self.viewer, "vessels")
             mask = res.vessel_mask()
             if vessels is None or mask is None:
@@ -178,11 +186,9 @@ class LayersMixin:
             res.edited = not same
             if same:
                 res.resumed = None
-            _roles.set_info(
-                vessels, corrected=None if same else True, saved=None if same else _roles.info_of(vessels).get("saved")
-            )
-            if res is self.current_result():
-                self._sync_controls()
-                self._update_comparison()
+            saved = None if same else _roles.info_of(vessels).get("saved")
+            _roles.set_info(vessels, corrected=None if same else True, saved=saved)
+            if res is state.current_result():
+                state.touch(res)
                 if same:
-                    self.edit_status.setText("All corrections undone: the threshold is unlocked.")
+                    state.edit_note.emit("All corrections undone: the threshold is unlocked.")

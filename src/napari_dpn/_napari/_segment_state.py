@@ -1,29 +1,27 @@
-"""What the Segment widget keeps and shares between its parts (Qt-free).
+"""The Segment widget's state: one typed object that every panel reads and changes (Qt-free).
 
-The widget's sections (running, layers, threshold, comparison, saving) live in their own modules
-as mixins of :class:`~napari_dpn._napari._segment_widget.SegmentWidget`; the constants, the
-records they pass around (:class:`_Outcome` from the background job, :class:`_Result` per image
-layer) and a few small helpers are here, so that no part imports another and none of this needs a
-Qt import.  Everything is re-exported by ``_segment_widget``, where scripts and tests find it.
+:class:`SegmentState` holds what the widget knows: the current image and ground truth, the
+loaded models, one :class:`ImageResult` per image layer (its probability map, FOV, threshold,
+layers, the lock that its edits set), the ground truth chosen for each image, the save folder
+and what runs in the background.  The panels observe it through two signals (``changed``: re-read
+the controls; ``mask_changed``: compare the vessels with the ground truth again) and a few
+methods; none of them reaches into another panel.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
+from psygnal import Signal
 
 from . import _roles
 
-if TYPE_CHECKING:
-    from napari.layers import Image
-
 NO_GT = "(none)"
-VESSEL_COLOUR = _roles.VESSEL_COLOUR  # the colour scheme of every layer role is _roles.style
-FP_COLOUR = _roles.FP_COLOUR
-FN_COLOUR = _roles.FN_COLOUR
 BRUSH_SIZE = 3
 SPECK_PIXELS = 30
 # Comparisons and speck removal on images up to this many pixels run at once on the GUI thread
@@ -37,7 +35,7 @@ NO_IMAGE_MESSAGE = "Open a fundus photograph first (File > Open, or File > Open 
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     """What the background job hands back (it never raises)."""
 
     run: int = 0
@@ -56,10 +54,10 @@ class _Outcome:
 
 
 @dataclass
-class _Result:
+class ImageResult:
     """Everything the widget keeps for one image layer (segmented, or a resumed annotation)."""
 
-    image: Image
+    image: Any
     name: str
     prob: np.ndarray | None  # None: a resumed annotation not segmented yet
     fov: np.ndarray | None
@@ -71,12 +69,12 @@ class _Result:
     note: str | None = None
     scale: str = ""  # the scale the network saw, in words (scale.Scale.describe)
     layers: dict = field(default_factory=dict)  # "probability", "vessels", "fov", "errors"
-    edited: bool = False
+    edited: bool = False  # the threshold lock: corrections exist
     edits: int = 0  # paint events on the vessels layer, ever
     resumed: str | None = None  # the annotation file it was resumed from
-    roc_cache: dict = field(default_factory=dict)  # id(gt layer) -> (auc, youden)
+    roc_cache: dict = field(default_factory=dict)  # gt layer -> (auc, youden)
     metrics: dict | None = None
-    _mask: tuple | None = None  # (prob, threshold, mask) of the last vessel_mask()
+    mask_cache: tuple | None = None  # (prob, threshold, mask) of the last vessel_mask()
 
     def vessel_mask(self) -> np.ndarray | None:
         """What the threshold gives: probability >= threshold inside the FOV (cached).
@@ -86,35 +84,118 @@ class _Result:
         """
         if self.prob is None:
             return None
-        cached = self._mask
+        cached = self.mask_cache
         if cached is not None and cached[0] is self.prob and cached[1] == self.threshold:
             return cached[2]
         mask = self.prob >= self.threshold
         if self.fov is not None:
             mask &= self.fov
-        self._mask = (self.prob, self.threshold, mask)
+        self.mask_cache = (self.prob, self.threshold, mask)
         return mask
 
     def layer(self, viewer, kind):
+        """The result's layer of this kind while it is in the viewer, else None."""
         lyr = self.layers.get(kind)
         return lyr if lyr is not None and lyr in viewer.layers else None
 
 
-def _label_colormap(colours: dict):
-    return _roles.label_colormap(colours)
+@dataclass
+class SegmentState:
+    """What the Segment widget knows; the panels read and change it and listen to its signals."""
+
+    changed = Signal()  # the current result, its lock or the busy flags changed: re-read the controls
+    mask_changed = Signal()  # the vessels mask or the ground truth changed: compare again
+    run_info = Signal(object)  # show this result's run in the status line
+    edit_note = Signal(str)  # a line for the corrections' status
+
+    layers: Any = None  # the viewer's layer list (membership checks)
+    image: Any = None  # the chosen image layer
+    ground_truth: Any = None  # the chosen ground-truth layer (or None)
+    threshold: float = 0.5  # the slider's value
+    results: dict = field(default_factory=dict)  # image layer -> ImageResult
+    gt_choice: dict = field(default_factory=dict)  # image layer -> ground truth chosen for it (or None)
+    models: dict = field(default_factory=dict)  # (path, mtime) -> LoadedModel, loaded in the worker
+    save_folder: Path | None = None
+    running: bool = False  # segmenting, or putting a result in the viewer
+    comparing: bool = False  # a comparison computed in the background
+    specking: bool = False  # speck removal in the background
+    putting: bool = False  # adding our own layer: nothing to re-list
+    adopt_seen: weakref.WeakSet = field(default_factory=weakref.WeakSet)  # layers looked at for annotations
+    is_alive: Callable[[], bool] = lambda: True  # False once the widget is gone
+
+    @property
+    def alive(self) -> bool:
+        return self.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        """True while anything runs in the background (segmenting, comparing, speck removal)."""
+        return self.running or self.comparing or self.specking
+
+    def is_open(self, layer) -> bool:
+        return layer is not None and (self.layers is None or layer in self.layers)
+
+    def current_image(self):
+        return self.image if self.is_open(self.image) else None
+
+    def current_ground_truth(self):
+        return self.ground_truth if self.is_open(self.ground_truth) else None
+
+    def current_result(self) -> ImageResult | None:
+        image = self.current_image()
+        return self.results.get(image) if image is not None else None
+
+    def result_of_vessels(self, layer) -> ImageResult | None:
+        return next((res for res in self.results.values() if res.layers.get("vessels") is layer), None)
+
+    def forget(self, layer) -> None:
+        """A layer left the viewer: drop its result and choice; corrections gone with a vessels
+        layer unlock its result."""
+        self.results.pop(layer, None)
+        self.gt_choice.pop(layer, None)
+        for res in self.results.values():
+            if res.layers.get("vessels") is layer:
+                res.edited = False
+                res.resumed = None
+
+    def touch(self, res: ImageResult | None = None, mask: bool = True) -> None:
+        """Tell the panels that ``res`` (default: the current result) changed."""
+        if res is None or res is self.current_result():
+            self.changed.emit()
+            if mask:
+                self.mask_changed.emit()
 
 
-def _light_worker(func, *args):
-    """A plain napari worker for short numeric jobs (comparison, specks)."""
-    from napari.qt.threading import create_worker
+def image_shape(image) -> tuple:
+    """The (rows, columns) of an image layer (its first scale, without colour)."""
+    shape = (image.data[0] if image.multiscale else image.data).shape
+    return tuple(shape[:2] if image.rgb else shape[-2:])
 
-    return create_worker(func, *args, _start_thread=False)
+
+def image_path(layer) -> Path | None:
+    """The file the image layer came from, if any."""
+    path = _roles.info_of(layer).get("path")
+    if not path:
+        path = getattr(getattr(layer, "source", None), "path", None)
+    if path and Path(path).is_file():
+        return Path(path)
+    return None
+
+
+def ground_truth_mask(res: ImageResult | None, gt) -> np.ndarray | None:
+    """The ground truth as a bool mask when it fits the result's image, else None."""
+    if res is None or gt is None:
+        return None
+    data = np.asarray(gt.data[0] if getattr(gt, "multiscale", False) else gt.data)
+    if data.shape != image_shape(res.image):
+        return None
+    return data > 0
 
 
 def looks_like_annotation(layer) -> bool:
     """True for an image layer that is a mask (a ground truth or saved annotation opened by
     napari's own reader, say): never preselected as the photograph to segment."""
-    from ._reader import annotation_of
+    from ._reader import annotation_of  # here: the reader's dataset layouts load only once an image is open
 
     if _roles.role_of(layer) in ("ground_truth", "fov", "mask", "vessels", "errors"):
         return True
