@@ -6,9 +6,17 @@ the hysteresis region of the probability map around a click, :func:`trace_pixels
 ridge of the map between two points, :func:`threshold_box` re-thresholds one region and
 :func:`remove_specks` drops small pieces.  Each ``*_pixels`` / ``vessel_region`` function returns
 the pixels to change, so the caller decides how to apply them.
+
+The click tools of that widget are :class:`Tool` entries in :data:`TOOLS` (name -> tool): the
+widget builds a :class:`ToolInput` from its controls and applies ``tool.pixels(inputs)``.  A new
+correction tool is one :func:`register_tool` call here, no Qt.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -194,3 +202,51 @@ def remove_specks(mask: np.ndarray, n: int) -> np.ndarray:
     """The mask without its components smaller than ``n`` pixels."""
     mask = np.asarray(mask, bool)
     return mask & ~speck_pixels(mask, n)
+
+
+@dataclass(frozen=True)
+class ToolInput:
+    """What a click tool may read: the vessels, the probability map and the widget's controls."""
+
+    mask: np.ndarray  # the vessels now (bool)
+    probability: np.ndarray | None  # the network's probability map
+    point: Any = None  # the click (row, col); a drag's ((row, col), (row, col)); None for a button
+    low: float = 0.5  # *Add vessel here*'s low threshold
+    speck_size: int = 0  # *Remove specks*: components smaller than this many pixels go
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A correction tool: ``pixels(inputs)`` (run in a worker) returns the bool mask of the pixels
+    it changes; they become vessel if ``adds``, background otherwise, as one undo step.  ``status``
+    is what the widget then says; it may name :class:`ToolInput` fields (``{speck_size}``)."""
+
+    name: str
+    adds: bool
+    status: str
+    pixels: Callable[[ToolInput], np.ndarray]
+
+    def describe(self, inputs: ToolInput) -> str:
+        """The status text for ``inputs``."""
+        return self.status.format(low=inputs.low, speck_size=inputs.speck_size)
+
+
+TOOLS: dict[str, Tool] = {}
+
+
+def register_tool(tool: Tool, replace: bool = False) -> Tool:
+    """Add ``tool`` to :data:`TOOLS` (a name already taken is refused unless ``replace``)."""
+    if tool.name in TOOLS and not replace:
+        raise ValueError(f"A correction tool named {tool.name!r} is already registered.")
+    TOOLS[tool.name] = tool
+    return tool
+
+
+register_tool(Tool("branch", False, "Removed a branch", lambda i: branch_pixels(i.mask, i.point)))
+register_tool(
+    Tool("add", True, "Added a vessel", lambda i: vessel_region(i.probability, i.mask, i.point, i.low)),
+)
+register_tool(
+    Tool("trace", True, "Traced a vessel", lambda i: trace_pixels(i.probability, i.mask, i.point[0], i.point[1], 2)),
+)
+register_tool(Tool("specks", False, "Removed specks < {speck_size} px", lambda i: speck_pixels(i.mask, i.speck_size)))

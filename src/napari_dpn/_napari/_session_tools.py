@@ -109,27 +109,24 @@ class ToolsPanel(QWidget):
             self.apply_tool("trace", (start, end))
 
     def apply_tool(self, mode: str, point) -> bool:
-        """Run a click tool at ``point`` (row, col) in a worker; the change is one undo step."""
+        """Run the tool ``mode`` (:data:`vessel_tools.TOOLS`) at ``point`` (row, col) in a worker;
+        the change is one undo step."""
         vessels, prep = self.layers.vessels, self.state.shown
         if vessels is None or prep is None or "tool" in self.state.workers:
             return False
-        mask, prob, n = np.asarray(vessels.data) > 0, prep.seg.probability, int(self.speck_spin.value())
-        jobs = {  # mode -> (the value the pixels get, what the status says, the worker's function and arguments)
-            "branch": lambda: (0, "Removed a branch", vessel_tools.branch_pixels, (mask, point)),
-            "add": lambda: (
-                1,
-                "Added a vessel",
-                vessel_tools.vessel_region,
-                (prob, mask, point, self.low_spin.value()),
-            ),
-            "trace": lambda: (1, "Traced a vessel", vessel_tools.trace_pixels, (prob, mask, point[0], point[1], 2)),
-            "specks": lambda: (0, f"Removed specks < {n} px", vessel_tools.speck_pixels, (mask, n)),
-        }
-        if mode not in jobs:
+        tool = vessel_tools.TOOLS.get(mode)
+        if tool is None:
             return False
-        value, what, func, args = jobs[mode]()
+        inputs = vessel_tools.ToolInput(
+            mask=np.asarray(vessels.data) > 0,
+            probability=prep.seg.probability,
+            point=point,
+            low=float(self.low_spin.value()),
+            speck_size=int(self.speck_spin.value()),
+        )
+        value, what = int(tool.adds), tool.describe(inputs)
         edits = self.state.edits
-        self._run(unstarted_worker(func, *args), lambda pix: self._apply(vessels, edits, pix, value, what))
+        self._run(unstarted_worker(tool.pixels, inputs), lambda pix: self._apply(vessels, edits, pix, value, what))
         return True
 
     def _run(self, worker, on_result) -> None:
