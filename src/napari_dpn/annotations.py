@@ -120,7 +120,7 @@ def find_pairs(
     labels_dir = Path(labels_dir) if labels_dir is not None else images_dir
     fovs_dir = Path(fovs_dir) if fovs_dir is not None else labels_dir
     suffixes = _image_suffixes()
-    pairs = []
+    pairs: list[tuple[Path, Path, Path | None]] = []
     if not images_dir.is_dir():
         return pairs
     for image in sorted(images_dir.iterdir()):
@@ -130,10 +130,10 @@ def find_pairs(
         _, fov = annotation_paths(image, fovs_dir)
         if label.is_file():
             pairs.append((image, label, fov if fov.is_file() else None))
-        elif (label := _by_number(image, labels_dir, "label")) is not None:
+        elif (numbered := _by_number(image, labels_dir, "label")) is not None:
             # Dataset-style names (DRIVE: 21_training.tif, 21_manual1.gif, 21_training_mask.gif):
             # a label named by the photograph's leading number, as the layouts' "{id}" names.
-            pairs.append((image, label, fov if fov.is_file() else _by_number(image, fovs_dir, "fov")))
+            pairs.append((image, numbered, fov if fov.is_file() else _by_number(image, fovs_dir, "fov")))
     return pairs
 
 

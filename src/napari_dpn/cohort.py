@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 from .batch import batch_results
 from .cluster import SCHEDULER_TIMEOUT, check_options, dask_results, local_threads
@@ -43,7 +44,7 @@ def settings_for(model: str, fusion="auto", **kwargs) -> Settings:
         model_path=str(path),
         model_sha256=file_sha256(path),
         model_name=card.name,
-        fusion=check_fusion(fusion, card),
+        fusion=cast("float | None", check_fusion(fusion, card)),  # with a card, 'auto' is its number
         **kwargs,
     )
 

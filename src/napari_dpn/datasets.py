@@ -128,6 +128,7 @@ class Sample:
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rgb float32 (H, W, 3) in 0..1, ground truth bool, FOV bool); FOV estimated if absent."""
         rgb = as_rgb(read_image(self.image_path))
+        assert self.label_path is not None, f"{self.name} has no ground truth"  # only scored samples are loaded
         gt = read_mask(self.label_path)
         if self.fov_path:
             fov = read_mask(self.fov_path)
@@ -156,6 +157,7 @@ def sample_factor(sample: Sample, fov: np.ndarray, working_ppd: float) -> float:
 
     info = DATASETS[sample.dataset]
     if info.field_angle is None:
+        assert info.calibre_factor is not None  # a dataset without a field angle records its calibre factor
         return float(info.calibre_factor) * working_ppd / DRIVE_PPD
     diameter = fov_diameter(fov)
     if diameter is None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import layouts, metrics
 from .models import LoadedModel
 from .segmentation import segment
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _field_angle(sample, field_angle):
@@ -42,7 +46,7 @@ def fov_note(samples: Sequence) -> str | None:
 def predict_samples(
     loaded: LoadedModel,
     samples: Sequence,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     on_image: Callable[[str, float], None] | None = None,
     precision: str = "fp32",
     scale="native",
@@ -80,7 +84,7 @@ def evaluate_model(
     loaded: LoadedModel,
     test: Sequence,
     train: Sequence = (),
-    device: str = "auto",
+    device: str | torch.device = "auto",
     on_image: Callable[[str, float], None] | None = None,
     precision: str = "fp32",
     scale="native",

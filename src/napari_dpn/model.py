@@ -135,6 +135,9 @@ def bilinear_kernel(channels: int = 8, size: int = 4) -> torch.Tensor:
 class _CaffeUp2(nn.Module):
     """Fixed k4 s2 deconvolution, cropped at offset 1 to the finer map (Caffe ``Crop``)."""
 
+    weight: torch.Tensor  # buffers (register_buffer): typed here for the checker
+    bias: torch.Tensor
+
     def __init__(self, channels: int = 8):
         super().__init__()
         self.register_buffer("weight", bilinear_kernel(channels))
@@ -259,6 +262,7 @@ def xavier_init(model: nn.Module) -> None:
             bound = (3.0 / fan_in) ** 0.5
             with torch.no_grad():
                 m.weight.uniform_(-bound, bound)
+            assert m.bias is not None  # every convolution of these networks has a bias
             nn.init.zeros_(m.bias)
 
 

@@ -67,7 +67,7 @@ def _own_record(path: Path, job: Job) -> dict | None:
     return data if data.get("job") == json.loads(json.dumps(dataclasses.asdict(job))) else None
 
 
-def receipt_of(job: Job, run_dir: str | None) -> Result | None:
+def receipt_of(job: Job | None, run_dir: str | None) -> Result | None:
     """The result of an earlier attempt at ``job`` in this run that finished (its worker died after)."""
     if not run_dir or job is None:
         return None

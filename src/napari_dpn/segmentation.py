@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -111,7 +112,7 @@ def to_photo_pixels(prob: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     0..1; as ``segment`` brings back each pass)."""
     if tuple(prob.shape[:2]) == tuple(shape[:2]):
         return prob
-    return np.clip(scale_mod.resample_image(prob, tuple(shape[:2])), 0.0, 1.0)
+    return np.clip(scale_mod.resample_image(prob, cast("tuple[int, int]", tuple(shape[:2]))), 0.0, 1.0)
 
 
 def _fuse(runs: list[tuple[np.ndarray, Prediction]]) -> tuple[np.ndarray, Prediction]:
@@ -124,7 +125,8 @@ def _fuse(runs: list[tuple[np.ndarray, Prediction]]) -> tuple[np.ndarray, Predic
         tiled=any(p.tiled for _, p in runs),
         note=next((p.note for _, p in runs if p.note), None),
     )
-    return sum(m for m, _ in runs) / float(len(runs)), combined
+    total = cast(np.ndarray, sum(m for m, _ in runs))  # maps, not the start value 0
+    return total / float(len(runs)), combined
 
 
 def _check(should_stop) -> None:
@@ -242,14 +244,17 @@ def prepare(
     Needs only the card, so it runs where the model is not (the GPU batch's decode processes)."""
     rgb = as_rgb(image)
     reduction = _read_reduction(rgb.shape, shape)
-    if reduction != 1.0 and not isinstance(scale_mod.parse_scale(scale), str):
-        scale = scale_mod.parse_scale(scale) * reduction
+    if reduction != 1.0:
+        factor = scale_mod.parse_scale(scale)
+        if not isinstance(factor, str):
+            scale = factor * reduction
     if fov is not None and reduction != 1.0:
         fov = scale_mod.resample_mask(fov, rgb.shape[:2])
     fov = estimate_fov(rgb) if fov is None else np.asarray(fov, bool)
     _check(should_stop)
     sc = card_scale(card, rgb, fov, scale, field_angle)
-    return Prepared(rgb, fov, sc, reduction, None if reduction == 1.0 else tuple(shape))
+    own = None if shape is None or reduction == 1.0 else cast("tuple[int, int]", tuple(shape))
+    return Prepared(rgb, fov, sc, reduction, own)
 
 
 def _pass_factors(rgb_shape, sc: Scale, fusion: float | None) -> tuple[float | None, float | None]:
@@ -316,7 +321,8 @@ def finish(
     to the photograph's own size when it was read averaged down."""
     prob = np.ascontiguousarray(prob, dtype=np.float32)
     if reduction != 1.0:
-        prob, fov, sc = _at_full_size(prob, fov, sc, tuple(shape), reduction)
+        assert shape is not None  # a map read averaged down comes with the photograph's own shape
+        prob, fov, sc = _at_full_size(prob, fov, sc, cast("tuple[int, int]", tuple(shape)), reduction)
     return Segmentation(probability=prob, fov=fov, threshold=float(threshold), scale=sc, prediction=pred)
 
 
@@ -380,7 +386,7 @@ def segment(
     >>> result.mask().shape
     (64, 64)
     """
-    fusion = check_fusion(fusion, loaded.card)
+    fusion = cast("float | None", check_fusion(fusion, loaded.card))  # with a card, 'auto' is its number
     _check(should_stop)
     prep = prepare(
         loaded.card, image, fov=fov, scale=scale, field_angle=field_angle, shape=shape, should_stop=should_stop

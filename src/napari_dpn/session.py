@@ -82,7 +82,9 @@ class Session:
             from .image_io import os_error_message
 
             raise InputError(os_error_message(exc, annotations, "create the folder")) from None
-        old, current_name, models, angle, version, backup = {}, None, [], None, VERSION, None
+        old: dict[str, Entry] = {}
+        models: list[dict] = []
+        current_name, angle, version, backup = None, None, VERSION, None
         path = annotations / SESSION_FILE
         if path.is_file():
             try:

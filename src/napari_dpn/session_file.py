@@ -193,7 +193,7 @@ def _entry_problem(item) -> str | None:
     return None
 
 
-def parse_session_data(data, path: Path) -> tuple[dict, str | None, list, object, int]:
+def parse_session_data(data, path: Path) -> tuple[dict[str, Entry], str | None, list[dict], float | str | None, int]:
     """(entries by name, current name, models, field angle, version) of a session file's JSON;
     SessionDamaged with one sentence saying what is wrong when it is not a session."""
 

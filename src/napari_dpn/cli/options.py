@@ -58,9 +58,11 @@ def angle_arg(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"the field angle must be degrees such as 45, got {text!r}") from None
     try:
-        return check_field_angle(value)
+        angle = check_field_angle(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    assert angle is not None  # a number in, a number out
+    return angle
 
 
 def dataset_angle_arg(text: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -23,8 +24,8 @@ class Progress:
 
     def __init__(self, total: int, quiet: bool, log_every: int = 0):
         self.total, self.quiet, self.log_every = total, quiet, log_every
-        self.bar = None  # made at the first step, so data preparation does not count in its rate
-        self.last_ckpt = None
+        self.bar: tqdm | None = None  # made at the first step, so data preparation does not count in its rate
+        self.last_ckpt: Path | None = None
 
     def write(self, text: str) -> None:
         tqdm.write(text, file=sys.stderr)

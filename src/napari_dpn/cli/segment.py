@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import tqdm  # tqdm.tqdm is looked up at each run: a test stands in for the bar
 
@@ -16,6 +18,7 @@ from ..errors import InputError
 from ..image_io import ensure_output_folder
 from ..manifest import MANIFEST_NAME
 from ..planning import images_in
+from ..results import Settings
 from . import options as o
 
 _SCALE_HELP = (
@@ -106,11 +109,11 @@ def _add_cluster_options(p) -> None:
 class _Run:
     """What one ``segment`` call has decided and gathered, from its options to its last line."""
 
-    args: object
+    args: argparse.Namespace
     out: Path
-    settings: object
+    settings: Settings
     json_path: Path | None
-    run_options: dict
+    run_options: dict[str, Any]
     skipped: list = dataclasses.field(default_factory=list)
     done: list = dataclasses.field(default_factory=list)
     failed: list = dataclasses.field(default_factory=list)
@@ -128,9 +131,9 @@ class _Run:
         return "".join(f"; {w}" for w in why)
 
 
-def _prepare(args) -> tuple[_Run, list]:
+def _prepare(args: argparse.Namespace) -> tuple[_Run, list]:
     """Check every option before the first image (a long run must not fail at its end)."""
-    run_options = {
+    run_options: dict[str, Any] = {
         "workers": getattr(args, "workers", None),
         "scheduler": getattr(args, "scheduler", None),
         "batch_size": getattr(args, "batch_size", None),
@@ -164,7 +167,7 @@ def _prepare(args) -> tuple[_Run, list]:
     return _Run(args, out, settings, json_path, run_options), images
 
 
-def cmd_segment(args) -> int:
+def cmd_segment(args: argparse.Namespace) -> int:
     run, images = _prepare(args)
     suffix = ".tif" if args.prob_format == "tiff" else ".png"
     with Cohort(run.out, run.settings, suffix, getattr(args, "overwrite", False)) as cohort:

@@ -141,7 +141,8 @@ class _Trainer:
         self.config.architecture = self.arch
         self.crop_input = {**self.input, "clahe": False}  # CLAHE is applied to whole images, before cropping
         fmt = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device).to(memory_format=fmt).train()
+        # Module.to takes memory_format at run time; torch's stubs omit it from every overload.
+        self.model = model.to(self.device).to(memory_format=fmt).train()  # type: ignore[call-overload]
         self.fmt = fmt
 
     # Data.
@@ -149,7 +150,7 @@ class _Trainer:
         config = self.config
         self.train = prepare_pairs(train_pairs, "training", self.emit)
         self.val = prepare_pairs(val_pairs, "validation", self.emit) if val_pairs else []
-        self.working_ppd = None  # the base model's working scale the images were resampled to
+        self.working_ppd: float | None = None  # the base model's working scale the images were resampled to
         if config.scale is not None:
             self._to_working_scale()
         self.config.crop = config.crop or augment.default_crop(self.train[0].rgb.shape)
@@ -158,12 +159,13 @@ class _Trainer:
     # Optimiser.
     def _set_optimiser(self) -> None:
         config, crop = self.config, self.config.crop
+        assert crop is not None  # _set_data chose it
         decay = config.weight_decay / (crop * crop)  # the paper's lambda against a pixel-mean loss
         self.opt = torch.optim.Adam(param_groups(self.model, config.lr, decay, config.caffe_lr_mults), lr=config.lr)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
         self.step = 0
         self.losses: list[float] = []
-        self.metrics_before = None
+        self.metrics_before: dict | None = None
         self.history: list[dict] = []
         self.seconds = 0.0
         self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
@@ -218,6 +220,7 @@ class _Trainer:
             what = f"the base model {card.name} records" if card is not None else "a fresh network has"
             self.emit(MessageEvent(f"{what} no working scale: training on the images at their own scale"))
             return
+        assert card is not None  # ppd came from it
         loaded = LoadedModel(model=self.model, card=card)
         try:
             self.train = to_working_scale(self.train, loaded, self.config.scale, self.config.field_angle, self.emit)
