@@ -70,6 +70,14 @@ def test_no_two_core_modules_import_each_other():
     assert pairs - KNOWN_PAIRS == set()
 
 
+def _docstring_lines(node) -> int:
+    """A function's docstring is documentation (numpydoc with examples), not body: not counted."""
+    first = node.body[0] if node.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
 def test_each_module_of_the_segment_path_is_small():
     for name in SEGMENT_PATH:
         path = SRC / f"{name}.py"
@@ -77,7 +85,7 @@ def test_each_module_of_the_segment_path_is_small():
         assert len(text.splitlines()) <= 450, f"{path.name} has more than 450 lines"
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = node.end_lineno - node.lineno + 1
+                length = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
                 assert length <= 60, f"{path.name}: {node.name} is {length} lines long"
 
 
