@@ -102,3 +102,38 @@ def test_the_pairs_panel_alone_lists_ticks_and_collects(qtbot):
         panel.collect_pairs()
     state.set_running(True)
     assert not panel.train_list.isEnabled() and not panel.train_section.is_expanded()
+
+
+@pytest.mark.needs_display
+def test_the_settings_panel_alone_writes_every_change_to_the_state(qtbot, models_dir):
+    from napari_dpn._napari._finetune_settings import SettingsPanel
+    from widget_setup import save_random_model
+
+    save_random_model(models_dir, "tiny-other", 1)
+    state = FinetuneState()
+    panel = SettingsPanel(state)
+    qtbot.addWidget(panel)
+    panel.model_picker.refresh()  # the widget lists the models at start-up
+    panel.model_picker.select_model("tiny-test")  # a base model names the new one
+    assert panel.name_edit.text().startswith("tiny-test-ft-") and state.settings.name == panel.name_edit.text()
+    assert panel.folder_info.text().startswith("in ")
+
+    panel.steps_spin.setValue(25)
+    panel.crop_spin.setValue(64)
+    panel.lr_edit.setText("3e-4")
+    panel.augment_check.setChecked(False)
+    s = state.settings
+    assert (s.steps, s.crop, s.lr, s.augment) == (25, 64, "3e-4", False)
+    assert "tiny-test · 25 steps · crop 64 · lr 3e-4" in panel.summary.text() and "no augment" in panel.summary.text()
+
+    qtbot.keyClicks(panel.name_edit, "-mine")  # the user types a name: another base model keeps it
+    assert state.settings.name_edited and state.settings.name.endswith("-mine")
+    panel.model_picker.select_model("tiny-other")
+    assert state.settings.name.endswith("-mine") and "tiny-other" in panel.summary.text()
+    panel.forget_name()
+    assert not state.settings.name_edited
+
+    state.set_running(True)  # the settings of a running fine-tune cannot change under it
+    assert not any(w.isEnabled() for w in (panel.model_picker.combo, panel.steps_spin, panel.lr_edit, panel.name_edit))
+    state.set_running(False)
+    assert panel.steps_spin.isEnabled() and panel.model_picker.combo.isEnabled()
