@@ -242,11 +242,18 @@ def register_tool(tool: Tool, replace: bool = False) -> Tool:
     return tool
 
 
+def _probability(i: ToolInput) -> np.ndarray:
+    """The map a probability-following tool needs (the panel always passes the one on screen)."""
+    if i.probability is None:
+        raise ValueError("this tool follows the probability map, and none was given")
+    return i.probability
+
+
 register_tool(Tool("branch", False, "Removed a branch", lambda i: branch_pixels(i.mask, i.point)))
 register_tool(
-    Tool("add", True, "Added a vessel", lambda i: vessel_region(i.probability, i.mask, i.point, i.low)),
+    Tool("add", True, "Added a vessel", lambda i: vessel_region(_probability(i), i.mask, i.point, i.low)),
 )
 register_tool(
-    Tool("trace", True, "Traced a vessel", lambda i: trace_pixels(i.probability, i.mask, i.point[0], i.point[1], 2)),
+    Tool("trace", True, "Traced a vessel", lambda i: trace_pixels(_probability(i), i.mask, i.point[0], i.point[1], 2)),
 )
 register_tool(Tool("specks", False, "Removed specks < {speck_size} px", lambda i: speck_pixels(i.mask, i.speck_size)))
