@@ -458,7 +458,8 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike, overw
     import torch
     from safetensors.torch import save
 
-    from .image_io import atomic_write, ensure_output_folder
+    from .files import atomic_write
+    from .image_writers import ensure_output_folder
 
     path = Path(path)
     if path.suffix != WEIGHTS_SUFFIX:
@@ -497,7 +498,7 @@ def rewrite_card(path: str | os.PathLike, card: ModelCard) -> Path:
     """Replace the card of a weights file (embedded and beside it) without touching its tensors."""
     from safetensors.torch import load_file, save_file
 
-    from .image_io import atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     state = load_file(str(path))
