@@ -32,7 +32,7 @@ def write_report(path, data: dict) -> Path:
     import json
     import sys
 
-    from napari_dpn.image_io import atomic_write
+    from napari_dpn.files import atomic_write
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

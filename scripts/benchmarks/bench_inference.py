@@ -27,10 +27,11 @@ def _one(arch: str, h: int, w: int, device: str, repeats: int) -> dict:
     import numpy as np
     import torch
 
+    from napari_dpn.architectures import FRESH_INPUT
     from napari_dpn.devices import select_device
     from napari_dpn.inference import predict
     from napari_dpn.model import build_model
-    from napari_dpn.models import FRESH_INPUT, LoadedModel, ModelCard, load_model
+    from napari_dpn.models import LoadedModel, ModelCard, load_model
 
     dev = select_device(device)
     if arch == "dpn-release":

@@ -85,7 +85,7 @@ def _claims(card, base) -> dict:
 
 def _chase_folder(samples, folder: Path) -> Path:
     from napari_dpn.annotations import annotation_paths
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     folder.mkdir(parents=True, exist_ok=True)
     for s in samples:

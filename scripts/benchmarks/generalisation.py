@@ -22,7 +22,7 @@ from _provenance import commit, cpu_model
 from napari_dpn import metrics
 from napari_dpn.datasets import DATASETS, load_split
 from napari_dpn.evaluation import predict_samples
-from napari_dpn.image_io import atomic_write
+from napari_dpn.files import atomic_write
 from napari_dpn.models import load_model
 
 TEST_SPLITS = {

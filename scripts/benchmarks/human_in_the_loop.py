@@ -27,7 +27,7 @@ from _provenance import commit, cpu_model
 from napari_dpn import metrics
 from napari_dpn import session as S
 from napari_dpn.datasets import list_samples
-from napari_dpn.image_io import atomic_write
+from napari_dpn.files import atomic_write
 from napari_dpn.inference import predict
 from napari_dpn.models import load_model
 

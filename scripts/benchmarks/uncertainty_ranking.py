@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _provenance import commit, cpu_model
 from napari_dpn import uncertainty as U
 from napari_dpn.datasets import load_split
-from napari_dpn.image_io import atomic_write
+from napari_dpn.files import atomic_write
 from napari_dpn.inference import predict
 from napari_dpn.models import load_model
 

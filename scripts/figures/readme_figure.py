@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from skimage import data, transform
 
+from napari_dpn.files import atomic_write
 from napari_dpn.fov import estimate_fov
-from napari_dpn.image_io import atomic_write
 from napari_dpn.inference import predict
 from napari_dpn.models import load_model
 

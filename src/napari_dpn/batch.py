@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from . import segmentation
+from .big_photographs import header_shape, max_reduction, reduction_for
 from .devices import resolve_precision, select_device
-from .image_io import header_shape, is_greyscale, max_reduction, read_image, reduction_for
+from .image_io import is_greyscale, read_image
 from .inference import Prediction, max_pixels_for
 from .model import flush_denormals_
 from .planning import Job

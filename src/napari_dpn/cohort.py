@@ -23,7 +23,7 @@ from .cluster import SCHEDULER_TIMEOUT, check_options, dask_results, local_threa
 from .devices import select_device
 from .errors import DPNError, InputError
 from .files import hostname, remove_folder, write_json
-from .image_io import ensure_output_folder
+from .image_writers import ensure_output_folder
 from .lock import FolderLock
 from .manifest import Manifest
 from .models import file_sha256, read_card, resolve_model_path

@@ -1,7 +1,7 @@
 """The file system, once: atomic writes, no-clobber moves, sha256 of a file, JSON records, whether a
 process still runs, and one sentence for a failed file-system call.
 
-Shared by the image writers (``image_io``), the models (``models``), the cohort run (``placement``,
+Shared by the image writers (``image_writers``), the models (``models``), the cohort run (``placement``,
 ``recovery``, ``lock``) and the training lock, so that each behaves the same everywhere (one
 ``pid_alive``: ``os.kill(pid, 0)`` would end the process on Windows).
 """

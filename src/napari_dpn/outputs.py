@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import image_io
+from . import image_writers
 
 
 @dataclass(frozen=True)
@@ -42,15 +42,15 @@ class OutputWriter:
 
 
 def _probability(path: Path, maps: Maps) -> None:
-    image_io.write_probability(path, maps.probability, overwrite=False)
+    image_writers.write_probability(path, maps.probability, overwrite=False)
 
 
 def _vessels(path: Path, maps: Maps) -> None:
-    image_io.write_mask(path, maps.vessels, overwrite=False)
+    image_writers.write_mask(path, maps.vessels, overwrite=False)
 
 
 def _fov(path: Path, maps: Maps) -> None:
-    image_io.write_mask(path, maps.fov, overwrite=False)
+    image_writers.write_mask(path, maps.fov, overwrite=False)
 
 
 WRITERS: list[OutputWriter] = [

@@ -59,7 +59,9 @@ class Scale:
     fused_coarser: float | None = None  # with a guessed field angle, a coarser pass averaged in too
     disc_diameter: float | None = None  # pixels, in the original image (method 'disc')
     disc_degrees: float | None = None  # the degrees of retina that diameter is taken to span
-    read_reduction: float | None = None  # a huge photograph read averaged down this much (image_io.read_photograph)
+    read_reduction: float | None = (
+        None  # a huge photograph read averaged down this much (big_photographs.read_photograph)
+    )
 
     def describe(self) -> str:
         """One line for the status bar, the CLI and JSON reports."""

@@ -354,7 +354,7 @@ def segment(
     InterruptedError once it is true.  ValueError for an invalid
     ``scale``/``field_angle``/``fusion``; every other scale problem falls back to the native scale.
     ``shape``: the photograph's own (H, W) when ``image`` is a copy of it averaged down as it was
-    read (``image_io.read_photograph``): a given factor counts in the photograph's pixels, and the
+    read (``big_photographs.read_photograph``): a given factor counts in the photograph's pixels, and the
     maps and the scale come back in them.
 
     Parameters

@@ -79,7 +79,7 @@ class Session:
         try:
             annotations.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            from .image_io import os_error_message
+            from .files import os_error_message
 
             raise InputError(os_error_message(exc, annotations, "create the folder")) from None
         old: dict[str, Entry] = {}
@@ -93,7 +93,7 @@ class Session:
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise SessionDamaged(f"The session file {path} is damaged: it is not JSON ({exc}).", path) from None
                 except OSError as exc:
-                    from .image_io import os_error_message
+                    from .files import os_error_message
 
                     raise InputError(os_error_message(exc, path, "read")) from None
                 old, current_name, models, angle, version = parse_session_data(data, path)
@@ -152,7 +152,7 @@ class Session:
 
     def write(self) -> Path:
         """Write the session file atomically (OutputError with one sentence when it cannot)."""
-        from .image_io import atomic_write, os_error_message
+        from .files import atomic_write, os_error_message
 
         with self.lock:
             data = {
@@ -313,7 +313,7 @@ class Session:
         (SessionConflict) to replace a vessels file the session did not write unless
         ``overwrite``; a failed write (a full disk: OutputError) changes no state.  The session
         file is written after the annotation; when only that fails, ``write_error`` says so."""
-        from .image_io import write_mask
+        from .image_writers import write_mask
 
         if state not in CORRECTIONS:
             raise ValueError(f"state must be one of {CORRECTIONS}")
@@ -329,7 +329,7 @@ class Session:
     def save_copy(self, index: int, mask: np.ndarray, fov: np.ndarray | None, folder: str | Path) -> Path:
         """Write an image's vessels (and FOV) into another ``folder`` (when the annotations folder
         is full), never over a file there (OutputExistsError); the session's state is unchanged."""
-        from .image_io import write_mask
+        from .image_writers import write_mask
 
         folder = Path(folder)
         vessels, fov_path = annotation_paths(self.image_path(index), folder)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from . import metrics
 from .errors import DPNError
-from .image_io import atomic_write, read_mask
+from .files import atomic_write
+from .image_io import read_mask
 from .session_file import Entry, ground_truth_path
 
 CSV_COLUMNS = (

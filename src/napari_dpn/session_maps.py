@@ -84,7 +84,7 @@ def vessel_density(mask: np.ndarray, fov: np.ndarray) -> float:
 
 def write_map_cache(path: Path, seg: Segmented) -> Path:
     """Write the probability map (float16), FOV, threshold and who made it, atomically."""
-    from .image_io import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(exist_ok=True)
     angle = "" if seg.field_angle is None else str(seg.field_angle)

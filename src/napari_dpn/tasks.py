@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from . import scale as scale_mod
+from .big_photographs import max_reduction, read_photograph
 from .errors import OutputExistsError, WeightsError
 from .files import remove_folder, write_json
-from .image_io import max_reduction, read_photograph
 from .manifest import join_names
 from .models import file_sha256, load_model, resolve_model_path
 from .outputs import Maps

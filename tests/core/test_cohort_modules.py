@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_dpn import image_io, outputs, segmentation
+from napari_dpn import image_io, image_writers, outputs, segmentation
 from napari_dpn.cli import main
 from napari_dpn.manifest import read_manifest
 from napari_dpn.models import DEFAULT_MODEL, load_model
@@ -120,7 +120,7 @@ def test_the_batch_path_reuses_the_stages_of_segment():
 
 def _write_toy(path: Path, maps: outputs.Maps) -> None:
     """A newcomer's format: the vessel mask as an 8-bit PNG with 1 for vessels (not 255)."""
-    image_io.write_mask(path, maps.vessels, on_value=1, overwrite=False)
+    image_writers.write_mask(path, maps.vessels, on_value=1, overwrite=False)
 
 
 @pytest.fixture

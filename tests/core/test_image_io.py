@@ -6,7 +6,9 @@ import tifffile
 from PIL import Image
 
 from napari_dpn.errors import InputError
-from napari_dpn.image_io import as_rgb, atomic_write, read_image, read_mask, write_mask, write_probability
+from napari_dpn.files import atomic_write
+from napari_dpn.image_io import as_rgb, read_image, read_mask
+from napari_dpn.image_writers import write_mask, write_probability
 
 RNG = np.random.default_rng(0)
 RGB8 = RNG.integers(0, 256, (12, 10, 3), dtype=np.uint8)

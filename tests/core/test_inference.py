@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from napari_dpn.architectures import FRESH_INPUT
 from napari_dpn.devices import available_devices, cpu_has_native_bf16, select_device
 from napari_dpn.errors import InputError
 from napari_dpn.inference import TILE_MARGIN, predict
 from napari_dpn.model import build_model
-from napari_dpn.models import FRESH_INPUT, LoadedModel, ModelCard
+from napari_dpn.models import LoadedModel, ModelCard
 from synthetic_fundus import fundus
 
 

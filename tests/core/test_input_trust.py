@@ -179,7 +179,7 @@ def _fill(folder: Path) -> None:
 @pytest.mark.parametrize("name", ["map_probability.png", "map_probability.tif", "map_vessels.png", "map_vessels.tif"])
 def test_full_disk_writers_one_sentence_and_nothing_half_written(tmp_path, name):
     from napari_dpn.errors import OutputError
-    from napari_dpn.image_io import write_mask, write_probability
+    from napari_dpn.image_writers import write_mask, write_probability
 
     rng = np.random.default_rng(0)
     with _tmpfs(tmp_path / "disk") as disk:
@@ -208,7 +208,7 @@ def test_full_disk_model_save_is_one_sentence(tmp_path):
 
 def test_read_only_file_system_and_long_names_by_errno(tmp_path):
     from napari_dpn.errors import OutputError
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     mask = np.zeros((64, 64), bool)
     with pytest.raises(OutputError, match="the file name is too long"):
@@ -281,20 +281,20 @@ def test_a_genuine_big_jpeg_is_segmented_in_bounded_memory(tmp_path, monkeypatch
 )
 def test_big_tiffs_are_block_means_read_band_by_band(tmp_path, monkeypatch, layout):
     """Every TIFF layout gives exactly the k x k block means of the full read (ragged edges too)."""
-    import napari_dpn.image_io as image_io
+    import napari_dpn.big_photographs as big_photographs
 
-    monkeypatch.setattr(image_io, "READ_MAX_SIDE", 100)
+    monkeypatch.setattr(big_photographs, "READ_MAX_SIDE", 100)
     rng = np.random.default_rng(4)
     rgb = (rng.random((451, 333, 3)) * 4095).astype(np.uint16)  # 12-bit data: the depth rule applies too
     tifffile.imwrite(tmp_path / "big.tif", rgb, photometric="rgb", **layout)
-    photo = image_io.read_photograph(tmp_path / "big.tif")
+    photo = big_photographs.read_photograph(tmp_path / "big.tif")
     k = 5
     padded = np.full((455, 335, 3), np.nan)
     padded[:451, :333] = rgb
     expected = np.nanmean(padded.reshape(91, k, 67, k, 3), axis=(1, 3)) / 4095
     assert photo.shape == (451, 333) and photo.rgb.shape == (91, 67, 3) and not photo.grey
     np.testing.assert_allclose(photo.rgb, expected, atol=1e-6)
-    assert image_io.read_photograph(tmp_path / "big.tif", max_reduction=1).rgb.shape == (451, 333, 3)
+    assert big_photographs.read_photograph(tmp_path / "big.tif", max_reduction=1).rgb.shape == (451, 333, 3)
 
 
 @pytest.mark.parametrize("on", [255, 4095, 65535])

@@ -8,11 +8,12 @@ from PIL import Image
 from torch import nn
 
 from napari_dpn import model as model_mod
+from napari_dpn.architectures import ARCHITECTURES, FRESH_INPUT
 from napari_dpn.cli import build_parser, main
 from napari_dpn.errors import DPNError, InputError
 from napari_dpn.messages import sentence
 from napari_dpn.model import NETWORKS, build_model, register_network
-from napari_dpn.models import ARCHITECTURES, FRESH_INPUT, load_model
+from napari_dpn.models import load_model
 from synthetic_fundus import fundus
 
 TOY_INPUT = {**FRESH_INPUT, "mean": [0.4, 0.4, 0.4]}

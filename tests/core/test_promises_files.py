@@ -59,16 +59,16 @@ def test_segment_on_a_full_disk(photos, tmp_path, capsys, disk_full):
 
 def test_segment_does_not_leave_part_of_an_images_outputs(photos, tmp_path, capsys, monkeypatch):
     """The vessel mask write fails after the probability map was written: that map is removed."""
-    import napari_dpn.image_io as image_io
+    import napari_dpn.image_writers as image_writers
 
-    real = image_io.write_mask
+    real = image_writers.write_mask
 
     def fail(path, *a, **k):
         if Path(path).name.endswith("_vessels.png"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(image_io, "write_mask", fail)
+    monkeypatch.setattr(image_writers, "write_mask", fail)
     rc, _, err = run(["segment", photos / "eye0.png", "--out", tmp_path / "out", *SEGMENT], capsys)
     assert rc == 2 and error_line(err)
     assert list((tmp_path / "out").iterdir()) == []

@@ -11,7 +11,7 @@ import pytest
 from napari_dpn import session as S
 from napari_dpn import session_file, vessel_tools
 from napari_dpn import uncertainty as U
-from napari_dpn.image_io import write_mask
+from napari_dpn.image_writers import write_mask
 from synthetic_fundus import fundus, y_tree
 
 

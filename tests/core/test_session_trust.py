@@ -17,7 +17,7 @@ import pytest
 from napari_dpn import session as S
 from napari_dpn import session_file, session_maps
 from napari_dpn.errors import OutputError
-from napari_dpn.image_io import write_mask
+from napari_dpn.image_writers import write_mask
 from synthetic_fundus import fundus
 
 

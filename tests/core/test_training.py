@@ -108,7 +108,8 @@ def test_training_input_equals_inference_input(convention):
 
 
 def test_short_training_lowers_loss_and_raises_auc(tmp_path):
-    from napari_dpn.models import FRESH_INPUT, load_model
+    from napari_dpn.architectures import FRESH_INPUT
+    from napari_dpn.models import load_model
 
     result = train(cfg(steps=100, crop=48, seed=0), TRAIN, VAL, out_dir=tmp_path)
     first, last = np.mean(result.losses[:15]), np.mean(result.losses[-15:])

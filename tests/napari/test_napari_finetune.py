@@ -79,7 +79,7 @@ def wait_idle(qtbot, w, timeout=TIMEOUT_MS):
 
 
 def test_pairs_are_found_in_the_viewer_and_in_a_folder(widget, tmp_path):
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     viewer = widget.viewer
     add_pair(viewer, "eye")

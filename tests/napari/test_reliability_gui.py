@@ -98,7 +98,7 @@ def write_png(path: Path, array) -> Path:
 
 def saved_annotation(folder: Path, name="eye", seed=0):
     """A photograph and the annotation 'Save annotation' wrote for it earlier."""
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     rgb, vessels, disc = fundus(SIZE, seed=seed)
     photo = write_png(folder / f"{name}.png", (rgb * 255).astype(np.uint8))
@@ -489,7 +489,7 @@ def test_save_after_resuming_asks_before_overwriting(qtbot, seg, tmp_path):
 
 
 def test_a_saved_annotation_of_another_size_is_not_resumed(qtbot, seg, tmp_path, notes):
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     rgb, _, _ = fundus(SIZE, seed=0)
     photo = write_png(tmp_path / "eye.png", (rgb * 255).astype(np.uint8))

@@ -27,7 +27,7 @@ BUDGET_S = 0.200
 @pytest.fixture
 def photos(photos):
     """conftest's three photographs, the first with its ground truth."""
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     write_mask(photos / "eye0_gt.png", fundus(SIZE, seed=0)[1])
     return photos
@@ -118,7 +118,7 @@ def test_close_and_resume(qtbot, make_napari_viewer, models_dir, photos, tmp_pat
 
 
 def test_autosave_asks_before_replacing_a_file_it_did_not_write(qtbot, sw, photos, notes):
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     open_and_wait(qtbot, sw, photos)
     write_mask(photos / "eye0_vessels.png", np.zeros((SIZE, SIZE)))  # someone else's, meanwhile

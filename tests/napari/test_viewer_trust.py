@@ -127,7 +127,7 @@ def test_an_annotation_opened_before_its_photograph_lies_over_it_and_the_brush_p
     qtbot, make_napari_viewer, tmp_path
 ):
     """Without any widget: the saved vessels and FOV first, the photograph after."""
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     path, vessels_truth, disc = photo(tmp_path)
     write_mask(tmp_path / "eye_vessels.png", vessels_truth, on_value=255)
@@ -145,7 +145,7 @@ def test_an_annotation_opened_before_its_photograph_lies_over_it_and_the_brush_p
 
 def test_resuming_selects_the_vessels_and_every_layer_is_stacked_by_role(qtbot, seg, tmp_path, monkeypatch):
     import napari_dpn.inference as inference
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
     from napari_dpn.inference import Prediction
 
     path, vessels_truth, disc = photo(tmp_path)

@@ -88,7 +88,7 @@ class SavePanel(Section):
 
     def save_annotation(self, *_) -> tuple[Path, Path | None] | None:
         """Write the corrected vessels and the FOV as '<stem>_vessels.png' / '<stem>_fov.png'."""
-        from napari_dpn.image_io import write_mask
+        from napari_dpn.image_writers import write_mask
 
         res = self.state.current_result()
         vessels = res.layer(self.viewer, "vessels") if res is not None else None

@@ -15,7 +15,7 @@ import numpy as np
 from qtpy.QtWidgets import QMessageBox
 
 from napari_dpn.errors import DPNError
-from napari_dpn.image_io import os_error_message
+from napari_dpn.files import os_error_message
 from napari_dpn.session_file import is_disk_full
 
 from ._dock import unstarted_worker

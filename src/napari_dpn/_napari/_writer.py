@@ -16,7 +16,7 @@ SUFFIXES = (".png", ".tif", ".tiff")
 
 
 def _write(path: str, data, on_value: int) -> list[str]:
-    from napari_dpn.image_io import write_mask
+    from napari_dpn.image_writers import write_mask
 
     p = Path(path)
     if p.suffix.lower() not in SUFFIXES:

@@ -6,7 +6,8 @@ import argparse
 
 from PIL import Image
 
-from ..image_io import atomic_write, ensure_output_folder
+from ..files import atomic_write
+from ..image_writers import ensure_output_folder
 from . import options as o
 from .segment import cmd_segment
 

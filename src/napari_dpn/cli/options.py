@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..devices import PRECISIONS
 from ..errors import OutputError, OutputExistsError
-from ..image_io import atomic_write, ensure_output_folder
+from ..files import atomic_write
+from ..image_writers import ensure_output_folder
 from ..models import DEFAULT_MODEL
 from ..scale import check_field_angle, check_fusion, parse_scale
 

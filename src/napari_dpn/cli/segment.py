@@ -15,7 +15,7 @@ import tqdm  # tqdm.tqdm is looked up at each run: a test stands in for the bar
 from ..cohort import SCHEDULER_TIMEOUT, Cohort, check_options, settings_for
 from ..devices import available_devices, select_device
 from ..errors import InputError
-from ..image_io import ensure_output_folder
+from ..image_writers import ensure_output_folder
 from ..manifest import MANIFEST_NAME
 from ..planning import images_in
 from ..results import Settings

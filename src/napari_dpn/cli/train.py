@@ -28,7 +28,7 @@ from .. import layouts, training
 from ..annotations import folder_pairs
 from ..datasets import DATASETS, ScaledSample, dataset_key, load_split
 from ..errors import InputError
-from ..image_io import ensure_output_folder
+from ..image_writers import ensure_output_folder
 from ..model import NETWORKS
 from ..models import DEFAULT_MODEL, user_models_dir, validate_model_name
 from ..training import TrainConfig, finetune_config, load_checkpoint

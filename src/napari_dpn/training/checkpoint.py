@@ -54,7 +54,8 @@ def _save_checkpoint(path: Path, payload: dict) -> Path:
     and the OutputError says why in one sentence; the previous checkpoint stays as it was."""
     import io
 
-    from ..image_io import atomic_write, ensure_output_folder
+    from ..files import atomic_write
+    from ..image_writers import ensure_output_folder
 
     ensure_output_folder(path.parent)
     buffer = io.BytesIO()

@@ -22,14 +22,12 @@ from ..models import LoadedModel, ModelCard
 from ..scale import working_ppd
 from .card import make_card, save_model_of, scale_block
 from .checkpoint import (
-    CHECKPOINT_FORMAT,
     _LastGood,
     _save_checkpoint,
-    _to_cpu,
     load_checkpoint,
 )
 from .config import RUN_CONTROL, TrainConfig
-from .data import _fingerprint, network_input, prepare_pairs, to_working_scale
+from .data import network_input, prepare_pairs, to_working_scale
 from .events import (
     CancelledEvent,
     CheckpointEvent,
@@ -39,6 +37,7 @@ from .events import (
     TrainResult,
 )
 from .loss import HEAD_NAMES, dpn_loss, param_groups
+from .resume import checkpoint_payload, resume_run
 from .setup import amp_dtype, load_init, make_sampler, resumed_network
 from .validation import final_metrics, validate
 
@@ -89,7 +88,7 @@ class _Trainer:
         self._set_data(train_pairs, val_pairs)
         self._set_optimiser()
         if ck is not None:
-            self._resume(ck, Path(resume).name)
+            resume_run(self, ck, Path(resume).name)
         self.name = self.config.name or f"{self.arch}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         self.config.name = self.name
         self.out_dir = Path(out_dir).expanduser() if out_dir is not None else Path.cwd()
@@ -171,47 +170,6 @@ class _Trainer:
         self.lr_changes: list[dict] = []  # {"step", "lr"} where a resumed run took another rate
         self.averaged_steps: list[int] | None = None  # the weights are the mean of these steps' (average_checkpoints)
 
-    def _resume(self, ck: dict, name: str) -> None:
-        """The optimiser state, losses and history of a checkpoint; the given learning rate wins."""
-        lr = self.config.lr
-        self._restore_state(ck, name)
-        saved_lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0].get("lr_mult", 1.0)
-        for group in self.opt.param_groups:  # load_state_dict brings back the old rate; --lr must win
-            group["lr"] = lr * group.get("lr_mult", 1.0)
-        self.step = int(ck["step"])
-        self.losses = list(ck["losses"])
-        self.metrics_before = ck.get("metrics_before")
-        self.history = list(ck.get("history", []))
-        self.seconds = float(ck.get("seconds", 0.0))
-        self.lr_changes = list(ck.get("lr_changes", []))
-        self.description = self.description or ck.get("description")
-        self.averaged_steps = ck.get("averaged_steps")
-        if ck.get("pairs") != _fingerprint(self.train):
-            self.emit(
-                MessageEvent(
-                    "resuming with other training images than the checkpoint was made with; "
-                    "the run continues but will not match an uninterrupted one"
-                )
-            )
-        self.emit(MessageEvent(f"resumed from step {self.step}"))
-        if not math.isclose(saved_lr, lr, rel_tol=1e-6):
-            self.lr_changes.append({"step": self.step, "lr": lr, "was": saved_lr})
-            self.emit(MessageEvent(f"learning rate {lr:g} from here on (the run had {saved_lr:g})"))
-
-    def _restore_state(self, ck: dict, name: str) -> None:
-        """The optimiser, gradient scaler and random state of a checkpoint; TrainingError with one
-        sentence when they do not fit this run (a damaged or foreign file)."""
-        try:
-            self.opt.load_state_dict(ck["optimizer"])
-            if self.scaler is not None and ck.get("scaler"):
-                self.scaler.load_state_dict(ck["scaler"])
-            torch.set_rng_state(ck["torch_rng"])
-        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
-            text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise TrainingError(
-                f"{name} cannot be resumed: its optimiser or random state does not fit this network ({text})"
-            ) from None
-
     def _to_working_scale(self) -> None:
         """Resample the pairs as ``segment`` will resample photographs for the base model."""
         card = ModelCard.from_dict(self.base_card) if self.base_card else None
@@ -249,25 +207,7 @@ class _Trainer:
 
     def checkpoint(self) -> Path:
         step = self.step
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "architecture": self.arch,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": _to_cpu(self.opt.state_dict()),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "config": dataclasses.asdict(self.config),
-            "base_card": self.base_card,
-            "input": self.input,
-            "losses": self.losses[:step],
-            "metrics_before": self.metrics_before,
-            "history": [h for h in self.history if h["step"] <= step],
-            "seconds": self.seconds,
-            "lr_changes": [c for c in self.lr_changes if c["step"] <= step],
-            "pairs": _fingerprint(self.train),
-            "description": self.description,
-        }
+        payload = checkpoint_payload(self)
         if self.weights_averaged():
             payload["averaged_steps"] = self.averaged_steps
         try:
