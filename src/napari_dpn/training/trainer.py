@@ -23,13 +23,20 @@ from ..scale import working_ppd
 from .card import make_card, save_model_of, scale_block
 from .checkpoint import (
     CHECKPOINT_FORMAT,
-    _LastGood,
-    _save_checkpoint,
-    _to_cpu,
     load_checkpoint,
 )
+from .checkpoint import (
+    LastGood as _LastGood,
+)
+from .checkpoint import (
+    save_checkpoint as _save_checkpoint,
+)
+from .checkpoint import (
+    to_cpu as _to_cpu,
+)
 from .config import RUN_CONTROL, TrainConfig
-from .data import _fingerprint, network_input, prepare_pairs, to_working_scale
+from .data import fingerprint as _fingerprint
+from .data import network_input, prepare_pairs, to_working_scale
 from .events import (
     CancelledEvent,
     CheckpointEvent,
