@@ -8,7 +8,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from .errors import DPNError
+from . import messages
 from .manifest import image_key
 from .planning import Job
 
@@ -72,14 +72,14 @@ def make_row(job: Job, settings: Settings, status: str, error: str = "", seconds
     }
 
 
+OUT_OF_MEMORY = (
+    "out of memory while segmenting it; use fewer workers per machine, a smaller --batch-size or --device cpu"
+)
+
+
 def sentence(exc: BaseException) -> str:
-    """Why an image failed, in one sentence (out of memory, a DPNError's own, else the exception's)."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return (
-            "out of memory while segmenting it; use fewer workers per machine, a smaller --batch-size or --device cpu"
-        )
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if isinstance(exc, DPNError) else f"segmentation failed ({type(exc).__name__}: {text[:300]})"
+    """Why an image failed: ``messages.sentence`` on one line of at most 300 characters (a row)."""
+    return messages.sentence(exc, doing="segmentation", out_of_memory=OUT_OF_MEMORY, limit=300)
 
 
 def failed_result(job: Job, settings: Settings, exc: BaseException, t0: float) -> Result:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from psygnal import Signal, SignalGroup
 
-from napari_dpn.errors import DPNError, InputError
+from napari_dpn.errors import InputError
+from napari_dpn.messages import sentence
 from napari_dpn.models import list_models, shipped_models_dir
 
 CHECKPOINT_EVERY = 100
@@ -218,12 +219,5 @@ def train_job(
             overwrite=overwrite,
         )
         return Outcome(result=result, after=result.metrics_after)
-    except DPNError as exc:
-        return Outcome(error=str(exc))
-    except MemoryError:
-        return Outcome(error=oom(config))
     except Exception as exc:  # noqa: BLE001 - shown as a notification, never a traceback
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "out of memory" in text.lower():
-            return Outcome(error=oom(config))
-        return Outcome(error=f"Fine-tuning failed ({type(exc).__name__}: {text}).")
+        return Outcome(error=sentence(exc, doing="Fine-tuning", out_of_memory=oom(config)))

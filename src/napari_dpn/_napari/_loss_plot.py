@@ -34,7 +34,7 @@ def running_mean(values, window: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def _theme_colours(theme_name: str | None) -> tuple[str, str, str]:
+def theme_colours(theme_name: str | None) -> tuple[str, str, str]:
     """(background, text, grid) of napari's theme, with the dark theme as fallback."""
     bg, text, grid = "#262930", "#f0f1f2", "#414851"
     try:
@@ -64,7 +64,7 @@ class LossPlot(QWidget):
         self._drawn_steps = 0
         self._last_draw = 0.0
 
-        bg, text, grid = _theme_colours(theme)
+        bg, text, grid = theme_colours(theme)
         self._text = text
         self.figure = Figure(figsize=(4.0, 1.8), dpi=100, facecolor=bg, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dpn.errors import DPNError, InputError
+from napari_dpn.messages import sentence
 
 from ._dock import one_line_label
 
@@ -104,7 +105,7 @@ class ModelPicker(QWidget):
             cards = list_models()
         except Exception as exc:  # noqa: BLE001 - a broken models folder must not kill the widget
             cards = []
-            self.error.emit(f"Cannot list the models: {exc}")
+            self.error.emit(sentence(exc, doing="Listing the models"))
         for card in cards:
             self._add_item(card.name, ("card", str(card.extra.get("path", card.name)), card))
         for data in files:

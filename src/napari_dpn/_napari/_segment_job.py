@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_dpn.errors import DPNError, InputError
+from napari_dpn.errors import InputError
+from napari_dpn.messages import sentence
 
 from ._segment_state import NO_IMAGE_MESSAGE, Outcome, looks_like_annotation
 
@@ -78,21 +79,11 @@ def segment_job(req: Request, models: dict, progress, should_stop) -> Outcome:
     out = Outcome(run=req.run, layer=req.layer, fov_layer=req.fov_layer)
     try:
         return _segment(req, models, progress, should_stop, out)
-    except DPNError as exc:
-        if should_stop():
-            return dataclasses.replace(out, cancelled=True)
-        return dataclasses.replace(out, error=str(exc))
-    except MemoryError:
-        return dataclasses.replace(
-            out, error=f"Out of memory on {req.device}: choose 'cpu' as device or a smaller image."
-        )
     except Exception as exc:  # noqa: BLE001 - shown as a notification, never a traceback
-        if should_stop():
+        if should_stop() and not isinstance(exc, MemoryError):
             return dataclasses.replace(out, cancelled=True)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "out of memory" in text.lower():
-            return dataclasses.replace(out, error=f"Out of memory on {req.device}: choose 'cpu' as device.")
-        return dataclasses.replace(out, error=f"Segmentation failed ({type(exc).__name__}: {text}).")
+        oom = f"Out of memory on {req.device}: choose 'cpu' as device or a smaller image."
+        return dataclasses.replace(out, error=sentence(exc, doing="Segmentation", out_of_memory=oom))
 
 
 def _segment(req: Request, models: dict, progress, should_stop, out: Outcome) -> Outcome:

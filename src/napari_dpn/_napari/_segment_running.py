@@ -18,6 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton
 
+from napari_dpn.messages import sentence
 from napari_dpn.scale import COMMON_FIELD_ANGLES, card_fusion
 from napari_dpn.text import duration
 
@@ -237,7 +238,7 @@ class Arrival:
             step()
         except Exception as exc:  # noqa: BLE001 - never leave the widget half-busy
             self.steps = None
-            self.panel.error(f"Could not show the result ({type(exc).__name__}: {exc}).")
+            self.panel.error(sentence(exc, doing="Showing the result"))
         if self.steps:
             QTimer.singleShot(STEP_MS, self._next)
             return

@@ -9,6 +9,7 @@ from pathlib import Path
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QSpinBox, QWidget
 
 from napari_dpn.errors import DPNError
+from napari_dpn.messages import sentence
 
 from ._dock import named_worker, unstarted_worker
 from ._model_picker import announce_new_model
@@ -27,12 +28,8 @@ def finetune_job(session, spec, steps, device, pending, should_stop, report):
         if pending is not None and session.entries[pending[0]].digest == pending[5]:
             session.save(*pending[:3])
         result = session.finetune(spec, steps=steps, device=device, should_stop=should_stop, callback=report)
-    except DPNError as exc:
-        return str(exc)
-    except OSError as exc:
-        return f"Fine-tuning stopped: {exc.strerror or exc}."
     except Exception as exc:  # noqa: BLE001 - a notification, never a traceback
-        return f"Fine-tuning failed ({type(exc).__name__}: {exc})."
+        return sentence(exc, doing="Fine-tuning")
     if result.model_path is None and result.checkpoint is not None:
         Path(result.checkpoint).unlink(missing_ok=True)  # ours, and nothing here resumes it
     return result

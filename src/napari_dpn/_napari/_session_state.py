@@ -19,6 +19,7 @@ from psygnal import Signal
 
 from napari_dpn.errors import DPNError
 from napari_dpn.image_io import as_rgb, read_image
+from napari_dpn.messages import sentence
 from napari_dpn.models import load_model, resolve_model_path
 from napari_dpn.session import Session
 from napari_dpn.session_maps import Segmented, segment_photo
@@ -179,10 +180,8 @@ def prepare_image(session: Session, index: int, job: dict) -> Prepared | str:
         return Prepared(index, display, seg, mask, u, rank_regions(u, seg.fov, REGION), fresh, resumed)
     except InterruptedError:
         return "cancelled"
-    except DPNError as exc:
-        return f"{name}: {exc}"
     except Exception as exc:  # noqa: BLE001 - a notification, never a traceback
-        return f"{name} could not be segmented ({type(exc).__name__}: {exc})."
+        return f"{name}: {sentence(exc, doing='segmentation')}"
 
 
 def _resumed_mask(session: Session, index: int, seg: Segmented) -> tuple[np.ndarray, bool]:

@@ -72,9 +72,9 @@ class _Renderer:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        from ._loss_plot import HEAD_COLOURS, HEADS, TOTAL_COLOUR, _theme_colours
+        from ._loss_plot import HEAD_COLOURS, HEADS, TOTAL_COLOUR, theme_colours
 
-        bg, text, grid = _theme_colours(self.theme)
+        bg, text, grid = theme_colours(self.theme)
         fig = Figure(dpi=100, facecolor=bg)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)

@@ -13,7 +13,7 @@ from ..errors import TrainingError
 CHECKPOINT_FORMAT = "napari-dpn-checkpoint/1"
 
 
-class _LastGood:
+class LastGood:
     """The last weights (and Adam moments) that gave a finite loss, copied into preallocated tensors.
 
     Taken before every update, so it must be cheap: ~1 ms for dpn on the CPU, where a
@@ -48,7 +48,7 @@ class _LastGood:
             dst.copy_(src)
 
 
-def _save_checkpoint(path: Path, payload: dict) -> Path:
+def save_checkpoint(path: Path, payload: dict) -> Path:
     """Write ``payload`` atomically.  Serialised in memory first and written with plain file I/O,
     so a full disk is an OSError with its errno (torch's own zip writer reports only a message)
     and the OutputError says why in one sentence; the previous checkpoint stays as it was."""
@@ -160,14 +160,14 @@ def average_checkpoints(paths, out) -> Path:
     model = {
         k: (sum(ck["model"][k].double() for ck in cks) / len(cks)).to(last["model"][k].dtype) for k in last["model"]
     }
-    return _save_checkpoint(Path(out), {**last, "model": model, "averaged_steps": steps})
+    return save_checkpoint(Path(out), {**last, "model": model, "averaged_steps": steps})
 
 
-def _to_cpu(obj):
+def to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        return [to_cpu(v) for v in obj]
     return obj

@@ -168,7 +168,7 @@ def to_working_scale(pairs: list[Pair], loaded, scale, field_angle, emit=None) -
     return out
 
 
-def _fingerprint(pairs: list[Pair]) -> list:
+def fingerprint(pairs: list[Pair]) -> list:
     return [[p.name, *p.label.shape, int(p.label.sum())] for p in pairs]
 
 

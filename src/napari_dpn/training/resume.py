@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError
-from .checkpoint import CHECKPOINT_FORMAT, _to_cpu
-from .data import _fingerprint
+from .checkpoint import CHECKPOINT_FORMAT, to_cpu
+from .data import fingerprint
 from .events import MessageEvent
 
 # ``t`` is the trainer (``trainer._Trainer``), typed Any: importing it here would make the two
@@ -34,7 +34,7 @@ def resume_run(t: Any, ck: dict, name: str) -> None:
     t.lr_changes = list(ck.get("lr_changes", []))
     t.description = t.description or ck.get("description")
     t.averaged_steps = ck.get("averaged_steps")
-    if ck.get("pairs") != _fingerprint(t.train):
+    if ck.get("pairs") != fingerprint(t.train):
         t.emit(
             MessageEvent(
                 "resuming with other training images than the checkpoint was made with; "
@@ -70,7 +70,7 @@ def checkpoint_payload(t: Any) -> dict:
         "step": step,
         "architecture": t.arch,
         "model": {k: v.detach().cpu() for k, v in t.model.state_dict().items()},
-        "optimizer": _to_cpu(t.opt.state_dict()),
+        "optimizer": to_cpu(t.opt.state_dict()),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
         "torch_rng": torch.get_rng_state(),
         "config": dataclasses.asdict(t.config),
@@ -81,6 +81,6 @@ def checkpoint_payload(t: Any) -> dict:
         "history": [h for h in t.history if h["step"] <= step],
         "seconds": t.seconds,
         "lr_changes": [c for c in t.lr_changes if c["step"] <= step],
-        "pairs": _fingerprint(t.train),
+        "pairs": fingerprint(t.train),
         "description": t.description,
     }

@@ -21,11 +21,7 @@ from ..model import NETWORKS, build_model, flush_denormals_
 from ..models import LoadedModel, ModelCard
 from ..scale import working_ppd
 from .card import make_card, save_model_of, scale_block
-from .checkpoint import (
-    _LastGood,
-    _save_checkpoint,
-    load_checkpoint,
-)
+from .checkpoint import LastGood, load_checkpoint, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig
 from .data import network_input, prepare_pairs, to_working_scale
 from .events import (
@@ -95,7 +91,7 @@ class _Trainer:
         self.ckpt_path = self.out_dir / f"{self.name}.ckpt.pt"
         if self.step % FLUSH_EVERY == 0:  # as an uninterrupted run would have at this step
             flush_denormals_(self.model)  # subnormal weights (e.g. in the release's) slow x86 convolutions ~100x
-        self.good = _LastGood(self.model, self.opt)  # weights to fall back to on divergence
+        self.good = LastGood(self.model, self.opt)  # weights to fall back to on divergence
         self.stopped_early: str | None = None
         self.saved_step: int | None = int(ck["step"]) if ck is not None else None  # last checkpoint written
         self.recent: deque = deque(self.losses[-SPIKE_WINDOW:], maxlen=SPIKE_WINDOW)
@@ -211,7 +207,7 @@ class _Trainer:
         if self.weights_averaged():
             payload["averaged_steps"] = self.averaged_steps
         try:
-            _save_checkpoint(self.ckpt_path, payload)
+            save_checkpoint(self.ckpt_path, payload)
         except OutputError as exc:  # a full disk, a read-only folder: errno-based, one sentence
             kept = (
                 f"the checkpoint of step {self.saved_step} is kept: free some space and continue with "
@@ -309,7 +305,7 @@ class _Trainer:
             raise
         return self.finish()
 
-    def stop_diverged(self, problem: str, good: _LastGood) -> None:
+    def stop_diverged(self, problem: str, good: LastGood) -> None:
         lr, failed = self.config.lr, self.step + 1
         if good.step is None:
             raise TrainingError(
