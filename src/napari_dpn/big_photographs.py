@@ -16,16 +16,16 @@ import tifffile
 from napari_dpn.errors import InputError
 from napari_dpn.image_io import (
     TIFF_SUFFIXES,
-    _check_file,
-    _open_pillow,
-    _pillow_to_array,
-    _tiff_as_shown,
-    _unit_divisor,
     as_rgb,
+    check_file,
     check_memory,
     is_greyscale,
     missing_codec,
+    open_pillow,
+    pillow_to_array,
     read_image,
+    tiff_as_shown,
+    unit_divisor,
 )
 
 # Photographs whose longer side exceeds this are read block by block and averaged down to at most
@@ -76,7 +76,7 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
     this machine's memory.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     height, width = header_shape(path)
     k = reduction_for((height, width), max_reduction) if height else 1
     if k == 1:
@@ -138,7 +138,7 @@ def header_shape(path: str | os.PathLike) -> tuple[int, int]:
                     return 0, 0
                 page = tif.pages.first
                 return int(page.imagelength), int(page.imagewidth)
-        with _open_pillow(path) as img:
+        with open_pillow(path) as img:
             return int(img.height), int(img.width)
     except Exception:  # noqa: BLE001 - any decoder error: unknown
         return 0, 0
@@ -195,7 +195,7 @@ class _BlockMeans:
                 self._reduce(band)
         if self.out is None or self.row != self.out.shape[0]:
             raise InputError("The image ended before its last row (a truncated file).")
-        self.out /= np.float32(_unit_divisor(self.dtype, self.lo, self.hi))
+        self.out /= np.float32(unit_divisor(self.dtype, self.lo, self.hi))
         rgb = self.out
         if rgb.shape[-1] == 1:
             rgb = np.repeat(rgb, 3, axis=-1)
@@ -226,7 +226,7 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
                     if band.size != n * width * samples:
                         raise InputError(f"Cannot read {path}: the file ends before its last row (a truncated file).")
                     band = band.reshape(n, width, samples).astype(dtype.newbyteorder("="), copy=False)
-                    means.add(_tiff_as_shown(band, page, path))
+                    means.add(tiff_as_shown(band, page, path))
         elif page.planarconfig == 1:
             band, band_y = None, -1
             for data, index, _ in page.segments(sort=True):
@@ -234,13 +234,13 @@ def _read_tiff_reduced(path: Path, k: int) -> tuple[np.ndarray, bool]:
                 tile = data.reshape(data.shape[-3:])  # (rows, cols, samples)
                 if y != band_y:
                     if band is not None:
-                        means.add(_tiff_as_shown(band, page, path))
+                        means.add(tiff_as_shown(band, page, path))
                     band_y = y
                     band = np.zeros((min(tile.shape[0], height - y), width, tile.shape[-1]), tile.dtype)
                 cols = min(tile.shape[1], width - x)
                 band[:, x : x + cols] = tile[: band.shape[0], :cols]  # type: ignore[index, union-attr]
             if band is not None:
-                means.add(_tiff_as_shown(band, page, path))
+                means.add(tiff_as_shown(band, page, path))
         else:  # planes stored apart (rare): the whole page, as read_image does
             means.add(read_image(path))
         return means.finish()
@@ -251,7 +251,7 @@ def _read_pillow_reduced(path: Path, k: int, cap: float | None = None) -> tuple[
     scaling, the most memory-frugal decoding there is), then averaged down the rest of the way
     (in all by k, or the next power of two when ``cap`` allows); other formats are decoded whole."""
     limit = float("inf") if cap is None else float(cap)
-    with _open_pillow(path) as img:
+    with open_pillow(path) as img:
         width, height = img.size
         if img.format == "JPEG":
             s = 1
@@ -259,7 +259,7 @@ def _read_pillow_reduced(path: Path, k: int, cap: float | None = None) -> tuple[
                 s *= 2
             img.draft(img.mode if img.mode in ("RGB", "L") else None, (-(-width // s), -(-height // s)))
         img.load()
-        arr = _pillow_to_array(img)
+        arr = pillow_to_array(img)
     scale = round(width / arr.shape[1])  # what the decoder already did (1, 2, 4 or 8)
     rest = max(1, -(-k // scale))
     if scale * rest > limit:

@@ -30,7 +30,7 @@ PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".ppm", ".pgm", ".pbm", ".pn
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 
 
-def _check_file(path: Path) -> None:
+def check_file(path: Path) -> None:
     if not path.exists():
         raise InputError(f"File not found: {path}.")
     if path.is_dir():
@@ -43,7 +43,7 @@ def _check_file(path: Path) -> None:
         )
 
 
-def _pillow_to_array(img: Image.Image) -> np.ndarray:
+def pillow_to_array(img: Image.Image) -> np.ndarray:
     """Decode the first frame into a plain array: palette -> RGB(A), 16-bit stays 16-bit."""
     mode = img.mode
     if mode == "P":
@@ -65,11 +65,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     TIFF goes through tifffile; everything else through Pillow (first frame of a GIF; palette
     images are expanded to RGB).  Use :func:`as_rgb` to get the core's float RGB.  A TIFF is
-    returned as it is meant to be seen (:func:`_tiff_as_shown`): CMYK becomes RGB, min-is-white
+    returned as it is meant to be seen (:func:`tiff_as_shown`): CMYK becomes RGB, min-is-white
     is inverted, and 16-bit samples whose tags say fewer bits are stretched to the 16-bit range.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile.TiffFile(path) as tif:
@@ -77,12 +77,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 itemsize = np.dtype(page.dtype).itemsize if page.dtype is not None else 1
                 check_memory(path, page.imagelength, page.imagewidth, itemsize * page.samplesperpixel, "reading it")
                 arr = tif.asarray()
-                arr = _tiff_as_shown(arr, page, path)
+                arr = tiff_as_shown(arr, page, path)
         else:
-            with _open_pillow(path) as img:
+            with open_pillow(path) as img:
                 check_memory(path, img.height, img.width, _FULL_DECODE_BYTES * len(img.getbands()), "reading it")
                 img.load()
-                arr = _pillow_to_array(img)
+                arr = pillow_to_array(img)
     except (MemoryError, InputError):
         raise
     except Exception as exc:
@@ -147,7 +147,7 @@ def data_bit_depth(arr: np.ndarray) -> int:
     return _depth_of_max(int(arr.max()) if arr.size else 0)
 
 
-def _tiff_as_shown(arr: np.ndarray, page, path: Path) -> np.ndarray:
+def tiff_as_shown(arr: np.ndarray, page, path: Path) -> np.ndarray:
     """A decoded TIFF page as a viewer shows it: CMYK -> RGB, min-is-white inverted, a 12-bit
     (10, 14) page's 16-bit samples stretched to 0..65535 when its tags say so.  InputError with
     one sentence for colour spaces it cannot turn into RGB (CIE L*a*b*, inks other than CMYK)."""
@@ -227,7 +227,7 @@ def check_memory(path, height: int, width: int, bytes_per_pixel: float, doing: s
 
 
 @contextlib.contextmanager
-def _open_pillow(path: Path):
+def open_pillow(path: Path):
     """``Image.open`` without Pillow's decompression-bomb guard, which refused a genuine 20000 x 20000
     JPEG as "corrupt": the callers check the real memory needed (:func:`check_memory`) instead."""
     with _PILLOW_LOCK:
@@ -276,7 +276,7 @@ def is_greyscale(array: np.ndarray) -> bool:
     return False
 
 
-def _unit_divisor(dtype: np.dtype, lo: float, hi: float) -> float:
+def unit_divisor(dtype: np.dtype, lo: float, hi: float) -> float:
     """What pixel values of this type and range are divided by to lie in 0..1 (:func:`as_rgb`'s rules)."""
     dtype = np.dtype(dtype)
     if dtype.kind == "b":
@@ -301,7 +301,7 @@ def _to_unit(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise InputError(f"Unsupported pixel type {arr.dtype}.")
     lo, hi = (float(arr.min()), float(arr.max())) if arr.dtype.kind in "iuf" else (0.0, 1.0)
-    divisor = _unit_divisor(arr.dtype, lo, hi)
+    divisor = unit_divisor(arr.dtype, lo, hi)
     out = arr.astype(np.float32)
     if divisor != 1.0:
         out /= np.float32(divisor)

@@ -78,7 +78,7 @@ def test_run_panel_alone_follows_the_model_locks_while_running_and_reports_progr
     import threading
 
     from napari_dpn._napari._segment_running import RunPanel
-    from napari_dpn.models import FRESH_INPUT
+    from napari_dpn.architectures import FRESH_INPUT
     from widget_setup import save_random_model
 
     state = SegmentState()

@@ -24,7 +24,7 @@ What the paper (sections 3.3, 4.2, 4.3) and the official release fix, and what w
   Caffe does).  With ``caffe_lr_mults`` (default) the release's per-layer multipliers are
   used too: biases learn at 2x and get no decay; the four 1x1 heads learn at 0.1x (bias 0.2x).
 * Initialisation: fresh models are Caffe-xavier initialised by ``model.build_model``; fresh
-  models read RGB in 0..1 normalised as ``models.FRESH_INPUT``; fine-tuned models keep their
+  models read RGB in 0..1 normalised as ``architectures.FRESH_INPUT``; fine-tuned models keep their
   base model's input convention (the release model wants BGR 0..255).
 * AMP: ``auto`` uses bf16 autocast on CUDA GPUs that support it (else fp16 with a gradient
   scaler) and nothing on CPU/MPS: on the reference CPU bf16 autocast made a dpn step 4-5x
