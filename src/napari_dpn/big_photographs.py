@@ -20,12 +20,12 @@ from napari_dpn.image_io import (
     check_file,
     check_memory,
     is_greyscale,
-    missing_codec,
     open_pillow,
     pillow_to_array,
     read_image,
     tiff_as_shown,
     unit_divisor,
+    unreadable,
 )
 
 # Photographs whose longer side exceeds this are read block by block and averaged down to at most
@@ -103,12 +103,7 @@ def read_photograph(path: str | os.PathLike, max_reduction: float | None = None)
     except (MemoryError, InputError):
         raise
     except Exception as exc:
-        missing = missing_codec(exc)
-        if missing:
-            raise InputError(f"Cannot read {path}: {missing}.") from exc
-        raise InputError(
-            f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__})."
-        ) from exc
+        raise unreadable(path, exc) from exc
     reduction = float(np.sqrt((height / rgb.shape[0]) * (width / rgb.shape[1])))
     return Photograph(rgb, (height, width), grey, reduction)
 

@@ -86,12 +86,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except (MemoryError, InputError):
         raise
     except Exception as exc:
-        missing = missing_codec(exc)
-        if missing:
-            raise InputError(f"Cannot read {path}: {missing}.") from exc
-        raise InputError(
-            f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__})."
-        ) from exc
+        raise unreadable(path, exc) from exc
     return np.asarray(arr)
 
 
@@ -240,6 +235,14 @@ def open_pillow(path: Path):
         yield img
     finally:
         img.close()
+
+
+def unreadable(path, exc: BaseException) -> InputError:
+    """The sentence for a file the decoders could not read: the missing codec named, else corrupt."""
+    missing = missing_codec(exc)
+    if missing:
+        return InputError(f"Cannot read {path}: {missing}.")
+    return InputError(f"Cannot read {path}: the file is corrupt or not a valid image ({type(exc).__name__}).")
 
 
 def missing_codec(exc: BaseException) -> str | None:
