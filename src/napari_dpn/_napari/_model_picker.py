@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from napari_dpn.errors import DPNError, InputError
 from napari_dpn.messages import sentence
+from napari_dpn.scale import COMMON_FIELD_ANGLES
 
 from ._dock import one_line_label
 
@@ -174,6 +175,19 @@ class ModelPicker(QWidget):
         if idx < 0:
             raise ValueError(f"no model {name!r} in the list")
         self.combo.setCurrentIndex(idx)
+
+
+class FieldCombo(QComboBox):
+    """The camera's field of view: estimate (None), the common angles (degrees) or 'native'
+    (no resampling); the Segment and Correct-a-folder widgets offer the same choices."""
+
+    def __init__(self, tooltip: str, parent=None):
+        super().__init__(parent)
+        self.addItem("estimate (45° if unknown)", None)
+        for angle in COMMON_FIELD_ANGLES:
+            self.addItem(f"{angle:g}°", float(angle))
+        self.addItem("native scale (no resampling)", "native")
+        self.setToolTip(tooltip)
 
 
 class DeviceCombo(QComboBox):

@@ -19,12 +19,12 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QProgressBar, QPushButton
 
 from napari_dpn.messages import sentence
-from napari_dpn.scale import COMMON_FIELD_ANGLES, card_fusion
+from napari_dpn.scale import card_fusion
 from napari_dpn.text import duration
 
 from . import _roles
 from ._dock import Section, wrapped_label
-from ._model_picker import DeviceCombo, ModelPicker
+from ._model_picker import DeviceCombo, FieldCombo, ModelPicker
 from ._segment_layers import ResultLayers
 from ._segment_state import STEP_MS, ImageResult, Outcome, SegmentState
 
@@ -88,12 +88,7 @@ class RunPanel(Section):
         row.addWidget(self.clahe_check)
         row.addWidget(self.fusion_check)
         form.addRow("Device", row)
-        self.field_combo = QComboBox()
-        self.field_combo.addItem("estimate (45° if unknown)", None)
-        for angle in COMMON_FIELD_ANGLES:
-            self.field_combo.addItem(f"{angle:g}°", float(angle))
-        self.field_combo.addItem("native scale (no resampling)", "native")
-        self.field_combo.setToolTip(FIELD_TIP)
+        self.field_combo = FieldCombo(FIELD_TIP)
         form.addRow("Field of view", self.field_combo)
         row = QHBoxLayout()
         self.run_button = QPushButton("Segment vessels")

@@ -6,7 +6,6 @@ the images nobody corrected, accepted or skipped again."""
 from __future__ import annotations
 
 from qtpy.QtWidgets import (
-    QComboBox,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
@@ -17,10 +16,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_dpn.scale import COMMON_FIELD_ANGLES
-
 from ._dock import Section
-from ._model_picker import DeviceCombo, ModelPicker
+from ._model_picker import DeviceCombo, FieldCombo, ModelPicker
 from ._session_navigation import Navigator
 from ._session_saving import FolderSaver
 from ._session_state import FolderState
@@ -53,12 +50,7 @@ class FolderPanel(QWidget):
         form.addRow("Model", self.model_picker)
         self.device_combo = DeviceCombo("Where the network runs.")
         form.addRow("Device", self.device_combo)
-        self.field_combo = QComboBox()
-        self.field_combo.addItem("estimate (45° if unknown)", None)
-        for angle in COMMON_FIELD_ANGLES:
-            self.field_combo.addItem(f"{angle:g}°", float(angle))
-        self.field_combo.addItem("native scale (no resampling)", "native")
-        self.field_combo.setToolTip(FIELD_TIP)
+        self.field_combo = FieldCombo(FIELD_TIP)
         self.field_combo.currentIndexChanged.connect(self._on_field_changed)
         form.addRow("Field of view", self.field_combo)
         self.open_button = QPushButton("Open folder")
